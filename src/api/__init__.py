@@ -1,0 +1,1 @@
+"""corral.api: the wire — protos, generated types, server, client, CLI and daemon."""

@@ -1,0 +1,1 @@
+"""corral's microkernel: plugin registry, discovery, ordering, config and lifecycle."""

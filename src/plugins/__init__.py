@@ -1,0 +1,1 @@
+"""corral.plugins: every capability, one module per plugin."""

@@ -1,0 +1,133 @@
+"""corrald: load the config, start the kernel, serve gRPC on the unix socket until signalled."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+import click
+import structlog
+
+from corral import __version__
+from corral.api.server import build_mapping, serve_unix
+from corral.kernel import (
+    ConfigError,
+    DaemonConfig,
+    Kernel,
+    StartupError,
+    configure_logging,
+    load_config,
+)
+
+log = structlog.get_logger("corral.daemon")
+
+SOCKET_NAME = "corral.sock"
+
+
+def _user_dirs() -> tuple[Path, Path, Path]:
+    """Config, root and state for an unprivileged daemon, after the XDG base directory spec."""
+    home = Path.home()
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "corral" / "config.toml"
+    data = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "corral"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    state = Path(runtime) / "corral" if runtime else Path(f"/tmp/corral-{os.getuid()}")
+    return config, data, state
+
+
+def default_paths() -> tuple[Path, DaemonConfig]:
+    """The config file looked for, and the embedded defaults: system paths as root, XDG otherwise."""
+    if os.geteuid() == 0:
+        config_path, root, state = Path("/etc/corral/config.toml"), Path("/var/lib/corral"), Path("/run/corral")
+    else:
+        config_path, root, state = _user_dirs()
+    defaults = DaemonConfig(root=str(root), state=str(state))
+    return config_path, defaults
+
+
+def finish(config: DaemonConfig) -> DaemonConfig:
+    """Fill what the files left empty and check what only makes sense once merged."""
+    _, defaults = default_paths()
+    root = config.root or defaults.root
+    state = config.state or defaults.state
+    grpc = config.grpc
+    if not grpc.address:
+        grpc = dataclasses.replace(grpc, address=str(Path(state) / SOCKET_NAME))
+    if os.path.abspath(root) == os.path.abspath(state):
+        raise ConfigError("root and state must be different paths")
+    return dataclasses.replace(
+        config, root=os.path.abspath(root), state=os.path.abspath(state), grpc=grpc
+    )
+
+
+def read_config(path: Path | None) -> DaemonConfig:
+    """--config PATH must exist; without it the default path is read only if present."""
+    default_path, defaults = default_paths()
+    if path is None and default_path.exists():
+        path = default_path
+    if path is not None and not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    return load_config(path, defaults=defaults).config
+
+
+async def serve(kernel: Kernel) -> None:
+    config = kernel.config
+    grpc = config.grpc
+    async with kernel.running():
+        mapping = build_mapping(kernel.records())
+        uid = grpc.uid if grpc.uid != os.geteuid() else -1
+        gid = grpc.gid if grpc.gid != os.getegid() else -1
+        async with serve_unix(mapping, grpc.address, mode=grpc.mode, uid=uid, gid=gid):
+            ok = sum(1 for r in kernel.records() if r.ok)
+            log.info("corrald_ready", version=__version__, address=grpc.address, plugins_ok=ok)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("corrald_stopping", signal=signal.Signals(signum).name)
+                    break
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), help="config.toml to load")
+@click.option("-a", "--address", help="gRPC socket path (overrides [grpc] address)")
+@click.option("--root", help="persistent state directory (overrides root)")
+@click.option("--state", help="runtime state directory (overrides state)")
+@click.option("-l", "--log-level", help="log level (overrides [debug] level)")
+@click.version_option(__version__, prog_name="corrald")
+def main(
+    config_path: Path | None, address: str | None, root: str | None, state: str | None, log_level: str | None
+) -> None:
+    """Run the corral daemon."""
+    try:
+        config = read_config(config_path)
+        overrides: dict[str, object] = {}
+        if root:
+            overrides["root"] = os.path.abspath(root)
+        if state:
+            overrides["state"] = os.path.abspath(state)
+        if address:
+            overrides["grpc"] = dataclasses.replace(config.grpc, address=address)
+        if log_level:
+            overrides["debug"] = dataclasses.replace(config.debug, level=log_level)
+        config = finish(dataclasses.replace(config, **overrides))  # type: ignore[arg-type]
+    except ConfigError as exc:
+        click.echo(f"corrald: config error: {exc.detail}", err=True)
+        sys.exit(2)
+    configure_logging(config.debug.level, config.debug.format)
+    kernel = Kernel(config)
+    try:
+        anyio.run(serve, kernel)
+    except ConfigError as exc:
+        click.echo(f"corrald: config error: {exc.detail}", err=True)
+        sys.exit(2)
+    except StartupError as exc:
+        click.echo(f"corrald: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""io.containerd.grpc.v1.corral-introspection — corral.introspection.v1: origins, timings, edges.
+
+containerd's Introspection messages stay as they are; what corral adds is served here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from corral.api.services import GRPCServices, convert
+from corral.api.types.corral.introspection import v1 as pb
+from corral.kernel import InitContext, PluginRecord, PluginSet, Registration, Status, encode
+from corral.plugins import types
+from corral.plugins.services.introspection import Introspection
+
+
+def config_json(config: Any) -> str:
+    if config is None:
+        return ""
+    data = encode(config) if dataclasses.is_dataclass(config) else config
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def detail(rec: PluginRecord, dependents: tuple[str, ...]) -> pb.PluginDetail:
+    origin = rec.origin
+    err = convert.init_error(rec)
+    return pb.PluginDetail(
+        type=rec.type,
+        id=rec.id,
+        status=rec.status.value,
+        reason=rec.reason,
+        requires=list(rec.requires),
+        after=list(rec.after),
+        dependents=list(dependents),
+        blocked_by=list(rec.blocked_by),
+        origin=pb.Origin(
+            distribution=origin.distribution,
+            version=origin.version,
+            entry_point=origin.entry_point,
+            value=origin.value,
+            builtin=origin.builtin,
+        )
+        if origin
+        else None,
+        init_seconds=rec.init_seconds,
+        config_json=config_json(rec.config),
+        platforms=convert.platforms(rec),
+        exports=dict(rec.meta.exports),
+        capabilities=list(rec.meta.capabilities),
+        error_code=err.code if err else 0,
+        order=max(rec.order, 0),
+    )
+
+
+class CorralIntrospection(pb.IntrospectionBase):
+    def __init__(self, local: Introspection, plugins: PluginSet) -> None:
+        self._local = local
+        self._plugins = plugins
+
+    async def plugins(self, message: pb.PluginsRequest) -> pb.PluginsResponse:
+        records = self._local.plugins(message.filters, include_not_started=True)
+        if not message.all:
+            records = [r for r in records if r.status is not Status.DISABLED]
+        return pb.PluginsResponse(plugins=[detail(r, self._plugins.dependents(r.uri)) for r in records])
+
+
+async def init(ic: InitContext) -> GRPCServices:
+    local = ic.get_by_id(types.SERVICE, "introspection-service")
+    return GRPCServices((CorralIntrospection(local, ic.plugins),))
+
+
+registration = Registration(type=types.GRPC, id="corral-introspection", init=init, requires=(types.SERVICE,))

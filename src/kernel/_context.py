@@ -1,0 +1,153 @@
+"""What a plugin's init receives: its config, its directories, and the plugins it declared."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from corral.kernel._records import PluginMeta, PluginRecord, Status
+from corral.kernel._registration import ALL_TYPES, Registration
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+PROPERTY_ROOT = "io.containerd.plugin.root"
+PROPERTY_STATE = "io.containerd.plugin.state"
+PROPERTY_GRPC_ADDRESS = "io.containerd.plugin.grpc.address"
+PROPERTY_TTRPC_ADDRESS = "io.containerd.plugin.ttrpc.address"
+
+
+class PluginUnavailable(LookupError):
+    """A looked-up plugin is missing, skipped or failed; the message says which and why."""
+
+
+class UndeclaredDependency(RuntimeError):
+    """A plugin looked up a type it did not declare in ``requires`` or ``after``."""
+
+
+class PluginSet(Protocol):
+    """A live, read-only view of every plugin the kernel knows, in start order."""
+
+    def records(self) -> Sequence[PluginRecord]: ...
+
+    def get(self, uri: str) -> PluginRecord | None: ...
+
+    def dependents(self, uri: str) -> tuple[str, ...]:
+        """URIs of the started plugins that were ordered after ``uri`` because of it."""
+        ...
+
+
+class InitContext:
+    """Handed to ``Registration.init``; lookups see only the types the plugin declared."""
+
+    def __init__(
+        self,
+        registration: Registration,
+        *,
+        config: Any,
+        root: Path,
+        state: Path,
+        properties: Mapping[str, str],
+        plugins: PluginSet,
+        task_group: TaskGroup,
+    ) -> None:
+        self.registration = registration
+        self.config = config
+        self.properties = dict(properties)
+        self.meta = PluginMeta()
+        self.plugins = plugins
+        self.log = structlog.get_logger("corral.plugin").bind(plugin=registration.uri)
+        self._root = root
+        self._state = state
+        self._task_group = task_group
+
+    @property
+    def uri(self) -> str:
+        return self.registration.uri
+
+    @cached_property
+    def root(self) -> Path:
+        """``<root>/<type>.<id>``, created (0711) on first use."""
+        return _ensure_dir(self._root)
+
+    @cached_property
+    def state(self) -> Path:
+        """``<state>/<type>.<id>``, created (0711) on first use."""
+        return _ensure_dir(self._state)
+
+    def start_soon(self, fn: Callable[[], Awaitable[Any]], name: str = "") -> None:
+        """Run a background task owned by the daemon: it is cancelled when the daemon stops."""
+        self._task_group.start_soon(fn, name=f"{self.uri}:{name or getattr(fn, '__name__', 'task')}")
+
+    def _declared(self, plugin_type: str) -> None:
+        deps = self.registration.ordering_types
+        if ALL_TYPES not in deps and plugin_type not in deps:
+            raise UndeclaredDependency(
+                f"{self.uri} looked up {plugin_type} without declaring it in requires or after"
+            )
+
+    def _of_type(self, plugin_type: str) -> list[PluginRecord]:
+        self._declared(plugin_type)
+        return [r for r in self.plugins.records() if r.type == plugin_type and r.uri != self.uri]
+
+    def get_by_type(self, plugin_type: str) -> dict[str, Any]:
+        """Instances of every ok plugin of ``plugin_type``, by id (skipped and failed ones left out)."""
+        return {r.id: r.instance for r in self._of_type(plugin_type) if r.ok}
+
+    def get_single(self, plugin_type: str) -> Any:
+        """The one ok plugin of ``plugin_type``."""
+        records = self._of_type(plugin_type)
+        ok = [r for r in records if r.ok]
+        if len(ok) == 1:
+            return ok[0].instance
+        if len(ok) > 1:
+            raise PluginUnavailable(
+                f"multiple plugins registered for {plugin_type}: {', '.join(r.uri for r in ok)}"
+            )
+        raise PluginUnavailable(f"no plugins registered for {plugin_type}{_why_none(records)}")
+
+    def get_by_id(self, plugin_type: str, plugin_id: str) -> Any:
+        self._declared(plugin_type)
+        rec = self.plugins.get(f"{plugin_type}.{plugin_id}")
+        if rec is None:
+            raise PluginUnavailable(f"no plugins registered for {plugin_type}.{plugin_id}")
+        if not rec.ok:
+            raise PluginUnavailable(f"{rec.uri} is {rec.status.value}: {rec.reason}")
+        return rec.instance
+
+
+def _why_none(records: Sequence[PluginRecord]) -> str:
+    if not records:
+        return ""
+    return " (" + "; ".join(f"{r.uri} is {r.status.value}: {r.reason}" for r in records) + ")"
+
+
+def _ensure_dir(path: Path) -> Path:
+    path.mkdir(mode=0o711, parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        path.chmod(0o711)
+    return path
+
+
+def dependency_problem(
+    registration: Registration, records: Sequence[PluginRecord]
+) -> tuple[Status, str, tuple[str, ...]] | None:
+    """Why a plugin cannot start given the state of the types it requires, or None if it can."""
+    for plugin_type in registration.requires:
+        if plugin_type == ALL_TYPES:
+            continue
+        providers = [r for r in records if r.type == plugin_type]
+        if any(r.ok for r in providers):
+            continue
+        if not providers:
+            return Status.SKIP, f"requires {plugin_type}, which no installed plugin provides", ()
+        blockers = tuple(r.uri for r in providers)
+        detail = "; ".join(f"{r.uri} is {r.status.value}" + (f": {r.reason}" if r.reason else "") for r in providers)
+        failed = any(r.status is Status.ERROR for r in providers)
+        return (Status.ERROR if failed else Status.SKIP), f"requires {plugin_type}, but {detail}", blockers
+    return None

@@ -1,0 +1,116 @@
+"""Finding plugins: the entry-point group ``corral.plugins``, listed without importing anything.
+
+A root daemon must not run code just because a package in its environment declares an entry
+point, so third-party plugins are imported only once the config enables them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from corral.kernel._records import Origin, split_uri
+from corral.kernel._registration import Registration
+
+GROUP = "corral.plugins"
+BUILTIN_DISTRIBUTION = "corral"
+WILDCARD = "*"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An installed plugin, known by its entry point only."""
+
+    uri: str
+    type: str
+    id: str
+    origin: Origin
+    entry_point: md.EntryPoint | None = None
+    registration: Registration | None = None
+    """Set for plugins handed to the kernel directly (tests, embedding) instead of by entry point."""
+
+
+class PluginLoadError(Exception):
+    """An enabled plugin whose entry point could not be imported or is not a Registration."""
+
+
+def _dist_name(ep: md.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "", ""
+    return str(dist.metadata["Name"] or ""), str(dist.version or "")
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def discover(group: str = GROUP) -> list[Candidate]:
+    """Every plugin entry point, built-ins first, each group sorted, so the order is stable."""
+    found: dict[str, Candidate] = {}
+    for ep in md.entry_points(group=group):
+        dist, version = _dist_name(ep)
+        builtin = _normalise(dist) == BUILTIN_DISTRIBUTION
+        plugin_type, plugin_id = split_uri(ep.name)
+        origin = Origin(dist, version, ep.name, ep.value, builtin)
+        cand = Candidate(ep.name, plugin_type, plugin_id, origin, ep)
+        # The same distribution can be visible twice (e.g. an editable install and a copy on
+        # sys.path); the first on sys.path wins, as importlib would import it.
+        found.setdefault(f"{ep.name}\0{dist}", cand)
+    return sorted(found.values(), key=lambda c: (not c.origin.builtin, _normalise(c.origin.distribution), c.uri))
+
+
+def builtin_candidate(reg: Registration, distribution: str = "(embedded)") -> Candidate:
+    """Wrap a registration made in code (tests, embedding) as a candidate."""
+    origin = Origin(distribution, "", reg.uri, repr(reg.init), builtin=True)
+    return Candidate(reg.uri, reg.type, reg.id, origin, registration=reg)
+
+
+def is_enabled(cand: Candidate, enabled_plugins: Iterable[str], enabled_distributions: Iterable[str]) -> bool:
+    """Built-ins are on; a third-party plugin only when config names it or its distribution."""
+    if cand.origin.builtin:
+        return True
+    plugins = set(enabled_plugins)
+    if WILDCARD in plugins or cand.uri in plugins:
+        return True
+    dists = {_normalise(d) for d in enabled_distributions}
+    return WILDCARD in dists or _normalise(cand.origin.distribution) in dists
+
+
+def load(cand: Candidate) -> Registration:
+    """Import the candidate's entry point and check it is the registration it claims to be."""
+    if cand.registration is not None:
+        return cand.registration
+    assert cand.entry_point is not None
+    try:
+        obj = cand.entry_point.load()
+    except BaseException as exc:  # a broken third-party import must not take the daemon down
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        at = f" ({where.filename}:{where.lineno})" if where else ""
+        raise PluginLoadError(
+            f"importing {cand.origin.value} from distribution {cand.origin.distribution or '?'} "
+            f"{cand.origin.version}: {type(exc).__name__}: {exc}{at}"
+        ) from exc
+    if not isinstance(obj, Registration):
+        raise PluginLoadError(
+            f"entry point {cand.uri} = {cand.origin.value} in {cand.origin.distribution}: "
+            f"expected a corral.kernel.Registration, got {type(obj).__name__}"
+        )
+    if obj.uri != cand.uri:
+        raise PluginLoadError(
+            f"entry point {cand.uri} in {cand.origin.distribution} points at plugin {obj.uri}; "
+            "the entry point's name must be the plugin URI"
+        )
+    return obj
+
+
+def duplicates(cands: Sequence[Candidate]) -> dict[str, list[Candidate]]:
+    """URIs declared by more than one distribution."""
+    by_uri: dict[str, list[Candidate]] = {}
+    for c in cands:
+        by_uri.setdefault(c.uri, []).append(c)
+    return {uri: cs for uri, cs in by_uri.items() if len(cs) > 1}

@@ -1,0 +1,289 @@
+"""The kernel: load enabled plugins, order them, configure them, start them, stop them."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pluggy
+import structlog
+
+from corral.kernel import _config
+from corral.kernel._context import (
+    PROPERTY_GRPC_ADDRESS,
+    PROPERTY_ROOT,
+    PROPERTY_STATE,
+    PROPERTY_TTRPC_ADDRESS,
+    InitContext,
+    dependency_problem,
+)
+from corral.kernel._discovery import Candidate, PluginLoadError, discover, duplicates, is_enabled, load
+from corral.kernel._errors import ConfigError
+from corral.kernel._graph import DependencyCycleError, resolve_order
+from corral.kernel._hookspecs import PROJECT, CorralHooks
+from corral.kernel._records import PluginRecord, SkipPlugin, Status
+from corral.kernel._registration import Registration
+
+log = structlog.get_logger("corral.kernel")
+
+DEFAULT_CLOSE_TIMEOUT = 10.0
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start: a required plugin is not ok, or the plugin set is unusable."""
+
+
+class Kernel:
+    """Owns the plugin set. Use ``async with kernel.running():`` to start and stop it."""
+
+    def __init__(
+        self,
+        config: _config.DaemonConfig,
+        *,
+        candidates: Sequence[Candidate] | None = None,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self.candidates = list(discover() if candidates is None else candidates)
+        self.close_timeout = close_timeout
+        self.hooks = pluggy.PluginManager(PROJECT)
+        self.hooks.add_hookspecs(CorralHooks)
+        self.plugin_configs: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config.plugins.items()}
+        self._records: dict[str, PluginRecord] = {}
+        self._order: list[str] = []
+        self._dependents: dict[str, tuple[str, ...]] = {}
+        self._started: list[str] = []
+        self._graph = resolve_order(())
+        self._by_type: dict[str, list[str]] = {}
+        self.ready = anyio.Event()
+
+    # -- PluginSet -------------------------------------------------------------------------
+    def records(self) -> Sequence[PluginRecord]:
+        """Plugins in start order, then those not started (failed to load, disabled, not enabled)."""
+        started = [self._records[u] for u in self._order]
+        in_order = set(self._order)
+        return started + [r for u, r in self._records.items() if u not in in_order]
+
+    def get(self, uri: str) -> PluginRecord | None:
+        return self._records.get(uri)
+
+    def dependents(self, uri: str) -> tuple[str, ...]:
+        return self._dependents.get(uri, ())
+
+    # -- loading ---------------------------------------------------------------------------
+    def load_registrations(self) -> list[Registration]:
+        """Import what is enabled; record everything else with the reason it is not running."""
+        disabled = set(self.config.disabled_plugins)
+        regs: list[Registration] = []
+        for uri, cands in duplicates(self.candidates).items():
+            dists = ", ".join(c.origin.distribution for c in cands)
+            self._records[uri] = PluginRecord(
+                uri, cands[0].type, cands[0].id, cands[0].origin, Status.ERROR,
+                reason=f"plugin {uri} is declared by more than one distribution: {dists}",
+            )  # fmt: skip
+        for cand in self.candidates:
+            if cand.uri in self._records:
+                continue
+            base = PluginRecord(cand.uri, cand.type, cand.id, cand.origin, Status.PENDING)
+            if cand.uri in disabled:
+                self.hooks.set_blocked(cand.uri)
+                self._records[cand.uri] = dataclasses.replace(
+                    base, status=Status.DISABLED, reason="listed in disabled_plugins"
+                )
+                continue
+            if not is_enabled(cand, self.config.enabled_plugins, self.config.enabled_distributions):
+                self._records[cand.uri] = dataclasses.replace(
+                    base,
+                    status=Status.NOT_ENABLED,
+                    reason=f"third-party plugin from {cand.origin.distribution}; enable it with "
+                    f'enabled_plugins = ["{cand.uri}"] or '
+                    f'enabled_distributions = ["{cand.origin.distribution}"] in config.toml',
+                )
+                continue
+            try:
+                reg = load(cand)
+            except PluginLoadError as exc:
+                log.warning("plugin_load_failed", plugin=cand.uri, error=str(exc))
+                self._records[cand.uri] = dataclasses.replace(base, status=Status.ERROR, reason=str(exc), error=exc)
+                continue
+            if reg.hooks is not None:
+                self.hooks.register(reg.hooks, name=reg.uri)
+            self._records[cand.uri] = dataclasses.replace(base, registration=reg)
+            regs.append(reg)
+        return regs
+
+    def _order_plugins(self, regs: list[Registration]) -> list[Registration]:
+        """Resolve the start order; plugins caught in a cycle fail, naming the cycle, the rest go on."""
+        while True:
+            try:
+                graph = resolve_order(regs)
+            except DependencyCycleError as exc:
+                members = set(exc.members)
+                for uri in members:
+                    self._records[uri] = dataclasses.replace(
+                        self._records[uri], status=Status.ERROR, reason=str(exc), error=exc
+                    )
+                log.error("plugin_dependency_cycle", members=list(exc.members))
+                regs = [r for r in regs if r.uri not in members]
+                continue
+            self._graph = graph
+            self._by_type = {}
+            for rec in self._records.values():
+                self._by_type.setdefault(rec.type, []).append(rec.uri)
+            self._dependents = dict(graph.dependents)
+            return list(graph.order)
+
+    def migrate_config(self, regs: Sequence[Registration]) -> None:
+        """Upgrade plugin sections of an older config (version 2) in start order."""
+        if self.config.version >= 3:
+            return
+        migrations = [r.migrate for r in regs if r.migrate is not None]
+        self.plugin_configs = _config.migrate_plugins(self.config.version, self.plugin_configs, migrations)
+        log.warning("config_migrated", from_version=self.config.version, hint="run `corral config migrate`")
+
+    def decode_configs(self, regs: Sequence[Registration]) -> dict[str, Any]:
+        """Every plugin's typed config; a bad section is fatal and names its TOML path."""
+        decoded: dict[str, Any] = {}
+        for reg in regs:
+            raw = self.plugin_configs.get(reg.uri)
+            if reg.config is None:
+                decoded[reg.uri] = None
+                continue
+            decoded[reg.uri] = _config.decode(reg.config, raw or {}, f'plugins."{reg.uri}"')
+        return decoded
+
+    def prepare(self) -> tuple[list[Registration], dict[str, Any]]:
+        """Load, migrate, order and decode: everything before any plugin code runs its init."""
+        regs = self.load_registrations()
+        self.migrate_config(regs)
+        ordered = self._order_plugins(regs)
+        configs = self.decode_configs(ordered)
+        return ordered, configs
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Kernel]:
+        """Start every enabled plugin, yield, then close them in reverse order."""
+        ordered, configs = self.prepare()
+        async with anyio.create_task_group() as tg:
+            try:
+                await self._start(ordered, configs, tg)
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._stop()
+                tg.cancel_scope.cancel()
+
+    async def _start(self, ordered: list[Registration], configs: dict[str, Any], tg: anyio.abc.TaskGroup) -> None:
+        self._order = [r.uri for r in ordered]
+        for i, reg in enumerate(ordered):
+            self._records[reg.uri] = dataclasses.replace(self._records[reg.uri], order=i, config=configs[reg.uri])
+        done = {r.uri: anyio.Event() for r in ordered}
+        graph_deps = {r.uri: [d.uri for d in self._graph.dependencies(r)] for r in ordered}
+
+        async def start_one(reg: Registration) -> None:
+            for dep in graph_deps[reg.uri]:
+                await done[dep].wait()
+            structlog.contextvars.bind_contextvars(plugin=reg.uri)
+            try:
+                await self._init_plugin(reg, configs[reg.uri], tg)
+            finally:
+                done[reg.uri].set()
+                self.hooks.hook.corral_plugin_loaded(record=self._records[reg.uri])
+
+        # Independent plugins start concurrently; each waits only for the types it named.
+        async with anyio.create_task_group() as init_group:
+            for reg in ordered:
+                init_group.start_soon(start_one, reg, name=f"init:{reg.uri}")
+        self.ready.set()
+        self.hooks.hook.corral_ready(records=self.records())
+        self._check_required()
+
+    async def _init_plugin(self, reg: Registration, config: Any, tg: anyio.abc.TaskGroup) -> None:
+        rec = self._records[reg.uri]
+        required = [self._records[u] for t in reg.requires for u in self._by_type.get(t, ())]
+        problem = dependency_problem(reg, required)
+        if problem is not None:
+            status, reason, blockers = problem
+            self._records[reg.uri] = dataclasses.replace(
+                rec, status=status, reason=reason, blocked_by=blockers,
+                error=SkipPlugin(reason) if status is Status.SKIP else RuntimeError(reason),
+            )  # fmt: skip
+            log.info("plugin_not_started", status=status.value, reason=reason)
+            return
+        root = Path(self.config.root) / reg.uri
+        state = Path(self.config.state) / reg.uri
+        ic = InitContext(
+            reg, config=config, root=root, state=state, properties=self._properties(root, state),
+            plugins=self, task_group=tg,
+        )  # fmt: skip
+        started = time.perf_counter()
+        try:
+            instance = await reg.init(ic)
+        except SkipPlugin as exc:
+            self._records[reg.uri] = dataclasses.replace(
+                rec, status=Status.SKIP, reason=exc.reason, error=exc, meta=ic.meta,
+                init_seconds=time.perf_counter() - started,
+            )  # fmt: skip
+            log.info("plugin_skipped", reason=exc.reason)
+            return
+        except Exception as exc:
+            self._records[reg.uri] = dataclasses.replace(
+                rec, status=Status.ERROR, reason=f"{type(exc).__name__}: {exc}", error=exc, meta=ic.meta,
+                init_seconds=time.perf_counter() - started,
+            )  # fmt: skip
+            log.warning("plugin_failed", error=str(exc), exc_info=exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._records[reg.uri] = dataclasses.replace(
+            rec, status=Status.OK, instance=instance, meta=ic.meta, init_seconds=elapsed
+        )
+        self._started.append(reg.uri)
+        log.debug("plugin_started", seconds=round(elapsed, 6))
+
+    def _properties(self, root: Path, state: Path) -> dict[str, str]:
+        grpc = self.config.grpc.address
+        return {
+            PROPERTY_ROOT: str(root),
+            PROPERTY_STATE: str(state),
+            PROPERTY_GRPC_ADDRESS: grpc,
+            PROPERTY_TTRPC_ADDRESS: self.config.ttrpc.address or (f"{grpc}.ttrpc" if grpc else ""),
+        }
+
+    def _check_required(self) -> None:
+        problems = []
+        for uri in self.config.required_plugins:
+            rec = self._records.get(uri)
+            if rec is None:
+                problems.append(f"{uri}: not installed")
+            elif not rec.ok:
+                problems.append(f"{uri}: {rec.status.value}: {rec.reason}")
+        if problems:
+            raise StartupError("required plugins not ok: " + "; ".join(problems))
+
+    async def _stop(self) -> None:
+        self.hooks.hook.corral_stopping()
+        for uri in reversed(self._started):
+            instance = self._records[uri].instance
+            closer = getattr(instance, "aclose", None) or getattr(instance, "close", None)
+            if closer is None:
+                continue
+            with anyio.move_on_after(self.close_timeout) as scope:
+                try:
+                    result = closer()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    log.warning("plugin_close_failed", plugin=uri, error=str(exc))
+            if scope.cancelled_caught:
+                log.warning("plugin_close_timeout", plugin=uri, seconds=self.close_timeout)
+        self._started.clear()
+
+
+__all__ = ["ConfigError", "Kernel", "StartupError"]

@@ -1,0 +1,1 @@
+"""Metadata plugins: namespaced records over the backends."""

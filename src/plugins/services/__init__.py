@@ -1,0 +1,1 @@
+"""Service plugins: thin local services over the plugins that hold the logic."""

@@ -80,7 +80,9 @@ class Client:
         return await self.call(self.introspection.server(protobuf.Empty()))
 
     async def plugins(self, filters: Sequence[str] = ()) -> list[introspection.Plugin]:
-        reply = await self.call(self.introspection.plugins(introspection.PluginsRequest(filters=list(filters))))
+        reply = await self.call(
+            self.introspection.plugins(introspection.PluginsRequest(filters=list(filters)))
+        )
         return list(reply.plugins)
 
     async def plugin_details(
@@ -99,7 +101,9 @@ class Client:
         assert reply.namespace is not None
         return reply.namespace
 
-    async def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> namespaces.Namespace:
+    async def create_namespace(
+        self, name: str, labels: Mapping[str, str] | None = None
+    ) -> namespaces.Namespace:
         ns = namespaces.Namespace(name=name, labels=dict(labels or {}))
         reply = await self.call(self.namespaces.create(namespaces.CreateNamespaceRequest(namespace=ns)))
         assert reply.namespace is not None

@@ -41,7 +41,11 @@ def _user_dirs() -> tuple[Path, Path, Path]:
 def default_paths() -> tuple[Path, DaemonConfig]:
     """The config file looked for, and the embedded defaults: system paths as root, XDG otherwise."""
     if os.geteuid() == 0:
-        config_path, root, state = Path("/etc/corral/config.toml"), Path("/var/lib/corral"), Path("/run/corral")
+        config_path, root, state = (
+            Path("/etc/corral/config.toml"),
+            Path("/var/lib/corral"),
+            Path("/run/corral"),
+        )
     else:
         config_path, root, state = _user_dirs()
     defaults = DaemonConfig(root=str(root), state=str(state))
@@ -58,9 +62,7 @@ def finish(config: DaemonConfig) -> DaemonConfig:
         grpc = dataclasses.replace(grpc, address=str(Path(state) / SOCKET_NAME))
     if os.path.abspath(root) == os.path.abspath(state):
         raise ConfigError("root and state must be different paths")
-    return dataclasses.replace(
-        config, root=os.path.abspath(root), state=os.path.abspath(state), grpc=grpc
-    )
+    return dataclasses.replace(config, root=os.path.abspath(root), state=os.path.abspath(state), grpc=grpc)
 
 
 def read_config(path: Path | None) -> DaemonConfig:

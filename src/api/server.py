@@ -78,7 +78,7 @@ class _Mapping(dict[str, Handler]):
         super().__init__(handlers)
         self._services = {p.lstrip("/").rpartition("/")[0] for p in handlers}
 
-    def get(self, key: str, default: Any = None) -> Handler:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Handler:
         found = super().get(key)
         if found is not None:
             return found

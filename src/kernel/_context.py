@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -80,7 +80,7 @@ class InitContext:
         """``<state>/<type>.<id>``, created (0711) on first use."""
         return _ensure_dir(self._state)
 
-    def start_soon(self, fn: Callable[[], Awaitable[Any]], name: str = "") -> None:
+    def start_soon(self, fn: Callable[[], Coroutine[Any, Any, Any]], name: str = "") -> None:
         """Run a background task owned by the daemon: it is cancelled when the daemon stops."""
         self._task_group.start_soon(fn, name=f"{self.uri}:{name or getattr(fn, '__name__', 'task')}")
 
@@ -147,7 +147,9 @@ def dependency_problem(
         if not providers:
             return Status.SKIP, f"requires {plugin_type}, which no installed plugin provides", ()
         blockers = tuple(r.uri for r in providers)
-        detail = "; ".join(f"{r.uri} is {r.status.value}" + (f": {r.reason}" if r.reason else "") for r in providers)
+        detail = "; ".join(
+            f"{r.uri} is {r.status.value}" + (f": {r.reason}" if r.reason else "") for r in providers
+        )
         failed = any(r.status is Status.ERROR for r in providers)
         return (Status.ERROR if failed else Status.SKIP), f"requires {plugin_type}, but {detail}", blockers
     return None

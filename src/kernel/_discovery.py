@@ -59,7 +59,9 @@ def discover(group: str = GROUP) -> list[Candidate]:
         # The same distribution can be visible twice (e.g. an editable install and a copy on
         # sys.path); the first on sys.path wins, as importlib would import it.
         found.setdefault(f"{ep.name}\0{dist}", cand)
-    return sorted(found.values(), key=lambda c: (not c.origin.builtin, _normalise(c.origin.distribution), c.uri))
+    return sorted(
+        found.values(), key=lambda c: (not c.origin.builtin, _normalise(c.origin.distribution), c.uri)
+    )
 
 
 def builtin_candidate(reg: Registration, distribution: str = "(embedded)") -> Candidate:

@@ -110,7 +110,9 @@ class Kernel:
                 reg = load(cand)
             except PluginLoadError as exc:
                 log.warning("plugin_load_failed", plugin=cand.uri, error=str(exc))
-                self._records[cand.uri] = dataclasses.replace(base, status=Status.ERROR, reason=str(exc), error=exc)
+                self._records[cand.uri] = dataclasses.replace(
+                    base, status=Status.ERROR, reason=str(exc), error=exc
+                )
                 continue
             if reg.hooks is not None:
                 self.hooks.register(reg.hooks, name=reg.uri)
@@ -180,10 +182,14 @@ class Kernel:
                     await self._stop()
                 tg.cancel_scope.cancel()
 
-    async def _start(self, ordered: list[Registration], configs: dict[str, Any], tg: anyio.abc.TaskGroup) -> None:
+    async def _start(
+        self, ordered: list[Registration], configs: dict[str, Any], tg: anyio.abc.TaskGroup
+    ) -> None:
         self._order = [r.uri for r in ordered]
         for i, reg in enumerate(ordered):
-            self._records[reg.uri] = dataclasses.replace(self._records[reg.uri], order=i, config=configs[reg.uri])
+            self._records[reg.uri] = dataclasses.replace(
+                self._records[reg.uri], order=i, config=configs[reg.uri]
+            )
         done = {r.uri: anyio.Event() for r in ordered}
         graph_deps = {r.uri: [d.uri for d in self._graph.dependencies(r)] for r in ordered}
 

@@ -22,7 +22,9 @@ def validate_identifier(value: str) -> None:
     if not value:
         raise InvalidArgument("identifier must not be empty")
     if len(value) > MAX_IDENTIFIER_LENGTH:
-        raise InvalidArgument(f'identifier "{value}" greater than maximum length ({MAX_IDENTIFIER_LENGTH} characters)')
+        raise InvalidArgument(
+            f'identifier "{value}" greater than maximum length ({MAX_IDENTIFIER_LENGTH} characters)'
+        )
     if not _IDENTIFIER.match(value):
         raise InvalidArgument(f'identifier "{value}" must match {IDENTIFIER_PATTERN}')
 

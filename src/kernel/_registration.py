@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+AnyType = type[Any]
+
 if TYPE_CHECKING:
     from corral.kernel._context import InitContext
 
@@ -50,7 +52,7 @@ class Registration:
     init: InitFn
     requires: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
-    config: type[Any] | None = None
+    config: AnyType | None = None
     migrate: Migration | None = None
     description: str = ""
     hooks: object | None = field(default=None, compare=False)

@@ -16,6 +16,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+from grpclib.server import Server
+
 from corral.api.types.containerd.events import (
     NamespaceCreate,
     SnapshotCommit,
@@ -59,9 +63,6 @@ from corral.api.types.grpc.health.v1 import (
     HealthCheckResponseServingStatus,
     HealthStub,
 )
-from grpclib.client import Channel
-from grpclib.const import Cardinality
-from grpclib.server import Server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UTC = datetime.UTC

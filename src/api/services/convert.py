@@ -10,7 +10,9 @@ from corral.kernel import PluginRecord, Status
 
 
 def platforms(rec: PluginRecord) -> list[ctypes.Platform]:
-    return [ctypes.Platform(os=p.os, architecture=p.architecture, variant=p.variant) for p in rec.meta.platforms]
+    return [
+        ctypes.Platform(os=p.os, architecture=p.architecture, variant=p.variant) for p in rec.meta.platforms
+    ]
 
 
 def init_error(rec: PluginRecord) -> rpc.Status | None:

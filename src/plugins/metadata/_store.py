@@ -95,7 +95,8 @@ class MetadataStore:
         """Create ``name`` inside a caller's transaction: writes create namespaces implicitly."""
         validate_namespace(name)
         db.execute(
-            "INSERT OR IGNORE INTO namespaces(name, labels, created_at) VALUES (?, '{}', ?)", (name, time.time())
+            "INSERT OR IGNORE INTO namespaces(name, labels, created_at) VALUES (?, '{}', ?)",
+            (name, time.time()),
         )
 
     async def get_namespace(self, name: str) -> Namespace:
@@ -136,7 +137,9 @@ class MetadataStore:
                         current.pop(key, None)
                 else:
                     raise FailedPrecondition(f'cannot update "{path}" field on namespace "{name}"')
-            db.execute("UPDATE namespaces SET labels = ? WHERE name = ?", (json.dumps(current, sort_keys=True), name))
+            db.execute(
+                "UPDATE namespaces SET labels = ? WHERE name = ?", (json.dumps(current, sort_keys=True), name)
+            )
             return Namespace(name, current)
 
         return await self.run(update)
@@ -151,7 +154,9 @@ class MetadataStore:
                 if db.execute(f"SELECT 1 FROM {table} WHERE namespace = ? LIMIT 1", (name,)).fetchone()
             ]
             if held:
-                raise FailedPrecondition(f'namespace "{name}" must be empty, but it still has {", ".join(held)}')
+                raise FailedPrecondition(
+                    f'namespace "{name}" must be empty, but it still has {", ".join(held)}'
+                )
             db.execute("DELETE FROM namespaces WHERE name = ?", (name,))
 
         await self.run(delete)

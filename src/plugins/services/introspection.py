@@ -10,7 +10,6 @@ from pathlib import Path
 
 from corral.kernel import (
     InitContext,
-    InvalidArgument,
     PluginRecord,
     PluginSet,
     Registration,
@@ -48,12 +47,11 @@ class Introspection:
         self._plugins = plugins
         self._uuid_path = uuid_path
 
-    def plugins(self, filters: Sequence[str] = (), *, include_not_started: bool = False) -> list[PluginRecord]:
+    def plugins(
+        self, filters: Sequence[str] = (), *, include_not_started: bool = False
+    ) -> list[PluginRecord]:
         """Plugins in start order matching any of ``filters`` (fields: type, id, status, origin.*)."""
-        try:
-            match = parse_filters(list(filters))
-        except InvalidArgument:
-            raise
+        match = parse_filters(list(filters))
         records = [
             r
             for r in self._plugins.records()

@@ -171,16 +171,25 @@ class Kernel:
     # -- lifecycle -------------------------------------------------------------------------
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Kernel]:
-        """Start every enabled plugin, yield, then close them in reverse order."""
+        """Start every enabled plugin, yield, then close them in reverse order.
+
+        Errors from start-up or from the body are re-raised as they are, not wrapped in the
+        exception group of the task group that owns the plugins' background tasks.
+        """
         ordered, configs = self.prepare()
+        failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
             try:
                 await self._start(ordered, configs, tg)
                 yield self
+            except BaseException as exc:
+                failure = exc
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._stop()
                 tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _start(
         self, ordered: list[Registration], configs: dict[str, Any], tg: anyio.abc.TaskGroup

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Daemon
+from tooling import require_tool
+
+
+@pytest.fixture
+def ctr() -> str:
+    return require_tool("ctr")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, ctr: str) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "corral").start()
+    try:
+        yield d
+    finally:
+        d.stop()

@@ -21,6 +21,6 @@ def test_example_plugin_distribution_tests_pass() -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=90,
     )
     assert result.returncode == 0, f"example tests failed:\n{result.stdout}\n{result.stderr}"

@@ -27,7 +27,11 @@ def time_command(argv: Sequence[str], *, timeout: float = 60.0) -> float:
     """Seconds a command took from spawn to exit; output is discarded, a failure raises."""
     start = time.perf_counter()
     proc = subprocess.run(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=timeout,
     )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:

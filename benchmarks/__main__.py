@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -62,7 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
-    # Unwind through the context managers so every daemon started is stopped.
+    # Unwind through the context managers so every daemon started is stopped; a second signal
+    # must not interrupt that clean-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"interrupted by {signal.Signals(signum).name}; stopping daemons", file=sys.stderr)
     raise SystemExit(128 + signum)
 
 
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sc.name:16} {sc.needs:8} {sc.description}")
         return 0
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
 
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -105,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     keep = args.keep
     try:
         results = Runner(factories, ctr, workdir, args.runs, progress).run(selected)
-    except (DaemonError, RuntimeError, OSError) as exc:
+    except (DaemonError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
         keep = True
-        progress(f"error: {exc}")
+        detail = getattr(exc, "stderr", None)
+        progress(f"error: {exc}" + (f"\n{detail}" if detail else ""))
         return 1
     finally:
         if keep:

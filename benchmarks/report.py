@@ -71,7 +71,7 @@ def fmt_value(value: float, unit: str) -> str:
 
 
 def fmt_ratio(ratio: float | None) -> str:
-    return DASH if ratio is None else f"{ratio:.2f}×"
+    return DASH if ratio is None else f"{ratio:.2f}\N{MULTIPLICATION SIGN}"
 
 
 def medians(results: Results, sc: Scenario, metric: Metric) -> dict[str, float]:

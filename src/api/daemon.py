@@ -72,7 +72,10 @@ def read_config(path: Path | None) -> DaemonConfig:
         path = default_path
     if path is not None and not path.exists():
         raise ConfigError(f"{path}: no such file")
-    return load_config(path, defaults=defaults).config
+    loaded = load_config(path, defaults=defaults)
+    # Plugin migrations run from the oldest version any file declared; containerd skips them for
+    # unversioned (version 1) files, which silently drops their plugin sections.
+    return dataclasses.replace(loaded.config, version=min(loaded.config.version, loaded.migrated_from))
 
 
 async def serve(kernel: Kernel) -> None:

@@ -21,11 +21,11 @@ from grpclib.server import Server, Stream
 from corral.api.errors import status_for
 from corral.api.types.google import protobuf
 from corral.kernel import CorralError, PluginRecord, PluginUnavailable, bound_namespace
+from corral.plugins.metadata._leases import LEASE_HEADER, bound_lease
 
 log = structlog.get_logger("corral.grpc")
 
 NAMESPACE_HEADER = "containerd-namespace"
-LEASE_HEADER = "containerd-lease"
 
 StreamHandler = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
 
@@ -39,9 +39,10 @@ class GRPCServicePlugin(Protocol):
 
 def _wrap(path: str, func: StreamHandler) -> StreamHandler:
     async def handle(stream: Stream[Any, Any]) -> None:
-        ns = stream.metadata.get(NAMESPACE_HEADER) if stream.metadata else None
+        metadata: Mapping[str, Any] = stream.metadata or {}
+        ns, lease = metadata.get(NAMESPACE_HEADER), metadata.get(LEASE_HEADER)
         try:
-            with bound_namespace(str(ns) if ns else None):
+            with bound_namespace(str(ns) if ns else None), bound_lease(str(lease) if lease else None):
                 await func(stream)
         except (CorralError, PluginUnavailable) as exc:
             raise GRPCError(status_for(exc), str(exc)) from None

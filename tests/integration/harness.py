@@ -57,7 +57,7 @@ class Daemon:
     def command(self) -> list[str]:
         return [
             str(BIN / "corrald"), "--config", str(self.config_path),
-            "--root", str(self.base / "root"), "--state", str(self.base / "state"),
+            "--root", str(self.base / "root"), "--state", str(self.base / "state"), "--address", self.socket,
         ]  # fmt: skip
 
     def start(self, *, wait: bool = True) -> Daemon:

@@ -89,7 +89,7 @@ def test_enabled_example_plugin_runs_configured_from_its_section(
         assert "greeting" in detailed and "bonjour" in detailed
         info = json.loads(d.corral("plugins", "info", GREETER_URI, "--format", "json").stdout)
         assert info["origin"]["distribution"] == "corral-greeter"
-        assert json.loads(info["config_json"])["greeting"] == "bonjour"
+        assert info["config"]["greeting"] == "bonjour"
     finally:
         d.stop()
 
@@ -195,7 +195,7 @@ def test_version_2_config_with_plugin_sections_is_migrated(tmp_path: Path, ctr: 
         info = json.loads(
             d.corral("plugins", "info", "io.containerd.metadata.v1.sqlite", "--format", "json").stdout
         )
-        assert json.loads(info["config_json"])["no_sync"] is True
+        assert info["config"]["no_sync"] is True
     finally:
         d.stop()
 

@@ -8,10 +8,10 @@ import click
 
 from corral import __version__
 from corral.api.cli._session import Settings, one_line_errors
-from corral.api.cli.config import config
-from corral.api.cli.namespaces import namespaces
-from corral.api.cli.plugins import plugins
-from corral.api.cli.version import version
+from corral.api.cli.config import config_group
+from corral.api.cli.namespaces import namespaces_group
+from corral.api.cli.plugins import plugins_group
+from corral.api.cli.version import version_command
 from corral.api.client import DEFAULT_NAMESPACE, default_address
 
 __all__ = ["cli", "main"]
@@ -19,6 +19,11 @@ __all__ = ["cli", "main"]
 
 class CorralGroup(click.Group):
     """The root group: parse errors and expected failures leave as one line, never a traceback."""
+
+    aliases = {"ns": "namespaces"}
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
 
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
@@ -31,7 +36,7 @@ class CorralGroup(click.Group):
             return super().invoke(ctx)
 
 
-@click.group(cls=CorralGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("corral", cls=CorralGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-a",
     "--address",
@@ -54,11 +59,10 @@ def cli(ctx: click.Context, address: str | None, namespace: str) -> None:
     ctx.obj = Settings(address=address or default_address(), namespace=namespace)
 
 
-cli.add_command(plugins)
-cli.add_command(namespaces)
-cli.add_command(namespaces, name="ns")
-cli.add_command(config)
-cli.add_command(version)
+cli.add_command(plugins_group)
+cli.add_command(namespaces_group)
+cli.add_command(config_group)
+cli.add_command(version_command)
 
 
 def main() -> None:

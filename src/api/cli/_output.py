@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -77,11 +79,11 @@ def to_json(data: Any) -> str:
 
 
 def emit(renderable: RenderableType | str) -> None:
-    """Print to stdout, in color only when stdout is a terminal."""
+    """Print to stdout, in color only when stdout is a terminal and NO_COLOR is not set."""
     if isinstance(renderable, str):
         click.echo(renderable, nl=not renderable.endswith("\n"))
         return
-    color = click.get_text_stream("stdout").isatty()
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     click.echo(to_text(renderable, color=color), nl=False)
 
 

@@ -29,7 +29,7 @@ def platforms_of(detail: PluginDetail) -> list[str]:
 
 
 def origin_label(detail: PluginDetail) -> str:
-    """"builtin" for corral's own plugins, else "distribution version"."""
+    """ "builtin" for corral's own plugins, else "distribution version"."""
     origin = detail.origin
     if origin is None:
         return "-"
@@ -157,8 +157,15 @@ def plugin_info(detail: PluginDetail) -> Table:
     return grid
 
 
-def _state(detail: PluginDetail) -> str:
-    return f"{detail.status}: {detail.reason}" if detail.reason else detail.status
+def _state(uri: str, detail: PluginDetail) -> str:
+    return f"{uri} [{detail.status}]" + (f": {detail.reason}" if detail.reason else "")
+
+
+def _hint(detail: PluginDetail) -> list[str]:
+    # A not-enabled plugin's reason already says how to enable it; a disabled one's does not.
+    if detail.status == "disabled":
+        return ["  remove it from disabled_plugins in config.toml to start it"]
+    return []
 
 
 def explain(uri: str, details: Sequence[PluginDetail]) -> str:
@@ -167,30 +174,31 @@ def explain(uri: str, details: Sequence[PluginDetail]) -> str:
     detail = by_uri[uri]
     if detail.status == OK:
         return f"{uri} is ok\n"
-    lines = [f"{uri} is {_state(detail)}"]
-    if detail.status == "disabled":
-        lines.append("  remove it from disabled_plugins in config.toml to start it")
-    causes: list[str] = []
+    lines = [_state(uri, detail)]
+    if not detail.blocked_by:
+        lines.extend(_hint(detail))
+    causes: dict[str, list[str]] = {}
     seen = {uri}
 
     def walk(blockers: Sequence[str], depth: int) -> None:
+        indent = "  " * depth
         for blocker in blockers:
-            indent = "  " * depth
             found = by_uri.get(blocker)
             if found is None:
                 lines.append(f"{indent}blocked by {blocker}: not known to the daemon")
-                causes.append(f"{blocker} is not installed")
-                continue
-            if blocker in seen:
+                causes[f"{blocker} is not installed"] = []
+            elif blocker in seen:
                 lines.append(f"{indent}blocked by {blocker} (see above)")
-                continue
-            seen.add(blocker)
-            lines.append(f"{indent}blocked by {blocker}, which is {_state(found)}")
-            if found.blocked_by:
-                walk(found.blocked_by, depth + 1)
             else:
-                causes.append(f"{blocker} is {_state(found)}")
+                seen.add(blocker)
+                lines.append(f"{indent}blocked by {_state(blocker, found)}")
+                if found.blocked_by:
+                    walk(found.blocked_by, depth + 1)
+                else:
+                    causes[_state(blocker, found)] = _hint(found)
 
     walk(detail.blocked_by, 1)
-    lines.extend(f"root cause: {cause}" for cause in dict.fromkeys(causes))
+    for cause, hint in causes.items():
+        lines.append(f"root cause: {cause}")
+        lines.extend(hint)
     return "\n".join(lines) + "\n"

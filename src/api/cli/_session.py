@@ -69,7 +69,10 @@ def call(fn: Callable[[Client], Awaitable[T]]) -> T:
 
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """The single place where expected errors are translated into ``corral: <message>``."""
+    """Where expected errors that reach the top become ``corral: <message>`` (exit 1, or 2 for usage/config).
+
+    Transport failures are worded in ``call``, the one place that knows which socket was dialled.
+    """
     try:
         yield
     except (CommandError, click.exceptions.NoArgsIsHelpError):
@@ -80,7 +83,7 @@ def one_line_errors() -> Iterator[None]:
     except click.ClickException as exc:
         raise CommandError(exc.format_message()) from None
     except ConfigError as exc:
-        raise UsageProblem(f"config: {exc.detail}") from None
+        raise UsageProblem(f"config error: {exc.detail}") from None
     except CorralError as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:

@@ -38,12 +38,12 @@ def namespaces_json(items: Sequence[pb.Namespace]) -> list[dict[str, Any]]:
     return [{"name": ns.name, "labels": dict(sorted(ns.labels.items()))} for ns in items]
 
 
-@click.group()
-def namespaces() -> None:
+@click.group("namespaces")
+def namespaces_group() -> None:
     """Manage namespaces (alias: ns)."""
 
 
-@namespaces.command("ls")
+@namespaces_group.command("ls")
 @format_option("table", "json")
 def list_namespaces(output_format: str) -> None:
     """List namespaces with their labels."""
@@ -51,7 +51,7 @@ def list_namespaces(output_format: str) -> None:
     emit(to_json(namespaces_json(items)) if output_format == "json" else namespaces_table(items))
 
 
-@namespaces.command("create")
+@namespaces_group.command("create")
 @click.argument("name")
 @click.argument("labels", nargs=-1, metavar="[KEY=VALUE]...")
 def create_namespace(name: str, labels: tuple[str, ...]) -> None:
@@ -64,11 +64,11 @@ def create_namespace(name: str, labels: tuple[str, ...]) -> None:
     call(create)
 
 
-@namespaces.command("label")
+@namespaces_group.command("label")
 @click.argument("name")
 @click.argument("labels", nargs=-1, required=True, metavar="KEY=[VALUE]...")
 def label_namespace(name: str, labels: tuple[str, ...]) -> None:
-    """Set labels on namespace NAME; ``KEY=`` removes KEY."""
+    """Set labels on namespace NAME; KEY= removes KEY."""
     parsed = parse_labels(labels)
 
     async def label(client: Client) -> None:
@@ -77,7 +77,7 @@ def label_namespace(name: str, labels: tuple[str, ...]) -> None:
     call(label)
 
 
-@namespaces.command("rm")
+@namespaces_group.command("rm")
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 def remove_namespaces(names: tuple[str, ...]) -> None:
     """Remove namespaces; unlike ctr, a namespace that does not exist is an error."""

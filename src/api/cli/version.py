@@ -26,7 +26,9 @@ def client_lines() -> str:
 
 
 def server_lines(server: ServerVersion) -> str:
-    return f"Server:\n  Version:  {server.version}\n  Revision: {server.revision}\n  UUID:     {server.uuid}\n"
+    return (
+        f"Server:\n  Version:  {server.version}\n  Revision: {server.revision}\n  UUID:     {server.uuid}\n"
+    )
 
 
 def version_json(server: ServerVersion) -> dict[str, Any]:
@@ -42,9 +44,9 @@ async def fetch_server_version(client: Client) -> ServerVersion:
     return ServerVersion(reply.version, reply.revision, info.uuid)
 
 
-@click.command()
+@click.command("version")
 @format_option("table", "json")
-def version(output_format: str) -> None:
+def version_command(output_format: str) -> None:
     """Show the client's and the daemon's version."""
     if output_format == "json":
         emit(to_json(version_json(call(fetch_server_version))))

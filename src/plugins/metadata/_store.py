@@ -26,6 +26,33 @@ _SCHEMA: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE content (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (namespace, digest)
+    );
+    CREATE INDEX content_by_digest ON content(digest);
+    CREATE TABLE leases (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        id TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        PRIMARY KEY (namespace, id)
+    );
+    CREATE TABLE lease_resources (
+        namespace TEXT NOT NULL,
+        lease TEXT NOT NULL,
+        type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        PRIMARY KEY (namespace, lease, type, id),
+        FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
+    );
+    """,
 )
 
 
@@ -47,7 +74,8 @@ class MetadataStore:
         self._migrate()
         self._limiter = anyio.CapacityLimiter(1)
         # Tables whose rows belong to a namespace; a namespace holding any cannot be removed.
-        self._namespaced_tables: dict[str, str] = {}
+        self._namespaced_tables: dict[str, str] = {"blobs": "content", "leases": "leases"}
+        self._mutation_listeners: list[Callable[[bool], None]] = []
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -69,6 +97,14 @@ class MetadataStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def on_mutation(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(deleted)`` after each committed change; the GC scheduler counts them."""
+        self._mutation_listeners.append(listener)
+
+    def mutated(self, *, deleted: bool = False) -> None:
+        for listener in self._mutation_listeners:
+            listener(deleted)
 
     def register_namespaced_table(self, kind: str, table: str) -> None:
         """Declare that rows of ``table`` (with a ``namespace`` column) are objects of ``kind``."""

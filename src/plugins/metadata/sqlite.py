@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from corral.kernel import InitContext, Registration
 from corral.plugins import types
-from corral.plugins.metadata._store import MetadataStore
+from corral.plugins.metadata._metadata import Metadata
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,13 @@ def migrate_bolt_section(from_version: int, plugins: dict[str, Any]) -> None:
         plugins.setdefault(f"{types.METADATA}.sqlite", {}).update(bolt)
 
 
-async def init(ic: InitContext) -> MetadataStore:
+async def init(ic: InitContext) -> Metadata:
     config: SqliteConfig = ic.config
     path = ic.root / "meta.db"
-    store = MetadataStore(path, no_sync=config.no_sync)
+    backends = list(ic.get_by_type(types.CONTENT).values())
+    if len(backends) > 1:
+        raise RuntimeError(f"more than one content store is ok: {len(backends)}; disable all but one")
+    store = Metadata(path, backend=backends[0] if backends else None, no_sync=config.no_sync)
     ic.meta.exports.update({"path": str(path), "policy": config.content_sharing_policy})
     return store
 

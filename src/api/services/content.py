@@ -1,0 +1,141 @@
+"""io.containerd.grpc.v1.content — containerd.services.content.v1.Content, streaming included."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from corral.api.services import GRPCServices
+from corral.api.types.containerd.services.content import v1 as pb
+from corral.api.types.google import protobuf
+from corral.kernel import InitContext, InvalidArgument, OutOfRange, Registration
+from corral.plugins import types
+from corral.plugins.content import Info, IngestStatus
+from corral.plugins.services.content import ContentService
+
+LIST_BATCH = 100
+
+
+def _info(info: Info) -> pb.Info:
+    return pb.Info(
+        digest=info.digest,
+        size=info.size,
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        labels=dict(info.labels),
+    )
+
+
+def _status(st: IngestStatus) -> pb.Status:
+    return pb.Status(
+        started_at=st.started_at,
+        updated_at=st.updated_at,
+        ref=st.ref,
+        offset=st.offset,
+        total=st.total,
+        expected=st.expected,
+    )
+
+
+class ContentGRPC(pb.ContentBase):
+    def __init__(self, local: ContentService) -> None:
+        self._local = local
+
+    async def info(self, message: pb.InfoRequest) -> pb.InfoResponse:
+        return pb.InfoResponse(info=_info(await self._local.info(message.digest)))
+
+    async def update(self, message: pb.UpdateRequest) -> pb.UpdateResponse:
+        if message.info is None:
+            raise InvalidArgument("info is required")
+        paths = list(message.update_mask.paths) if message.update_mask else []
+        updated = await self._local.update(message.info.digest, message.info.labels, paths)
+        return pb.UpdateResponse(info=_info(updated))
+
+    async def list(self, message: pb.ListContentRequest) -> AsyncIterator[pb.ListContentResponse]:
+        infos = await self._local.list(message.filters)
+        for start in range(0, len(infos), LIST_BATCH):
+            yield pb.ListContentResponse(info=[_info(i) for i in infos[start : start + LIST_BATCH]])
+
+    async def delete(self, message: pb.DeleteContentRequest) -> protobuf.Empty:
+        await self._local.delete(message.digest)
+        return protobuf.Empty()
+
+    async def read(self, message: pb.ReadContentRequest) -> AsyncIterator[pb.ReadContentResponse]:
+        if message.offset < 0 or message.size < 0:
+            raise InvalidArgument("offset and size must not be negative")
+        offset = message.offset
+        async for chunk in await self._local.read(message.digest, message.offset, message.size):
+            yield pb.ReadContentResponse(offset=offset, data=chunk)
+            offset += len(chunk)
+
+    async def status(self, message: pb.StatusRequest) -> pb.StatusResponse:
+        return pb.StatusResponse(status=_status(await self._local.status(message.ref)))
+
+    async def list_statuses(self, message: pb.ListStatusesRequest) -> pb.ListStatusesResponse:
+        statuses = await self._local.list_statuses(message.filters)
+        return pb.ListStatusesResponse(statuses=[_status(s) for s in statuses])
+
+    async def abort(self, message: pb.AbortRequest) -> protobuf.Empty:
+        await self._local.abort(message.ref)
+        return protobuf.Empty()
+
+    async def write(
+        self, messages: AsyncIterator[pb.WriteContentRequest]
+    ) -> AsyncIterator[pb.WriteContentResponse]:
+        """containerd's ingest protocol: one response per request, in lock step."""
+        first = await anext(messages, None)
+        if first is None:
+            return
+        if not first.ref:
+            raise InvalidArgument("first message must have a reference")
+        total, expected = first.total, first.expected
+        writer = await self._local.writer(first.ref, total, expected)
+        try:
+            request: pb.WriteContentRequest | None = first
+            while request is not None:
+                total = request.total or total
+                expected = request.expected or expected
+                if request.action == pb.WriteAction.STAT:
+                    st = await writer.status()
+                    yield pb.WriteContentResponse(
+                        action=pb.WriteAction.STAT,
+                        started_at=st.started_at,
+                        updated_at=st.updated_at,
+                        offset=writer.offset,
+                        total=total or st.total,
+                        digest=writer.digest(),
+                    )
+                elif request.action in (pb.WriteAction.WRITE, pb.WriteAction.COMMIT):
+                    if request.offset > 0 and request.offset != writer.offset:
+                        raise OutOfRange(
+                            f"write @{request.offset} must occur at current offset {writer.offset}"
+                        )
+                    if request.offset == 0 and writer.offset > 0 and request.data:
+                        await writer.truncate(0)
+                    if request.data:
+                        await writer.write(request.data)
+                    if request.action == pb.WriteAction.WRITE:
+                        yield pb.WriteContentResponse(
+                            action=pb.WriteAction.WRITE,
+                            offset=writer.offset,
+                            total=total,
+                            digest=writer.digest(),
+                        )
+                    else:
+                        info = await writer.commit(total, expected, request.labels)
+                        await self._local.committed(info)
+                        yield pb.WriteContentResponse(
+                            action=pb.WriteAction.COMMIT, offset=info.size, digest=info.digest
+                        )
+                        return
+                else:
+                    raise InvalidArgument(f"unknown write action {request.action}")
+                request = await anext(messages, None)
+        finally:
+            await writer.close()
+
+
+async def init(ic: InitContext) -> GRPCServices:
+    return GRPCServices((ContentGRPC(ic.get_by_id(types.SERVICE, "content-service")),))
+
+
+registration = Registration(type=types.GRPC, id="content", init=init, requires=(types.SERVICE,))

@@ -1,0 +1,143 @@
+"""containerd's events as Python records, and the envelope the exchange carries them in.
+
+Plugins never import the wire types, so events inside the daemon are frozen dataclasses whose
+fields are named as in containerd's protos; the api layer maps them to protobuf by ``TYPE_URL``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar, Protocol
+
+EVENT_TYPES: dict[str, type[TypedEvent]] = {}
+"""Every TypedEvent subclass by its TYPE_URL, so an encoded event can find its record type."""
+
+
+@dataclass(frozen=True)
+class TypedEvent:
+    """Base of the events the daemon builds: TYPE_URL names the proto message, TOPIC its usual topic."""
+
+    TYPE_URL: ClassVar[str]
+    TOPIC: ClassVar[str]
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        if cls.TYPE_URL in EVENT_TYPES:
+            raise TypeError(
+                f"{cls.__qualname__}: type_url {cls.TYPE_URL} is taken by {EVENT_TYPES[cls.TYPE_URL]}"
+            )
+        EVENT_TYPES[cls.TYPE_URL] = cls
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """An event that arrived encoded (Publish, Forward, shims): passed on byte for byte."""
+
+    type_url: str
+    value: bytes
+
+
+Event = TypedEvent | RawEvent
+
+
+@dataclass(frozen=True)
+class NamespaceCreate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.NamespaceCreate"
+    TOPIC: ClassVar[str] = "/namespaces/create"
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NamespaceUpdate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.NamespaceUpdate"
+    TOPIC: ClassVar[str] = "/namespaces/update"
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NamespaceDelete(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.NamespaceDelete"
+    TOPIC: ClassVar[str] = "/namespaces/delete"
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ContentCreate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.ContentCreate"
+    TOPIC: ClassVar[str] = "/content/create"
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ContentDelete(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.ContentDelete"
+    TOPIC: ClassVar[str] = "/content/delete"
+
+    digest: str
+
+
+@dataclass(frozen=True)
+class SnapshotPrepare(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.SnapshotPrepare"
+    TOPIC: ClassVar[str] = "/snapshot/prepare"
+
+    key: str
+    parent: str
+    snapshotter: str
+
+
+@dataclass(frozen=True)
+class SnapshotCommit(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.SnapshotCommit"
+    TOPIC: ClassVar[str] = "/snapshot/commit"
+
+    key: str
+    name: str
+    snapshotter: str
+
+
+@dataclass(frozen=True)
+class SnapshotRemove(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.SnapshotRemove"
+    TOPIC: ClassVar[str] = "/snapshot/remove"
+
+    key: str
+    snapshotter: str
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One published event: when (aware, UTC), in which namespace, under which topic."""
+
+    timestamp: datetime
+    namespace: str
+    topic: str
+    event: Event
+
+
+class Publisher(Protocol):
+    """What a plugin that emits events needs from the exchange."""
+
+    async def publish(
+        self, event: Event, *, topic: str | None = None, namespace: str | None = None
+    ) -> Envelope: ...
+
+
+class EventExchange(Publisher, Protocol):
+    """An ``io.containerd.event.v1`` plugin's instance: publish, forward and subscribe."""
+
+    async def forward(self, envelope: Envelope) -> None: ...
+
+    def subscribe(
+        self, filters: Sequence[str] = ()
+    ) -> AbstractAsyncContextManager[AsyncIterator[Envelope]]: ...

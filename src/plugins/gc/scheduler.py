@@ -1,0 +1,134 @@
+"""io.containerd.gc.v1.scheduler — decides when the metadata store collects garbage.
+
+As containerd's scheduler: a collection follows deletions (every one when ``deletion_threshold``
+is 0), or ``mutation_threshold`` other changes, after ``schedule_delay``; collections are spaced
+so their pauses take at most ``pause_threshold`` of the time; one runs ``startup_delay`` after
+start; ``collect_now`` (a ``sync`` delete) runs one at once and waits for it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import structlog
+
+from corral.kernel import InitContext, InvalidArgument, Registration, format_duration
+from corral.plugins import types
+from corral.plugins.metadata._gc import CollectionResult
+from corral.plugins.metadata._metadata import Metadata
+
+log = structlog.get_logger("corral.gc")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    pause_threshold: float = 0.02
+    """Longest fraction of time spent paused in collections (0 < x < 1)."""
+    deletion_threshold: int = 0
+    """Deletions that trigger a collection; 0 means every deletion does."""
+    mutation_threshold: int = 100
+    """Other changes that trigger a collection."""
+    schedule_delay: timedelta = timedelta(0)
+    """Wait this long after a trigger, gathering more changes into one collection."""
+    startup_delay: timedelta = timedelta(milliseconds=100)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.pause_threshold < 1:
+            raise ValueError(f"pause_threshold must be between 0 and 1, got {self.pause_threshold}")
+        if self.deletion_threshold < 0 or self.mutation_threshold < 0:
+            raise ValueError("deletion_threshold and mutation_threshold must not be negative")
+
+
+class Scheduler:
+    """Counts changes reported by the metadata store and runs its collector when due."""
+
+    def __init__(self, metadata: Metadata, config: SchedulerConfig) -> None:
+        self._metadata = metadata
+        self._config = config
+        self._deletions = 0
+        self._mutations = 0
+        self._due: float | None = time.monotonic() + config.startup_delay.total_seconds()
+        self._wake = anyio.Event()
+        self._earliest = 0.0
+        self._lock = anyio.Lock()
+        self.last: CollectionResult | None = None
+        self.collections = 0
+        metadata.on_mutation(self._changed)
+
+    def _changed(self, deleted: bool) -> None:
+        if deleted:
+            self._deletions += 1
+        else:
+            self._mutations += 1
+        threshold = self._config.deletion_threshold
+        if (deleted and (threshold == 0 or self._deletions >= threshold)) or (
+            self._config.mutation_threshold and self._mutations >= self._config.mutation_threshold
+        ):
+            due = time.monotonic() + self._config.schedule_delay.total_seconds()
+            self._due = due if self._due is None else min(self._due, due)
+            self._wake.set()
+
+    async def collect_now(self) -> CollectionResult:
+        """Collect at once and wait for it (what a ``sync`` delete asks for)."""
+        async with self._lock:
+            self._deletions = self._mutations = 0
+            self._due = None
+            started = time.monotonic()
+            result = await self._metadata.garbage_collect()
+            elapsed = time.monotonic() - started
+            self._earliest = time.monotonic() + elapsed / self._config.pause_threshold - elapsed
+            self.last = result
+            self.collections += 1
+            return result
+
+    async def run(self) -> None:
+        while True:
+            if self._due is None:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            wait = max(self._due, self._earliest) - time.monotonic()
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                if max(self._due or math.inf, self._earliest) > time.monotonic():
+                    continue
+            try:
+                await self.collect_now()
+            except Exception as exc:
+                log.error("gc_failed", error=str(exc), exc_info=exc)
+                self._due = None
+
+
+async def init(ic: InitContext) -> Scheduler:
+    config: SchedulerConfig = ic.config
+    metadata: Any = ic.get_single(types.METADATA)
+    if not isinstance(metadata, Metadata):
+        raise InvalidArgument(f"the scheduler needs corral's metadata store, got {type(metadata).__name__}")
+    scheduler = Scheduler(metadata, config)
+    ic.meta.exports.update(
+        {
+            "PauseThreshold": str(config.pause_threshold),
+            "DeletionThreshold": str(config.deletion_threshold),
+            "MutationThreshold": str(config.mutation_threshold),
+            "ScheduleDelay": format_duration(config.schedule_delay),
+        }
+    )
+    ic.start_soon(scheduler.run, "gc")
+    return scheduler
+
+
+registration = Registration(
+    type=types.GC,
+    id="scheduler",
+    init=init,
+    requires=(types.METADATA,),
+    config=SchedulerConfig,
+    description="schedules garbage collection of the metadata store",
+)

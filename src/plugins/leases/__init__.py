@@ -1,0 +1,1 @@
+"""Lease plugins (io.containerd.lease.v1)."""

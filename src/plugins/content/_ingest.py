@@ -129,8 +129,13 @@ def read_status(directory: Path) -> IngestStatus | None:
         total=record.total,
         expected=record.expected,
         started_at=record.started_at,
-        updated_at=from_ns(st.st_mtime_ns),
+        updated_at=updated_at(record, st),
     )
+
+
+def updated_at(record: IngestRecord, data: os.stat_result) -> datetime:
+    # The filesystem's clock is coarse and may trail datetime.now() by a tick.
+    return max(from_ns(data.st_mtime_ns), record.started_at)
 
 
 def is_stale(directory: Path, cutoff: datetime | None) -> bool:
@@ -191,13 +196,13 @@ class LocalWriter:
         blobs: Path,
         *,
         publish_lock: anyio.Lock,
-        release: Callable[[], None],
+        on_release: Callable[[], None],
     ) -> None:
         self._ref = ref
         self._dir = directory
         self._blobs = blobs
         self._publish_lock = publish_lock
-        self._release = release
+        self._on_release = on_release
         self._lock = anyio.Lock()
         self._fd: int | None = None
         self._closed = False
@@ -250,7 +255,7 @@ class LocalWriter:
         self._record = record
         self._algorithm = parse_digest(record.expected)[0] if record.expected else CANONICAL
         self._hasher, self._offset = hash_file(fd, self._algorithm)
-        self._updated_at = from_ns(os.fstat(fd).st_mtime_ns)
+        self._updated_at = updated_at(record, os.fstat(fd))
 
     async def write(self, data: bytes) -> int:
         async with self._lock:
@@ -269,7 +274,7 @@ class LocalWriter:
             self._hasher.update(view[:n])
             self._offset += n
             view = view[n:]
-        self._updated_at = datetime.now(UTC)
+        self._updated_at = updated_at(self._record, os.fstat(self._fd))
 
     async def truncate(self, size: int) -> None:
         if size != 0:
@@ -283,7 +288,7 @@ class LocalWriter:
         os.ftruncate(self._fd, 0)
         self._hasher = hashlib.new(self._algorithm)
         self._offset = 0
-        self._updated_at = datetime.now(UTC)
+        self._updated_at = updated_at(self._record, os.fstat(self._fd))
 
     async def commit(self, size: int, expected: str) -> Info:
         async with self._lock:
@@ -291,7 +296,7 @@ class LocalWriter:
             try:
                 return await self._commit(size, expected)
             finally:
-                self._finish()
+                self.release()
 
     async def _commit(self, size: int, expected: str) -> Info:
         algorithm = parse_digest(expected)[0] if expected else self._algorithm
@@ -353,17 +358,17 @@ class LocalWriter:
 
     async def close(self) -> None:
         async with self._lock:
-            self._finish()
+            self.release()
 
-    def _finish(self) -> None:
-        """Close the data file and release the ref; idempotent and synchronous, for cleanup paths."""
+    def release(self) -> None:
+        """Close the data file and release the ref without waiting: ``close`` for cleanup paths."""
         if self._closed:
             return
         self._closed = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._release()
+        self._on_release()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -9,6 +9,7 @@ from typing import Any
 from corral.kernel import InitContext, Registration, namespace_required
 from corral.plugins import types
 from corral.plugins.content import Info, IngestStatus
+from corral.plugins.events import types as events
 from corral.plugins.metadata._content import NamespacedContent, NamespacedWriter
 
 
@@ -34,7 +35,7 @@ class ContentService:
 
     async def delete(self, digest: str) -> None:
         await self._content.delete(digest)
-        await self._publish(_event("ContentDelete", digest=digest))
+        await self._publish(events.ContentDelete(digest=digest))
 
     async def read(self, digest: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
         return await self._content.read(digest, offset, size)
@@ -43,7 +44,7 @@ class ContentService:
         return await self._content.writer(ref, total, expected)
 
     async def committed(self, info: Info) -> None:
-        await self._publish(_event("ContentCreate", digest=info.digest, size=info.size))
+        await self._publish(events.ContentCreate(digest=info.digest, size=info.size))
 
     async def status(self, ref: str) -> IngestStatus:
         return await self._content.status(ref)
@@ -53,12 +54,6 @@ class ContentService:
 
     async def abort(self, ref: str) -> None:
         await self._content.abort(ref)
-
-
-def _event(name: str, **fields: Any) -> Any:
-    from corral.plugins.events import types as events
-
-    return getattr(events, name)(**fields)
 
 
 async def init(ic: InitContext) -> ContentService:

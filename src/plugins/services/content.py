@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
 
 from corral.kernel import InitContext, Registration, namespace_required
 from corral.plugins import types
@@ -16,11 +15,11 @@ from corral.plugins.metadata._content import NamespacedContent, NamespacedWriter
 class ContentService:
     """The content operations a client sees; storage and checks live in the metadata store."""
 
-    def __init__(self, content: NamespacedContent, exchange: Any = None) -> None:
+    def __init__(self, content: NamespacedContent, exchange: events.Publisher | None = None) -> None:
         self._content = content
         self._exchange = exchange
 
-    async def _publish(self, event: Any) -> None:
+    async def _publish(self, event: events.Event) -> None:
         if self._exchange is not None:
             await self._exchange.publish(event, namespace=namespace_required())
 

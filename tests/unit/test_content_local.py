@@ -171,6 +171,29 @@ async def test_an_ingest_survives_kill_9_of_the_writing_process(tmp_path: Path) 
     assert (await writer.commit(len(data), cf.digest_of(data))).digest == cf.digest_of(data)
 
 
+async def test_an_ingest_sealed_by_an_interrupted_commit_resumes(tmp_path: Path) -> None:
+    store = LocalContentStore(tmp_path)
+    await cf.partial_ingest(store, "sealed", b"first half ")
+    (ingest_dir(tmp_path, "sealed") / "data").chmod(0o444)  # commit sealed it, then the crash
+    writer = await store.writer("sealed")
+    await writer.write(b"second half")
+    info = await writer.commit(0, cf.digest_of(b"first half second half"))
+    assert await cf.read_all(store, info.digest) == b"first half second half"
+
+
+async def test_a_torn_record_hides_the_ingest_until_its_ref_is_opened_again(tmp_path: Path) -> None:
+    store = LocalContentStore(tmp_path)
+    await cf.partial_ingest(store, "torn", b"0123456789")
+    (ingest_dir(tmp_path, "torn") / "ingest.json").write_text('{"ref": "torn", "tot')
+    with pytest.raises(NotFound):
+        await store.status("torn")
+    assert await store.list_statuses() == []
+    writer = await store.writer("torn", total=10)
+    assert writer.offset == 10
+    assert (await store.status("torn")).total == 10
+    await writer.close()
+
+
 async def test_a_cancelled_write_keeps_offset_digest_and_file_in_step(tmp_path: Path) -> None:
     store = LocalContentStore(tmp_path)
     writer = await store.writer("cancelled")

@@ -9,6 +9,9 @@ import click
 from corral import __version__
 from corral.api.cli._session import Settings, one_line_errors
 from corral.api.cli.config import config_group
+from corral.api.cli.content import content_group
+from corral.api.cli.events import events_command
+from corral.api.cli.leases import leases_group
 from corral.api.cli.namespaces import namespaces_group
 from corral.api.cli.plugins import plugins_group
 from corral.api.cli.version import version_command
@@ -62,6 +65,9 @@ def cli(ctx: click.Context, address: str | None, namespace: str) -> None:
 cli.add_command(plugins_group)
 cli.add_command(namespaces_group)
 cli.add_command(config_group)
+cli.add_command(content_group)
+cli.add_command(leases_group)
+cli.add_command(events_command)
 cli.add_command(version_command)
 
 

@@ -57,23 +57,24 @@ class Writer(Protocol):
     async def status(self) -> IngestStatus: ...
 
     async def write(self, data: bytes) -> int:
-        """Append ``data``; returns the new offset."""
+        """Append ``data``; returns the new offset. FailedPrecondition once the writer is closed."""
         ...
 
     async def truncate(self, size: int) -> None:
-        """Only 0 is supported: restart the ingest."""
+        """Only 0 is supported: restart the ingest. Any other size is InvalidArgument."""
         ...
 
     async def commit(self, size: int, expected: str) -> Info:
         """Verify size (when non-zero) and digest (when given), make the blob durable, end the ingest.
 
         FailedPrecondition on a mismatch (the ingest is left as it was), AlreadyExists when the blob
-        is already present (the ingest is removed).
+        is already present (the ingest is removed). Whatever the outcome the writer is finished and
+        the ref's lock released, as containerd's: a mismatched ingest is resumed with a new writer.
         """
         ...
 
     async def close(self) -> None:
-        """Release the ref's lock; the ingest stays on disk and can be resumed."""
+        """Release the ref's lock; the ingest stays on disk and can be resumed. Idempotent."""
         ...
 
 
@@ -85,10 +86,17 @@ class ContentStore(Protocol):
 
     def list(self) -> AsyncIterator[Info]: ...
 
-    async def delete(self, digest: str) -> None: ...
+    async def delete(self, digest: str) -> None:
+        """NotFound when absent."""
+        ...
 
     def read(self, digest: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
-        """Chunks of at most READ_CHUNK from ``offset``; ``size`` 0 means to the end."""
+        """Chunks of at most READ_CHUNK from ``offset``; ``size`` 0 means to the end.
+
+        As containerd's content service: a range running past the end is cut at the end, an offset
+        at the end yields nothing, an offset past it is OutOfRange; negative values InvalidArgument.
+        Errors surface on the first iteration.
+        """
         ...
 
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> Writer:
@@ -98,8 +106,12 @@ class ContentStore(Protocol):
         """
         ...
 
-    async def status(self, ref: str) -> IngestStatus: ...
+    async def status(self, ref: str) -> IngestStatus:
+        """NotFound when there is no such ingest."""
+        ...
 
     async def list_statuses(self) -> builtins.list[IngestStatus]: ...
 
-    async def abort(self, ref: str) -> None: ...
+    async def abort(self, ref: str) -> None:
+        """Remove the ingest: NotFound when absent, Unavailable while a writer holds the ref."""
+        ...

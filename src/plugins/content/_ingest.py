@@ -95,6 +95,11 @@ class IngestRecord:
             raise ValueError("malformed ingest record")
         if not isinstance(record.expected, str):
             raise ValueError("malformed ingest record")
+        if record.expected:
+            try:
+                parse_digest(record.expected)
+            except InvalidArgument as exc:
+                raise ValueError(f"malformed ingest record: {exc}") from None
         return record
 
 
@@ -240,7 +245,13 @@ class LocalWriter:
     def _open_blocking(self, total: int, expected: str) -> None:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The data file comes first: a record without data means a commit got interrupted.
-        fd = os.open(self._dir / DATA, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        data = self._dir / DATA
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(data, flags, 0o644)
+        except PermissionError:  # sealed (0444) by a commit that crashed before its rename
+            os.chmod(data, 0o644)
+            fd = os.open(data, flags, 0o644)
         self._fd = fd
         old = load_record(self._dir)
         record = old or self._record

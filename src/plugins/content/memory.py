@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from corral.kernel import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
 from corral.plugins.content import READ_CHUNK, Info, IngestStatus
 
 
@@ -57,24 +64,34 @@ class MemoryWriter:
     async def status(self) -> IngestStatus:
         return self._ingest.status()
 
+    def _open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition(f"writer for {self.ref} is closed")
+
     async def write(self, data: bytes) -> int:
+        self._open()
         self._ingest.data += data
         self._ingest.updated_at = _now()
         return self.offset
 
     async def truncate(self, size: int) -> None:
+        self._open()
         if size != 0:
             raise InvalidArgument("only truncation to 0 is supported")
         self._ingest.data.clear()
 
     async def commit(self, size: int, expected: str) -> Info:
+        self._open()
+        if expected:
+            _check_digest(expected)
+        # Whatever the outcome, a commit ends this writer; a failed one leaves the ingest resumable.
+        await self.close()
         if size and size != self.offset:
             raise FailedPrecondition(f"unexpected commit size {self.offset}, expected {size}")
         digest = self.digest()
         if expected and expected != digest:
             raise FailedPrecondition(f"unexpected commit digest {digest}, expected {expected}")
         self._store._ingests.pop(self.ref, None)
-        await self.close()
         if digest in self._store._blobs:
             raise AlreadyExists(f"content {digest}")
         self._store._blobs[digest] = (bytes(self._ingest.data), _now())
@@ -114,11 +131,15 @@ class MemoryContentStore:
         if offset < 0 or size < 0:
             raise InvalidArgument("offset and size must not be negative")
         data = self._blobs[digest][0]
+        if offset > len(data):
+            raise OutOfRange(f"read past object length {len(data)} bytes")
         end = len(data) if size == 0 else min(len(data), offset + size)
         for start in range(offset, end, READ_CHUNK):
             yield data[start : min(end, start + READ_CHUNK)]
 
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> MemoryWriter:
+        if expected:
+            _check_digest(expected)
         if ref in self._locked:
             raise Unavailable(f"ref {ref} locked")
         if expected and expected in self._blobs:

@@ -1,0 +1,282 @@
+"""``corral content``: list, read, ingest, label and remove blobs, and see ingests in progress."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.table import Table
+
+from corral.api.cli._output import emit, format_option, table, to_json
+from corral.api.cli._session import CommandError, call
+from corral.api.cli.namespaces import format_labels, parse_labels
+from corral.api.client import Client, rfc3339
+from corral.api.types.containerd.services.content import v1 as pb
+from corral.kernel import CorralError
+
+# ------------------------------------------------------------------------------ shared rendering
+
+
+def is_set(moment: datetime | None) -> bool:
+    """containerd sends Go's zero time (year 1) for a time it never set."""
+    return moment is not None and moment.year > 1
+
+
+def timestamp(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC for JSON; None for a time that was never set."""
+    return rfc3339(moment) if moment is not None and is_set(moment) else None
+
+
+def human_size(size: int) -> str:
+    """Decimal units to 4 significant digits, as ctr shows sizes (docker's units.HumanSize)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if value < 1000 or unit == "PB":
+            return f"{value:.4g}{unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    """How long ago, in ctr's words (docker's units.HumanDuration)."""
+    whole = int(seconds)
+    if whole < 1:
+        return "Less than a second"
+    if whole == 1:
+        return "1 second"
+    if whole < 60:
+        return f"{whole} seconds"
+    minutes = whole // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def age(moment: datetime | None, now: datetime | None = None) -> str:
+    if moment is None or not is_set(moment):
+        return "-"
+    return human_duration(((now or datetime.now(UTC)) - moment).total_seconds())
+
+
+def ago(moment: datetime | None, now: datetime | None = None) -> str:
+    text = age(moment, now)
+    return text if text == "-" else f"{text} ago"
+
+
+class StdoutClosed(Exception):
+    """The reader of stdout went away (``| head``): stop quietly."""
+
+
+@contextmanager
+def stdout_closed_quietly() -> Iterator[None]:
+    """Turn a broken pipe on stdout into StdoutClosed, not a "cannot connect" error."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise StdoutClosed from None
+
+
+def silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush does not fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (a test runner's buffer): nothing to silence
+        pass
+    finally:
+        os.close(devnull)
+
+
+def report_failures(failures: Sequence[str]) -> None:
+    """All but the last failure on stderr, the last as the command's error (exit 1)."""
+    for message in failures[:-1]:
+        click.echo(f"corral: {message}", err=True)
+    if failures:
+        raise CommandError(failures[-1])
+
+
+# ------------------------------------------------------------------------------ content
+
+
+def content_table(items: Sequence[pb.Info], now: datetime | None = None) -> Table:
+    return table(
+        ("DIGEST", "SIZE", "AGE", "LABELS"),
+        (
+            (info.digest, human_size(info.size), age(info.created_at, now), format_labels(info.labels))
+            for info in items
+        ),
+    )
+
+
+def content_json(items: Sequence[pb.Info]) -> list[dict[str, Any]]:
+    return [
+        {
+            "digest": info.digest,
+            "size": info.size,
+            "created_at": timestamp(info.created_at),
+            "updated_at": timestamp(info.updated_at),
+            "labels": dict(sorted(info.labels.items())),
+        }
+        for info in items
+    ]
+
+
+def statuses_table(items: Sequence[pb.Status], now: datetime | None = None) -> Table:
+    return table(
+        ("REF", "SIZE", "TOTAL", "STARTED", "UPDATED"),
+        (
+            (
+                st.ref,
+                human_size(st.offset),
+                human_size(st.total) if st.total else "-",
+                ago(st.started_at, now),
+                ago(st.updated_at, now),
+            )
+            for st in items
+        ),
+    )
+
+
+def statuses_json(items: Sequence[pb.Status]) -> list[dict[str, Any]]:
+    return [
+        {
+            "ref": st.ref,
+            "offset": st.offset,
+            "total": st.total,
+            "expected": st.expected,
+            "started_at": timestamp(st.started_at),
+            "updated_at": timestamp(st.updated_at),
+        }
+        for st in items
+    ]
+
+
+@click.group("content")
+def content_group() -> None:
+    """Manage blobs in the content store."""
+
+
+@content_group.command("ls")
+@click.argument("filters", nargs=-1, metavar="[FILTER]...")
+@click.option("-q", "--quiet", is_flag=True, help="print only the digests")
+@format_option("table", "json")
+def list_content(filters: tuple[str, ...], quiet: bool, output_format: str) -> None:
+    """List blobs with their size, age and labels.
+
+    FILTERs are containerd's, e.g. 'labels."containerd.io/gc.root"' or 'digest==sha256:…'.
+    """
+
+    async def fetch(client: Client) -> list[pb.Info]:
+        return await client.list_content(filters)
+
+    items = sorted(call(fetch), key=lambda info: info.digest)
+    if quiet:
+        for info in items:
+            click.echo(info.digest)
+    else:
+        emit(to_json(content_json(items)) if output_format == "json" else content_table(items))
+
+
+@content_group.command("get")
+@click.argument("digest")
+def get_content(digest: str) -> None:
+    """Write the blob DIGEST to stdout, byte for byte."""
+    out = sys.stdout.buffer
+
+    async def read(client: Client) -> None:
+        with stdout_closed_quietly():
+            async for chunk in client.read_content(digest):
+                out.write(chunk)
+            out.flush()
+
+    try:
+        call(read)
+    except StdoutClosed:
+        silence_stdout()
+
+
+@content_group.command("ingest")
+@click.argument("ref")
+@click.option("--expected-digest", "expected", default="", metavar="DIGEST", help="verify the blob's digest")
+@click.option(
+    "--expected-size", "total", type=click.IntRange(min=0), default=0, metavar="N", help="verify its size"
+)
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="label the committed blob")
+@click.option("--lease", metavar="ID", help="hold the blob with this lease (else GC may soon remove it)")
+def ingest_content(ref: str, expected: str, total: int, labels: tuple[str, ...], lease: str | None) -> None:
+    """Store stdin as a blob under ingest reference REF and print its digest.
+
+    An interrupted ingest of a regular file resumes where the daemon stopped; an existing blob is a success.
+    """
+    parsed = parse_labels(labels)
+    source = sys.stdin.buffer
+
+    async def ingest(client: Client) -> str:
+        return await client.ingest(
+            ref, source, total=total, expected=expected, labels=parsed, lease=lease or None
+        )
+
+    emit(f"{call(ingest)}\n")
+
+
+@content_group.command("rm")
+@click.argument("digests", nargs=-1, required=True, metavar="DIGEST...")
+def remove_content(digests: tuple[str, ...]) -> None:
+    """Remove blobs; unlike ctr, a blob that does not exist is an error."""
+
+    async def remove(client: Client) -> list[str]:
+        failures: list[str] = []
+        for digest in digests:
+            try:
+                await client.delete_content(digest)
+            except CorralError as exc:  # go on with the others, as ctr does, and fail at the end
+                failures.append(str(exc))
+                continue
+            click.echo(digest)
+        return failures
+
+    report_failures(call(remove))
+
+
+@content_group.command("label")
+@click.argument("digest")
+@click.argument("labels", nargs=-1, required=True, metavar="KEY=[VALUE]...")
+def label_content(digest: str, labels: tuple[str, ...]) -> None:
+    """Set labels on blob DIGEST; KEY= removes KEY."""
+    parsed = parse_labels(labels)
+
+    async def label(client: Client) -> None:
+        await client.label_content(digest, parsed)
+
+    call(label)
+
+
+@content_group.command("active")
+@click.argument("filters", nargs=-1, metavar="[FILTER]...")
+@format_option("table", "json")
+def active_ingests(filters: tuple[str, ...], output_format: str) -> None:
+    """List ingests in progress: bytes written so far (SIZE) and the expected TOTAL."""
+
+    async def fetch(client: Client) -> list[pb.Status]:
+        return await client.content_statuses(filters)
+
+    items = sorted(call(fetch), key=lambda st: st.ref)
+    emit(to_json(statuses_json(items)) if output_format == "json" else statuses_table(items))

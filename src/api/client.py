@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence
@@ -12,8 +11,9 @@ from types import TracebackType
 from typing import IO, TypeVar
 
 import anyio.to_thread
-from grpclib.client import Channel
-from grpclib.exceptions import GRPCError
+from grpclib.client import Channel, Stream
+from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from corral.api.errors import error_from_status
 from corral.api.server import NAMESPACE_HEADER
@@ -27,7 +27,7 @@ from corral.api.types.containerd.services.version import v1 as version
 from corral.api.types.corral.introspection import v1 as corral_introspection
 from corral.api.types.google import protobuf
 from corral.api.types.grpc.health import v1 as health
-from corral.kernel import AlreadyExists, DataLoss, FailedPrecondition, Unavailable
+from corral.kernel import AlreadyExists, DataLoss, FailedPrecondition
 from corral.plugins.metadata._leases import EXPIRE_LABEL, LEASE_HEADER
 
 T = TypeVar("T")
@@ -219,43 +219,46 @@ class Client:
         ref, bytes and seekable files go on from its offset (if their first bytes match what it holds);
         other sources start again at 0. A blob that already exists is a success, as with ctr.
         """
-        writer = _Writer(self.content, self._lease_metadata(lease))
         running = ""  # the daemon's digest of what it holds for ref
         committing = False
         try:
-            status = await writer.send(
-                content.WriteContentRequest(
-                    action=content.WriteAction.STAT, ref=ref, total=total, expected=expected
+            async with _write_stream(self.channel, self._lease_metadata(lease)) as writer:
+                status = await writer.send(
+                    content.WriteContentRequest(
+                        action=content.WriteAction.STAT, ref=ref, total=total, expected=expected
+                    )
                 )
-            )
-            reader = _Source(source)
-            offset = status.offset if await reader.seek(status.offset, status.digest) else 0
-            running = status.digest if offset == status.offset else ""
-            async for chunk in reader.chunks():
-                reply = await writer.send(
-                    content.WriteContentRequest(action=content.WriteAction.WRITE, offset=offset, data=chunk)
+                reader = _Source(source)
+                offset = status.offset if await reader.seek(status.offset, status.digest) else 0
+                running = status.digest if offset == status.offset else ""
+                async for chunk in reader.chunks():
+                    reply = await writer.send(
+                        content.WriteContentRequest(
+                            action=content.WriteAction.WRITE, offset=offset, data=chunk
+                        )
+                    )
+                    if reply.offset - offset < len(chunk):
+                        raise DataLoss(f"short write to {ref}: {reply.offset - offset} of {len(chunk)} bytes")
+                    offset, running = reply.offset, reply.digest
+                committing = True
+                done = await writer.commit(
+                    content.WriteContentRequest(
+                        action=content.WriteAction.COMMIT,
+                        total=total,
+                        expected=expected,
+                        offset=offset,
+                        labels=dict(labels or {}),
+                    )
                 )
-                if reply.offset - offset < len(chunk):
-                    raise DataLoss(f"short write to {ref}: {reply.offset - offset} of {len(chunk)} bytes")
-                offset, running = reply.offset, reply.digest
-            committing = True
-            done = await writer.send(
-                content.WriteContentRequest(
-                    action=content.WriteAction.COMMIT,
-                    total=total,
-                    expected=expected,
-                    offset=offset,
-                    labels=dict(labels or {}),
-                )
-            )
-        except AlreadyExists:
+        except GRPCError as exc:
+            error = error_from_status(exc.status, exc.message or "")
+            if not isinstance(error, AlreadyExists):
+                raise error from None
             if expected:
                 return expected
             if committing and running:
                 return running
-            raise
-        finally:
-            await writer.close()
+            raise error from None
         if total and done.offset != total:
             raise FailedPrecondition(f"unexpected size: {done.offset} != {total}")
         if expected and done.digest != expected:
@@ -312,27 +315,50 @@ async def _aclose(iterator: object) -> None:
         await aclose()
 
 
+WRITE_PATH = "/containerd.services.content.v1.Content/Write"
+
+
 class _Writer:
     """One Content/Write stream, spoken in lock step: each request waits for the daemon's reply."""
 
-    def __init__(self, stub: content.ContentStub, metadata: Mapping[str, str]) -> None:
-        self._requests: asyncio.Queue[content.WriteContentRequest | None] = asyncio.Queue()
-        self._replies = stub.write(self._outgoing(), metadata=metadata)
-
-    async def _outgoing(self) -> AsyncIterator[content.WriteContentRequest]:
-        while (request := await self._requests.get()) is not None:
-            yield request
+    def __init__(self, stream: Stream[content.WriteContentRequest, content.WriteContentResponse]) -> None:
+        self._stream = stream
 
     async def send(self, request: content.WriteContentRequest) -> content.WriteContentResponse:
-        self._requests.put_nowait(request)
-        reply = await Client.call(anext(self._replies, None))
-        if reply is None:
-            raise Unavailable("corrald closed the content write stream without a reply")
+        await self._stream.send_message(request)
+        return await self._reply()
+
+    async def commit(self, request: content.WriteContentRequest) -> content.WriteContentResponse:
+        """The last request: it also half-closes the stream, so the daemon's final status is read."""
+        await self._stream.send_message(request, end=True)
+        reply = await self._reply()
+        while await self._stream.recv_message() is not None:
+            pass  # containerd 1.6 repeats its COMMIT reply; ctr ignores the copy too
         return reply
 
-    async def close(self) -> None:
-        # Like ctr, the client does not half-close after COMMIT: it just drops (resets) the stream.
-        await _aclose(self._replies)
+    async def _reply(self) -> content.WriteContentResponse:
+        reply = await self._stream.recv_message()
+        if reply is None:
+            # The daemon ended the stream: its status is in the trailers, which grpclib reads and
+            # raises (as a GRPCError) when the stream is left on a StreamTerminatedError.
+            raise StreamTerminatedError("corrald ended the content write stream without a reply")
+        return reply
+
+
+@asynccontextmanager
+async def _write_stream(channel: Channel, metadata: Mapping[str, str]) -> AsyncIterator[_Writer]:
+    # Not the generated stub: its request iterator is drained by a task of its own, while the Write
+    # protocol needs each reply before choosing the next request, and the status of a stream that the
+    # daemon ends early (AlreadyExists at COMMIT, say) must not be lost.
+    async with channel.request(
+        WRITE_PATH,
+        Cardinality.STREAM_STREAM,
+        content.WriteContentRequest,
+        content.WriteContentResponse,
+        metadata=metadata,
+    ) as stream:
+        await stream.send_request()
+        yield _Writer(stream)
 
 
 class _Source:

@@ -3,7 +3,7 @@
 As containerd's scheduler: a collection follows deletions (every one when ``deletion_threshold``
 is 0), or ``mutation_threshold`` other changes, after ``schedule_delay``; collections are spaced
 so their pauses take at most ``pause_threshold`` of the time; one runs ``startup_delay`` after
-start; ``collect_now`` (a ``sync`` delete) runs one at once and waits for it.
+start when that is set; ``collect_now`` (a ``sync`` delete) runs one at once and waits for it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ class SchedulerConfig:
     """Other changes that trigger a collection."""
     schedule_delay: timedelta = timedelta(0)
     """Wait this long after a trigger, gathering more changes into one collection."""
-    startup_delay: timedelta = timedelta(milliseconds=100)
+    startup_delay: timedelta = timedelta(0)
+    """Collect this long after start; 0 (the default) means no collection at start-up.
+
+    containerd collects 100ms after every start, so a blob ingested without a lease or reference
+    (as ``ctr content ingest`` leaves it) vanishes when the daemon restarts after a crash.
+    corral only collects after deletions or changes, or when asked to.
+    """
 
     def __post_init__(self) -> None:
         if not 0 < self.pause_threshold < 1:
@@ -52,7 +58,8 @@ class Scheduler:
         self._config = config
         self._deletions = 0
         self._mutations = 0
-        self._due: float | None = time.monotonic() + config.startup_delay.total_seconds()
+        startup = config.startup_delay.total_seconds()
+        self._due: float | None = time.monotonic() + startup if startup > 0 else None
         self._wake = anyio.Event()
         self._earliest = 0.0
         self._lock = anyio.Lock()

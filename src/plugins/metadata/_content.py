@@ -17,6 +17,7 @@ from functools import partial
 
 from corral.kernel import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     adapt_mapping,
@@ -235,6 +236,12 @@ class NamespacedWriter:
         validate_labels(labels or {})
         expected = expected or self.expected
         digest = self._inner.digest()
+        if expected and expected.partition(":")[0] == digest.partition(":")[0] and expected != digest:
+            # Bytes that cannot become the promised blob are of no use to a resumed ingest:
+            # a wrong digest leaves nothing behind.
+            await self._inner.close()
+            await self._content.backend.abort(_ingest_key(self._namespace, self.ref))
+            raise FailedPrecondition(f"unexpected commit digest {digest}, expected {expected}")
         in_flight = self._content.in_flight
         # The blob exists before its record does; garbage collection must not take it meanwhile.
         in_flight[digest] += 1

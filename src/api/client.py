@@ -23,6 +23,7 @@ from corral.api.types.containerd.services.events import v1 as events
 from corral.api.types.containerd.services.introspection import v1 as introspection
 from corral.api.types.containerd.services.leases import v1 as leases
 from corral.api.types.containerd.services.namespaces import v1 as namespaces
+from corral.api.types.containerd.services.snapshots import v1 as snapshots
 from corral.api.types.containerd.services.version import v1 as version
 from corral.api.types.corral.introspection import v1 as corral_introspection
 from corral.api.types.google import protobuf
@@ -68,6 +69,7 @@ class Client:
         self.content = content.ContentStub(self.channel, metadata=self._metadata())
         self.leases = leases.LeasesStub(self.channel, metadata=self._metadata())
         self.events = events.EventsStub(self.channel, metadata=self._metadata())
+        self.snapshots = snapshots.SnapshotsStub(self.channel, metadata=self._metadata())
 
     def _metadata(self) -> Mapping[str, str]:
         return {NAMESPACE_HEADER: self.namespace}
@@ -302,6 +304,83 @@ class Client:
     async def publish(self, topic: str, event: protobuf.Any) -> None:
         """Publish ``event`` on ``topic`` in the client's namespace; give its ``type_url`` without prefix."""
         await self.call(self.events.publish(events.PublishRequest(topic=topic, event=event)))
+
+    # ------------------------------------------------------------------ snapshots
+    # Every call names its snapshotter ("overlayfs", "native", ...), as containerd's service expects.
+
+    async def snapshot_prepare(
+        self, snapshotter: str, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[containerd_types.Mount]:
+        """An active (writable) snapshot ``key`` on top of the committed ``parent``; returns its mounts."""
+        request = snapshots.PrepareSnapshotRequest(
+            snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
+        )
+        reply = await self.call(self.snapshots.prepare(request))
+        return list(reply.mounts)
+
+    async def snapshot_view(
+        self, snapshotter: str, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[containerd_types.Mount]:
+        """A read-only snapshot ``key`` of the committed ``parent``; returns its mounts."""
+        request = snapshots.ViewSnapshotRequest(
+            snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
+        )
+        reply = await self.call(self.snapshots.view(request))
+        return list(reply.mounts)
+
+    async def snapshot_mounts(self, snapshotter: str, key: str) -> list[containerd_types.Mount]:
+        """The mounts of an active snapshot or a view."""
+        request = snapshots.MountsRequest(snapshotter=snapshotter, key=key)
+        reply = await self.call(self.snapshots.mounts(request))
+        return list(reply.mounts)
+
+    async def snapshot_commit(
+        self, snapshotter: str, name: str, key: str, labels: Mapping[str, str] | None = None
+    ) -> None:
+        """Commit the active snapshot ``key`` as the committed snapshot ``name``; ``key`` is gone after."""
+        request = snapshots.CommitSnapshotRequest(
+            snapshotter=snapshotter, name=name, key=key, labels=dict(labels or {})
+        )
+        await self.call(self.snapshots.commit(request))
+
+    async def snapshot_remove(self, snapshotter: str, key: str) -> None:
+        await self.call(
+            self.snapshots.remove(snapshots.RemoveSnapshotRequest(snapshotter=snapshotter, key=key))
+        )
+
+    async def snapshot_stat(self, snapshotter: str, key: str) -> snapshots.Info:
+        reply = await self.call(
+            self.snapshots.stat(snapshots.StatSnapshotRequest(snapshotter=snapshotter, key=key))
+        )
+        assert reply.info is not None
+        return reply.info
+
+    async def snapshot_update_labels(
+        self, snapshotter: str, key: str, labels: Mapping[str, str]
+    ) -> snapshots.Info:
+        """Set (or, with an empty value, remove) the given labels, leaving the others alone."""
+        request = snapshots.UpdateSnapshotRequest(
+            snapshotter=snapshotter,
+            info=snapshots.Info(name=key, labels={k: v for k, v in labels.items() if v}),
+            update_mask=protobuf.FieldMask(paths=[f"labels.{k}" for k in labels]),
+        )
+        reply = await self.call(self.snapshots.update(request))
+        assert reply.info is not None
+        return reply.info
+
+    async def snapshot_list(self, snapshotter: str, filters: Sequence[str] = ()) -> list[snapshots.Info]:
+        """Every snapshot of ``snapshotter`` in this namespace that matches one of ``filters``."""
+        request = snapshots.ListSnapshotsRequest(snapshotter=snapshotter, filters=list(filters))
+        async with aclosing(self.call_stream(self.snapshots.list(request))) as batches:
+            return [info async for batch in batches for info in batch.info]
+
+    async def snapshot_usage(self, snapshotter: str, key: str) -> snapshots.UsageResponse:
+        """The disk space (``size`` in bytes) and ``inodes`` the snapshot itself uses, without its parents."""
+        return await self.call(self.snapshots.usage(snapshots.UsageRequest(snapshotter=snapshotter, key=key)))
+
+    async def snapshot_cleanup(self, snapshotter: str) -> None:
+        """Ask the snapshotter to free what no snapshot uses any more."""
+        await self.call(self.snapshots.cleanup(snapshots.CleanupRequest(snapshotter=snapshotter)))
 
 
 def rfc3339(moment: datetime) -> str:

@@ -14,6 +14,7 @@ from corral.api.cli.events import events_command
 from corral.api.cli.leases import leases_group
 from corral.api.cli.namespaces import namespaces_group
 from corral.api.cli.plugins import plugins_group
+from corral.api.cli.snapshots import snapshots_group
 from corral.api.cli.version import version_command
 from corral.api.client import DEFAULT_NAMESPACE, default_address
 
@@ -23,7 +24,7 @@ __all__ = ["cli", "main"]
 class CorralGroup(click.Group):
     """The root group: parse errors and expected failures leave as one line, never a traceback."""
 
-    aliases = {"ns": "namespaces"}
+    aliases = {"ns": "namespaces", "snapshot": "snapshots"}
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
@@ -67,6 +68,7 @@ cli.add_command(namespaces_group)
 cli.add_command(config_group)
 cli.add_command(content_group)
 cli.add_command(leases_group)
+cli.add_command(snapshots_group)
 cli.add_command(events_command)
 cli.add_command(version_command)
 

@@ -114,6 +114,8 @@ class CollectionResult:
     """What one collection removed, by kind, and how long the metadata pause lasted."""
 
     removed: dict[str, list[Node]] = field(default_factory=dict)
+    swept: dict[str, int] = field(default_factory=dict)
+    """Backend objects (blobs, snapshots) removed because no record held them any more."""
     marked: int = 0
     seconds: float = 0.0
 

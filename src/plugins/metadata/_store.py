@@ -53,6 +53,22 @@ _SCHEMA: tuple[str, ...] = (
         FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
     );
     """,
+    """
+    CREATE TABLE snapshots (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        snapshotter TEXT NOT NULL,
+        key TEXT NOT NULL,
+        backend_key TEXT NOT NULL,
+        parent TEXT NOT NULL DEFAULT '',
+        kind INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (namespace, snapshotter, key)
+    );
+    CREATE INDEX snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
+    CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
 )
 
 
@@ -74,7 +90,11 @@ class MetadataStore:
         self._migrate()
         self._limiter = anyio.CapacityLimiter(1)
         # Tables whose rows belong to a namespace; a namespace holding any cannot be removed.
-        self._namespaced_tables: dict[str, str] = {"blobs": "content", "leases": "leases"}
+        self._namespaced_tables: dict[str, str] = {
+            "blobs": "content",
+            "leases": "leases",
+            "snapshots": "snapshots",
+        }
         self._mutation_listeners: list[Callable[[bool], None]] = []
 
     def _migrate(self) -> None:

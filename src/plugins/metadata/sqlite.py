@@ -31,7 +31,12 @@ async def init(ic: InitContext) -> Metadata:
     backends = list(ic.get_by_type(types.CONTENT).values())
     if len(backends) > 1:
         raise RuntimeError(f"more than one content store is ok: {len(backends)}; disable all but one")
-    store = Metadata(path, backend=backends[0] if backends else None, no_sync=config.no_sync)
+    store = Metadata(
+        path,
+        backend=backends[0] if backends else None,
+        snapshotters=ic.get_by_type(types.SNAPSHOTTER),
+        no_sync=config.no_sync,
+    )
     ic.meta.exports.update({"path": str(path), "policy": config.content_sharing_policy})
     return store
 

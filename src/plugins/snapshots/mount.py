@@ -33,7 +33,9 @@ def compact_lowerdir(options: Sequence[str]) -> tuple[str | None, tuple[str, ...
     if lower is None:
         return None, tuple(options)
     dirs = lower[len("lowerdir=") :].split(":")
-    common = os.path.commonpath(dirs + [o.split("=", 1)[1] for o in options if o.startswith(("upperdir=", "workdir="))])
+    common = os.path.commonpath(
+        dirs + [o.split("=", 1)[1] for o in options if o.startswith(("upperdir=", "workdir="))]
+    )
     out = []
     for o in options:
         key, _, value = o.partition("=")
@@ -44,7 +46,9 @@ def compact_lowerdir(options: Sequence[str]) -> tuple[str | None, tuple[str, ...
         else:
             out.append(o)
     if _option_length(out) >= PAGE_SIZE - 1:
-        raise InvalidArgument(f"overlay mount options are {_option_length(out)} bytes even relative to {common}")
+        raise InvalidArgument(
+            f"overlay mount options are {_option_length(out)} bytes even relative to {common}"
+        )
     return common, tuple(out)
 
 

@@ -1,0 +1,434 @@
+"""Applying a layer's tar stream to a directory, never writing outside it.
+
+Blocking code for a worker thread. Member names are cleaned lexically and their parent
+directories resolved inside the target with chroot semantics (``_root``); every entry is then
+created relative to its parent's file descriptor with ``O_NOFOLLOW``/``O_EXCL``, after removing
+whatever was there. Hard-link targets are resolved the same way, and ``linkat`` never follows a
+symlink at the end, so a link can only ever name an inode that is already inside the target.
+
+Two whiteout modes, as containerd's: in a plain directory (a bind mount, or a temporary mount of
+anything else) whiteouts delete; in an overlay upper directory they become overlayfs's own marks.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import partial
+
+import structlog
+
+from corral.kernel import (
+    CorralError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from corral.plugins.differs._root import O_DIR, Key, RootDir, clean_components, display, resolve_in_root
+from corral.plugins.differs._tar import (
+    BLOCKDEV,
+    CHAR,
+    DIRECTORY,
+    FIFO,
+    HARDLINK,
+    REGULAR,
+    SYMLINK,
+    Readable,
+    TarEntry,
+    TarReader,
+)
+from corral.plugins.differs._whiteouts import (
+    META_PREFIX,
+    OVERLAY_XATTR_PREFIX,
+    Kind,
+    classify,
+    opaque_xattr,
+    private_xattr,
+)
+from corral.plugins.differs._whiteouts import (
+    PREFIX as WHITEOUT_PREFIX,
+)
+
+__all__ = ["AppliedLayer", "WhiteoutMode", "apply_layer", "resolve_in_root"]
+
+log = structlog.get_logger("corral.differ")
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_TIME_NS = (1 << 63) - 1
+
+
+class WhiteoutMode(enum.Enum):
+    REMOVE = "remove"
+    """A plain directory holding every layer: ``.wh.NAME`` deletes NAME, opaque empties the directory."""
+    OVERLAY = "overlay"
+    """An overlay upper directory: char device 0:0 for a deletion, ``overlay.opaque=y`` for opaque."""
+
+
+@dataclass(frozen=True)
+class AppliedLayer:
+    """The uncompressed stream's digest (the diffID) and size, and how many members it had."""
+
+    digest: str
+    size: int
+    entries: int
+
+
+def apply_layer(
+    source: Readable,
+    root: str | os.PathLike[str],
+    *,
+    whiteouts: WhiteoutMode = WhiteoutMode.REMOVE,
+    parents: Sequence[str | os.PathLike[str]] = (),
+    overlay_xattr_prefix: str = OVERLAY_XATTR_PREFIX,
+) -> AppliedLayer:
+    """Apply the uncompressed tar ``source`` to the directory ``root``.
+
+    ``parents`` are an overlay's lower directories, top first: a directory the layer needs but
+    the upper directory lacks is created with the attributes it has below, so the merged view
+    does not change underneath the layer.
+    """
+    reader = TarReader(source)
+    with ExitStack() as stack:
+        tree = stack.enter_context(RootDir(root))
+        lowers = [stack.enter_context(RootDir(p)) for p in parents]
+        applier = _Applier(tree, whiteouts, lowers, overlay_xattr_prefix)
+        while (entry := reader.next()) is not None:
+            try:
+                applier.apply(entry, reader)
+            except CorralError as err:
+                raise type(err)(f"{_show(entry.name)}: {err.detail}") from err
+            except OSError as err:
+                raise _os_error(err, entry.name) from err
+        try:
+            applier.finish()
+        except OSError as err:
+            raise _os_error(err, b"") from err
+    digest, size = reader.finish()
+    return AppliedLayer(digest, size, applier.entries)
+
+
+def _show(name: bytes) -> str:
+    return repr(os.fsdecode(name))
+
+
+def _os_error(err: OSError, name: bytes) -> CorralError:
+    where = f"{_show(name)}: " if name else ""
+    message = f"{where}{err.strerror or err}"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDenied(message)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE):
+        return ResourceExhausted(message)
+    if err.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EXDEV):
+        return InvalidArgument(message)
+    if err.errno == errno.EROFS:
+        return FailedPrecondition(message)
+    return Internal(message)
+
+
+def _times(entry: TarEntry) -> tuple[int, int]:
+    """(atime, mtime) in ns; atime is the later of the two, out-of-range times are the epoch (containerd)."""
+    mtime = entry.mtime_ns if 0 <= entry.mtime_ns <= _MAX_TIME_NS else 0
+    atime = entry.atime_ns
+    if atime is None or atime < mtime or atime > _MAX_TIME_NS:
+        atime = mtime
+    return atime, mtime
+
+
+class _Applier:
+    def __init__(self, tree: RootDir, mode: WhiteoutMode, lowers: list[RootDir], xattr_prefix: str) -> None:
+        self.tree = tree
+        self.overlay = mode is WhiteoutMode.OVERLAY
+        self.lowers = lowers
+        self.xattr_prefix = xattr_prefix
+        self.privileged = os.geteuid() == 0
+        self.owner = (os.geteuid(), os.getegid())
+        self.umask = _umask()
+        self.proc = b"/proc/self/fd/%d/"
+        self.unpacked: set[Key] = set()
+        self.dirs: dict[Key, tuple[int, int, int | None]] = {}
+        self.entries = 0
+        if lowers:
+            tree.on_mkdir = self._copy_parent
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def apply(self, entry: TarEntry, reader: TarReader) -> None:
+        self.entries += 1
+        parts = clean_components(entry.name)
+        if not parts or parts[0].startswith(META_PREFIX):
+            # The root itself is the snapshot's, not the layer's (containerd ignores it).
+            return
+        base = parts.pop()
+        pfd, pkey = self.tree.directory(parts, create=True)
+        if base.startswith(WHITEOUT_PREFIX):
+            kind, target = classify(base)
+            if kind is Kind.WHITEOUT:
+                if self.overlay:
+                    self._overlay_whiteout(pfd, pkey, target, entry)
+                else:
+                    self._remove_if_present(pfd, pkey, target)
+            elif kind is Kind.OPAQUE:
+                if self.overlay:
+                    os.setxattr(pfd, opaque_xattr(self.xattr_prefix), b"y")
+                    self.tree.changed(pkey)
+                else:
+                    self._clear(pfd, pkey)
+            return
+        kind_of = entry.type
+        if kind_of == REGULAR:
+            self._file(pfd, pkey, base, entry, reader)
+        elif kind_of == DIRECTORY:
+            self._directory(pfd, pkey, base, entry)
+        elif kind_of == SYMLINK:
+            self._symlink(pfd, pkey, base, entry)
+        elif kind_of == HARDLINK:
+            self._hardlink(pfd, pkey, base, entry)
+        elif kind_of in (CHAR, BLOCKDEV, FIFO):
+            if not self._special(pfd, pkey, base, entry):
+                return
+        else:
+            raise InvalidArgument(f"unsupported tar member type {kind_of!r}")
+        if not self.overlay:
+            self.unpacked.add((*pkey, base))
+
+    def finish(self) -> None:
+        """Directory times (and modes held back) last, deepest first: their contents are done."""
+        for key, (atime, mtime, mode) in reversed(self.dirs.items()):
+            try:
+                fd, _ = self.tree.directory(key, follow=False)
+            except (NotFound, InvalidArgument):
+                continue  # removed or replaced later in the layer
+            if mode is not None:
+                os.fchmod(fd, mode)
+            os.utime(fd, ns=(atime, mtime))
+
+    # -- entries ----------------------------------------------------------------------------
+
+    def _file(self, pfd: int, pkey: Key, base: bytes, entry: TarEntry, reader: TarReader) -> None:
+        mode = entry.mode
+        # The cheap path, which is most files: creation alone gives the right owner and mode.
+        plain = self.tree.plain(pfd, pkey)
+        chown = self.privileged and ((entry.uid, entry.gid) != self.owner or not plain)
+        exact = not entry.xattrs and not chown and plain and not mode & self.umask and mode <= 0o777
+        create_mode = mode if exact else 0o600
+        try:
+            fd = os.open(base, _CREATE, create_mode, dir_fd=pfd)
+        except FileExistsError:
+            self._remove_if_present(pfd, pkey, base)
+            fd = os.open(base, _CREATE, create_mode, dir_fd=pfd)
+        try:
+            if entry.size:
+                reader.copy_to(fd)
+            if chown:
+                os.fchown(fd, entry.uid, entry.gid)
+            if not exact:
+                for name, value in entry.xattrs.items():
+                    _setxattr(fd, name, value)
+                os.fchmod(fd, mode)
+            os.utime(fd, ns=_times(entry))
+        finally:
+            os.close(fd)
+
+    def _directory(self, pfd: int, pkey: Key, base: bytes, entry: TarEntry) -> None:
+        key = (*pkey, base)
+        try:
+            os.mkdir(base, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                # Anything but a directory is replaced; a directory is merged into.
+                self._remove(pfd, key, base, st)
+                os.mkdir(base, 0o700, dir_fd=pfd)
+        fd, _ = self.tree.directory(key, follow=False)
+        if self.privileged:
+            os.fchown(fd, entry.uid, entry.gid)
+        for name, value in entry.xattrs.items():
+            _setxattr(fd, name, value)
+        deferred = None
+        mode = entry.mode
+        if not self.privileged and mode & 0o700 != 0o700:
+            # Without CAP_DAC_OVERRIDE a read-only directory could not be filled: restrict it last.
+            deferred, mode = mode, mode | 0o700
+        os.fchmod(fd, mode)
+        self.tree.changed(key)
+        atime, mtime = _times(entry)
+        self.dirs.pop(key, None)
+        self.dirs[key] = (atime, mtime, deferred)
+
+    def _symlink(self, pfd: int, pkey: Key, base: bytes, entry: TarEntry) -> None:
+        if not entry.linkname:
+            raise InvalidArgument("symlink with an empty target")
+        try:
+            os.symlink(entry.linkname, base, dir_fd=pfd)
+        except FileExistsError:
+            self._remove_if_present(pfd, pkey, base)
+            os.symlink(entry.linkname, base, dir_fd=pfd)
+        self._set_by_name(pfd, base, entry, chmod=False)
+
+    def _hardlink(self, pfd: int, pkey: Key, base: bytes, entry: TarEntry) -> None:
+        target = clean_components(entry.linkname)
+        if not target:
+            raise InvalidArgument("hard link to the root directory")
+        tbase = target.pop()
+        try:
+            tfd, tkey = self.tree.directory(target)
+        except NotFound:
+            raise InvalidArgument(f"hard link target {_show(entry.linkname)} does not exist") from None
+        if tkey == pkey and tbase == base:
+            return  # a link to itself: already there
+        # Looking up one directory may evict the other from the cache: hold our own fd.
+        tfd = os.dup(tfd)
+        try:
+            pfd, _ = self.tree.directory(pkey, follow=False)
+            try:
+                _link(tfd, tbase, pfd, base)
+            except FileExistsError:
+                self._remove_if_present(pfd, pkey, base)
+                _link(tfd, tbase, pfd, base)
+        except FileNotFoundError:
+            raise InvalidArgument(f"hard link target {_show(entry.linkname)} does not exist") from None
+        except PermissionError:
+            raise InvalidArgument(f"hard link target {_show(entry.linkname)} cannot be linked") from None
+        finally:
+            os.close(tfd)
+
+    def _special(self, pfd: int, pkey: Key, base: bytes, entry: TarEntry) -> bool:
+        if entry.type == FIFO:
+            make = partial(os.mkfifo, base, 0o600, dir_fd=pfd)
+        else:
+            if not self.privileged:
+                log.debug("differ_device_skipped", name=os.fsdecode(base), reason="not root")
+                return False
+            kind = stat.S_IFCHR if entry.type == CHAR else stat.S_IFBLK
+            device = os.makedev(entry.devmajor, entry.devminor)
+            make = partial(os.mknod, base, kind | 0o600, device, dir_fd=pfd)
+        try:
+            make()
+        except FileExistsError:
+            self._remove_if_present(pfd, pkey, base)
+            make()
+        except PermissionError:
+            if entry.type == FIFO:
+                raise
+            # Root in a user namespace may not make devices; containerd skips them there too.
+            log.debug("differ_device_skipped", name=os.fsdecode(base), reason="mknod refused")
+            return False
+        self._set_by_name(pfd, base, entry, chmod=True)
+        return True
+
+    def _set_by_name(self, pfd: int, base: bytes, entry: TarEntry, *, chmod: bool) -> None:
+        """Owner, xattrs, mode, times of something we must not open (symlink, device, fifo)."""
+        if self.privileged:
+            os.chown(base, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
+        if entry.xattrs:
+            # The parent's fd as a path: only the last component is looked up, and not followed.
+            path = self.proc % pfd + base
+            for name, value in entry.xattrs.items():
+                _setxattr(path, name, value)
+        if chmod:
+            # Just created by us as a non-symlink; Linux has no lchmod.
+            os.chmod(base, entry.mode, dir_fd=pfd)
+        os.utime(base, ns=_times(entry), dir_fd=pfd, follow_symlinks=False)
+
+    # -- whiteouts --------------------------------------------------------------------------
+
+    def _overlay_whiteout(self, pfd: int, pkey: Key, target: bytes, entry: TarEntry) -> None:
+        self._remove_if_present(pfd, pkey, target)
+        os.mknod(target, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
+        if self.privileged:
+            os.chown(target, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
+
+    def _remove_if_present(self, pfd: int, pkey: Key, base: bytes) -> None:
+        try:
+            st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        self._remove(pfd, (*pkey, base), base, st)
+
+    def _remove(self, pfd: int, key: Key, base: bytes, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            self.tree.forget(key)
+            self.dirs.pop(key, None)
+            # rmtree with dir_fd walks by file descriptors and never follows symlinks.
+            shutil.rmtree(base, dir_fd=pfd)
+        else:
+            os.unlink(base, dir_fd=pfd)
+
+    def _clear(self, dfd: int, dkey: Key) -> None:
+        """Opaque directory, plain-directory style: remove everything this layer did not add."""
+        with os.scandir(dfd) as it:
+            children = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
+        for name, is_dir in children:
+            key = (*dkey, name)
+            if key in self.unpacked:
+                if is_dir:
+                    child = os.open(name, O_DIR, dir_fd=dfd)
+                    try:
+                        self._clear(child, key)
+                    finally:
+                        os.close(child)
+                continue
+            self._remove(dfd, key, name, os.stat(name, dir_fd=dfd, follow_symlinks=False))
+
+    # -- overlay parents --------------------------------------------------------------------
+
+    def _copy_parent(self, fd: int, key: Key) -> None:
+        """A directory made in the upper directory takes the attributes it has in the lowers."""
+        for lower in self.lowers:
+            try:
+                lfd, _ = lower.directory(key, follow=False)
+            except NotFound:
+                continue
+            except InvalidArgument:
+                break  # replaced by a non-directory in this lower: the default permissions stand
+            st = os.fstat(lfd)
+            if self.privileged:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            for name in os.listxattr(lfd):
+                if not private_xattr(name, self.xattr_prefix):
+                    _setxattr(fd, name.encode(), os.getxattr(lfd, name))
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            self.tree.changed(key)
+            return
+        log.debug("differ_parent_not_in_lowers", path=display(key))
+
+
+def _umask() -> int:
+    """The process umask without changing it (os.umask would, racing other threads); 0o7777
+    (never trust creation modes) when /proc does not say."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o7777
+
+
+def _link(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> None:
+    # follow_symlinks=False: linkat without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
+    os.link(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+
+
+def _setxattr(target: int | bytes, name: bytes, value: bytes) -> None:
+    try:
+        if isinstance(target, int):
+            os.setxattr(target, name, value)
+        else:
+            os.setxattr(target, name, value, follow_symlinks=False)
+    except OSError as err:
+        # Filesystems without xattrs lose them, as containerd's apply does (with a warning).
+        if err.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        log.warning("differ_xattr_unsupported", xattr=os.fsdecode(name), error=err.strerror)

@@ -1,0 +1,345 @@
+"""Snapshots as a namespace sees them: keys per namespace over one backend snapshotter.
+
+Each namespace's key maps to a backend key ``<namespace>/<sequence>/<key>``, so namespaces never
+collide in the backend. The record is written after the backend succeeds; a crash in between
+leaves a backend snapshot no record names, which garbage collection removes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import partial
+
+from corral.kernel import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    adapt_mapping,
+    namespace_required,
+    parse_filters,
+    validate_labels,
+)
+from corral.plugins.metadata._gc import ROOT_LABEL, Node, label_references
+from corral.plugins.metadata._leases import attach
+from corral.plugins.metadata._store import MetadataStore
+from corral.plugins.snapshots import Info, Kind, Mount, Snapshotter, Usage
+
+# Labels under this prefix are passed on to the backend (as containerd does); others stay here.
+BACKEND_LABEL_PREFIX = "containerd.io/snapshot/"
+
+_COLUMNS = "key, backend_key, parent, kind, labels, created_at, updated_at"
+
+
+def _stamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _info(row: tuple[str, str, str, int, str, float, float]) -> Info:
+    key, _, parent, kind, labels, created, updated = row
+    return Info(key, Kind(kind), parent, json.loads(labels), _stamp(created), _stamp(updated))
+
+
+def _fields(info: Info, path: Sequence[str]) -> str | None:
+    kind = {Kind.VIEW: "view", Kind.ACTIVE: "active", Kind.COMMITTED: "committed"}.get(info.kind, "unknown")
+    return adapt_mapping(
+        {"name": info.name, "parent": info.parent, "kind": kind, "labels": dict(info.labels)}
+    )(path)
+
+
+class NamespacedSnapshotter:
+    """One backend snapshotter as clients see it, with namespaces, labels, leases and GC."""
+
+    def __init__(self, store: MetadataStore, name: str, backend: Snapshotter) -> None:
+        self._store = store
+        self.name = name
+        self.backend = backend
+        self.kind = f"snapshots/{name}"
+
+    def _row(
+        self, db: sqlite3.Connection, ns: str, key: str
+    ) -> tuple[str, str, str, int, str, float, float] | None:
+        row = db.execute(
+            f"SELECT {_COLUMNS} FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
+            (ns, self.name, key),
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+
+    async def _backend_key(self, ns: str, key: str) -> str:
+        def get(db: sqlite3.Connection) -> str:
+            row = self._row(db, ns, key)
+            if row is None:
+                raise NotFound(f"snapshot {key} does not exist")
+            return row[1]
+
+        return await self._store.run(get)
+
+    def _new_backend_key(self, db: sqlite3.Connection, ns: str, key: str) -> str:
+        db.execute("INSERT INTO sequences(name, value) VALUES ('snapshots', 1) "
+                   "ON CONFLICT(name) DO UPDATE SET value = value + 1")  # fmt: skip
+        (seq,) = db.execute("SELECT value FROM sequences WHERE name = 'snapshots'").fetchone()
+        return f"{ns}/{seq}/{key}"
+
+    async def stat(self, key: str) -> Info:
+        ns = namespace_required()
+
+        def get(db: sqlite3.Connection) -> Info:
+            row = self._row(db, ns, key)
+            if row is None:
+                raise NotFound(f"snapshot {key} does not exist")
+            return _info(row)
+
+        return await self._store.run(get)
+
+    async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
+        ns = namespace_required()
+        validate_labels(info.labels)
+
+        def update(db: sqlite3.Connection) -> Info:
+            row = self._row(db, ns, info.name)
+            if row is None:
+                raise NotFound(f"snapshot {info.name} does not exist")
+            labels: dict[str, str] = json.loads(row[4])
+            if not fieldpaths:
+                labels = dict(info.labels)
+            for path in fieldpaths:
+                if path == "labels":
+                    labels = dict(info.labels)
+                elif path.startswith("labels."):
+                    label = path[len("labels.") :]
+                    if info.labels.get(label):
+                        labels[label] = info.labels[label]
+                    else:
+                        labels.pop(label, None)
+                else:
+                    raise InvalidArgument(f'cannot update "{path}" field on snapshot "{info.name}"')
+            validate_labels(labels)
+            now = time.time()
+            db.execute(
+                "UPDATE snapshots SET labels = ?, updated_at = ? WHERE namespace = ? AND snapshotter = ? AND key = ?",
+                (json.dumps(labels, sort_keys=True), now, ns, self.name, info.name),
+            )
+            return Info(info.name, Kind(row[3]), row[2], labels, _stamp(row[5]), _stamp(now))
+
+        updated = await self._store.run(update)
+        self._store.mutated()
+        return updated
+
+    async def usage(self, key: str) -> Usage:
+        return await self.backend.usage(await self._backend_key(namespace_required(), key))
+
+    async def mounts(self, key: str) -> builtins.list[Mount]:
+        return await self.backend.mounts(await self._backend_key(namespace_required(), key))
+
+    async def prepare(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Mount]:
+        return await self._create(Kind.ACTIVE, key, parent, labels or {})
+
+    async def view(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Mount]:
+        return await self._create(Kind.VIEW, key, parent, labels or {})
+
+    async def _create(
+        self, kind: Kind, key: str, parent: str, labels: Mapping[str, str]
+    ) -> builtins.list[Mount]:
+        ns = namespace_required()
+        if not key:
+            raise InvalidArgument("snapshot key must not be empty")
+        validate_labels(labels)
+
+        def reserve(db: sqlite3.Connection) -> tuple[str, str]:
+            if self._row(db, ns, key) is not None:
+                raise AlreadyExists(f"snapshot {key}")
+            parent_backend = ""
+            if parent:
+                row = self._row(db, ns, parent)
+                if row is None:
+                    raise NotFound(f"parent snapshot {parent} does not exist")
+                if Kind(row[3]) is not Kind.COMMITTED:
+                    raise InvalidArgument(f"parent {parent} is not a committed snapshot")
+                parent_backend = row[1]
+            return self._new_backend_key(db, ns, key), parent_backend
+
+        backend_key, parent_backend = await self._store.run(reserve)
+        backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
+        create = self.backend.prepare if kind is Kind.ACTIVE else self.backend.view
+        mounts = await create(backend_key, parent_backend, backend_labels)
+        now = time.time()
+
+        def record(db: sqlite3.Connection) -> None:
+            self._store.ensure_namespace(db, ns)
+            try:
+                db.execute(
+                    f"INSERT INTO snapshots(namespace, snapshotter, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (ns, self.name, key, backend_key, parent, kind.value,
+                     json.dumps(dict(labels), sort_keys=True), now, now),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"snapshot {key}") from None
+            attach(db, ns, self.kind, key)
+
+        try:
+            await self._store.run(record)
+        except Exception:
+            await self.backend.remove(backend_key)
+            raise
+        self._store.mutated()
+        return mounts
+
+    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
+        ns = namespace_required()
+        labels = dict(labels or {})
+        validate_labels(labels)
+
+        def check(db: sqlite3.Connection) -> tuple[tuple[str, str, str, int, str, float, float], str]:
+            row = self._row(db, ns, key)
+            if row is None:
+                raise NotFound(f"snapshot {key} does not exist")
+            if Kind(row[3]) is not Kind.ACTIVE:
+                raise FailedPrecondition(f"snapshot {key} is not active")
+            if self._row(db, ns, name) is not None:
+                raise AlreadyExists(f"snapshot {name}")
+            return row, self._new_backend_key(db, ns, name)
+
+        row, backend_name = await self._store.run(check)
+        backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
+        await self.backend.commit(backend_name, row[1], backend_labels)
+        merged = {**json.loads(row[4]), **labels}
+        now = time.time()
+
+        def record(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE snapshots SET key = ?, backend_key = ?, kind = ?, labels = ?, updated_at = ? "
+                "WHERE namespace = ? AND snapshotter = ? AND key = ?",
+                (
+                    name,
+                    backend_name,
+                    Kind.COMMITTED.value,
+                    json.dumps(merged, sort_keys=True),
+                    now,
+                    ns,
+                    self.name,
+                    key,
+                ),
+            )
+            attach(db, ns, self.kind, name)
+
+        await self._store.run(record)
+        self._store.mutated()
+
+    async def remove(self, key: str) -> None:
+        ns = namespace_required()
+
+        def remove(db: sqlite3.Connection) -> str:
+            row = self._row(db, ns, key)
+            if row is None:
+                raise NotFound(f"snapshot {key} does not exist")
+            child = db.execute(
+                "SELECT key FROM snapshots WHERE namespace = ? AND snapshotter = ? AND parent = ? LIMIT 1",
+                (ns, self.name, key),
+            ).fetchone()
+            if child is not None:
+                raise FailedPrecondition(f"cannot remove snapshot {key}: it has children (e.g. {child[0]})")
+            db.execute(
+                "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
+                (ns, self.name, key),
+            )
+            return row[1]
+
+        backend_key = await self._store.run(remove)
+        with contextlib.suppress(NotFound):
+            await self.backend.remove(backend_key)
+        self._store.mutated(deleted=True)
+
+    async def walk(self, filters: Sequence[str] = ()) -> AsyncIterator[Info]:
+        ns = namespace_required()
+        match = parse_filters(list(filters))
+
+        def list_(db: sqlite3.Connection) -> builtins.list[Info]:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY key",
+                (ns, self.name),
+            ).fetchall()
+            return [_info(r) for r in rows]
+
+        for info in await self._store.run(list_):
+            if match.match(partial(_fields, info)):
+                yield info
+
+    async def cleanup(self) -> None:
+        await self.backend.cleanup()
+
+    async def sweep(self) -> int:
+        """Remove backend snapshots that no record names, children first; returns how many."""
+
+        def held(db: sqlite3.Connection) -> set[str]:
+            rows = db.execute("SELECT backend_key FROM snapshots WHERE snapshotter = ?", (self.name,))
+            return {k for (k,) in rows}
+
+        keep = await self._store.run(held)
+        orphans = [info async for info in self.backend.walk() if info.name not in keep]
+        removed = 0
+        # Children before parents: keep removing leaves until nothing more goes.
+        while orphans:
+            parents = {o.parent for o in orphans}
+            leaves = [o for o in orphans if o.name not in parents]
+            if not leaves:
+                break
+            for leaf in leaves:
+                try:
+                    await self.backend.remove(leaf.name)
+                    removed += 1
+                except (NotFound, FailedPrecondition):
+                    pass
+            orphans = [o for o in orphans if o not in leaves]
+        # Backends that remove records first (overlayfs without sync_remove) free the disk here.
+        await self.backend.cleanup()
+        return removed
+
+
+class SnapshotKind:
+    """Snapshots of one snapshotter as the garbage collector sees them."""
+
+    def __init__(self, snapshotter: str) -> None:
+        self.snapshotter = snapshotter
+        self.name = f"snapshots/{snapshotter}"
+
+    def roots(self, db: sqlite3.Connection, now: datetime) -> Iterable[Node]:
+        rows = db.execute(
+            "SELECT namespace, key, labels FROM snapshots WHERE snapshotter = ?", (self.snapshotter,)
+        )
+        return [
+            Node(self.name, ns, key)
+            for ns, key, labels in rows.fetchall()
+            if ROOT_LABEL in json.loads(labels)
+        ]
+
+    def references(self, db: sqlite3.Connection, node: Node) -> Iterable[Node]:
+        row = db.execute(
+            "SELECT parent, labels FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
+            (node.namespace, self.snapshotter, node.id),
+        ).fetchone()
+        if row is None:
+            return ()
+        refs = list(label_references(node.namespace, json.loads(row[1])))
+        if row[0]:
+            refs.append(Node(self.name, node.namespace, row[0]))
+        return refs
+
+    def nodes(self, db: sqlite3.Connection) -> Iterable[Node]:
+        rows = db.execute("SELECT namespace, key FROM snapshots WHERE snapshotter = ?", (self.snapshotter,))
+        return [Node(self.name, ns, key) for ns, key in rows.fetchall()]
+
+    def remove(self, db: sqlite3.Connection, node: Node) -> None:
+        db.execute(
+            "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
+            (node.namespace, self.snapshotter, node.id),
+        )

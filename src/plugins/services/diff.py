@@ -1,0 +1,68 @@
+"""io.containerd.service.v1.diff-service — applies and creates layers with the configured differs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from corral.kernel import InitContext, Registration, Unimplemented
+from corral.plugins import types
+from corral.plugins.differs import Descriptor, Differ
+from corral.plugins.snapshots import Mount
+
+
+@dataclass(frozen=True)
+class DiffServiceConfig:
+    default: tuple[str, ...] = ("walking",)
+    """Differ ids, tried in order: the first that supports the layer or mounts wins."""
+
+
+class DiffService:
+    def __init__(self, differs: Sequence[Differ]) -> None:
+        self._differs = list(differs)
+
+    async def apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
+        error: Exception = Unimplemented("no differ could apply the layer")
+        for differ in self._differs:
+            try:
+                return await differ.apply(desc, mounts)
+            except Unimplemented as exc:
+                error = exc
+        raise error
+
+    async def compare(
+        self,
+        lower: Sequence[Mount],
+        upper: Sequence[Mount],
+        *,
+        media_type: str,
+        ref: str,
+        labels: Mapping[str, str],
+    ) -> Descriptor:
+        error: Exception = Unimplemented("no differ could compare the mounts")
+        for differ in self._differs:
+            try:
+                return await differ.compare(lower, upper, media_type=media_type, ref=ref, labels=labels)
+            except Unimplemented as exc:
+                error = exc
+        raise error
+
+
+async def init(ic: InitContext) -> DiffService:
+    config: DiffServiceConfig = ic.config
+    loaded: dict[str, Any] = ic.get_by_type(types.DIFFER)
+    missing = [name for name in config.default if name not in loaded]
+    if missing:
+        raise RuntimeError(f"needed differ not loaded: {', '.join(missing)}")
+    return DiffService([loaded[name] for name in config.default])
+
+
+registration = Registration(
+    type=types.SERVICE,
+    id="diff-service",
+    init=init,
+    requires=(types.DIFFER,),
+    config=DiffServiceConfig,
+    description="layers applied to and created from snapshots",
+)

@@ -1,0 +1,192 @@
+"""io.containerd.snapshotter.v1.overlayfs — snapshots as overlay layers: a child stores only its changes.
+
+Layout: ``<root>/metadata.db`` and ``<root>/snapshots/<id>/{fs,work}``; ``fs`` is the layer (the
+upper directory while active, a lower directory of every child once committed), ``work`` is
+overlay's scratch directory. Mounts follow containerd's overlay snapshotter exactly, so clients
+that inspect them (ctr prints them; the differ mounts them) see the same shapes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from corral.kernel import InitContext, Registration, SkipPlugin
+from corral.plugins import types
+from corral.plugins.snapshots import Info, Kind, Mount
+from corral.plugins.snapshots.storage import DirectoryBackend, Snapshot, host_platform
+
+MAX_LOWER_LAYERS = 500
+"""The kernel's limit on overlay lower directories (OVL_MAX_STACK)."""
+UPPERDIR_LABEL = "containerd.io/snapshot/overlay.upperdir"
+FILESYSTEMS = Path("/proc/filesystems")
+INDEX_PARAMETER = Path("/sys/module/overlay/parameters/index")
+"""Present when the kernel knows overlay's ``index`` option, so ``index=off`` can be passed."""
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    root_path: str = ""
+    """Where snapshots live; empty means the plugin's directory under the daemon root."""
+    upperdir_label: bool = False
+    """Add the label ``containerd.io/snapshot/overlay.upperdir`` (the snapshot's fs path) to its info."""
+    sync_remove: bool = False
+    """Delete a snapshot's directory during ``remove``; otherwise the next ``cleanup`` does, as in containerd."""
+    mount_options: tuple[str, ...] = ()
+    """Extra options for every overlay mount, after ``lowerdir``."""
+    slow_chown: bool = False
+    """Accepted so containerd configs load; corral does not remap ids, so it has no effect."""
+
+
+class OverlaySnapshotter(DirectoryBackend):
+    """A ``Snapshotter`` over overlayfs; see the module docstring."""
+
+    max_parents = MAX_LOWER_LAYERS
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        upperdir_label: bool = False,
+        sync_remove: bool = False,
+        mount_options: Sequence[str] = (),
+        index_off: bool | None = None,
+    ) -> None:
+        super().__init__(root)
+        self.upperdir_label = upperdir_label
+        self.remove_directories = sync_remove
+        self.mount_options = tuple(mount_options)
+        self.index_off = INDEX_PARAMETER.exists() if index_off is None else index_off
+
+    def fs(self, snapshot_id: int) -> Path:
+        return self.directory(snapshot_id) / "fs"
+
+    def work(self, snapshot_id: int) -> Path:
+        return self.directory(snapshot_id) / "work"
+
+    async def _fill(self, directory: Path, parent_ids: tuple[int, ...]) -> None:
+        await anyio.to_thread.run_sync(self._lay_out, directory, parent_ids)
+
+    def _lay_out(self, directory: Path, parent_ids: tuple[int, ...]) -> None:
+        fs = directory / "fs"
+        fs.mkdir(mode=0o755)
+        (directory / "work").mkdir(mode=0o711)
+        fs.chmod(0o755)  # whatever the umask
+        if parent_ids:
+            # The layer's root takes its parent's owner, as in containerd: a rootless image's
+            # root directory stays writable for its user.
+            st = os.stat(self.fs(parent_ids[0]))
+            os.lchown(fs, st.st_uid, st.st_gid)
+
+    def _mounts(self, snapshot: Snapshot) -> builtins.list[Mount]:
+        if not snapshot.parent_ids:
+            # Overlay needs a lower layer: a snapshot without parents is its own directory.
+            flag = "ro" if snapshot.kind is Kind.VIEW else "rw"
+            return [Mount("bind", str(self.fs(snapshot.id)), (flag, "rbind"))]
+        if snapshot.kind is Kind.VIEW and len(snapshot.parent_ids) == 1:
+            return [Mount("bind", str(self.fs(snapshot.parent_ids[0])), ("ro", "rbind"))]
+        options = ["index=off"] if self.index_off else []
+        if snapshot.kind is Kind.ACTIVE:
+            options += [f"workdir={self.work(snapshot.id)}", f"upperdir={self.fs(snapshot.id)}"]
+        options.append("lowerdir=" + ":".join(str(self.fs(i)) for i in snapshot.parent_ids))
+        options += self.mount_options
+        return [Mount("overlay", "overlay", tuple(options))]
+
+    def _own_directory(self, snapshot_id: int) -> Path:
+        return self.fs(snapshot_id)
+
+    def _decorate(self, snapshot_id: int, info: Info) -> Info:
+        if not self.upperdir_label:
+            return info
+        return replace(info, labels={**info.labels, UPPERDIR_LABEL: str(self.fs(snapshot_id))})
+
+
+def overlay_supported() -> bool:
+    """Whether the running kernel has overlayfs (registered in /proc/filesystems)."""
+    try:
+        text = FILESYSTEMS.read_text()
+    except OSError:
+        return False
+    return any(line.split()[-1:] == ["overlay"] for line in text.splitlines())
+
+
+class _Dirent64(ctypes.Structure):
+    _fields_ = (
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    )
+
+
+_DT_UNKNOWN = 0
+
+
+def supports_d_type(path: Path) -> bool:
+    """Whether directory listings under ``path`` carry file types, which overlay needs.
+
+    Python's scandir hides a missing d_type behind a stat, so the directory is read with libc.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    readdir = getattr(libc, "readdir64", None) or libc.readdir
+    readdir.restype = ctypes.POINTER(_Dirent64)
+    readdir.argtypes = (ctypes.c_void_p,)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.opendir.argtypes = (ctypes.c_char_p,)
+    libc.closedir.argtypes = (ctypes.c_void_p,)
+    with tempfile.TemporaryDirectory(prefix="d_type-check-", dir=path) as probe:
+        Path(probe, "file").touch()
+        handle = libc.opendir(os.fsencode(probe))
+        if not handle:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno), probe)
+        try:
+            while entry := readdir(handle):
+                if entry.contents.d_name == b"file":
+                    return bool(entry.contents.d_type != _DT_UNKNOWN)
+        finally:
+            libc.closedir(handle)
+    return False
+
+
+async def init(ic: InitContext) -> OverlaySnapshotter:
+    config: OverlayConfig = ic.config
+    if not overlay_supported():
+        raise SkipPlugin(f"overlayfs is not supported by this kernel (no overlay in {FILESYSTEMS})")
+    root = Path(config.root_path) if config.root_path else ic.root
+    await anyio.to_thread.run_sync(lambda: root.mkdir(mode=0o700, parents=True, exist_ok=True))
+    if not await anyio.to_thread.run_sync(supports_d_type, root):
+        # Not a skip: the operator asked for overlayfs on a filesystem that cannot carry it.
+        raise RuntimeError(
+            f"{root} does not support d_type. If the backing filesystem is xfs, "
+            "please reformat with ftype=1 to enable d_type support"
+        )
+    snapshotter = await anyio.to_thread.run_sync(
+        lambda: OverlaySnapshotter(
+            root,
+            upperdir_label=config.upperdir_label,
+            sync_remove=config.sync_remove,
+            mount_options=config.mount_options,
+        )
+    )
+    ic.meta.platforms.append(host_platform())
+    ic.meta.exports["root"] = str(root)
+    return snapshotter
+
+
+registration = Registration(
+    type=types.SNAPSHOTTER,
+    id="overlayfs",
+    init=init,
+    config=OverlayConfig,
+    description="snapshots as overlayfs layers: a child stores only what it changes",
+)

@@ -1,0 +1,46 @@
+"""io.containerd.snapshotter.v1.hardlink — the registration: typed config, and how the plugin starts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+from corral.kernel import InitContext, Registration
+from corral.plugins import types
+from corral.plugins.snapshots.storage import host_platform
+
+from corral_snapshotter_example.hardlink import HardlinkSnapshotter
+
+
+@dataclass(frozen=True)
+class HardlinkConfig:
+    """``[plugins."io.containerd.snapshotter.v1.hardlink"]`` in config.toml."""
+
+    root_path: str = ""
+    """Where snapshots live; empty means the plugin's directory under the daemon root."""
+
+    def __post_init__(self) -> None:
+        # The kernel reports a ValueError here as a ConfigError naming this plugin's section.
+        if self.root_path and not os.path.isabs(self.root_path):
+            raise ValueError(f"root_path must be an absolute path, got {self.root_path!r}")
+
+
+async def init(ic: InitContext) -> HardlinkSnapshotter:
+    config: HardlinkConfig = ic.config
+    root = Path(config.root_path) if config.root_path else ic.root
+    snapshotter = await anyio.to_thread.run_sync(HardlinkSnapshotter, root)
+    # Snapshots hold the host's files, so this snapshotter serves the host's platform only.
+    ic.meta.platforms.append(host_platform())
+    ic.meta.exports["root"] = str(root)
+    return snapshotter
+
+
+registration = Registration(
+    type=types.SNAPSHOTTER,
+    id="hardlink",
+    init=init,
+    config=HardlinkConfig,
+    description="snapshots as copies of their parent (reflinked where possible); views as hard links",
+)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import struct
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -143,11 +145,12 @@ class TarReader:
     (trailing data counts towards the digest, as containerd's) and returns (digest, size).
     """
 
-    def __init__(self, source: Readable) -> None:
+    def __init__(self, source: Readable, *, digest: bool = True) -> None:
+        """``digest=False`` when the source hashes what it hands out itself (``ReadAhead``)."""
         self._source = source
         self._buf = b""
         self._pos = 0
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if digest else None
         self._pulled = 0
         self._left = 0
         self._data = 0
@@ -156,7 +159,8 @@ class TarReader:
     def _pull(self) -> bytes:
         chunk = self._source.read(READ_SIZE)
         if chunk:
-            self._hash.update(chunk)
+            if self._hash is not None:
+                self._hash.update(chunk)
             self._pulled += len(chunk)
         return chunk
 
@@ -264,11 +268,12 @@ class TarReader:
                 continue
             break
 
-        if typeflag in (_OLD_REGULAR, _CONTIGUOUS):
-            typeflag = REGULAR
         path = _cstring(name)
         if magic == _POSIX_MAGIC and prefix[0]:
             path = _cstring(prefix) + b"/" + path
+        if typeflag in (_OLD_REGULAR, _CONTIGUOUS):
+            # Pre-POSIX archives mark directories only by the trailing slash (as Go and tarfile read them).
+            typeflag = DIRECTORY if typeflag == _OLD_REGULAR and path.endswith(b"/") else REGULAR
         entry = TarEntry(
             path,
             typeflag,
@@ -333,7 +338,65 @@ class TarReader:
         while self._pull():
             pass
         self._buf, self._pos, self._left = b"", 0, 0
-        return "sha256:" + self._hash.hexdigest(), self._pulled
+        return ("sha256:" + self._hash.hexdigest() if self._hash is not None else ""), self._pulled
+
+
+class ReadAhead:
+    """Pulls and hashes ``source`` on a thread of its own, a few chunks ahead of the reader.
+
+    Decompression and sha256 release the GIL, so they overlap with the file system calls of the
+    thread applying the layer. The thread is joined by ``close`` (also on errors).
+    """
+
+    def __init__(self, source: Readable, *, depth: int = 4) -> None:
+        self._source = source
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="layer-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = self._source.read(READ_SIZE)
+                if chunk:
+                    self._hash.update(chunk)
+                    self._size += len(chunk)
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as err:  # handed to the reading thread, which raises it
+            self._put(err)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if not item:
+            self._done = True
+        return item
+
+    def result(self) -> tuple[str, int]:
+        """Digest and size of everything read; call once ``read`` has returned b""."""
+        return "sha256:" + self._hash.hexdigest(), self._size
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

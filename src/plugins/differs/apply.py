@@ -43,6 +43,7 @@ from corral.plugins.differs._tar import (
     REGULAR,
     SYMLINK,
     Readable,
+    ReadAhead,
     TarEntry,
     TarReader,
 )
@@ -96,8 +97,10 @@ def apply_layer(
     the upper directory lacks is created with the attributes it has below, so the merged view
     does not change underneath the layer.
     """
-    reader = TarReader(source)
     with ExitStack() as stack:
+        ahead = ReadAhead(source)
+        stack.callback(ahead.close)
+        reader = TarReader(ahead, digest=False)
         tree = stack.enter_context(RootDir(root))
         lowers = [stack.enter_context(RootDir(p)) for p in parents]
         applier = _Applier(tree, whiteouts, lowers, overlay_xattr_prefix)
@@ -112,7 +115,8 @@ def apply_layer(
             applier.finish()
         except OSError as err:
             raise _os_error(err, b"") from err
-    digest, size = reader.finish()
+        reader.finish()
+        digest, size = ahead.result()
     return AppliedLayer(digest, size, applier.entries)
 
 

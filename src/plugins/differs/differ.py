@@ -19,6 +19,7 @@ from typing import Protocol
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import structlog
 
@@ -162,6 +163,8 @@ class _ThreadSource:
         self._chunks = chunks
         self._pending = b""
         self._done = False
+        # Any thread may read (the apply reads ahead on one of its own), so carry the loop's token.
+        self._token = anyio.lowlevel.current_token()
 
     async def _next(self) -> bytes:
         try:
@@ -171,7 +174,7 @@ class _ThreadSource:
 
     def read(self, size: int = -1, /) -> bytes:
         while not self._pending and not self._done:
-            self._pending = anyio.from_thread.run(self._next)
+            self._pending = anyio.from_thread.run(self._next, token=self._token)
             self._done = not self._pending
         if size < 0 or size >= len(self._pending):
             data, self._pending = self._pending, b""

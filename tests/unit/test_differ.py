@@ -114,7 +114,8 @@ class M:
     kind: bytes = b""
     """Default: a directory when the name ends in "/", else a regular file."""
     data: bytes = b""
-    mode: int = 0o644
+    mode: int = -1
+    """Default: 0o755 for a directory, 0o644 for anything else."""
     uid: int = 0
     gid: int = 0
     mtime: int = 1_600_000_000
@@ -129,7 +130,8 @@ def tar_of(*members: M, fmt: int = tarfile.PAX_FORMAT) -> bytes:
         for m in members:
             info = tarfile.TarInfo(m.name)
             kind = m.kind or (tarfile.DIRTYPE if m.name.endswith("/") else tarfile.REGTYPE)
-            info.type, info.mode, info.uid, info.gid, info.mtime = kind, m.mode, m.uid, m.gid, m.mtime
+            mode = m.mode if m.mode >= 0 else 0o755 if kind == tarfile.DIRTYPE else 0o644
+            info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, m.uid, m.gid, m.mtime
             info.linkname, info.size = m.link, len(m.data)
             info.devmajor, info.devminor = m.dev
             info.pax_headers = dict(m.pax)
@@ -241,6 +243,22 @@ def test_headers_written_here_read_back_through_tarfile_and_our_reader() -> None
     assert first is not None and first.xattrs == {b"user.k": b"\xff"} and first.uid == 3_000_000
     second = reader.next()
     assert second is not None and second.name == long_name and reader.next() is None
+
+
+def test_header_only_members_carry_no_data_whatever_their_size_says() -> None:
+    stream = (
+        encode_header(b"f", b"0", size=3)
+        + b"abc".ljust(512, b"\0")
+        + encode_header(b"h", b"1", size=3, linkname=b"f")
+        + encode_header(b"d/", b"5", size=1024)
+        + encode_header(b"last", b"0")
+        + bytes(1024)
+    )
+    reader = TarReader(io.BytesIO(stream))
+    names = []
+    while (entry := reader.next()) is not None:
+        names.append((entry.name, entry.size))
+    assert names == [(b"f", 3), (b"h", 0), (b"d/", 0), (b"last", 0)]
 
 
 @pytest.mark.parametrize(
@@ -475,6 +493,24 @@ async def test_overlay_upper_directory_gets_overlay_whiteouts(env: Env) -> None:
     async with mounted(mounts[0], env.dir("merged")) as merged:
         assert sorted(p.name for p in (merged / "etc").iterdir()) == ["conf.d"]
         assert sorted(p.name for p in (merged / "etc/conf.d").iterdir()) == ["y"]
+
+
+async def test_a_hard_link_to_a_lower_layer_file_copies_it_up_into_the_upper_directory(env: Env) -> None:
+    require_root()
+    lower, upper, work = env.dir("lower"), env.dir("upper"), env.dir("work")
+    (lower / "usr/bin").mkdir(parents=True)
+    (lower / "usr/bin/python3.11").write_bytes(b"\x7fELF python")
+    os.chown(lower / "usr/bin/python3.11", 0, 50)
+    (lower / "usr/bin/python3.11").chmod(0o755)
+    raw = tar_of(M("usr/bin/python3", tarfile.LNKTYPE, link="usr/bin/python3.11"))
+    desc = Descriptor(MEDIA_TYPE_LAYER, await env.ingest(raw), len(raw))
+    mount = Mount("overlay", "overlay", (f"workdir={work}", f"upperdir={upper}", f"lowerdir={lower}"))
+    await env.differ.apply(desc, [mount])
+    copied, link = (upper / "usr/bin/python3.11").lstat(), (upper / "usr/bin/python3").lstat()
+    assert copied.st_ino == link.st_ino and copied.st_nlink == 2
+    assert (copied.st_gid, stat.S_IMODE(copied.st_mode)) == (50, 0o755)
+    assert (upper / "usr/bin/python3").read_bytes() == b"\x7fELF python"
+    assert (lower / "usr/bin/python3.11").stat().st_nlink == 1  # the lower layer is untouched
 
 
 async def test_anything_else_is_applied_through_a_temporary_mount(env: Env) -> None:
@@ -737,3 +773,18 @@ def test_apply_layer_is_usable_without_the_plugin(tmp_path: Path) -> None:
     raw = tar_of(M("x/y", data=b"z"))
     result = apply_layer(io.BytesIO(raw), tmp_path, whiteouts=WhiteoutMode.REMOVE)
     assert (result.digest, result.size, result.entries) == (sha(raw), len(raw), 1)
+
+
+def test_the_package_exports_the_contract_and_nothing_else() -> None:
+    import corral.plugins.differs as contract
+
+    assert sorted(contract.__all__) == [
+        "Descriptor",
+        "Differ",
+        "MEDIA_TYPE_LAYER",
+        "MEDIA_TYPE_LAYER_GZIP",
+        "MEDIA_TYPE_LAYER_ZSTD",
+        "UNCOMPRESSED_LABEL",
+    ]
+    assert all(getattr(contract, name) is not None for name in contract.__all__)
+    assert isinstance(WalkingDiffer(None), Differ)  # type: ignore[arg-type]

@@ -298,11 +298,12 @@ class TarReader:
             raise Unimplemented(f"tar entry {entry.name!r}: sparse files are not supported")
         if entry.size < 0 or entry.uid < 0 or entry.gid < 0:
             raise InvalidArgument(f"tar entry {entry.name!r}: negative size or owner")
-        # Only regular files carry data; a size on anything else is skipped like padding.
-        self._left = entry.size + (-entry.size % BLOCK)
-        if typeflag != REGULAR:
-            entry.size = 0
-        self._data = entry.size
+        if typeflag == REGULAR:
+            self._data = entry.size
+            self._left = entry.size + (-entry.size % BLOCK)
+        else:
+            # Header-only types carry no data whatever their size field says (Go, tarfile).
+            entry.size = self._data = self._left = 0
         return entry
 
     def copy_to(self, fd: int) -> None:

@@ -283,6 +283,9 @@ class _Applier:
         if not target:
             raise InvalidArgument("hard link to the root directory")
         tbase = target.pop()
+        if self.lowers and not self._in_upper(target, tbase):
+            # A link to a file of a lower layer: copy it up first, as overlayfs does for link(2).
+            self._copy_up(target, tbase, entry.linkname)
         try:
             tfd, tkey = self.tree.directory(target)
         except NotFound:
@@ -304,6 +307,35 @@ class _Applier:
             raise InvalidArgument(f"hard link target {_show(entry.linkname)} cannot be linked") from None
         finally:
             os.close(tfd)
+
+    def _in_upper(self, parts: list[bytes], base: bytes) -> bool:
+        try:
+            fd, _ = self.tree.directory(parts)
+            os.stat(base, dir_fd=fd, follow_symlinks=False)
+        except (NotFound, FileNotFoundError):
+            return False
+        return True
+
+    def _copy_up(self, parts: list[bytes], base: bytes, linkname: bytes) -> None:
+        """Copy a regular file or symlink of the topmost lower that has it into the upper directory."""
+        for lower in self.lowers:
+            try:
+                lfd, _ = lower.directory(parts, follow=False)
+                st = os.stat(base, dir_fd=lfd, follow_symlinks=False)
+            except (NotFound, FileNotFoundError):
+                continue
+            except InvalidArgument:
+                break
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                break  # a whiteout, a directory, a device: nothing a hard link may name
+            lfd = os.dup(lfd)  # the upper lookup below may use the lowers' caches (parent copy)
+            try:
+                pfd, _ = self.tree.directory(parts, create=True)
+                _copy_entry(lfd, base, pfd, st, self.privileged)
+            finally:
+                os.close(lfd)
+            return
+        raise InvalidArgument(f"hard link target {_show(linkname)} does not exist")
 
     def _special(self, pfd: int, pkey: Key, base: bytes, entry: TarEntry) -> bool:
         if entry.type == FIFO:
@@ -361,7 +393,9 @@ class _Applier:
     def _remove(self, pfd: int, key: Key, base: bytes, st: os.stat_result) -> None:
         if stat.S_ISDIR(st.st_mode):
             self.tree.forget(key)
-            self.dirs.pop(key, None)
+            n = len(key)
+            for gone in [k for k in self.dirs if k[:n] == key]:
+                del self.dirs[gone]
             # rmtree with dir_fd walks by file descriptors and never follows symlinks.
             shutil.rmtree(base, dir_fd=pfd)
         else:
@@ -418,6 +452,38 @@ def _umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o7777
+
+
+def _copy_entry(src_dir: int, name: bytes, dst_dir: int, st: os.stat_result, privileged: bool) -> None:
+    """Copy the regular file or symlink ``name`` with its owner, mode, xattrs and times."""
+    times = (st.st_atime_ns, st.st_mtime_ns)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(name, dir_fd=src_dir), name, dir_fd=dst_dir)
+        if privileged:
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=dst_dir, follow_symlinks=False)
+        os.utime(name, ns=times, dir_fd=dst_dir, follow_symlinks=False)
+        return
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+    try:
+        dst = os.open(name, _CREATE, 0o600, dir_fd=dst_dir)
+        try:
+            left = st.st_size
+            while left > 0:
+                sent = os.sendfile(dst, src, None, min(left, 1 << 30))
+                if not sent:
+                    break
+                left -= sent
+            if privileged:
+                os.fchown(dst, st.st_uid, st.st_gid)
+            for attr in os.listxattr(src):
+                if not private_xattr(attr):
+                    _setxattr(dst, attr.encode(), os.getxattr(src, attr))
+            os.fchmod(dst, stat.S_IMODE(st.st_mode))
+            os.utime(dst, ns=times)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
 
 
 def _link(src_dir: int, src: bytes, dst_dir: int, dst: bytes) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -46,6 +46,29 @@ def validate_labels(labels: Mapping[str, str]) -> None:
             raise InvalidArgument(
                 f"label key and value length ({size} bytes) greater than maximum size ({MAX_LABEL_SIZE} bytes)"
             )
+
+
+def update_labels(
+    current: Mapping[str, str], labels: Mapping[str, str], paths: Sequence[str], *, what: str
+) -> dict[str, str]:
+    """containerd's field-mask rules for labels: ``labels`` (or no paths) replaces them all,
+    ``labels.KEY`` sets one or, with an empty value, removes it; other paths are refused."""
+    result = dict(current)
+    if not paths:
+        result = dict(labels)
+    for path in paths:
+        if path == "labels":
+            result = dict(labels)
+        elif path.startswith("labels."):
+            key = path[len("labels.") :]
+            if labels.get(key):
+                result[key] = labels[key]
+            else:
+                result.pop(key, None)
+        else:
+            raise InvalidArgument(f'cannot update "{path}" field on {what}')
+    validate_labels(result)
+    return result
 
 
 def current_namespace() -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,29 @@ class Platform:
     def __str__(self) -> str:
         parts = [self.os, self.architecture] + ([self.variant] if self.variant else [])
         return "/".join(parts)
+
+    @classmethod
+    def host(cls) -> Platform:
+        """This machine as containerd's platforms package names it (``linux/amd64``, ``linux/arm64/v8``)."""
+        machine = platform.machine().lower()
+        architecture, variant = _ARCHITECTURES.get(machine, (machine, ""))
+        return cls(platform.system().lower(), architecture, variant)
+
+
+# uname -m -> (GOARCH, variant), as containerd normalises them.
+_ARCHITECTURES = {
+    "x86_64": ("amd64", ""),
+    "amd64": ("amd64", ""),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", ""),
+    "i686": ("386", ""),
+    "ppc64le": ("ppc64le", ""),
+    "s390x": ("s390x", ""),
+    "riscv64": ("riscv64", ""),
+}
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from corral.kernel import (
     InvalidArgument,
     Kernel,
     NotFound,
+    Platform,
     Unimplemented,
     builtin_candidate,
     namespace,
@@ -47,7 +48,6 @@ from corral.plugins.differs._tar import TarReader, encode_header, parse_number, 
 from corral.plugins.differs._whiteouts import Kind, classify
 from corral.plugins.differs.apply import WhiteoutMode, apply_layer
 from corral.plugins.differs.differ import WalkingDiffer, readonly
-from corral.plugins.differs.walking import host_platform
 from corral.plugins.differs.walking import registration as walking
 from corral.plugins.metadata._metadata import Metadata
 from corral.plugins.metadata.sqlite import registration as sqlite_metadata
@@ -752,7 +752,7 @@ async def test_the_plugin_serves_the_host_platform_over_the_metadata_content_sto
     async with kernel.running():
         record = kernel.get("io.containerd.differ.v1.walking")
         assert record is not None and record.ok, record
-        assert record.meta.platforms == [host_platform()]
+        assert record.meta.platforms == [Platform.host()]
         assert isinstance(record.instance, Differ)
         raw = tar_of(M("hello", data=b"world"))
         with namespace("default"):

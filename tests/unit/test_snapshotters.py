@@ -34,7 +34,7 @@ from corral.plugins.snapshots import conformance as cf
 from corral.plugins.snapshots.mount import PAGE_SIZE, temporary_mount
 from corral.plugins.snapshots.native import NativeSnapshotter
 from corral.plugins.snapshots.overlayfs import OverlaySnapshotter
-from corral.plugins.snapshots.storage import DirectoryBackend, host_platform
+from corral.plugins.snapshots.storage import DirectoryBackend
 
 pytestmark = pytest.mark.anyio
 NATIVE = "io.containerd.snapshotter.v1.native"
@@ -210,7 +210,7 @@ def test_host_platform_uses_containerds_names(monkeypatch: pytest.MonkeyPatch) -
         ("s390x", Platform("linux", "s390x")),
     ):
         monkeypatch.setattr(platform, "machine", lambda machine=machine: machine)
-        assert host_platform() == expected
+        assert Platform.host() == expected
 
 
 def test_both_snapshotters_are_declared_as_entry_points() -> None:
@@ -546,7 +546,7 @@ async def test_the_plugin_exports_its_root_and_serves_the_host_platform(uri: str
         record = kernel.get(uri)
         assert record is not None and record.ok, record
         assert record.meta.exports == {"root": str(tmp_path / "root" / uri)}
-        assert record.meta.platforms == [host_platform()]
+        assert record.meta.platforms == [Platform.host()]
         assert record.meta.capabilities == []
         assert isinstance(record.instance, Snapshotter)
         await record.instance.prepare("works")

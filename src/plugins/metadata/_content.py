@@ -23,6 +23,7 @@ from corral.kernel import (
     adapt_mapping,
     namespace_required,
     parse_filters,
+    update_labels,
     validate_labels,
 )
 from corral.plugins.content import ContentStore, Info, IngestStatus, Writer
@@ -88,21 +89,7 @@ class NamespacedContent:
             ).fetchone()
             if row is None:
                 raise NotFound(f"content digest {digest}")
-            current: dict[str, str] = json.loads(row[2])
-            if not paths:
-                current = dict(labels)
-            for path in paths:
-                if path == "labels":
-                    current = dict(labels)
-                elif path.startswith("labels."):
-                    key = path[len("labels.") :]
-                    if labels.get(key):
-                        current[key] = labels[key]
-                    else:
-                        current.pop(key, None)
-                else:
-                    raise InvalidArgument(f'cannot update "{path}" field on content info "{digest}"')
-            validate_labels(current)
+            current = update_labels(json.loads(row[2]), labels, paths, what=f'content info "{digest}"')
             now = time.time()
             db.execute(
                 "UPDATE content SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?",

@@ -24,6 +24,7 @@ from corral.kernel import (
     adapt_mapping,
     namespace_required,
     parse_filters,
+    update_labels,
     validate_labels,
 )
 from corral.plugins.metadata._gc import ROOT_LABEL, Node, label_references
@@ -105,21 +106,9 @@ class NamespacedSnapshotter:
             row = self._row(db, ns, info.name)
             if row is None:
                 raise NotFound(f"snapshot {info.name} does not exist")
-            labels: dict[str, str] = json.loads(row[4])
-            if not fieldpaths:
-                labels = dict(info.labels)
-            for path in fieldpaths:
-                if path == "labels":
-                    labels = dict(info.labels)
-                elif path.startswith("labels."):
-                    label = path[len("labels.") :]
-                    if info.labels.get(label):
-                        labels[label] = info.labels[label]
-                    else:
-                        labels.pop(label, None)
-                else:
-                    raise InvalidArgument(f'cannot update "{path}" field on snapshot "{info.name}"')
-            validate_labels(labels)
+            labels = update_labels(
+                json.loads(row[4]), info.labels, fieldpaths, what=f'snapshot "{info.name}"'
+            )
             now = time.time()
             db.execute(
                 "UPDATE snapshots SET labels = ?, updated_at = ? WHERE namespace = ? AND snapshotter = ? AND key = ?",

@@ -13,7 +13,14 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from corral.kernel import AlreadyExists, FailedPrecondition, NotFound, validate_labels, validate_namespace
+from corral.kernel import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    update_labels,
+    validate_labels,
+    validate_namespace,
+)
 
 T = TypeVar("T")
 
@@ -179,20 +186,7 @@ class MetadataStore:
             row = db.execute("SELECT labels FROM namespaces WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NotFound(f'namespace "{name}"')
-            current: dict[str, str] = json.loads(row[0])
-            if not paths:
-                current = dict(labels)
-            for path in paths:
-                if path == "labels":
-                    current = dict(labels)
-                elif path.startswith("labels."):
-                    key = path[len("labels.") :]
-                    if labels.get(key):
-                        current[key] = labels[key]
-                    else:
-                        current.pop(key, None)
-                else:
-                    raise FailedPrecondition(f'cannot update "{path}" field on namespace "{name}"')
+            current = update_labels(json.loads(row[0]), labels, paths, what=f'namespace "{name}"')
             db.execute(
                 "UPDATE namespaces SET labels = ? WHERE name = ?", (json.dumps(current, sort_keys=True), name)
             )

@@ -16,10 +16,10 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from corral.kernel import InitContext, Internal, Registration
+from corral.kernel import InitContext, Internal, Platform, Registration
 from corral.plugins import types
 from corral.plugins.snapshots import Kind, Mount
-from corral.plugins.snapshots.storage import DirectoryBackend, Snapshot, host_platform
+from corral.plugins.snapshots.storage import DirectoryBackend, Snapshot
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ async def init(ic: InitContext) -> NativeSnapshotter:
     config: NativeConfig = ic.config
     root = Path(config.root_path) if config.root_path else ic.root
     snapshotter = await anyio.to_thread.run_sync(NativeSnapshotter, root)
-    ic.meta.platforms.append(host_platform())
+    ic.meta.platforms.append(Platform.host())
     ic.meta.exports["root"] = str(root)
     return snapshotter
 

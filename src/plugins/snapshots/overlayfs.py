@@ -19,10 +19,10 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from corral.kernel import InitContext, Registration, SkipPlugin
+from corral.kernel import InitContext, Platform, Registration, SkipPlugin
 from corral.plugins import types
 from corral.plugins.snapshots import Info, Kind, Mount
-from corral.plugins.snapshots.storage import DirectoryBackend, Snapshot, host_platform
+from corral.plugins.snapshots.storage import DirectoryBackend, Snapshot
 
 MAX_LOWER_LAYERS = 500
 """The kernel's limit on overlay lower directories (OVL_MAX_STACK)."""
@@ -178,7 +178,7 @@ async def init(ic: InitContext) -> OverlaySnapshotter:
             mount_options=config.mount_options,
         )
     )
-    ic.meta.platforms.append(host_platform())
+    ic.meta.platforms.append(Platform.host())
     ic.meta.exports["root"] = str(root)
     return snapshotter
 

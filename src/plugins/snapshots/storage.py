@@ -16,7 +16,6 @@ import builtins
 import contextlib
 import json
 import os
-import platform
 import secrets
 import shutil
 import sqlite3
@@ -37,9 +36,9 @@ from corral.kernel import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Platform,
     adapt_mapping,
     parse_filters,
+    update_labels,
 )
 from corral.plugins.snapshots import Info, Kind, Mount, Usage
 
@@ -161,20 +160,7 @@ class Transaction:
         """containerd's rules: ``labels`` replaces all labels, ``labels.KEY`` sets or (empty) removes
         one, no paths replaces all labels; any other path is InvalidArgument."""
         row = self._row(info.name)
-        labels: dict[str, str] = json.loads(row[4])
-        if not fieldpaths:
-            labels = dict(info.labels)
-        for path in fieldpaths:
-            if path == "labels":
-                labels = dict(info.labels)
-            elif path.startswith("labels."):
-                name = path[len("labels.") :]
-                if info.labels.get(name):
-                    labels[name] = info.labels[name]
-                else:
-                    labels.pop(name, None)
-            else:
-                raise InvalidArgument(f'cannot update "{path}" field on snapshot "{info.name}"')
+        labels = update_labels(json.loads(row[4]), info.labels, fieldpaths, what=f'snapshot "{info.name}"')
         self._db.execute(
             "UPDATE snapshots SET labels = ?, updated = ? WHERE id = ?",
             (_dump_labels(labels), time.time_ns(), row[0]),
@@ -370,28 +356,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_ARCHITECTURES = {
-    "x86_64": ("amd64", ""),
-    "amd64": ("amd64", ""),
-    "aarch64": ("arm64", "v8"),
-    "arm64": ("arm64", "v8"),
-    "armv7l": ("arm", "v7"),
-    "armv6l": ("arm", "v6"),
-    "i386": ("386", ""),
-    "i686": ("386", ""),
-    "ppc64le": ("ppc64le", ""),
-    "s390x": ("s390x", ""),
-    "riscv64": ("riscv64", ""),
-}
-
-
-def host_platform() -> Platform:
-    """This machine as containerd's platforms.DefaultSpec() names it (e.g. linux/amd64, linux/arm64/v8)."""
-    machine = platform.machine().lower()
-    architecture, variant = _ARCHITECTURES.get(machine, (machine, ""))
-    return Platform(os=platform.system().lower(), architecture=architecture, variant=variant)
 
 
 class DirectoryBackend(ABC):

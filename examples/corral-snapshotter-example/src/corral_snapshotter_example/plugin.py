@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
-from corral.kernel import InitContext, Registration
+from corral.kernel import InitContext, Platform, Registration
 from corral.plugins import types
-from corral.plugins.snapshots.storage import host_platform
 
 from corral_snapshotter_example.hardlink import HardlinkSnapshotter
 
@@ -32,7 +31,7 @@ async def init(ic: InitContext) -> HardlinkSnapshotter:
     root = Path(config.root_path) if config.root_path else ic.root
     snapshotter = await anyio.to_thread.run_sync(HardlinkSnapshotter, root)
     # Snapshots hold the host's files, so this snapshotter serves the host's platform only.
-    ic.meta.platforms.append(host_platform())
+    ic.meta.platforms.append(Platform.host())
     ic.meta.exports["root"] = str(root)
     return snapshotter
 

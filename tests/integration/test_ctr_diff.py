@@ -109,9 +109,9 @@ def test_diff_then_apply_reproduces_the_tree(daemon: Daemon, snapshotter: str, t
     expected: dict[str, tuple[object, ...]] = {}
     with_mounted(daemon, snapshotter, "child", tmp_path / "m", lambda root: expected.update(tree(root)))
 
-    layer = subprocess.run(
-        ["ctr", "-a", daemon.socket, *s, "diff", "--keep", "child"], capture_output=True, check=True
-    ).stdout
+    made = subprocess.run(["ctr", "-a", daemon.socket, *s, "diff", "--keep", "child"], capture_output=True)
+    assert made.returncode == 0, made.stderr.decode() + daemon.log()[-3000:]
+    layer = made.stdout
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
         names = tar.getnames()
     assert "removed" not in names

@@ -196,3 +196,12 @@ def test_ingests_are_per_namespace(tmp_path: Path) -> None:
             await w2.close()
 
     run(tmp_path, body)
+
+
+def test_lease_ids_as_containerds_clients_generate_them_are_accepted(tmp_path: Path) -> None:
+    async def body(md: Metadata) -> None:
+        with namespace("ns"):
+            for lease_id in ("196387498--6tY", "1234_-x_", "a.b:c"):
+                assert (await md.leases.create(lease_id)).id == lease_id
+
+    run(tmp_path, body)

@@ -22,7 +22,6 @@ from corral.kernel import (
     adapt_mapping,
     namespace_required,
     parse_filters,
-    validate_identifier,
     validate_labels,
 )
 from corral.plugins.metadata._store import MetadataStore
@@ -100,7 +99,7 @@ class LeaseManager:
     async def create(self, lease_id: str = "", labels: Mapping[str, str] | None = None) -> Lease:
         ns = namespace_required()
         lease_id = lease_id or generate_id()
-        validate_identifier(lease_id)
+        validate_lease_id(lease_id)
         labels = dict(labels or {})
         validate_labels(labels)
         if EXPIRE_LABEL in labels:
@@ -203,6 +202,18 @@ def _check_resource(resource: Resource) -> None:
         raise InvalidArgument("resource id must not be empty")
     if resource.type not in ("content", "ingests") and not resource.type.startswith("snapshots/"):
         raise InvalidArgument(f'unsupported lease resource type "{resource.type}"')
+
+
+def validate_lease_id(lease_id: str) -> None:
+    """Looser than namespace names: containerd's clients make ids like ``196387498--6tY``
+    (nanoseconds, a dash, URL-safe base64), so only empty, overlong or blank-containing ids fail."""
+    if (
+        not lease_id
+        or len(lease_id) > 255
+        or not lease_id.isprintable()
+        or any(c.isspace() for c in lease_id)
+    ):
+        raise InvalidArgument(f'invalid lease id "{lease_id}"')
 
 
 def parse_expiry(text: str) -> datetime:

@@ -84,9 +84,19 @@ class Ctr:
         )
         return proc.returncode == 0
 
-    def time(self, address: Path, *args: str) -> float:
-        """Wall seconds of one ``ctr -a ADDRESS ARGS...``, spawn to exit; raises if it fails."""
-        return time_command(self.argv(address, *args))
+    def time(self, address: Path, *args: str, stdin: Path | None = None, timeout: float = 60.0) -> float:
+        """Wall seconds of one ``ctr -a ADDRESS ARGS... [< STDIN]``, spawn to exit; raises if it fails."""
+        return time_command(self.argv(address, *args), stdin=stdin, timeout=timeout)
+
+    def check(self, address: Path, *args: str, timeout: float = 60.0) -> str:
+        """Run ``ctr -a ADDRESS ARGS...`` untimed (set-up, clean-up); its stdout, or raise if it fails."""
+        proc = subprocess.run(
+            self.argv(address, *args), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+        )
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, stderr=err)
+        return proc.stdout.decode(errors="replace")
 
 
 def _accepts(path: Path) -> bool:

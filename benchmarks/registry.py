@@ -7,12 +7,17 @@ alternating kinds, and reports the medians. ``needs`` says what the target provi
 - ``"running"``: ``target.daemon()`` is a daemon started once for all such scenarios;
 - ``"fresh"``: nothing is running; ``target.spawn()`` makes a new daemon in fresh temp dirs;
 - ``"none"``: in-process work with no daemon (``kinds`` is then usually just corral).
+
+A scenario whose single run is costly can ask for fewer runs with ``runs_divisor``: it then runs
+``max(1, runs // runs_divisor)`` times per kind, rounded up to an odd number (so each median is one
+run's values, and a time and the rate derived from it agree), and the table says so next to its rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from benchmarks.daemons import KINDS, Ctr, Daemon
@@ -32,7 +37,9 @@ class Metric:
     key: str
     label: str
     unit: str
-    """``ms`` or ``MiB``: the unit the scenario reports the value in."""
+    """The unit the scenario reports the value in: ``ms``, ``MiB``, or a rate such as ``MiB/s``."""
+    higher_is_better: bool = False
+    """True for rates: the table marks such rows, as their corral/containerd ratio reads the other way."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class Target:
     ctr: Ctr
     spawn: Callable[[], Daemon]
     """A new, not yet started daemon of this kind in fresh temp dirs (use it with ``with``)."""
+    workdir: Path
+    """The benchmark's work dir (removed at the end): room for a scenario's input files."""
     running: Daemon | None = None
 
     def daemon(self) -> Daemon:
@@ -62,6 +71,15 @@ class Scenario:
     kinds: tuple[str, ...]
     warmup: int
     """Untimed calls per kind before the timed runs."""
+    runs_divisor: int = 1
+    """Run about ``runs // runs_divisor`` times instead of ``runs`` (see ``runs``)."""
+
+    def runs(self, default: int) -> int:
+        """How many timed runs per kind this scenario gets when the others get ``default``."""
+        if self.runs_divisor == 1:
+            return default
+        n = max(1, default // self.runs_divisor)
+        return n if n % 2 else n + 1
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -75,17 +93,22 @@ def scenario(
     metrics: tuple[Metric, ...],
     kinds: tuple[str, ...] = KINDS,
     warmup: int = 0,
+    runs_divisor: int = 1,
 ) -> Callable[[ScenarioFn], ScenarioFn]:
     """Register the decorated function as scenario ``name``."""
 
     def register(fn: ScenarioFn) -> ScenarioFn:
         if name in SCENARIOS:
             raise ValueError(f"scenario {name!r} registered twice")
+        if runs_divisor < 1:
+            raise ValueError(f"scenario {name!r}: runs_divisor must be at least 1")
         keys = [m.key for m in metrics]
         if not keys or len(set(keys)) != len(keys):
             raise ValueError(f"scenario {name!r}: metrics must be non-empty with unique keys")
         doc = (fn.__doc__ or "").strip().splitlines()
-        SCENARIOS[name] = Scenario(name, doc[0] if doc else name, needs, metrics, fn, kinds, warmup)
+        SCENARIOS[name] = Scenario(
+            name, doc[0] if doc else name, needs, metrics, fn, kinds, warmup, runs_divisor
+        )
         return fn
 
     return register

@@ -97,6 +97,17 @@ def header(env: Environment) -> str:
     )
 
 
+def row_label(sc: Scenario, metric: Metric, runs: int) -> str:
+    """The metric's label, marked when higher is better or when it had fewer runs than the others."""
+    label = metric.label
+    if metric.higher_is_better:
+        label += " (higher is better)"
+    n = sc.runs(runs)
+    if n != runs:
+        label += f" · median of {n} run{'' if n == 1 else 's'}"
+    return label
+
+
 def render_markdown(env: Environment, scenarios: Sequence[Scenario], results: Results) -> str:
     lines = [
         header(env),
@@ -110,7 +121,8 @@ def render_markdown(env: Environment, scenarios: Sequence[Scenario], results: Re
             if not med:
                 continue
             cells = [fmt_value(med[k], metric.unit) if k in med else DASH for k in (CORRAL, CONTAINERD)]
-            lines.append(f"| {metric.label} | {cells[0]} | {cells[1]} | {fmt_ratio(ratio(med))} |")
+            label = row_label(sc, metric, env.runs)
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} | {fmt_ratio(ratio(med))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -125,10 +137,16 @@ def to_json(env: Environment, scenarios: Sequence[Scenario], results: Results) -
             metrics[metric.key] = {
                 "label": metric.label,
                 "unit": metric.unit,
+                "higher_is_better": metric.higher_is_better,
                 "samples": per_kind,
                 "summary": {kind: asdict(Summary.of(values)) for kind, values in per_kind.items()},
                 "ratio_corral_over_containerd": ratio(medians(results, sc, metric)),
             }
         if metrics:
-            out["scenarios"][sc.name] = {"description": sc.description, "needs": sc.needs, "metrics": metrics}
+            out["scenarios"][sc.name] = {
+                "description": sc.description,
+                "needs": sc.needs,
+                "runs": sc.runs(results.runs),
+                "metrics": metrics,
+            }
     return out

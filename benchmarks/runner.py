@@ -22,6 +22,7 @@ class Results:
     """Raw samples: ``samples[scenario][metric][kind]`` is one value per run, in the metric's unit."""
 
     runs: int
+    """Runs per measurement; a scenario with a ``runs_divisor`` has fewer samples."""
     kinds: tuple[str, ...]
     samples: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
 
@@ -84,15 +85,17 @@ class Runner:
                 kind=kind,
                 ctr=self.ctr,
                 spawn=functools.partial(self.spawn, kind),
+                workdir=self.workdir,
                 running=running.get(kind) if sc.needs == "running" else None,
             )
             for kind in kinds
         }
-        self.progress(f"{sc.name}: {sc.description}")
+        runs = sc.runs(self.runs)
+        self.progress(f"{sc.name}: {sc.description}" + (f" ({runs} runs)" if runs != self.runs else ""))
         for kind in kinds:
             for _ in range(sc.warmup):
                 sc.fn(targets[kind])
-        for i in range(self.runs):
+        for i in range(runs):
             order = kinds if i % 2 == 0 else kinds[::-1]
             for kind in order:
                 sample = sc.fn(targets[kind])

@@ -1,6 +1,7 @@
 """The measurements. Adding one is adding a decorated function here.
 
-Values are returned in the unit their ``Metric`` declares: milliseconds for times, MiB for memory.
+Values are returned in the unit their ``Metric`` declares: milliseconds for times, MiB for memory,
+MiB/s or blobs/s for rates. The content-store scenarios' inputs come from ``benchmarks.content``.
 """
 
 from __future__ import annotations
@@ -8,7 +9,10 @@ from __future__ import annotations
 import functools
 import gc
 import random
+import statistics
+import time
 
+from benchmarks import content
 from benchmarks.daemons import CORRAL
 from benchmarks.registry import Metric, Sample, Target, scenario
 from benchmarks.timing import time_call
@@ -16,6 +20,7 @@ from corral.kernel import InitContext, Registration, resolve_order
 
 MS = 1000.0
 KIB_PER_MIB = 1024.0
+BYTES_PER_MIB = float(content.MIB)
 
 
 @scenario(
@@ -93,3 +98,82 @@ def kernel_order(target: Target) -> Sample:
     if result != [len(regs)]:
         raise RuntimeError(f"resolve_order returned {result} plugins, expected {len(regs)}")
     return {"kernel-order": elapsed * MS}
+
+
+@scenario(
+    "content-ingest",
+    needs="running",
+    warmup=1,
+    metrics=(
+        Metric(
+            "ingest", "Content ingest, 256 MiB: `ctr content ingest --expected-digest D REF < FILE`", "ms"
+        ),
+        Metric("ingest-rate", "Content ingest, 256 MiB: throughput", "MiB/s", higher_is_better=True),
+    ),
+)
+def content_ingest(target: Target) -> Sample:
+    """Ingest a blob never seen before (8 fresh bytes + a 256 MiB body), then `ctr content rm` it."""
+    daemon = target.daemon()
+    blob = content.fresh_big_blob(target.workdir)  # written and fsynced before the clock starts
+    try:
+        seconds = content.ingest(target.ctr, daemon, blob, timeout=content.BIG_TIMEOUT)
+        content.remove(target.ctr, daemon, [blob.digest])
+    finally:
+        blob.path.unlink(missing_ok=True)
+    return {"ingest": seconds * MS, "ingest-rate": blob.size / BYTES_PER_MIB / seconds}
+
+
+@scenario(
+    "content-get",
+    needs="running",
+    warmup=1,
+    metrics=(
+        Metric("get", "Content read, 256 MiB: `ctr content get D > /dev/null`", "ms"),
+        Metric("get-rate", "Content read, 256 MiB: throughput", "MiB/s", higher_is_better=True),
+    ),
+)
+def content_get(target: Target) -> Sample:
+    """Read a stored 256 MiB blob (ingested once per daemon, untimed) with `ctr content get`."""
+    daemon = target.daemon()
+    digest = content.stored_big_blob(target.ctr, daemon, target.workdir)
+    seconds = content.get(target.ctr, daemon, digest)
+    return {"get": seconds * MS, "get-rate": content.BIG_BLOB_BYTES / BYTES_PER_MIB / seconds}
+
+
+VERSION_PROBES = 21
+"""`ctr version` calls per small-blob run, for the baseline its per-call cost is compared with."""
+
+
+@scenario(
+    "content-small",
+    needs="running",
+    runs_divisor=5,
+    metrics=(
+        Metric("small", "Ingest 1,000 distinct 4 KiB blobs, one `ctr content ingest` each", "ms"),
+        Metric("small-rate", "Small-blob ingest rate", "blobs/s", higher_is_better=True),
+        Metric("small-call", "Small-blob ingest: per `ctr content ingest` call", "ms"),
+        Metric("small-extra", "Small-blob ingest: per call, beyond a `ctr version` call", "ms"),
+    ),
+)
+def content_small(target: Target) -> Sample:
+    """Ingest 1,000 new 4 KiB blobs sequentially, one ctr process each; then remove them (untimed)."""
+    daemon = target.daemon()
+    batch = content.fresh_small_blobs(target.workdir)
+    try:
+        # The floor every ctr call pays (exec, dial, one round trip), measured in the same run.
+        version = statistics.median(target.ctr.time(daemon.socket, "version") for _ in range(VERSION_PROBES))
+        start = time.perf_counter()
+        for blob in batch.blobs:
+            content.ingest(target.ctr, daemon, blob)
+        seconds = time.perf_counter() - start
+        content.remove(target.ctr, daemon, [b.digest for b in batch.blobs])
+    finally:
+        batch.remove_files()
+    count = len(batch.blobs)
+    per_call = seconds / count
+    return {
+        "small": seconds * MS,
+        "small-rate": count / seconds,
+        "small-call": per_call * MS,
+        "small-extra": (per_call - version) * MS,
+    }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 POLL_INTERVAL = 0.01
 """Seconds to sleep between polls while waiting for a daemon to answer."""
@@ -23,17 +26,24 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def time_command(argv: Sequence[str], *, timeout: float = 60.0) -> float:
-    """Seconds a command took from spawn to exit; output is discarded, a failure raises."""
-    start = time.perf_counter()
-    proc = subprocess.run(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=timeout,
-    )
-    elapsed = time.perf_counter() - start
+def time_command(argv: Sequence[str], *, timeout: float = 60.0, stdin: Path | None = None) -> float:
+    """Seconds a command took from spawn to exit; output is discarded, a failure raises.
+
+    ``stdin`` is a file to feed it (``< FILE``); opening it is not timed. Without it, /dev/null.
+    """
+    with contextlib.ExitStack() as stack:
+        source: IO[bytes] | int = (
+            subprocess.DEVNULL if stdin is None else stack.enter_context(stdin.open("rb"))
+        )
+        start = time.perf_counter()
+        proc = subprocess.run(
+            list(argv),
+            stdin=source,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+        elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
         raise subprocess.CalledProcessError(proc.returncode, list(argv), stderr=err)

@@ -125,21 +125,23 @@ class LocalContentStore:
             raise InvalidArgument(f"read of {digest}: negative offset {offset} or size {size}")
         with anyio.CancelScope(shield=True):  # never leak the descriptor to a cancellation
             try:
-                fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+                # Open, size and first chunk in one thread hop: clients such as ctr read a blob
+                # as many small reads, so the hops, not the bytes, are the cost.
+                fd, length, first = await anyio.to_thread.run_sync(_open_and_read, path, offset, size)
             except FileNotFoundError:
                 raise NotFound(f"content digest {digest}") from None
         try:
-            length = os.fstat(fd).st_size
             if offset > length:
                 raise OutOfRange(f"read past object length {length} bytes")
             end = length if size == 0 else min(length, offset + size)
-            while offset < end:
-                # One chunk per thread hop: reading ahead measured slower (more large allocations).
-                chunk = await anyio.to_thread.run_sync(os.pread, fd, min(READ_CHUNK, end - offset), offset)
-                if not chunk:
-                    break
+            chunk = first
+            while chunk:
                 yield chunk
                 offset += len(chunk)
+                if offset >= end:
+                    break
+                # One chunk per thread hop: reading ahead measured slower (more large allocations).
+                chunk = await anyio.to_thread.run_sync(os.pread, fd, min(READ_CHUNK, end - offset), offset)
         finally:
             os.close(fd)
 
@@ -287,3 +289,16 @@ registration = Registration(
     config=LocalContentConfig,
     description="content-addressed blobs in files, written through resumable ingests",
 )
+
+
+def _open_and_read(path: Path, offset: int, size: int) -> tuple[int, int, bytes]:
+    """(descriptor, blob length, first chunk from ``offset``); the chunk is empty past the end."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        length = os.fstat(fd).st_size
+        end = length if size == 0 else min(length, offset + size)
+        first = os.pread(fd, min(READ_CHUNK, end - offset), offset) if offset < end else b""
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, length, first

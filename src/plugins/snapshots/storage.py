@@ -42,6 +42,9 @@ from corral.kernel import (
 )
 from corral.plugins.snapshots import Info, Kind, Mount, Usage
 
+# What snapshotter authors may build on; DirectoryBackend's hooks are still settling.
+__all__ = ["DirectoryBackend", "MetaStore", "Snapshot", "Transaction", "disk_usage", "fsync_dir", "remove_tree"]
+
 T = TypeVar("T")
 
 log = structlog.get_logger("corral.snapshots")

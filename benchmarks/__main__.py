@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from benchmarks import scenarios as _scenarios  # noqa: F401  (registers the scenarios)
+from benchmarks import unpack as _unpack  # noqa: F401  (registers the unpack and snapshot scenarios)
 from benchmarks.daemons import (
     CONTAINERD,
     CONTAINERD_BIN,
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for sc in SCENARIOS.values():
-            print(f"{sc.name:16} {sc.needs:8} {sc.description}")
+            print(f"{sc.name:24} {sc.needs:8} {sc.description}")
         return 0
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)

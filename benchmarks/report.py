@@ -63,8 +63,14 @@ def collect_environment(runs: int, containerd: str | None, containerd_note: str 
 
 
 def fmt_value(value: float, unit: str) -> str:
+    if unit == "\N{MULTIPLICATION SIGN}":
+        return f"{value:.2f}{unit}"
     if unit == "ms":
         digits = 0 if value >= 100 else 1 if value >= 10 else 2
+    elif unit == "s":
+        digits = 2
+    elif value >= 10_000:
+        digits = 0
     else:
         digits = 1
     return f"{value:,.{digits}f} {unit}"

@@ -66,7 +66,11 @@ class Daemon:
         log = (self.base / "corrald.log").open("ab")
         self.proc = subprocess.Popen(self.command(), env=self.environ(), stdout=log, stderr=log)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:

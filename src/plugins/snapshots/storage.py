@@ -43,7 +43,15 @@ from corral.kernel import (
 from corral.plugins.snapshots import Info, Kind, Mount, Usage
 
 # What snapshotter authors may build on; DirectoryBackend's hooks are still settling.
-__all__ = ["DirectoryBackend", "MetaStore", "Snapshot", "Transaction", "disk_usage", "fsync_dir", "remove_tree"]
+__all__ = [
+    "DirectoryBackend",
+    "MetaStore",
+    "Snapshot",
+    "Transaction",
+    "disk_usage",
+    "fsync_dir",
+    "remove_tree",
+]
 
 T = TypeVar("T")
 

@@ -11,6 +11,9 @@ alternating kinds, and reports the medians. ``needs`` says what the target provi
 A scenario whose single run is costly can ask for fewer runs with ``runs_divisor``: it then runs
 ``max(1, runs // runs_divisor)`` times per kind, rounded up to an odd number (so each median is one
 run's values, and a time and the rate derived from it agree), and the table says so next to its rows.
+
+A scenario that leaves things behind on purpose (to clean them up only after its last run) names a
+``cleanup``: the runner calls it once per kind after that scenario's runs, whether they succeeded.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ NEEDS_ORDER: tuple[Needs, ...] = ("none", "fresh", "running")
 
 Sample = Mapping[str, float]
 ScenarioFn = Callable[["Target"], Sample]
+CleanupFn = Callable[["Target"], None]
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class Scenario:
     """Untimed calls per kind before the timed runs."""
     runs_divisor: int = 1
     """Run about ``runs // runs_divisor`` times instead of ``runs`` (see ``runs``)."""
+    cleanup: CleanupFn | None = None
+    """Called once per kind after the scenario's last run (also after a failed one)."""
 
     def runs(self, default: int) -> int:
         """How many timed runs per kind this scenario gets when the others get ``default``."""
@@ -94,6 +100,7 @@ def scenario(
     kinds: tuple[str, ...] = KINDS,
     warmup: int = 0,
     runs_divisor: int = 1,
+    cleanup: CleanupFn | None = None,
 ) -> Callable[[ScenarioFn], ScenarioFn]:
     """Register the decorated function as scenario ``name``."""
 
@@ -107,7 +114,7 @@ def scenario(
             raise ValueError(f"scenario {name!r}: metrics must be non-empty with unique keys")
         doc = (fn.__doc__ or "").strip().splitlines()
         SCENARIOS[name] = Scenario(
-            name, doc[0] if doc else name, needs, metrics, fn, kinds, warmup, runs_divisor
+            name, doc[0] if doc else name, needs, metrics, fn, kinds, warmup, runs_divisor, cleanup
         )
         return fn
 

@@ -69,7 +69,7 @@ def fmt_value(value: float, unit: str) -> str:
         digits = 0 if value >= 100 else 1 if value >= 10 else 2
     elif unit == "s":
         digits = 2
-    elif value >= 10_000:
+    elif value >= 1000:
         digits = 0
     else:
         digits = 1

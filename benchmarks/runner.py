@@ -79,6 +79,22 @@ class Runner:
                     self._run_one(sc, kinds, running, results)
         return results
 
+    def _samples(
+        self, sc: Scenario, kinds: list[str], targets: dict[str, Target], runs: int, results: Results
+    ) -> None:
+        for kind in kinds:
+            for _ in range(sc.warmup):
+                sc.fn(targets[kind])
+        for i in range(runs):
+            order = kinds if i % 2 == 0 else kinds[::-1]
+            for kind in order:
+                sample = sc.fn(targets[kind])
+                missing = {m.key for m in sc.metrics} - set(sample)
+                if missing:
+                    raise RuntimeError(f"scenario {sc.name!r} returned no {', '.join(sorted(missing))}")
+                for metric in sc.metrics:
+                    results.add(sc.name, metric.key, kind, float(sample[metric.key]))
+
     def _run_one(self, sc: Scenario, kinds: list[str], running: dict[str, Daemon], results: Results) -> None:
         targets = {
             kind: Target(
@@ -92,18 +108,11 @@ class Runner:
         }
         runs = sc.runs(self.runs)
         self.progress(f"{sc.name}: {sc.description}" + (f" ({runs} runs)" if runs != self.runs else ""))
-        for kind in kinds:
-            for _ in range(sc.warmup):
-                sc.fn(targets[kind])
-        for i in range(runs):
-            order = kinds if i % 2 == 0 else kinds[::-1]
-            for kind in order:
-                sample = sc.fn(targets[kind])
-                missing = {m.key for m in sc.metrics} - set(sample)
-                if missing:
-                    raise RuntimeError(f"scenario {sc.name!r} returned no {', '.join(sorted(missing))}")
-                for metric in sc.metrics:
-                    results.add(sc.name, metric.key, kind, float(sample[metric.key]))
+        with ExitStack() as cleanups:
+            if sc.cleanup is not None:
+                for kind in kinds:
+                    cleanups.callback(sc.cleanup, targets[kind])
+            self._samples(sc, kinds, targets, runs, results)
         for metric in sc.metrics:
             medians = ", ".join(
                 f"{kind} {statistics.median(results.values(sc.name, metric.key, kind)):.2f} {metric.unit}"

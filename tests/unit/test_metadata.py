@@ -205,3 +205,45 @@ def test_lease_ids_as_containerds_clients_generate_them_are_accepted(tmp_path: P
                 assert (await md.leases.create(lease_id)).id == lease_id
 
     run(tmp_path, body)
+
+
+def test_garbage_collection_never_takes_a_snapshot_being_prepared_or_committed(tmp_path: Path) -> None:
+    from corral.plugins.snapshots.native import NativeSnapshotter
+
+    class Paused(NativeSnapshotter):
+        """Holds each prepare and commit after the backend made the snapshot, before its record."""
+
+        gate: anyio.Event
+
+        async def prepare(self, key, parent="", labels=None):  # type: ignore[no-untyped-def]
+            mounts = await super().prepare(key, parent, labels)
+            await self.gate.wait()
+            return mounts
+
+        async def commit(self, name, key, labels=None):  # type: ignore[no-untyped-def]
+            await super().commit(name, key, labels)
+            await self.gate.wait()
+
+    async def main() -> None:
+        backend = Paused(tmp_path / "snaps")
+        md = Metadata(tmp_path / "meta.db", backend=MemoryContentStore(), snapshotters={"native": backend})
+        snaps = md.snapshotters["native"]
+        try:
+            with namespace("ns"):
+                for step in ("prepare", "commit"):
+                    backend.gate = anyio.Event()
+                    async with anyio.create_task_group() as tg:
+                        if step == "prepare":
+                            tg.start_soon(snaps.prepare, "active", "", {"containerd.io/gc.root": "x"})
+                        else:
+                            tg.start_soon(snaps.commit, "done", "active", {"containerd.io/gc.root": "x"})
+                        await anyio.sleep(0.05)
+                        await md.garbage_collect()
+                        backend.gate.set()
+                assert (await snaps.stat("done")).kind.name == "COMMITTED"
+                assert [info.name async for info in backend.walk()] != []
+                await snaps.prepare("child", "done")
+        finally:
+            md.close()
+
+    anyio.run(main)

@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
@@ -62,6 +62,8 @@ class NamespacedSnapshotter:
         self.name = name
         self.backend = backend
         self.kind = f"snapshots/{name}"
+        # Backend keys that exist (or are being made) before their record does: never swept.
+        self.in_flight: set[str] = set()
 
     def _row(
         self, db: sqlite3.Connection, ns: str, key: str
@@ -158,6 +160,27 @@ class NamespacedSnapshotter:
             return self._new_backend_key(db, ns, key), parent_backend
 
         backend_key, parent_backend = await self._store.run(reserve)
+        with self._making(backend_key):
+            return await self._create_and_record(kind, ns, key, parent, labels, backend_key, parent_backend)
+
+    @contextlib.contextmanager
+    def _making(self, backend_key: str) -> Iterator[None]:
+        self.in_flight.add(backend_key)
+        try:
+            yield
+        finally:
+            self.in_flight.discard(backend_key)
+
+    async def _create_and_record(
+        self,
+        kind: Kind,
+        ns: str,
+        key: str,
+        parent: str,
+        labels: Mapping[str, str],
+        backend_key: str,
+        parent_backend: str,
+    ) -> builtins.list[Mount]:
         backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
         create = self.backend.prepare if kind is Kind.ACTIVE else self.backend.view
         mounts = await create(backend_key, parent_backend, backend_labels)
@@ -199,6 +222,18 @@ class NamespacedSnapshotter:
             return row, self._new_backend_key(db, ns, name)
 
         row, backend_name = await self._store.run(check)
+        with self._making(backend_name):
+            await self._commit_and_record(ns, name, key, labels, row, backend_name)
+
+    async def _commit_and_record(
+        self,
+        ns: str,
+        name: str,
+        key: str,
+        labels: dict[str, str],
+        row: tuple[str, str, str, int, str, float, float],
+        backend_name: str,
+    ) -> None:
         backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
         await self.backend.commit(backend_name, row[1], backend_labels)
         merged = {**json.loads(row[4]), **labels}
@@ -273,8 +308,12 @@ class NamespacedSnapshotter:
             rows = db.execute("SELECT backend_key FROM snapshots WHERE snapshotter = ?", (self.name,))
             return {k for (k,) in rows}
 
+        # Walk first, then note what is in flight, then read the records: a snapshot the walk saw
+        # is either recorded by the time of the read or still in flight when it was noted.
+        walked = [info async for info in self.backend.walk()]
+        in_flight = set(self.in_flight)
         keep = await self._store.run(held)
-        orphans = [info async for info in self.backend.walk() if info.name not in keep]
+        orphans = [info for info in walked if info.name not in keep and info.name not in in_flight]
         removed = 0
         # Children before parents: keep removing leaves until nothing more goes.
         while orphans:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 EVENT_TYPES: dict[str, type[TypedEvent]] = {}
 """Every TypedEvent subclass by its TYPE_URL, so an encoded event can find its record type."""
@@ -131,6 +131,12 @@ class Publisher(Protocol):
     async def publish(
         self, event: Event, *, topic: str | None = None, namespace: str | None = None
     ) -> Envelope: ...
+
+
+def optional_publisher(plugins: Mapping[str, Any]) -> Publisher | None:
+    """The exchange among ``ic.get_by_type(io.containerd.event.v1)``, or None: services that emit
+    events keep working without one."""
+    return next(iter(plugins.values()), None)
 
 
 class EventExchange(Publisher, Protocol):

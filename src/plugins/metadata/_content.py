@@ -12,7 +12,6 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
 from functools import partial
 
 from corral.kernel import (
@@ -28,16 +27,12 @@ from corral.kernel import (
 )
 from corral.plugins.content import ContentStore, Info, IngestStatus, Writer
 from corral.plugins.metadata._leases import attach
-from corral.plugins.metadata._store import MetadataStore
-
-
-def _stamp(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+from corral.plugins.metadata._store import MetadataStore, stamp
 
 
 def _info(row: tuple[str, int, str, float, float]) -> Info:
     digest, size, labels, created, updated = row
-    return Info(digest, size, _stamp(created), _stamp(updated), json.loads(labels))
+    return Info(digest, size, stamp(created), stamp(updated), json.loads(labels))
 
 
 def _content_fields(info: Info, path: Sequence[str]) -> str | None:
@@ -95,7 +90,7 @@ class NamespacedContent:
                 "UPDATE content SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?",
                 (json.dumps(current, sort_keys=True), now, ns, digest),
             )
-            return Info(digest, row[1], _stamp(row[3]), _stamp(now), current)
+            return Info(digest, row[1], stamp(row[3]), stamp(now), current)
 
         info = await self._store.run(update)
         self._store.mutated()
@@ -180,7 +175,7 @@ class NamespacedContent:
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"content {info.digest}") from None
             attach(db, namespace, "content", info.digest)
-            return Info(info.digest, info.size, _stamp(now), _stamp(now), dict(labels))
+            return Info(info.digest, info.size, stamp(now), stamp(now), dict(labels))
 
         committed = await self._store.run(commit)
         self._store.mutated()

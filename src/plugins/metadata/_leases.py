@@ -24,7 +24,7 @@ from corral.kernel import (
     parse_filters,
     validate_labels,
 )
-from corral.plugins.metadata._store import MetadataStore
+from corral.plugins.metadata._store import MetadataStore, stamp
 
 EXPIRE_LABEL = "containerd.io/gc.expire"
 LEASE_HEADER = "containerd-lease"
@@ -67,23 +67,23 @@ def generate_id() -> str:
     return f"{time.strftime('%H%M%S')}{time.time_ns() % 100:02d}-{suffix}"
 
 
-def _stamp(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
 def attach(db: sqlite3.Connection, namespace: str, kind: str, resource_id: str) -> None:
     """Inside a caller's transaction: record the new object under the request's lease, if any."""
     lease = _current.get()
     if not lease:
         return
-    if (
-        db.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (namespace, lease)).fetchone()
-        is None
-    ):
-        raise NotFound(f'lease "{lease}"')
+    _require_lease(db, namespace, lease)
     db.execute(
         "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?, ?)", (namespace, lease, kind, resource_id)
     )
+
+
+def _require_lease(db: sqlite3.Connection, namespace: str, lease_id: str) -> None:
+    if (
+        db.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)).fetchone()
+        is None
+    ):
+        raise NotFound(f'lease "{lease_id}"')
 
 
 def _lease_fields(lease: Lease, path: Sequence[str]) -> str | None:
@@ -115,7 +115,7 @@ class LeaseManager:
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f'lease "{lease_id}"') from None
-            return Lease(lease_id, _stamp(now), labels)
+            return Lease(lease_id, stamp(now), labels)
 
         lease = await self._store.run(create)
         self._store.mutated()
@@ -140,7 +140,7 @@ class LeaseManager:
             rows = db.execute(
                 "SELECT id, labels, created_at FROM leases WHERE namespace = ? ORDER BY created_at, id", (ns,)
             ).fetchall()
-            return [Lease(i, _stamp(c), json.loads(labels)) for i, labels, c in rows]
+            return [Lease(i, stamp(c), json.loads(labels)) for i, labels, c in rows]
 
         return [lease for lease in await self._store.run(list_) if match.match(partial(_lease_fields, lease))]
 
@@ -149,11 +149,7 @@ class LeaseManager:
         _check_resource(resource)
 
         def add(db: sqlite3.Connection) -> None:
-            if (
-                db.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (ns, lease_id)).fetchone()
-                is None
-            ):
-                raise NotFound(f'lease "{lease_id}"')
+            _require_lease(db, ns, lease_id)
             db.execute(
                 "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?, ?)",
                 (ns, lease_id, resource.type, resource.id),
@@ -166,11 +162,7 @@ class LeaseManager:
         ns = namespace_required()
 
         def delete(db: sqlite3.Connection) -> None:
-            if (
-                db.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (ns, lease_id)).fetchone()
-                is None
-            ):
-                raise NotFound(f'lease "{lease_id}"')
+            _require_lease(db, ns, lease_id)
             db.execute(
                 "DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?",
                 (ns, lease_id, resource.type, resource.id),
@@ -183,11 +175,7 @@ class LeaseManager:
         ns = namespace_required()
 
         def list_(db: sqlite3.Connection) -> list[Resource]:
-            if (
-                db.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (ns, lease_id)).fetchone()
-                is None
-            ):
-                raise NotFound(f'lease "{lease_id}"')
+            _require_lease(db, ns, lease_id)
             rows = db.execute(
                 "SELECT id, type FROM lease_resources WHERE namespace = ? AND lease = ? ORDER BY type, id",
                 (ns, lease_id),

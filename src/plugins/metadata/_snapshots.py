@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 
 from corral.kernel import (
@@ -29,7 +29,7 @@ from corral.kernel import (
 )
 from corral.plugins.metadata._gc import ROOT_LABEL, Node, label_references
 from corral.plugins.metadata._leases import attach
-from corral.plugins.metadata._store import MetadataStore
+from corral.plugins.metadata._store import MetadataStore, stamp
 from corral.plugins.snapshots import Info, Kind, Mount, Snapshotter, Usage
 
 # Labels under this prefix are passed on to the backend (as containerd does); others stay here.
@@ -38,13 +38,9 @@ BACKEND_LABEL_PREFIX = "containerd.io/snapshot/"
 _COLUMNS = "key, backend_key, parent, kind, labels, created_at, updated_at"
 
 
-def _stamp(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
 def _info(row: tuple[str, str, str, int, str, float, float]) -> Info:
     key, _, parent, kind, labels, created, updated = row
-    return Info(key, Kind(kind), parent, json.loads(labels), _stamp(created), _stamp(updated))
+    return Info(key, Kind(kind), parent, json.loads(labels), stamp(created), stamp(updated))
 
 
 def _fields(info: Info, path: Sequence[str]) -> str | None:
@@ -116,7 +112,7 @@ class NamespacedSnapshotter:
                 "UPDATE snapshots SET labels = ?, updated_at = ? WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 (json.dumps(labels, sort_keys=True), now, ns, self.name, info.name),
             )
-            return Info(info.name, Kind(row[3]), row[2], labels, _stamp(row[5]), _stamp(now))
+            return Info(info.name, Kind(row[3]), row[2], labels, stamp(row[5]), stamp(now))
 
         updated = await self._store.run(update)
         self._store.mutated()

@@ -59,8 +59,7 @@ async def init(ic: InitContext) -> ContentService:
     metadata = ic.get_single(types.METADATA)
     if metadata.content is None:
         raise RuntimeError("the metadata store has no content store behind it")
-    exchanges = list(ic.get_by_type(types.EVENT).values())
-    return ContentService(metadata.content, exchanges[0] if exchanges else None)
+    return ContentService(metadata.content, events.optional_publisher(ic.get_by_type(types.EVENT)))
 
 
 registration = Registration(

@@ -6,7 +6,14 @@ from collections.abc import Mapping, Sequence
 
 from corral.kernel import InitContext, Registration
 from corral.plugins import types
-from corral.plugins.events.types import Event, NamespaceCreate, NamespaceDelete, NamespaceUpdate, Publisher
+from corral.plugins.events.types import (
+    Event,
+    NamespaceCreate,
+    NamespaceDelete,
+    NamespaceUpdate,
+    Publisher,
+    optional_publisher,
+)
 from corral.plugins.metadata._store import MetadataStore, Namespace
 
 
@@ -45,8 +52,7 @@ class NamespacesService:
 
 
 async def init(ic: InitContext) -> NamespacesService:
-    exchanges = ic.get_by_type(types.EVENT)
-    return NamespacesService(ic.get_single(types.METADATA), next(iter(exchanges.values()), None))
+    return NamespacesService(ic.get_single(types.METADATA), optional_publisher(ic.get_by_type(types.EVENT)))
 
 
 registration = Registration(

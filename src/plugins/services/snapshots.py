@@ -74,8 +74,7 @@ class SnapshotsService:
 
 async def init(ic: InitContext) -> SnapshotsService:
     metadata = ic.get_single(types.METADATA)
-    exchanges = list(ic.get_by_type(types.EVENT).values())
-    return SnapshotsService(metadata.snapshotters, exchanges[0] if exchanges else None)
+    return SnapshotsService(metadata.snapshotters, events.optional_publisher(ic.get_by_type(types.EVENT)))
 
 
 registration = Registration(

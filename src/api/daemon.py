@@ -13,7 +13,7 @@ import click
 import structlog
 
 from corral import __version__
-from corral.api.server import build_mapping, serve_unix
+from corral.api.grpc.server import build_mapping, serve_unix
 from corral.kernel import (
     ConfigError,
     DaemonConfig,

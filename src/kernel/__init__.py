@@ -2,130 +2,263 @@
 
 It knows nothing about containers. Everything here is public API for plugin authors and for
 corral's own plugins alike; the implementation lives in private modules.
+
+Names load on first use (PEP 562), so importing one error kind does not import the whole kernel.
 """
 
-from corral.kernel._config import (
-    DaemonConfig,
-    LoadedConfig,
-    decode,
-    encode,
-    format_duration,
-    load_config,
-    parse_duration,
-    render_toml,
-)
-from corral.kernel._context import (
-    PROPERTY_GRPC_ADDRESS,
-    PROPERTY_ROOT,
-    PROPERTY_STATE,
-    PROPERTY_TTRPC_ADDRESS,
-    InitContext,
-    PluginSet,
-    PluginUnavailable,
-    UndeclaredDependency,
-)
-from corral.kernel._discovery import GROUP, Candidate, builtin_candidate, discover
-from corral.kernel._errors import (
-    Aborted,
-    AlreadyExists,
-    Canceled,
-    ConfigError,
-    CorralError,
-    DataLoss,
-    DeadlineExceeded,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
-    Unavailable,
-    Unimplemented,
-)
-from corral.kernel._filters import Filter, FilterSyntaxError, adapt_mapping, parse_filter, parse_filters
-from corral.kernel._graph import DependencyCycleError, PluginGraph, resolve_order
-from corral.kernel._hookspecs import hookimpl
-from corral.kernel._kernel import Kernel, StartupError
-from corral.kernel._logging import configure_logging
-from corral.kernel._namespaces import (
-    bound_namespace,
-    current_namespace,
-    namespace,
-    namespace_required,
-    update_labels,
-    validate_identifier,
-    validate_labels,
-    validate_namespace,
-)
-from corral.kernel._records import Origin, PluginMeta, PluginRecord, SkipPlugin, Status, split_uri
-from corral.kernel._registration import ALL_TYPES, Platform, Registration, RegistrationError
+from __future__ import annotations
 
-__all__ = [
-    "ALL_TYPES",
-    "GROUP",
-    "PROPERTY_GRPC_ADDRESS",
-    "PROPERTY_ROOT",
-    "PROPERTY_STATE",
-    "PROPERTY_TTRPC_ADDRESS",
-    "Aborted",
-    "AlreadyExists",
-    "Canceled",
-    "Candidate",
-    "ConfigError",
-    "CorralError",
-    "DaemonConfig",
-    "DataLoss",
-    "DeadlineExceeded",
-    "DependencyCycleError",
-    "FailedPrecondition",
-    "Filter",
-    "FilterSyntaxError",
-    "InitContext",
-    "Internal",
-    "InvalidArgument",
-    "Kernel",
-    "LoadedConfig",
-    "NotFound",
-    "Origin",
-    "OutOfRange",
-    "PermissionDenied",
-    "Platform",
-    "PluginGraph",
-    "PluginMeta",
-    "PluginRecord",
-    "PluginSet",
-    "PluginUnavailable",
-    "Registration",
-    "RegistrationError",
-    "ResourceExhausted",
-    "SkipPlugin",
-    "StartupError",
-    "Status",
-    "Unavailable",
-    "UndeclaredDependency",
-    "Unimplemented",
-    "adapt_mapping",
-    "bound_namespace",
-    "builtin_candidate",
-    "configure_logging",
-    "current_namespace",
-    "decode",
-    "discover",
-    "encode",
-    "format_duration",
-    "hookimpl",
-    "load_config",
-    "namespace",
-    "namespace_required",
-    "parse_duration",
-    "parse_filter",
-    "parse_filters",
-    "render_toml",
-    "resolve_order",
-    "split_uri",
-    "update_labels",
-    "validate_identifier",
-    "validate_labels",
-    "validate_namespace",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.kernel._config import (
+        DaemonConfig as DaemonConfig,
+    )
+    from corral.kernel._config import (
+        LoadedConfig as LoadedConfig,
+    )
+    from corral.kernel._config import (
+        decode as decode,
+    )
+    from corral.kernel._config import (
+        encode as encode,
+    )
+    from corral.kernel._config import (
+        format_duration as format_duration,
+    )
+    from corral.kernel._config import (
+        load_config as load_config,
+    )
+    from corral.kernel._config import (
+        parse_duration as parse_duration,
+    )
+    from corral.kernel._config import (
+        render_toml as render_toml,
+    )
+    from corral.kernel._context import (
+        PROPERTY_GRPC_ADDRESS as PROPERTY_GRPC_ADDRESS,
+    )
+    from corral.kernel._context import (
+        PROPERTY_ROOT as PROPERTY_ROOT,
+    )
+    from corral.kernel._context import (
+        PROPERTY_STATE as PROPERTY_STATE,
+    )
+    from corral.kernel._context import (
+        PROPERTY_TTRPC_ADDRESS as PROPERTY_TTRPC_ADDRESS,
+    )
+    from corral.kernel._context import (
+        InitContext as InitContext,
+    )
+    from corral.kernel._context import (
+        PluginSet as PluginSet,
+    )
+    from corral.kernel._context import (
+        PluginUnavailable as PluginUnavailable,
+    )
+    from corral.kernel._context import (
+        UndeclaredDependency as UndeclaredDependency,
+    )
+    from corral.kernel._discovery import (
+        GROUP as GROUP,
+    )
+    from corral.kernel._discovery import (
+        Candidate as Candidate,
+    )
+    from corral.kernel._discovery import (
+        builtin_candidate as builtin_candidate,
+    )
+    from corral.kernel._discovery import (
+        discover as discover,
+    )
+    from corral.kernel._errors import (
+        Aborted as Aborted,
+    )
+    from corral.kernel._errors import (
+        AlreadyExists as AlreadyExists,
+    )
+    from corral.kernel._errors import (
+        Canceled as Canceled,
+    )
+    from corral.kernel._errors import (
+        ConfigError as ConfigError,
+    )
+    from corral.kernel._errors import (
+        CorralError as CorralError,
+    )
+    from corral.kernel._errors import (
+        DataLoss as DataLoss,
+    )
+    from corral.kernel._errors import (
+        DeadlineExceeded as DeadlineExceeded,
+    )
+    from corral.kernel._errors import (
+        FailedPrecondition as FailedPrecondition,
+    )
+    from corral.kernel._errors import (
+        Internal as Internal,
+    )
+    from corral.kernel._errors import (
+        InvalidArgument as InvalidArgument,
+    )
+    from corral.kernel._errors import (
+        NotFound as NotFound,
+    )
+    from corral.kernel._errors import (
+        OutOfRange as OutOfRange,
+    )
+    from corral.kernel._errors import (
+        PermissionDenied as PermissionDenied,
+    )
+    from corral.kernel._errors import (
+        ResourceExhausted as ResourceExhausted,
+    )
+    from corral.kernel._errors import (
+        Unavailable as Unavailable,
+    )
+    from corral.kernel._errors import (
+        Unimplemented as Unimplemented,
+    )
+    from corral.kernel._filters import (
+        Filter as Filter,
+    )
+    from corral.kernel._filters import (
+        FilterSyntaxError as FilterSyntaxError,
+    )
+    from corral.kernel._filters import (
+        adapt_mapping as adapt_mapping,
+    )
+    from corral.kernel._filters import (
+        parse_filter as parse_filter,
+    )
+    from corral.kernel._filters import (
+        parse_filters as parse_filters,
+    )
+    from corral.kernel._graph import (
+        DependencyCycleError as DependencyCycleError,
+    )
+    from corral.kernel._graph import (
+        PluginGraph as PluginGraph,
+    )
+    from corral.kernel._graph import (
+        resolve_order as resolve_order,
+    )
+    from corral.kernel._hookspecs import (
+        hookimpl as hookimpl,
+    )
+    from corral.kernel._kernel import (
+        Kernel as Kernel,
+    )
+    from corral.kernel._kernel import (
+        StartupError as StartupError,
+    )
+    from corral.kernel._logging import (
+        configure_logging as configure_logging,
+    )
+    from corral.kernel._records import (
+        Origin as Origin,
+    )
+    from corral.kernel._records import (
+        PluginMeta as PluginMeta,
+    )
+    from corral.kernel._records import (
+        PluginRecord as PluginRecord,
+    )
+    from corral.kernel._records import (
+        SkipPlugin as SkipPlugin,
+    )
+    from corral.kernel._records import (
+        Status as Status,
+    )
+    from corral.kernel._records import (
+        split_uri as split_uri,
+    )
+    from corral.kernel._registration import (
+        ALL_TYPES as ALL_TYPES,
+    )
+    from corral.kernel._registration import (
+        Platform as Platform,
+    )
+    from corral.kernel._registration import (
+        Registration as Registration,
+    )
+    from corral.kernel._registration import (
+        RegistrationError as RegistrationError,
+    )
+
+_SOURCES: dict[str, str] = {
+    "Aborted": "corral.kernel._errors",
+    "adapt_mapping": "corral.kernel._filters",
+    "ALL_TYPES": "corral.kernel._registration",
+    "AlreadyExists": "corral.kernel._errors",
+    "builtin_candidate": "corral.kernel._discovery",
+    "Canceled": "corral.kernel._errors",
+    "Candidate": "corral.kernel._discovery",
+    "ConfigError": "corral.kernel._errors",
+    "configure_logging": "corral.kernel._logging",
+    "CorralError": "corral.kernel._errors",
+    "DaemonConfig": "corral.kernel._config",
+    "DataLoss": "corral.kernel._errors",
+    "DeadlineExceeded": "corral.kernel._errors",
+    "decode": "corral.kernel._config",
+    "DependencyCycleError": "corral.kernel._graph",
+    "discover": "corral.kernel._discovery",
+    "encode": "corral.kernel._config",
+    "FailedPrecondition": "corral.kernel._errors",
+    "Filter": "corral.kernel._filters",
+    "FilterSyntaxError": "corral.kernel._filters",
+    "format_duration": "corral.kernel._config",
+    "GROUP": "corral.kernel._discovery",
+    "hookimpl": "corral.kernel._hookspecs",
+    "InitContext": "corral.kernel._context",
+    "Internal": "corral.kernel._errors",
+    "InvalidArgument": "corral.kernel._errors",
+    "Kernel": "corral.kernel._kernel",
+    "load_config": "corral.kernel._config",
+    "LoadedConfig": "corral.kernel._config",
+    "NotFound": "corral.kernel._errors",
+    "Origin": "corral.kernel._records",
+    "OutOfRange": "corral.kernel._errors",
+    "parse_duration": "corral.kernel._config",
+    "parse_filter": "corral.kernel._filters",
+    "parse_filters": "corral.kernel._filters",
+    "PermissionDenied": "corral.kernel._errors",
+    "Platform": "corral.kernel._registration",
+    "PluginGraph": "corral.kernel._graph",
+    "PluginMeta": "corral.kernel._records",
+    "PluginRecord": "corral.kernel._records",
+    "PluginSet": "corral.kernel._context",
+    "PluginUnavailable": "corral.kernel._context",
+    "PROPERTY_GRPC_ADDRESS": "corral.kernel._context",
+    "PROPERTY_ROOT": "corral.kernel._context",
+    "PROPERTY_STATE": "corral.kernel._context",
+    "PROPERTY_TTRPC_ADDRESS": "corral.kernel._context",
+    "Registration": "corral.kernel._registration",
+    "RegistrationError": "corral.kernel._registration",
+    "render_toml": "corral.kernel._config",
+    "resolve_order": "corral.kernel._graph",
+    "ResourceExhausted": "corral.kernel._errors",
+    "SkipPlugin": "corral.kernel._records",
+    "split_uri": "corral.kernel._records",
+    "StartupError": "corral.kernel._kernel",
+    "Status": "corral.kernel._records",
+    "Unavailable": "corral.kernel._errors",
+    "UndeclaredDependency": "corral.kernel._context",
+    "Unimplemented": "corral.kernel._errors",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'corral.kernel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

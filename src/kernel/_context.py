@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import structlog
 
@@ -20,6 +20,8 @@ PROPERTY_ROOT = "io.containerd.plugin.root"
 PROPERTY_STATE = "io.containerd.plugin.state"
 PROPERTY_GRPC_ADDRESS = "io.containerd.plugin.grpc.address"
 PROPERTY_TTRPC_ADDRESS = "io.containerd.plugin.ttrpc.address"
+
+T = TypeVar("T")
 
 
 class PluginUnavailable(LookupError):
@@ -95,30 +97,52 @@ class InitContext:
         self._declared(plugin_type)
         return [r for r in self.plugins.records() if r.type == plugin_type and r.uri != self.uri]
 
-    def get_by_type(self, plugin_type: str) -> dict[str, Any]:
+    # Each lookup takes an optional contract (a runtime-checkable Protocol or a class): the instance
+    # is checked against it and typed as it, so callers never hold an ``Any``.
+    @overload
+    def get_by_type(self, plugin_type: str) -> dict[str, Any]: ...
+    @overload
+    def get_by_type(self, plugin_type: str, contract: type[T]) -> dict[str, T]: ...
+    def get_by_type(self, plugin_type: str, contract: type[T] | None = None) -> dict[str, Any]:
         """Instances of every ok plugin of ``plugin_type``, by id (skipped and failed ones left out)."""
-        return {r.id: r.instance for r in self._of_type(plugin_type) if r.ok}
+        return {r.id: _conforming(r, contract) for r in self._of_type(plugin_type) if r.ok}
 
-    def get_single(self, plugin_type: str) -> Any:
+    @overload
+    def get_single(self, plugin_type: str) -> Any: ...
+    @overload
+    def get_single(self, plugin_type: str, contract: type[T]) -> T: ...
+    def get_single(self, plugin_type: str, contract: type[T] | None = None) -> Any:
         """The one ok plugin of ``plugin_type``."""
         records = self._of_type(plugin_type)
         ok = [r for r in records if r.ok]
         if len(ok) == 1:
-            return ok[0].instance
+            return _conforming(ok[0], contract)
         if len(ok) > 1:
             raise PluginUnavailable(
                 f"multiple plugins registered for {plugin_type}: {', '.join(r.uri for r in ok)}"
             )
         raise PluginUnavailable(f"no plugins registered for {plugin_type}{_why_none(records)}")
 
-    def get_by_id(self, plugin_type: str, plugin_id: str) -> Any:
+    @overload
+    def get_by_id(self, plugin_type: str, plugin_id: str) -> Any: ...
+    @overload
+    def get_by_id(self, plugin_type: str, plugin_id: str, contract: type[T]) -> T: ...
+    def get_by_id(self, plugin_type: str, plugin_id: str, contract: type[T] | None = None) -> Any:
         self._declared(plugin_type)
         rec = self.plugins.get(f"{plugin_type}.{plugin_id}")
         if rec is None:
             raise PluginUnavailable(f"no plugins registered for {plugin_type}.{plugin_id}")
         if not rec.ok:
             raise PluginUnavailable(f"{rec.uri} is {rec.status.value}: {rec.reason}")
-        return rec.instance
+        return _conforming(rec, contract)
+
+
+def _conforming(rec: PluginRecord, contract: type[Any] | None) -> Any:
+    if contract is not None and not isinstance(rec.instance, contract):
+        raise PluginUnavailable(
+            f"{rec.uri} does not provide {contract.__qualname__} (its instance is a {type(rec.instance).__name__})"
+        )
+    return rec.instance
 
 
 def _why_none(records: Sequence[PluginRecord]) -> str:

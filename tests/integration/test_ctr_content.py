@@ -66,12 +66,29 @@ def test_ingest_ls_get_label_rm(daemon: Daemon) -> None:
     assert digests(daemon) == []
 
 
-def test_wrong_expected_digest_fails_and_leaves_nothing_behind(daemon: Daemon) -> None:
+def test_a_failed_commit_keeps_the_bytes_for_a_commit_that_gets_it_right(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # As containerd: neither a wrong size nor a wrong digest loses what was written.
     data = blob(MiB, 2)
     result = ingest(daemon, "bad", data, "--expected-digest", "sha256:" + "0" * 64)
     assert result.returncode != 0
     assert b"unexpected commit digest" in result.stderr
     assert digests(daemon) == []
+    assert active_refs(daemon) == ["bad"]
+    # ctr resumes by seeking its stdin past what the daemon holds, so it reads a file here.
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+
+    def ingest_file(*args: str) -> int:
+        with source.open("rb") as stdin:
+            return subprocess.run(["ctr", "-a", daemon.socket, "content", "ingest", *args, "bad"],
+                                  stdin=stdin, capture_output=True, timeout=60).returncode  # fmt: skip
+
+    assert ingest_file("--expected-size", str(len(data) + 1)) != 0
+    assert active_refs(daemon) == ["bad"]
+    assert ingest_file("--expected-digest", digest(data)) == 0
+    assert digests(daemon) == [digest(data)]
     assert active_refs(daemon) == []
 
 
@@ -226,13 +243,17 @@ def test_content_referenced_by_a_gc_ref_label_survives(daemon: Daemon) -> None:
     assert digests(daemon) == sorted([digest(parent), digest(child)])
 
 
-def test_namespace_holding_objects_cannot_be_removed(daemon: Daemon) -> None:
-    daemon.ctr("leases", "create", "--id", "x", namespace="busy")
+def test_namespace_holding_blobs_cannot_be_removed_but_leases_go_with_it(daemon: Daemon) -> None:
+    data = blob(100, 9)
+    ingest(daemon, "r", data, "--expected-digest", digest(data), namespace="busy")
     result = daemon.ctr("namespaces", "rm", "busy", check=False)
-    assert result.returncode != 0
-    assert 'namespace "busy" must be empty, but it still has leases: failed precondition' in result.stderr
-    daemon.ctr("leases", "rm", "x", namespace="busy")
+    assert 'namespace "busy" must be empty, but it still has blobs: failed precondition' in result.stderr
+    daemon.ctr("content", "rm", digest(data), namespace="busy")
+    # As containerd: leases do not keep a namespace alive.
+    daemon.ctr("leases", "create", "--id", "x", namespace="busy")
     daemon.ctr("namespaces", "rm", "busy")
+    assert "busy" not in daemon.ctr("namespaces", "ls", "-q").stdout.split()
+    assert daemon.ctr("leases", "ls", "-q", namespace="busy").stdout.split() == []
 
 
 @pytest.mark.parametrize("bad", ["abc", "sha256:xyz"])

@@ -16,7 +16,7 @@ import anyio
 from grpclib.client import Channel
 from harness import Daemon
 
-from corral.api.server import NAMESPACE_HEADER
+from corral.api.edge import NAMESPACE_HEADER
 from corral.api.types.containerd import events as pb_events
 from corral.api.types.containerd.services.events import v1 as pb
 from corral.api.types.google import protobuf

@@ -31,27 +31,28 @@ from corral.kernel import (
     Platform,
     Unimplemented,
     builtin_candidate,
-    namespace,
 )
 from corral.plugins.content.local import registration as local_content
 from corral.plugins.content.memory import MemoryContentStore
-from corral.plugins.differs import (
+from corral.plugins.core import (
     MEDIA_TYPE_LAYER,
     MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_LAYER_ZSTD,
-    UNCOMPRESSED_LABEL,
+    UNCOMPRESSED,
     Descriptor,
-    Differ,
+    Mount,
+    namespace,
 )
+from corral.plugins.differs import Differ
 from corral.plugins.differs._compression import Compression, layer_compression
 from corral.plugins.differs._tar import TarReader, encode_header, parse_number, parse_pax_records
 from corral.plugins.differs._whiteouts import Kind, classify
 from corral.plugins.differs.apply import WhiteoutMode, apply_layer
 from corral.plugins.differs.differ import WalkingDiffer, readonly
 from corral.plugins.differs.walking import registration as walking
-from corral.plugins.metadata._metadata import Metadata
+from corral.plugins.metadata import NamespacedContent
+from corral.plugins.metadata.sqlite import SqliteMetadata, open_metadata
 from corral.plugins.metadata.sqlite import registration as sqlite_metadata
-from corral.plugins.snapshots import Mount
 
 pytestmark = pytest.mark.anyio
 
@@ -66,21 +67,19 @@ def anyio_backend() -> str:
 
 @dataclass
 class Env:
-    md: Metadata
+    md: SqliteMetadata
     differ: WalkingDiffer
     tmp: Path
 
     async def ingest(self, data: bytes, labels: dict[str, str] | None = None) -> str:
-        assert self.md.content is not None
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        writer = await self.md.content.writer(f"ingest-{digest}")
+        writer = await self.md.view(NamespacedContent).writer(f"ingest-{digest}")
         await writer.write(data)
         await writer.commit(len(data), digest, labels)
         return digest
 
     async def blob(self, digest: str) -> bytes:
-        assert self.md.content is not None
-        return b"".join([chunk async for chunk in await self.md.content.read(digest)])
+        return b"".join([chunk async for chunk in await self.md.view(NamespacedContent).read(digest)])
 
     def dir(self, name: str) -> Path:
         path = self.tmp / name
@@ -90,11 +89,10 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    md = Metadata(tmp_path / "meta.db", backend=MemoryContentStore())
-    assert md.content is not None
+    md = open_metadata(tmp_path / "meta.db", content=MemoryContentStore())
     try:
         with namespace("default"):
-            yield Env(md, WalkingDiffer(md.content), tmp_path)
+            yield Env(md, WalkingDiffer(md.view(NamespacedContent)), tmp_path)
     finally:
         md.close()
 
@@ -352,9 +350,9 @@ async def test_the_uncompressed_digest_promised_is_checked(env: Env) -> None:
     raw = tar_of(M("a", data=b"a"))
     blob = gzip.compress(raw)
     digest = await env.ingest(blob)
-    good = Descriptor(MEDIA_TYPE_LAYER_GZIP, digest, len(blob), {UNCOMPRESSED_LABEL: sha(raw)})
+    good = Descriptor(MEDIA_TYPE_LAYER_GZIP, digest, len(blob), {UNCOMPRESSED: sha(raw)})
     assert (await env.differ.apply(good, bind(env.dir("t1")))).digest == sha(raw)
-    bad = dataclasses.replace(good, annotations={UNCOMPRESSED_LABEL: sha(b"other")})
+    bad = dataclasses.replace(good, annotations={UNCOMPRESSED: sha(b"other")})
     with pytest.raises(FailedPrecondition, match="expected"):
         await env.differ.apply(bad, bind(env.dir("t2")))
 
@@ -362,7 +360,7 @@ async def test_the_uncompressed_digest_promised_is_checked(env: Env) -> None:
 async def test_the_content_label_for_the_uncompressed_digest_is_checked_too(env: Env) -> None:
     raw = tar_of(M("a", data=b"a"))
     blob = gzip.compress(raw)
-    digest = await env.ingest(blob, labels={UNCOMPRESSED_LABEL: sha(b"a lie")})
+    digest = await env.ingest(blob, labels={UNCOMPRESSED: sha(b"a lie")})
     with pytest.raises(FailedPrecondition):
         await env.differ.apply(Descriptor(MEDIA_TYPE_LAYER_GZIP, digest, len(blob)), bind(env.dir("t")))
 
@@ -622,12 +620,11 @@ async def test_compare_then_apply_on_the_same_parent_reproduces_the_upper_tree(
 async def test_compare_labels_the_blob_with_its_diff_id_and_the_callers_labels(
     env: Env, trees: tuple[Path, Path]
 ) -> None:
-    assert env.md.content is not None
     lower, upper = trees
     desc = await env.differ.compare(bind(lower), bind(upper), ref="my-ref", labels={"a": "b"})
-    info = await env.md.content.info(desc.digest)
-    assert info.labels == {"a": "b", UNCOMPRESSED_LABEL: sha(gzip.decompress(await env.blob(desc.digest)))}
-    assert await env.md.content.list_statuses() == []
+    info = await env.md.view(NamespacedContent).info(desc.digest)
+    assert info.labels == {"a": "b", UNCOMPRESSED: sha(gzip.decompress(await env.blob(desc.digest)))}
+    assert await env.md.view(NamespacedContent).list_statuses() == []
     again = await env.differ.compare(bind(lower), bind(upper), ref="my-ref")
     assert again == desc  # deterministic, and a layer the namespace already has is no error
 
@@ -756,7 +753,9 @@ async def test_the_plugin_serves_the_host_platform_over_the_metadata_content_sto
         assert isinstance(record.instance, Differ)
         raw = tar_of(M("hello", data=b"world"))
         with namespace("default"):
-            content = kernel.get("io.containerd.metadata.v1.sqlite").instance.content  # type: ignore[union-attr]
+            md = kernel.get("io.containerd.metadata.v1.sqlite")
+            assert md is not None
+            content = md.instance.view(NamespacedContent)
             writer = await content.writer("layer")
             await writer.write(raw)
             await writer.commit(len(raw), sha(raw))
@@ -778,13 +777,6 @@ def test_apply_layer_is_usable_without_the_plugin(tmp_path: Path) -> None:
 def test_the_package_exports_the_contract_and_nothing_else() -> None:
     import corral.plugins.differs as contract
 
-    assert sorted(contract.__all__) == [
-        "Descriptor",
-        "Differ",
-        "MEDIA_TYPE_LAYER",
-        "MEDIA_TYPE_LAYER_GZIP",
-        "MEDIA_TYPE_LAYER_ZSTD",
-        "UNCOMPRESSED_LABEL",
-    ]
+    assert sorted(contract.__all__) == ["Differ"]
     assert all(getattr(contract, name) is not None for name in contract.__all__)
     assert isinstance(WalkingDiffer(None), Differ)  # type: ignore[arg-type]

@@ -16,13 +16,14 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from corral.api.server import NAMESPACE_HEADER, build_mapping, serve_unix
-from corral.api.services import events as events_grpc
-from corral.api.services.events import envelope_from_wire, envelope_to_wire, event_from_any, event_to_any
+from corral.api.edge import NAMESPACE_HEADER
+from corral.api.grpc import events as events_grpc
+from corral.api.grpc.server import build_mapping, serve_unix
 from corral.api.types.containerd import events as pb_events
 from corral.api.types.containerd import types as ctypes
 from corral.api.types.containerd.services.events import v1 as pb
 from corral.api.types.google import protobuf
+from corral.api.wire import envelope_from_wire, envelope_to_wire, event_from_any, event_to_any
 from corral.kernel import (
     DaemonConfig,
     FailedPrecondition,
@@ -30,11 +31,11 @@ from corral.kernel import (
     Kernel,
     ResourceExhausted,
     builtin_candidate,
-    namespace,
 )
 from corral.kernel import (
     Status as PluginStatus,
 )
+from corral.plugins.core import namespace
 from corral.plugins.events import exchange as exchange_plugin
 from corral.plugins.events.exchange import Exchange, SubscriberFellBehind
 from corral.plugins.events.types import (
@@ -50,8 +51,8 @@ from corral.plugins.events.types import (
     SnapshotRemove,
     TypedEvent,
 )
-from corral.plugins.metadata._store import MetadataStore
-from corral.plugins.services.namespaces import NamespacesService
+from corral.plugins.metadata import NamespaceStore
+from corral.plugins.metadata.sqlite import open_metadata
 
 pytestmark = pytest.mark.anyio
 
@@ -399,12 +400,12 @@ def test_a_forwarded_envelope_needs_a_timestamp_and_an_event() -> None:
         envelope_from_wire(ctypes.Envelope(timestamp=datetime.now(UTC), namespace="n", topic="/t"))
 
 
-# -- the namespaces service publishes --------------------------------------------------------
+# -- the metadata store publishes namespace changes --------------------------------------------------------
 
 
 async def test_namespace_changes_are_published_under_the_namespace_concerned(tmp_path: Path) -> None:
     exchange = Exchange()
-    service = NamespacesService(MetadataStore(tmp_path / "meta.db"), exchange)
+    service = open_metadata(tmp_path / "meta.db", publisher=exchange).view(NamespaceStore)
     async with exchange.subscribe() as events:
         with namespace("default"):
             await service.create("ns1", {"a": "b"})
@@ -418,8 +419,8 @@ async def test_namespace_changes_are_published_under_the_namespace_concerned(tmp
     ]
 
 
-async def test_the_namespaces_service_works_without_an_exchange(tmp_path: Path) -> None:
-    service = NamespacesService(MetadataStore(tmp_path / "meta.db"))
+async def test_namespaces_work_without_an_exchange(tmp_path: Path) -> None:
+    service = open_metadata(tmp_path / "meta.db").view(NamespaceStore)
     await service.create("ns1", {})
     await service.delete("ns1")
     assert await service.list() == []

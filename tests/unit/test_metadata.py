@@ -10,19 +10,26 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, namespace
+from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.content.memory import MemoryContentStore
-from corral.plugins.metadata._leases import EXPIRE_LABEL, Resource, bound_lease
-from corral.plugins.metadata._metadata import Metadata
+from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
+from corral.plugins.metadata import (
+    LeaseStore,
+    NamespacedContent,
+    NamespacedSnapshots,
+    NamespaceStore,
+    Resource,
+)
+from corral.plugins.metadata.sqlite import SqliteMetadata, open_metadata
 
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def run(tmp_path: Path, body: Callable[[Metadata], Awaitable[None]]) -> None:
+def run(tmp_path: Path, body: Callable[[SqliteMetadata], Awaitable[None]]) -> None:
     async def main() -> None:
-        md = Metadata(tmp_path / "meta.db", backend=MemoryContentStore())
+        md = open_metadata(tmp_path / "meta.db", content=MemoryContentStore())
         try:
             await body(md)
         finally:
@@ -31,26 +38,26 @@ def run(tmp_path: Path, body: Callable[[Metadata], Awaitable[None]]) -> None:
     anyio.run(main)
 
 
-async def ingest(md: Metadata, data: bytes, ref: str = "r", labels: dict[str, str] | None = None) -> str:
-    assert md.content is not None
-    w = await md.content.writer(ref)
+async def ingest(
+    md: SqliteMetadata, data: bytes, ref: str = "r", labels: dict[str, str] | None = None
+) -> str:
+    w = await md.view(NamespacedContent).writer(ref)
     await w.write(data)
     info = await w.commit(len(data), digest_of(data), labels)
     return info.digest
 
 
 def test_blob_written_in_one_namespace_is_invisible_in_another_until_written_there(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
-        assert md.content is not None
+    async def body(md: SqliteMetadata) -> None:
         with namespace("a"):
             d = await ingest(md, b"hello")
         with namespace("b"):
             with pytest.raises(NotFound):
-                await md.content.info(d)
-            assert await md.content.list() == []
+                await md.view(NamespacedContent).info(d)
+            assert await md.view(NamespacedContent).list() == []
             # Writing it again (the bytes are verified) makes it visible in b too.
             assert await ingest(md, b"hello") == d
-            assert (await md.content.info(d)).size == 5
+            assert (await md.view(NamespacedContent).info(d)).size == 5
         with namespace("a"), pytest.raises(AlreadyExists):
             await ingest(md, b"hello")
 
@@ -58,59 +65,56 @@ def test_blob_written_in_one_namespace_is_invisible_in_another_until_written_the
 
 
 def test_writes_create_namespaces_implicitly(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
+    async def body(md: SqliteMetadata) -> None:
         with namespace("implicit"):
             await ingest(md, b"x")
-        assert [ns.name for ns in await md.list_namespaces()] == ["implicit"]
+        assert [ns.name for ns in await md.view(NamespaceStore).list()] == ["implicit"]
 
     run(tmp_path, body)
 
 
 def test_namespace_holding_content_cannot_be_removed(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
+    async def body(md: SqliteMetadata) -> None:
         with namespace("busy"):
             await ingest(md, b"x")
         with pytest.raises(
             FailedPrecondition, match='namespace "busy" must be empty, but it still has blobs'
         ):
-            await md.delete_namespace("busy")
+            await md.view(NamespaceStore).delete("busy")
 
     run(tmp_path, body)
 
 
 def test_labels_update_by_field_path(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
-        assert md.content is not None
+    async def body(md: SqliteMetadata) -> None:
         with namespace("ns"):
             d = await ingest(md, b"x", labels={"a": "1", "b": "2"})
-            info = await md.content.update(d, {"b": "3", "c": "4"}, ["labels.b", "labels.a"])
+            info = await md.view(NamespacedContent).update(d, {"b": "3", "c": "4"}, ["labels.b", "labels.a"])
             assert dict(info.labels) == {"b": "3"}
-            info = await md.content.update(d, {"z": "9"}, ["labels"])
+            info = await md.view(NamespacedContent).update(d, {"z": "9"}, ["labels"])
             assert dict(info.labels) == {"z": "9"}
             with pytest.raises(InvalidArgument):
-                await md.content.update(d, {}, ["size"])
+                await md.view(NamespacedContent).update(d, {}, ["size"])
             with pytest.raises(InvalidArgument):
-                await md.content.update(d, {"k": "v" * 5000}, [])
-            assert dict((await md.content.info(d)).labels) == {"z": "9"}
+                await md.view(NamespacedContent).update(d, {"k": "v" * 5000}, [])
+            assert dict((await md.view(NamespacedContent).info(d)).labels) == {"z": "9"}
 
     run(tmp_path, body)
 
 
 def test_list_filters_on_labels_and_digest(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
-        assert md.content is not None
+    async def body(md: SqliteMetadata) -> None:
         with namespace("ns"):
             d1 = await ingest(md, b"1", "r1", {"kind": "layer"})
             await ingest(md, b"2", "r2", {"kind": "config"})
-            assert [i.digest for i in await md.content.list(["labels.kind==layer"])] == [d1]
-            assert len(await md.content.list([f"digest=={d1}", "labels.kind==config"])) == 2
+            assert [i.digest for i in await md.view(NamespacedContent).list(["labels.kind==layer"])] == [d1]
+            assert len(await md.view(NamespacedContent).list([f"digest=={d1}", "labels.kind==config"])) == 2
 
     run(tmp_path, body)
 
 
 def test_unreferenced_content_is_collected_and_referenced_content_survives(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
-        assert md.content is not None
+    async def body(md: SqliteMetadata) -> None:
         with namespace("ns"):
             child = await ingest(md, b"child", "c")
             await ingest(
@@ -118,80 +122,79 @@ def test_unreferenced_content_is_collected_and_referenced_content_survives(tmp_p
             )
             loose = await ingest(md, b"loose", "l")
             result = await md.garbage_collect()
-            assert [n.id for n in result.removed["content"]] == [loose]
-            assert [i.digest for i in await md.content.list()] == sorted([child, digest_of(b"root")])
-            with pytest.raises(NotFound):
-                await md.content.backend.info(loose)
+            assert result.removed["content"] == [f"ns/{loose}"]
+            assert result.swept["blobs"] == 1
+            assert [i.digest for i in await md.view(NamespacedContent).list()] == sorted(
+                [child, digest_of(b"root")]
+            )
 
     run(tmp_path, body)
 
 
 def test_blob_held_only_by_a_lease_survives_until_the_lease_goes(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
-        assert md.content is not None
+    async def body(md: SqliteMetadata) -> None:
         with namespace("ns"):
-            await md.leases.create("hold")
+            await md.view(LeaseStore).create("hold")
             with bound_lease("hold"):
                 d = await ingest(md, b"leased")
-            assert await md.leases.list_resources("hold") == [Resource(d, "content")]
+            assert await md.view(LeaseStore).list_resources("hold") == [Resource(d, "content")]
             await md.garbage_collect()
-            assert (await md.content.info(d)).size == 6
-            await md.leases.delete("hold")
+            assert (await md.view(NamespacedContent).info(d)).size == 6
+            await md.view(LeaseStore).delete("hold")
             await md.garbage_collect()
             with pytest.raises(NotFound):
-                await md.content.info(d)
+                await md.view(NamespacedContent).info(d)
 
     run(tmp_path, body)
 
 
 def test_expired_leases_are_collected(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
+    async def body(md: SqliteMetadata) -> None:
         past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
         with namespace("ns"):
-            await md.leases.create("old", {EXPIRE_LABEL: past})
-            await md.leases.create(
-                "new", {EXPIRE_LABEL: (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+            await md.view(LeaseStore).create("old", {GC_EXPIRE: past})
+            await md.view(LeaseStore).create(
+                "new", {GC_EXPIRE: (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
             )
             await md.garbage_collect()
-            assert [lease.id for lease in await md.leases.list()] == ["new"]
+            assert [lease.id for lease in await md.view(LeaseStore).list()] == ["new"]
 
     run(tmp_path, body)
 
 
 def test_lease_errors(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
+    async def body(md: SqliteMetadata) -> None:
         with namespace("ns"):
-            lease = await md.leases.create()
+            lease = await md.view(LeaseStore).create()
             assert lease.id
             with pytest.raises(AlreadyExists):
-                await md.leases.create(lease.id)
+                await md.view(LeaseStore).create(lease.id)
             with pytest.raises(NotFound):
-                await md.leases.delete("missing")
+                await md.view(LeaseStore).delete("missing")
             with pytest.raises(InvalidArgument):
-                await md.leases.create("bad id!")
+                await md.view(LeaseStore).create("bad id!")
             with pytest.raises(InvalidArgument):
-                await md.leases.create("x", {EXPIRE_LABEL: "tomorrow"})
+                await md.view(LeaseStore).create("x", {GC_EXPIRE: "tomorrow"})
             with pytest.raises(InvalidArgument):
-                await md.leases.add_resource(lease.id, Resource("x", "mystery"))
+                await md.view(LeaseStore).add_resource(lease.id, Resource("x", "mystery"))
             with bound_lease("missing"), pytest.raises(NotFound):
                 await ingest(md, b"y")
-            assert [lease.id for lease in await md.leases.list([f"id=={lease.id}"])] == [lease.id]
+            assert [lease.id for lease in await md.view(LeaseStore).list([f"id=={lease.id}"])] == [lease.id]
 
     run(tmp_path, body)
 
 
 def test_ingests_are_per_namespace(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
-        assert md.content is not None
+    async def body(md: SqliteMetadata) -> None:
         with namespace("a"):
-            w = await md.content.writer("same-ref", total=10)
+            w = await md.view(NamespacedContent).writer("same-ref", total=10)
             await w.write(b"abc")
             await w.close()
-            (status,) = await md.content.list_statuses()
+            (status,) = await md.view(NamespacedContent).list_statuses()
             assert (status.ref, status.offset, status.total) == ("same-ref", 3, 10)
         with namespace("b"):
-            assert await md.content.list_statuses() == []
-            w2 = await md.content.writer("same-ref")
+            assert await md.view(NamespacedContent).list_statuses() == []
+            w2 = await md.view(NamespacedContent).writer("same-ref")
             assert w2.offset == 0
             await w2.close()
 
@@ -199,10 +202,10 @@ def test_ingests_are_per_namespace(tmp_path: Path) -> None:
 
 
 def test_lease_ids_as_containerds_clients_generate_them_are_accepted(tmp_path: Path) -> None:
-    async def body(md: Metadata) -> None:
+    async def body(md: SqliteMetadata) -> None:
         with namespace("ns"):
             for lease_id in ("196387498--6tY", "1234_-x_", "a.b:c"):
-                assert (await md.leases.create(lease_id)).id == lease_id
+                assert (await md.view(LeaseStore).create(lease_id)).id == lease_id
 
     run(tmp_path, body)
 
@@ -226,8 +229,10 @@ def test_garbage_collection_never_takes_a_snapshot_being_prepared_or_committed(t
 
     async def main() -> None:
         backend = Paused(tmp_path / "snaps")
-        md = Metadata(tmp_path / "meta.db", backend=MemoryContentStore(), snapshotters={"native": backend})
-        snaps = md.snapshotters["native"]
+        md = open_metadata(
+            tmp_path / "meta.db", content=MemoryContentStore(), snapshotters={"native": backend}
+        )
+        snaps = md.view(NamespacedSnapshots).get("native")
         try:
             with namespace("ns"):
                 for step in ("prepare", "commit"):

@@ -31,7 +31,7 @@ def test_wheel_built_from_the_sdist_holds_the_whole_package(tmp_path: Path) -> N
         "corral/py.typed",
         "corral/kernel/__init__.py",
         "corral/plugins/metadata/sqlite.py",
-        "corral/api/server.py",
+        "corral/api/grpc/server.py",
         "corral/api/types/containerd/services/introspection/v1/__init__.py",
     ):
         assert required in names, f"{required} missing from {wheel.name}"

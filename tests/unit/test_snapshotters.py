@@ -29,9 +29,10 @@ from corral.kernel import (
     Status,
     builtin_candidate,
 )
-from corral.plugins.snapshots import Kind, Mount, Snapshotter, native, overlayfs
+from corral.plugins.core import Mount
+from corral.plugins.core.mount import PAGE_SIZE, temporary_mount
+from corral.plugins.snapshots import Kind, Snapshotter, native, overlayfs
 from corral.plugins.snapshots import conformance as cf
-from corral.plugins.snapshots.mount import PAGE_SIZE, temporary_mount
 from corral.plugins.snapshots.native import NativeSnapshotter
 from corral.plugins.snapshots.overlayfs import OverlaySnapshotter
 from corral.plugins.snapshots.storage import DirectoryBackend

@@ -21,6 +21,7 @@ from corral.kernel import (
     Status,
     builtin_candidate,
 )
+from corral.plugins.metadata import NamespaceStore
 from corral.plugins.metadata.sqlite import registration as sqlite_metadata
 from corral_greeter import audit, greeter
 
@@ -68,9 +69,9 @@ async def test_shout_upper_cases_the_greeting(tmp_path: Path) -> None:
 
 async def test_greets_namespaces_from_the_metadata_store_up_to_max_names(tmp_path: Path) -> None:
     async with make_kernel(tmp_path, {"greeting": "hi", "max_names": 2}).running() as kernel:
-        store = record(kernel, METADATA).instance
+        store = record(kernel, METADATA).instance.view(NamespaceStore)
         for name in ("c", "a", "b"):
-            await store.create_namespace(name, {})
+            await store.create(name, {})
         assert await record(kernel, GREETER).instance.greet_namespaces() == ["hi, a", "hi, b"]
 
 

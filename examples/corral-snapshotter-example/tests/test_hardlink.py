@@ -22,10 +22,11 @@ from corral.kernel import (
     Registration,
     Status,
     builtin_candidate,
-    namespace,
 )
+from corral.plugins.core import Mount, namespace
+from corral.plugins.metadata import NamespacedSnapshots
 from corral.plugins.metadata.sqlite import registration as sqlite_metadata
-from corral.plugins.snapshots import Kind, Mount, Usage
+from corral.plugins.snapshots import Kind, Usage
 
 from corral_snapshotter_example import HardlinkSnapshotter, registration
 
@@ -149,7 +150,7 @@ async def test_without_root_path_it_lives_under_the_daemon_root(tmp_path: Path) 
 
 async def test_clients_reach_it_by_name_through_the_metadata_store(tmp_path: Path) -> None:
     async with make_kernel(tmp_path, {}).running() as kernel:
-        snapshots = record(kernel, METADATA).instance.snapshotters["hardlink"]
+        snapshots = record(kernel, METADATA).instance.view(NamespacedSnapshots).get("hardlink")
         with namespace("default"):
             await snapshots.prepare("container")
             assert (await snapshots.stat("container")).kind is Kind.ACTIVE

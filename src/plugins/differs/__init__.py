@@ -8,35 +8,11 @@ store. ``apply`` returns the uncompressed layer's descriptor (its digest is the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from corral.plugins.snapshots import Mount
+from corral.plugins.core import Descriptor, Mount
 
-__all__ = [
-    "MEDIA_TYPE_LAYER",
-    "MEDIA_TYPE_LAYER_GZIP",
-    "MEDIA_TYPE_LAYER_ZSTD",
-    "UNCOMPRESSED_LABEL",
-    "Descriptor",
-    "Differ",
-]
-
-MEDIA_TYPE_LAYER = "application/vnd.oci.image.layer.v1.tar"
-MEDIA_TYPE_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
-"""Content label and descriptor annotation: the digest of a compressed layer's uncompressed tar."""
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """An OCI descriptor, as containerd's ``types.Descriptor``."""
-
-    media_type: str
-    digest: str
-    size: int
-    annotations: Mapping[str, str] = field(default_factory=dict)
+__all__ = ["Differ"]
 
 
 @runtime_checkable

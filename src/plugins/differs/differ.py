@@ -24,7 +24,8 @@ import anyio.to_thread
 import structlog
 
 from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from corral.plugins.differs import MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP, UNCOMPRESSED_LABEL, Descriptor
+from corral.plugins.core import MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP, UNCOMPRESSED, Descriptor, Mount
+from corral.plugins.core.mount import temporary_mount
 from corral.plugins.differs._compression import (
     Compression,
     Compressor,
@@ -35,8 +36,6 @@ from corral.plugins.differs._compression import (
 from corral.plugins.differs._whiteouts import OVERLAY_XATTR_PREFIX, overlay_xattr_prefix
 from corral.plugins.differs.apply import AppliedLayer, WhiteoutMode, apply_layer
 from corral.plugins.differs.compare import directory_changes, overlay_changes, write_layer
-from corral.plugins.snapshots import Mount
-from corral.plugins.snapshots.mount import temporary_mount
 
 log = structlog.get_logger("corral.differ")
 
@@ -229,7 +228,7 @@ class WalkingDiffer:
     async def apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
         compression = layer_compression(desc.media_type)
         info = await self.content.info(desc.digest)
-        expected = desc.annotations.get(UNCOMPRESSED_LABEL) or info.labels.get(UNCOMPRESSED_LABEL, "")
+        expected = desc.annotations.get(UNCOMPRESSED) or info.labels.get(UNCOMPRESSED, "")
         chunks = await self.content.read(desc.digest)
         started = time.perf_counter()
         try:
@@ -275,16 +274,14 @@ class WalkingDiffer:
                 work = await _diff_work(stack, lower, upper, sink)
                 diff_id, _ = await anyio.to_thread.run_sync(work)
             digest = await anyio.to_thread.run_sync(sink.close)
-            all_labels = {**(labels or {}), UNCOMPRESSED_LABEL: diff_id}
+            all_labels = {**(labels or {}), UNCOMPRESSED: diff_id}
             try:
                 await writer.commit(sink.size, digest, all_labels)
             except AlreadyExists:
                 # The namespace has this very layer already; make sure it says what it holds.
                 info = await self.content.info(digest)
-                if UNCOMPRESSED_LABEL not in info.labels:
-                    await self.content.update(
-                        digest, {UNCOMPRESSED_LABEL: diff_id}, [f"labels.{UNCOMPRESSED_LABEL}"]
-                    )
+                if UNCOMPRESSED not in info.labels:
+                    await self.content.update(digest, {UNCOMPRESSED: diff_id}, [f"labels.{UNCOMPRESSED}"])
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await writer.close()

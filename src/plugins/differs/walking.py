@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from corral.kernel import InitContext, Platform, Registration, SkipPlugin
+from corral.kernel import InitContext, Platform, PluginUnavailable, Registration, SkipPlugin
 from corral.plugins import types
 from corral.plugins.differs.differ import WalkingDiffer
+from corral.plugins.metadata import Metadata, NamespacedContent
 
 
 async def init(ic: InitContext) -> WalkingDiffer:
-    metadata = ic.get_single(types.METADATA)
-    content = getattr(metadata, "content", None)
-    if content is None:
-        raise SkipPlugin("the metadata plugin has no content store to read layers from")
+    try:
+        content = ic.get_single(types.METADATA, Metadata).view(NamespacedContent)
+    except PluginUnavailable as exc:
+        raise SkipPlugin(f"no content store to read layers from: {exc}") from None
     ic.meta.platforms.append(Platform.host())
     return WalkingDiffer(content)
 

@@ -29,12 +29,10 @@ from corral.kernel import (
     Registration,
     ResourceExhausted,
     adapt_mapping,
-    namespace_required,
     parse_filters,
-    validate_identifier,
-    validate_namespace,
 )
 from corral.plugins import types
+from corral.plugins.core import namespace_required, validate_identifier, validate_namespace
 from corral.plugins.events.types import Envelope, Event, RawEvent
 
 DEFAULT_QUEUE_SIZE = 1024

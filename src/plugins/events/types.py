@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 EVENT_TYPES: dict[str, type[TypedEvent]] = {}
 """Every TypedEvent subclass by its TYPE_URL, so an encoded event can find its record type."""
@@ -125,6 +125,7 @@ class Envelope:
     event: Event
 
 
+@runtime_checkable
 class Publisher(Protocol):
     """What a plugin that emits events needs from the exchange."""
 
@@ -139,6 +140,7 @@ def optional_publisher(plugins: Mapping[str, Any]) -> Publisher | None:
     return next(iter(plugins.values()), None)
 
 
+@runtime_checkable
 class EventExchange(Publisher, Protocol):
     """An ``io.containerd.event.v1`` plugin's instance: publish, forward and subscribe."""
 

@@ -12,15 +12,13 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import anyio
 import structlog
 
-from corral.kernel import InitContext, InvalidArgument, Registration, format_duration
+from corral.kernel import InitContext, Registration, format_duration
 from corral.plugins import types
-from corral.plugins.metadata._gc import CollectionResult
-from corral.plugins.metadata._metadata import Metadata
+from corral.plugins.metadata import CollectionResult, Metadata
 
 log = structlog.get_logger("corral.gc")
 
@@ -115,10 +113,7 @@ class Scheduler:
 
 async def init(ic: InitContext) -> Scheduler:
     config: SchedulerConfig = ic.config
-    metadata: Any = ic.get_single(types.METADATA)
-    if not isinstance(metadata, Metadata):
-        raise InvalidArgument(f"the scheduler needs corral's metadata store, got {type(metadata).__name__}")
-    scheduler = Scheduler(metadata, config)
+    scheduler = Scheduler(ic.get_single(types.METADATA, Metadata), config)
     ic.meta.exports.update(
         {
             "PauseThreshold": str(config.pause_threshold),

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 from corral.kernel import InitContext, Registration
 from corral.plugins import types
-from corral.plugins.metadata._leases import Lease, LeaseManager, Resource
+from corral.plugins.metadata import CollectionResult, Lease, LeaseStore, Metadata, Resource
+
+
+@runtime_checkable
+class Collecting(Protocol):
+    """What a sync delete needs from the ``io.containerd.gc.v1`` plugin."""
+
+    async def collect_now(self) -> CollectionResult: ...
 
 
 class Leases:
     """What the leases service offers; ``delete(sync=True)`` returns once the garbage is gone."""
 
-    def __init__(self, manager: LeaseManager, scheduler: Any) -> None:
+    def __init__(self, manager: LeaseStore, scheduler: Collecting | None) -> None:
         self._manager = manager
         self._scheduler = scheduler
 
@@ -40,9 +47,8 @@ class Leases:
 
 
 async def init(ic: InitContext) -> Leases:
-    metadata = ic.get_single(types.METADATA)
-    scheduler = ic.get_single(types.GC)
-    return Leases(metadata.leases, scheduler)
+    metadata = ic.get_single(types.METADATA, Metadata)
+    return Leases(metadata.view(LeaseStore), ic.get_single(types.GC, Collecting))
 
 
 registration = Registration(

@@ -1,1 +1,178 @@
-"""Metadata plugins: namespaced records over the backends."""
+"""The metadata contract: namespaced records over the backends, leases, and garbage collection.
+
+An ``io.containerd.metadata.v1`` plugin's instance is a ``Metadata``: it hands out views by
+contract (``metadata.view(NamespacedContent)``), collects garbage, and reports changes to the GC
+scheduler. Every view reads the request's namespace (``corral.plugins.core.namespace_required``)
+and publishes containerd's events for the changes it makes, so every writer — an RPC, an unpack,
+CRI — emits the same ones. Other code imports these Protocols and records, never an
+implementation's modules; ``corral.plugins.metadata.sqlite`` is the built-in implementation.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, TypeVar, runtime_checkable
+
+from corral.plugins.content import Info, IngestStatus, Writer
+from corral.plugins.snapshots import Snapshotter
+
+V = TypeVar("V")
+
+__all__ = [
+    "CollectionResult",
+    "Lease",
+    "LeaseStore",
+    "Metadata",
+    "Namespace",
+    "NamespaceStore",
+    "NamespacedContent",
+    "NamespacedSnapshots",
+    "NamespacedSnapshotter",
+    "NamespacedWriter",
+    "Resource",
+]
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: str
+    created_at: datetime
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What a lease holds: ``type`` is "content", "ingests" or "snapshots/<snapshotter>"."""
+
+    id: str
+    type: str
+
+
+@dataclass
+class CollectionResult:
+    """What one collection removed, by kind, and how long the metadata pause lasted."""
+
+    removed: dict[str, list[str]] = field(default_factory=dict)
+    """Records removed, by kind ("content", "lease", "snapshots/overlayfs", …), as ``namespace/id``."""
+    swept: dict[str, int] = field(default_factory=dict)
+    """Backend objects (blobs, snapshots) removed because no record held them any more."""
+    failed: dict[str, list[str]] = field(default_factory=dict)
+    """Backend objects that could not be removed this time, with the reason; tried again next time."""
+    marked: int = 0
+    seconds: float = 0.0
+
+
+@runtime_checkable
+class NamespaceStore(Protocol):
+    """Namespaces: created explicitly or by the first write into them; removable only when empty."""
+
+    async def create(self, name: str, labels: Mapping[str, str]) -> Namespace: ...
+
+    async def get(self, name: str) -> Namespace: ...
+
+    async def list(self) -> builtins.list[Namespace]: ...
+
+    async def update(self, name: str, labels: Mapping[str, str], paths: Sequence[str]) -> Namespace:
+        """Replace labels, or with ``paths`` (``labels``, ``labels.KEY``) only those named; a
+        namespace that does not exist yet is created, as containerd does."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """FailedPrecondition naming what the namespace still holds."""
+        ...
+
+
+@runtime_checkable
+class NamespacedContent(Protocol):
+    """The content store a client sees: ``ContentStore`` semantics plus labels, per namespace."""
+
+    async def info(self, digest: str) -> Info: ...
+
+    async def update(self, digest: str, labels: Mapping[str, str], paths: Sequence[str]) -> Info: ...
+
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Info]: ...
+
+    async def delete(self, digest: str) -> None: ...
+
+    async def read(self, digest: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
+        """Checks the record first (NotFound before any byte), then the backend's chunks."""
+        ...
+
+    async def writer(self, ref: str, total: int = 0, expected: str = "") -> NamespacedWriter: ...
+
+    async def status(self, ref: str) -> IngestStatus: ...
+
+    async def list_statuses(self, filters: Sequence[str] = ()) -> builtins.list[IngestStatus]: ...
+
+    async def abort(self, ref: str) -> None: ...
+
+
+@runtime_checkable
+class NamespacedWriter(Writer, Protocol):
+    """A content writer whose commit records the blob in the namespace, with ``labels``."""
+
+    async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> Info: ...
+
+
+@runtime_checkable
+class NamespacedSnapshots(Protocol):
+    """Every snapshotter the store knows, by name, each with namespaces, labels, leases and GC."""
+
+    @property
+    def names(self) -> builtins.list[str]: ...
+
+    def get(self, name: str) -> NamespacedSnapshotter:
+        """InvalidArgument "snapshotter not loaded: NAME" for an unknown name."""
+        ...
+
+
+@runtime_checkable
+class NamespacedSnapshotter(Snapshotter, Protocol):
+    """One snapshotter as a namespace sees it (``Snapshotter`` semantics over namespaced keys)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """Leases of the request's namespace and the resources they hold."""
+
+    async def create(self, lease_id: str = "", labels: Mapping[str, str] | None = None) -> Lease: ...
+
+    async def delete(self, lease_id: str) -> None: ...
+
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Lease]: ...
+
+    async def add_resource(self, lease_id: str, resource: Resource) -> None: ...
+
+    async def delete_resource(self, lease_id: str, resource: Resource) -> None: ...
+
+    async def list_resources(self, lease_id: str) -> builtins.list[Resource]: ...
+
+
+@runtime_checkable
+class Metadata(Protocol):
+    """An ``io.containerd.metadata.v1`` plugin's instance."""
+
+    def view(self, contract: type[V]) -> V:
+        """The view implementing ``contract`` (``NamespacedContent``, ``LeaseStore``, …);
+        PluginUnavailable when this store offers none."""
+        ...
+
+    async def garbage_collect(self) -> CollectionResult:
+        """Remove every record and backend object that no root reaches."""
+        ...
+
+    def on_mutation(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(deleted)`` after each committed change; the GC scheduler counts them."""
+        ...

@@ -1,7 +1,9 @@
 """Content as a namespace sees it: records over the shared blob store, with labels and leases.
 
-A blob ingested in one namespace is invisible in another until that namespace writes it too;
-the bytes are stored once ("shared" policy) and verified on every write.
+A blob ingested in one namespace is invisible in another until that namespace writes it too. With
+the "shared" policy (the default, as containerd's) a namespace that names a blob's digest when it
+opens a writer, and agrees on its size, gets the stored bytes without sending them again; with
+"isolated" it must write them, and they are verified, before it may see the blob.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from functools import partial
+from typing import Literal
+
+import structlog
 
 from corral.kernel import (
     AlreadyExists,
@@ -20,14 +26,33 @@ from corral.kernel import (
     InvalidArgument,
     NotFound,
     adapt_mapping,
-    namespace_required,
     parse_filters,
-    update_labels,
-    validate_labels,
 )
 from corral.plugins.content import ContentStore, Info, IngestStatus, Writer
+from corral.plugins.core import GC_ROOT, namespace_required, update_labels, validate_digest, validate_labels
+from corral.plugins.events.types import ContentCreate, ContentDelete
+from corral.plugins.metadata._gc import Node, ResourceKind, label_references
 from corral.plugins.metadata._leases import attach
-from corral.plugins.metadata._store import MetadataStore, stamp
+from corral.plugins.metadata.database import Database, ObjectKind, labels_json, stamp
+
+SharingPolicy = Literal["shared", "isolated"]
+
+log = structlog.get_logger("corral.metadata")
+
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS content (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (namespace, digest)
+    );
+    CREATE INDEX IF NOT EXISTS content_by_digest ON content(digest);
+    """,
+)
 
 
 def _info(row: tuple[str, int, str, float, float]) -> Info:
@@ -49,17 +74,20 @@ def _own_ref(namespace: str, key: str) -> str | None:
     return key[len(prefix) :] if key.startswith(prefix) else None
 
 
-class NamespacedContent:
-    """The content store a client sees: ContentStore semantics plus labels, per namespace."""
+class ContentRecords:
+    """The NamespacedContent view: ContentStore semantics plus labels, per namespace."""
 
-    def __init__(self, store: MetadataStore, backend: ContentStore) -> None:
-        self._store = store
+    def __init__(self, db: Database, backend: ContentStore, policy: SharingPolicy) -> None:
+        self._store = db
         self.backend = backend
+        self.policy = policy
         self.in_flight: Counter[str] = Counter()
 
     async def _row(self, namespace: str, digest: str) -> Info:
-        def get(db: sqlite3.Connection) -> Info:
-            row = db.execute(
+        validate_digest(digest)
+
+        def get(conn: sqlite3.Connection) -> Info:
+            row = conn.execute(
                 "SELECT digest, size, labels, created_at, updated_at FROM content WHERE namespace = ? AND digest = ?",
                 (namespace, digest),
             ).fetchone()
@@ -75,10 +103,11 @@ class NamespacedContent:
     async def update(self, digest: str, labels: Mapping[str, str], paths: Sequence[str]) -> Info:
         """Replace labels, or with ``paths`` (``labels``, ``labels.KEY``) only those named."""
         ns = namespace_required()
+        validate_digest(digest)
         validate_labels(labels)
 
-        def update(db: sqlite3.Connection) -> Info:
-            row = db.execute(
+        def update(conn: sqlite3.Connection) -> Info:
+            row = conn.execute(
                 "SELECT digest, size, labels, created_at, updated_at FROM content WHERE namespace = ? AND digest = ?",
                 (ns, digest),
             ).fetchone()
@@ -86,9 +115,9 @@ class NamespacedContent:
                 raise NotFound(f"content digest {digest}")
             current = update_labels(json.loads(row[2]), labels, paths, what=f'content info "{digest}"')
             now = time.time()
-            db.execute(
+            conn.execute(
                 "UPDATE content SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?",
-                (json.dumps(current, sort_keys=True), now, ns, digest),
+                (labels_json(current), now, ns, digest),
             )
             return Info(digest, row[1], stamp(row[3]), stamp(now), current)
 
@@ -96,12 +125,12 @@ class NamespacedContent:
         self._store.mutated()
         return info
 
-    async def list(self, filters: Sequence[str] = ()) -> list[Info]:
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Info]:
         ns = namespace_required()
         match = parse_filters(list(filters))
 
-        def list_(db: sqlite3.Connection) -> list[Info]:
-            rows = db.execute(
+        def list_(conn: sqlite3.Connection) -> builtins.list[Info]:
+            rows = conn.execute(
                 "SELECT digest, size, labels, created_at, updated_at FROM content WHERE namespace = ? ORDER BY digest",
                 (ns,),
             ).fetchall()
@@ -112,14 +141,16 @@ class NamespacedContent:
     async def delete(self, digest: str) -> None:
         """Remove the namespace's record; the bytes go when garbage collection finds no holder."""
         ns = namespace_required()
+        validate_digest(digest)
 
-        def delete(db: sqlite3.Connection) -> None:
-            cur = db.execute("DELETE FROM content WHERE namespace = ? AND digest = ?", (ns, digest))
+        def delete(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("DELETE FROM content WHERE namespace = ? AND digest = ?", (ns, digest))
             if cur.rowcount == 0:
                 raise NotFound(f"content digest {digest}")
 
         await self._store.run(delete)
         self._store.mutated(deleted=True)
+        await self._store.publish(ContentDelete(digest=digest), ns)
 
     async def read(self, digest: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
         await self.info(digest)
@@ -130,16 +161,27 @@ class NamespacedContent:
         if not ref:
             raise InvalidArgument("ref must not be empty")
         if expected:
+            validate_digest(expected)
             try:
                 await self._row(ns, expected)
             except NotFound:
                 pass
             else:
                 raise AlreadyExists(f"content {expected}")
+            if self.policy == "shared":
+                stored = await self._stored(expected)
+                if stored is not None and total in (0, stored.size):
+                    return NamespacedWriter(self, None, ns, ref, expected, shared=stored)
         # The backend never sees ``expected``: a blob present for another namespace is written
         # again (and verified) before this namespace may see it.
         inner = await self.backend.writer(_ingest_key(ns, ref), total)
         return NamespacedWriter(self, inner, ns, ref, expected)
+
+    async def _stored(self, digest: str) -> Info | None:
+        try:
+            return await self.backend.info(digest)
+        except NotFound:
+            return None
 
     async def status(self, ref: str) -> IngestStatus:
         ns = namespace_required()
@@ -164,21 +206,22 @@ class NamespacedContent:
         validate_labels(labels)
         now = time.time()
 
-        def commit(db: sqlite3.Connection) -> Info:
-            self._store.ensure_namespace(db, namespace)
+        def commit(conn: sqlite3.Connection) -> Info:
+            self._store.ensure_namespace(conn, namespace)
             try:
-                db.execute(
+                conn.execute(
                     "INSERT INTO content(namespace, digest, size, labels, created_at, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (namespace, info.digest, info.size, json.dumps(dict(labels), sort_keys=True), now, now),
+                    (namespace, info.digest, info.size, labels_json(labels), now, now),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"content {info.digest}") from None
-            attach(db, namespace, "content", info.digest)
+            attach(conn, namespace, "content", info.digest)
             return Info(info.digest, info.size, stamp(now), stamp(now), dict(labels))
 
         committed = await self._store.run(commit)
         self._store.mutated()
+        await self._store.publish(ContentCreate(digest=committed.digest, size=committed.size), namespace)
         return committed
 
 
@@ -187,43 +230,92 @@ def _rename(st: IngestStatus, ref: str) -> IngestStatus:
 
 
 class NamespacedWriter:
-    """A backend writer whose commit also records the blob in the namespace (and its lease)."""
+    """A backend writer whose commit also records the blob in the namespace (and its lease).
+
+    With ``shared`` (the stored blob, under the "shared" policy) there is no backend writer yet:
+    the writer stands at the blob's end with its digest, and its commit only records it. A write
+    or a truncate first copies the stored bytes into a real ingest, as containerd's writer does.
+    """
 
     def __init__(
-        self, content: NamespacedContent, inner: Writer, namespace: str, ref: str, expected: str
+        self,
+        content: ContentRecords,
+        inner: Writer | None,
+        namespace: str,
+        ref: str,
+        expected: str,
+        *,
+        shared: Info | None = None,
     ) -> None:
         self._content = content
         self._inner = inner
         self._namespace = namespace
         self.ref = ref
         self.expected = expected
+        self._shared = shared
+        self._started = datetime.now(UTC)
 
     @property
     def offset(self) -> int:
+        if self._inner is None:
+            assert self._shared is not None
+            return self._shared.size
         return self._inner.offset
 
     def digest(self) -> str:
+        if self._inner is None:
+            assert self._shared is not None
+            return self._shared.digest
         return self._inner.digest()
 
     async def status(self) -> IngestStatus:
+        if self._inner is None:
+            assert self._shared is not None
+            size = self._shared.size
+            return IngestStatus(self.ref, size, size, self.expected, self._started, self._started)
         return _rename(await self._inner.status(), self.ref)
 
+    async def _materialise(self, *, copy: bool) -> Writer:
+        if self._inner is not None:
+            return self._inner
+        assert self._shared is not None
+        backend = self._content.backend
+        inner = await backend.writer(_ingest_key(self._namespace, self.ref), self._shared.size)
+        try:
+            if inner.offset:
+                await inner.truncate(0)
+            if copy:
+                async for chunk in backend.read(self._shared.digest):
+                    await inner.write(chunk)
+        except BaseException:
+            await inner.close()
+            raise
+        self._inner = inner
+        return inner
+
     async def write(self, data: bytes) -> int:
-        return await self._inner.write(data)
+        return await (await self._materialise(copy=True)).write(data)
 
     async def truncate(self, size: int) -> None:
-        await self._inner.truncate(size)
+        await (await self._materialise(copy=False)).truncate(size)
 
     async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> Info:
         validate_labels(labels or {})
         expected = expected or self.expected
+        if expected:
+            validate_digest(expected)
+        if self._inner is None:
+            assert self._shared is not None
+            if size and size != self._shared.size:
+                raise FailedPrecondition(f"unexpected commit size {self._shared.size}, expected {size}")
+            if expected and expected != self._shared.digest:
+                raise FailedPrecondition(
+                    f"unexpected commit digest {self._shared.digest}, expected {expected}"
+                )
+            return await self._record(self._shared, labels)
+        # A mismatch leaves the ingest as it was, as containerd's: reopened by the same ref, its
+        # bytes are still there and a commit with the right size and digest succeeds.
         digest = self._inner.digest()
-        if expected and expected.partition(":")[0] == digest.partition(":")[0] and expected != digest:
-            # Bytes that cannot become the promised blob are of no use to a resumed ingest:
-            # a wrong digest leaves nothing behind.
-            await self._inner.close()
-            await self._content.backend.abort(_ingest_key(self._namespace, self.ref))
-            raise FailedPrecondition(f"unexpected commit digest {digest}, expected {expected}")
         in_flight = self._content.in_flight
         # The blob exists before its record does; garbage collection must not take it meanwhile.
         in_flight[digest] += 1
@@ -231,13 +323,89 @@ class NamespacedWriter:
             try:
                 info = await self._inner.commit(size, expected)
             except AlreadyExists:
-                # Shared policy: the bytes were written and verified, the blob is already stored.
+                # The bytes were written and verified, and the blob is already stored.
                 info = await self._content.backend.info(expected or digest)
-            return await self._content.commit_record(self._namespace, info, labels or {})
+            return await self._record(info, labels)
         finally:
             in_flight[digest] -= 1
             if not in_flight[digest]:
                 del in_flight[digest]
 
+    async def _record(self, info: Info, labels: Mapping[str, str] | None) -> Info:
+        return await self._content.commit_record(self._namespace, info, labels or {})
+
     async def close(self) -> None:
-        await self._inner.close()
+        if self._inner is not None:
+            await self._inner.close()
+
+
+class ContentGC:
+    """Content records as the garbage collector sees them."""
+
+    name = "content"
+
+    def roots(self, conn: sqlite3.Connection, now: datetime) -> Iterable[Node]:
+        for ns, digest, labels in conn.execute("SELECT namespace, digest, labels FROM content"):
+            if GC_ROOT in json.loads(labels):
+                yield Node("content", ns, digest)
+
+    def references(self, conn: sqlite3.Connection, node: Node) -> Iterable[Node]:
+        row = conn.execute(
+            "SELECT labels FROM content WHERE namespace = ? AND digest = ?", (node.namespace, node.id)
+        )
+        found = row.fetchone()
+        return label_references(node.namespace, json.loads(found[0])) if found else ()
+
+    def nodes(self, conn: sqlite3.Connection) -> Iterable[Node]:
+        return [Node("content", ns, d) for ns, d in conn.execute("SELECT namespace, digest FROM content")]
+
+    def remove(self, conn: sqlite3.Connection, node: Node) -> None:
+        conn.execute("DELETE FROM content WHERE namespace = ? AND digest = ?", (node.namespace, node.id))
+
+
+class ContentKind(ObjectKind):
+    """Namespaced records over one content store backend; blobs no record holds are swept."""
+
+    name = "content"
+    schema = SCHEMA
+
+    def __init__(self, backend: ContentStore, policy: SharingPolicy = "shared") -> None:
+        self.backend = backend
+        self.policy = policy
+
+    def bind(self, db: Database) -> None:
+        self._db = db
+        self.records = ContentRecords(db, self.backend, self.policy)
+
+    def views(self) -> Iterable[object]:
+        return (self.records,)
+
+    def holdings(self, conn: sqlite3.Connection, namespace: str) -> builtins.list[str]:
+        found = conn.execute("SELECT 1 FROM content WHERE namespace = ? LIMIT 1", (namespace,)).fetchone()
+        return ["blobs"] if found else []
+
+    def accepts_lease_resource(self, resource_type: str) -> bool:
+        return resource_type in ("content", "ingests")
+
+    def collectables(self) -> Iterable[ResourceKind]:
+        return (ContentGC(),)
+
+    async def sweep(self) -> Mapping[str, int | builtins.list[str]]:
+        def held(conn: sqlite3.Connection) -> set[str]:
+            return {d for (d,) in conn.execute("SELECT DISTINCT digest FROM content")}
+
+        keep = await self._db.run(held)
+        swept, failed = 0, []
+        async for info in self.backend.list():
+            if info.digest in keep or info.digest in self.records.in_flight:
+                continue
+            try:
+                await self.backend.delete(info.digest)
+            except NotFound:
+                continue
+            except OSError as exc:
+                log.warning("gc_blob_remove_failed", digest=info.digest, error=str(exc))
+                failed.append(f"{info.digest}: {exc}")
+                continue
+            swept += 1
+        return {"blobs": swept, "failed:blobs": failed}

@@ -1,86 +1,74 @@
-"""Leases: named, labelled holds that keep content (and later snapshots) alive until removed."""
+"""Leases: named, labelled holds that keep content and snapshots alive until removed or expired."""
 
 from __future__ import annotations
 
 import builtins
 import json
-import secrets
 import sqlite3
-import string
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from functools import partial
 
-from corral.kernel import (
-    AlreadyExists,
-    InvalidArgument,
-    NotFound,
-    adapt_mapping,
+from corral.kernel import AlreadyExists, InvalidArgument, NotFound, adapt_mapping, parse_filters
+from corral.plugins.core import (
+    GC_EXPIRE,
+    current_lease,
+    generate_lease_id,
     namespace_required,
-    parse_filters,
+    parse_expiry,
     validate_labels,
+    validate_lease_id,
 )
-from corral.plugins.metadata._store import MetadataStore, stamp
+from corral.plugins.metadata import Lease, Resource
+from corral.plugins.metadata._gc import Node, ResourceKind
+from corral.plugins.metadata.database import Database, ObjectKind, labels_json, stamp
 
-EXPIRE_LABEL = "containerd.io/gc.expire"
-LEASE_HEADER = "containerd-lease"
-
-_current: ContextVar[str | None] = ContextVar("corral_lease", default=None)
-
-
-@contextmanager
-def bound_lease(lease_id: str | None) -> Iterator[str | None]:
-    """Attach objects created in this block to ``lease_id`` (the ``containerd-lease`` header)."""
-    token = _current.set(lease_id or None)
-    try:
-        yield lease_id
-    finally:
-        _current.reset(token)
-
-
-def current_lease() -> str | None:
-    return _current.get()
-
-
-@dataclass(frozen=True)
-class Lease:
-    id: str
-    created_at: datetime
-    labels: Mapping[str, str] = field(default_factory=dict)
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS leases (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        id TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        PRIMARY KEY (namespace, id)
+    );
+    CREATE TABLE IF NOT EXISTS lease_resources (
+        namespace TEXT NOT NULL,
+        lease TEXT NOT NULL,
+        type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        PRIMARY KEY (namespace, lease, type, id),
+        FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
+    );
+    """,
+)
 
 
-@dataclass(frozen=True)
-class Resource:
-    """What a lease holds: ``type`` is "content", "ingests" or "snapshots/<snapshotter>"."""
-
-    id: str
-    type: str
-
-
-def generate_id() -> str:
-    """Like containerd's: the time of day, then four random characters."""
-    suffix = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(4))
-    return f"{time.strftime('%H%M%S')}{time.time_ns() % 100:02d}-{suffix}"
-
-
-def attach(db: sqlite3.Connection, namespace: str, kind: str, resource_id: str) -> None:
+def attach(conn: sqlite3.Connection, namespace: str, kind: str, resource_id: str) -> None:
     """Inside a caller's transaction: record the new object under the request's lease, if any."""
-    lease = _current.get()
+    lease = current_lease()
     if not lease:
         return
-    _require_lease(db, namespace, lease)
-    db.execute(
+    _require_lease(conn, namespace, lease)
+    conn.execute(
         "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?, ?)", (namespace, lease, kind, resource_id)
     )
 
 
-def _require_lease(db: sqlite3.Connection, namespace: str, lease_id: str) -> None:
+def detach(conn: sqlite3.Connection, namespace: str, kind: str, resource_id: str) -> None:
+    """Inside a caller's transaction: the request's lease no longer holds the object (it was renamed)."""
+    lease = current_lease()
+    if lease:
+        conn.execute(
+            "DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?",
+            (namespace, lease, kind, resource_id),
+        )
+
+
+def _require_lease(conn: sqlite3.Connection, namespace: str, lease_id: str) -> None:
     if (
-        db.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)).fetchone()
+        conn.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)).fetchone()
         is None
     ):
         raise NotFound(f'lease "{lease_id}"')
@@ -91,19 +79,19 @@ def _lease_fields(lease: Lease, path: Sequence[str]) -> str | None:
 
 
 class LeaseManager:
-    """Create, list and delete leases and their resources, per namespace."""
+    """The LeaseStore view: create, list and delete leases and their resources, per namespace."""
 
-    def __init__(self, store: MetadataStore) -> None:
-        self._store = store
+    def __init__(self, db: Database) -> None:
+        self._store = db
 
     async def create(self, lease_id: str = "", labels: Mapping[str, str] | None = None) -> Lease:
         ns = namespace_required()
-        lease_id = lease_id or generate_id()
+        lease_id = lease_id or generate_lease_id()
         validate_lease_id(lease_id)
         labels = dict(labels or {})
         validate_labels(labels)
-        if EXPIRE_LABEL in labels:
-            parse_expiry(labels[EXPIRE_LABEL])
+        if GC_EXPIRE in labels:
+            parse_expiry(labels[GC_EXPIRE])
         now = time.time()
 
         def create(db: sqlite3.Connection) -> Lease:
@@ -111,7 +99,7 @@ class LeaseManager:
             try:
                 db.execute(
                     "INSERT INTO leases(namespace, id, labels, created_at) VALUES (?, ?, ?, ?)",
-                    (ns, lease_id, json.dumps(labels, sort_keys=True), now),
+                    (ns, lease_id, labels_json(labels), now),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f'lease "{lease_id}"') from None
@@ -146,7 +134,7 @@ class LeaseManager:
 
     async def add_resource(self, lease_id: str, resource: Resource) -> None:
         ns = namespace_required()
-        _check_resource(resource)
+        _check_resource(resource, self._store)
 
         def add(db: sqlite3.Connection) -> None:
             _require_lease(db, ns, lease_id)
@@ -185,29 +173,60 @@ class LeaseManager:
         return await self._store.run(list_)
 
 
-def _check_resource(resource: Resource) -> None:
+def _check_resource(resource: Resource, db: Database) -> None:
     if not resource.id:
         raise InvalidArgument("resource id must not be empty")
-    if resource.type not in ("content", "ingests") and not resource.type.startswith("snapshots/"):
+    if not db.accepts_lease_resource(resource.type):
         raise InvalidArgument(f'unsupported lease resource type "{resource.type}"')
 
 
-def validate_lease_id(lease_id: str) -> None:
-    """Looser than namespace names: containerd's clients make ids like ``196387498--6tY``
-    (nanoseconds, a dash, URL-safe base64), so only empty, overlong or blank-containing ids fail."""
-    if (
-        not lease_id
-        or len(lease_id) > 255
-        or not lease_id.isprintable()
-        or any(c.isspace() for c in lease_id)
-    ):
-        raise InvalidArgument(f'invalid lease id "{lease_id}"')
+class LeaseGC:
+    """Leases are roots until they expire; an expired lease is collected with what only it held."""
+
+    name = "lease"
+
+    def _expired(self, labels: dict[str, str], now: datetime) -> bool:
+        text = labels.get(GC_EXPIRE)
+        if not text:
+            return False
+        try:
+            return parse_expiry(text) <= now
+        except InvalidArgument:
+            return False
+
+    def roots(self, conn: sqlite3.Connection, now: datetime) -> Iterable[Node]:
+        for ns, lease_id, labels in conn.execute("SELECT namespace, id, labels FROM leases"):
+            if not self._expired(json.loads(labels), now):
+                yield Node("lease", ns, lease_id)
+
+    def references(self, conn: sqlite3.Connection, node: Node) -> Iterable[Node]:
+        rows = conn.execute(
+            "SELECT type, id FROM lease_resources WHERE namespace = ? AND lease = ?",
+            (node.namespace, node.id),
+        ).fetchall()
+        return [Node(kind, node.namespace, rid) for kind, rid in rows]
+
+    def nodes(self, conn: sqlite3.Connection) -> Iterable[Node]:
+        return [Node("lease", ns, i) for ns, i in conn.execute("SELECT namespace, id FROM leases")]
+
+    def remove(self, conn: sqlite3.Connection, node: Node) -> None:
+        conn.execute("DELETE FROM leases WHERE namespace = ? AND id = ?", (node.namespace, node.id))
 
 
-def parse_expiry(text: str) -> datetime:
-    """``containerd.io/gc.expire`` holds an RFC 3339 time."""
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidArgument(f'invalid {EXPIRE_LABEL} label "{text}": not an RFC 3339 time') from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+class LeasesKind(ObjectKind):
+    name = "leases"
+    schema = SCHEMA
+
+    def bind(self, db: Database) -> None:
+        self._view = LeaseManager(db)
+
+    def views(self) -> Iterable[object]:
+        return (self._view,)
+
+    def drop_namespace(self, conn: sqlite3.Connection, namespace: str) -> None:
+        # As containerd: leases do not keep a namespace alive; they go with it.
+        conn.execute("DELETE FROM lease_resources WHERE namespace = ?", (namespace,))
+        conn.execute("DELETE FROM leases WHERE namespace = ?", (namespace,))
+
+    def collectables(self) -> Iterable[ResourceKind]:
+        return (LeaseGC(),)

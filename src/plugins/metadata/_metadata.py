@@ -1,71 +1,81 @@
-"""The metadata plugin's instance: the database plus the namespaced views built on it."""
+"""The sqlite metadata plugin's instance: the database, the views its kinds offer, and the collector."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
-from corral.kernel import NotFound
-from corral.plugins.content import ContentStore
-from corral.plugins.metadata._content import NamespacedContent
-from corral.plugins.metadata._gc import CollectionResult, Collector
-from corral.plugins.metadata._leases import LeaseManager
-from corral.plugins.metadata._snapshots import NamespacedSnapshotter, SnapshotKind
-from corral.plugins.metadata._store import MetadataStore
-from corral.plugins.snapshots import Snapshotter
+from corral.kernel import PluginUnavailable
+from corral.plugins.events.types import Publisher
+from corral.plugins.metadata import CollectionResult, NamespaceStore
+from corral.plugins.metadata._gc import Collector
+from corral.plugins.metadata._namespaces import Namespaces
+from corral.plugins.metadata.database import Database, ObjectKind
+
+V = TypeVar("V")
 
 log = structlog.get_logger("corral.metadata")
 
 
-class Metadata(MetadataStore):
-    """Namespaces, content records, leases and the garbage collector over one sqlite file."""
+class SqliteMetadata:
+    """A ``Metadata``: every kind's records in one sqlite file, collected together."""
 
     def __init__(
         self,
         path: Path,
+        kinds: Sequence[ObjectKind],
         *,
-        backend: ContentStore | None,
-        snapshotters: Mapping[str, Snapshotter] | None = None,
         no_sync: bool = False,
+        publisher: Publisher | None = None,
     ) -> None:
-        super().__init__(path, no_sync=no_sync)
-        self.collector = Collector()
-        self.leases = LeaseManager(self)
-        self.content = NamespacedContent(self, backend) if backend is not None else None
-        self.snapshotters: dict[str, NamespacedSnapshotter] = {}
-        for name, snapshotter in sorted((snapshotters or {}).items()):
-            self.snapshotters[name] = NamespacedSnapshotter(self, name, snapshotter)
-            self.collector.register(SnapshotKind(name))
+        self.db = Database(path, kinds, no_sync=no_sync, publisher=publisher)
+        self._views: list[object] = [Namespaces(self.db)]
+        for kind in self.db.kinds:
+            self._views.extend(kind.views())
+        self.collector = Collector(c for kind in self.db.kinds for c in kind.collectables())
+        self.failed: dict[str, list[str]] = {}
+        """What the last collection could not remove from the backends, by kind."""
+
+    def view(self, contract: type[V]) -> V:
+        for view in self._views:
+            if isinstance(view, contract):
+                return view
+        raise PluginUnavailable(f"the metadata store offers no {contract.__qualname__}")
+
+    @property
+    def namespaces(self) -> NamespaceStore:
+        return self.view(NamespaceStore)
+
+    def on_mutation(self, listener: Callable[[bool], None]) -> None:
+        self.db.on_mutation(listener)
 
     async def garbage_collect(self) -> CollectionResult:
-        """Collect unreferenced records in one transaction, then remove blobs no namespace holds."""
-        result = await self.run(self.collector.collect)
-        for name, snapshotter in self.snapshotters.items():
-            result.swept[f"snapshots/{name}"] = await snapshotter.sweep()
-        if self.content is not None:
-            await self._sweep_blobs(result)
+        """Collect unreferenced records in one transaction, then sweep each kind's backend."""
+        result = await self.db.run(self.collector.collect)
+        started = time.perf_counter()
+        for kind in self.db.kinds:
+            for name, value in (await kind.sweep()).items():
+                if isinstance(value, list):
+                    if value:
+                        result.failed[name.removeprefix("failed:")] = value
+                else:
+                    result.swept[name] = value
+        self.failed = dict(result.failed)
         removed = {kind: len(nodes) for kind, nodes in result.removed.items()}
         log.info(
-            "gc_collected", marked=result.marked, removed=removed, pause_ms=round(result.seconds * 1000, 3)
+            "gc_collected",
+            marked=result.marked,
+            removed=removed,
+            swept=result.swept,
+            failed={k: len(v) for k, v in result.failed.items()},
+            pause_ms=round(result.seconds * 1000, 3),
+            sweep_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         return result
 
-    async def _sweep_blobs(self, result: CollectionResult) -> None:
-        assert self.content is not None
-        backend = self.content.backend
-
-        def held(db: sqlite3.Connection) -> set[str]:
-            return {d for (d,) in db.execute("SELECT DISTINCT digest FROM content")}
-
-        keep = await self.run(held)
-        async for info in backend.list():
-            if info.digest in keep or info.digest in self.content.in_flight:
-                continue
-            try:
-                await backend.delete(info.digest)
-            except NotFound:
-                continue
-            result.swept["blobs"] = result.swept.get("blobs", 0) + 1
+    def close(self) -> None:
+        self.db.close()

@@ -16,21 +16,43 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 
+import structlog
+
 from corral.kernel import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     adapt_mapping,
-    namespace_required,
     parse_filters,
-    update_labels,
-    validate_labels,
 )
-from corral.plugins.metadata._gc import ROOT_LABEL, Node, label_references
-from corral.plugins.metadata._leases import attach
-from corral.plugins.metadata._store import MetadataStore, stamp
-from corral.plugins.snapshots import Info, Kind, Mount, Snapshotter, Usage
+from corral.plugins.core import GC_ROOT, Mount, namespace_required, update_labels, validate_labels
+from corral.plugins.events.types import SnapshotCommit, SnapshotPrepare, SnapshotRemove
+from corral.plugins.metadata._gc import Node, ResourceKind, label_references
+from corral.plugins.metadata._leases import attach, detach
+from corral.plugins.metadata.database import Database, ObjectKind, labels_json, stamp
+from corral.plugins.snapshots import Info, Kind, Snapshotter, Usage
+
+log = structlog.get_logger("corral.metadata")
+
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS snapshots (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        snapshotter TEXT NOT NULL,
+        key TEXT NOT NULL,
+        backend_key TEXT NOT NULL,
+        parent TEXT NOT NULL DEFAULT '',
+        kind INTEGER NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (namespace, snapshotter, key)
+    );
+    CREATE INDEX IF NOT EXISTS snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
+    CREATE TABLE IF NOT EXISTS sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
+)
 
 # Labels under this prefix are passed on to the backend (as containerd does); others stay here.
 BACKEND_LABEL_PREFIX = "containerd.io/snapshot/"
@@ -53,8 +75,8 @@ def _fields(info: Info, path: Sequence[str]) -> str | None:
 class NamespacedSnapshotter:
     """One backend snapshotter as clients see it, with namespaces, labels, leases and GC."""
 
-    def __init__(self, store: MetadataStore, name: str, backend: Snapshotter) -> None:
-        self._store = store
+    def __init__(self, db: Database, name: str, backend: Snapshotter) -> None:
+        self._store = db
         self.name = name
         self.backend = backend
         self.kind = f"snapshots/{name}"
@@ -110,7 +132,7 @@ class NamespacedSnapshotter:
             now = time.time()
             db.execute(
                 "UPDATE snapshots SET labels = ?, updated_at = ? WHERE namespace = ? AND snapshotter = ? AND key = ?",
-                (json.dumps(labels, sort_keys=True), now, ns, self.name, info.name),
+                (labels_json(labels), now, ns, self.name, info.name),
             )
             return Info(info.name, Kind(row[3]), row[2], labels, stamp(row[5]), stamp(now))
 
@@ -188,7 +210,7 @@ class NamespacedSnapshotter:
                 db.execute(
                     f"INSERT INTO snapshots(namespace, snapshotter, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (ns, self.name, key, backend_key, parent, kind.value,
-                     json.dumps(dict(labels), sort_keys=True), now, now),
+                     labels_json(labels), now, now),
                 )  # fmt: skip
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"snapshot {key}") from None
@@ -200,10 +222,18 @@ class NamespacedSnapshotter:
             await self.backend.remove(backend_key)
             raise
         self._store.mutated()
+        if kind is Kind.ACTIVE:
+            await self._store.publish(SnapshotPrepare(key=key, parent=parent, snapshotter=self.name), ns)
         return mounts
 
     async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
+        """As containerd's: the committed snapshot carries only the labels given here, and its
+        created and updated times are both the commit's."""
         ns = namespace_required()
+        if not name:
+            raise InvalidArgument("snapshot name must not be empty")
+        if not key:
+            raise InvalidArgument("snapshot key must not be empty")
         labels = dict(labels or {})
         validate_labels(labels)
 
@@ -232,28 +262,20 @@ class NamespacedSnapshotter:
     ) -> None:
         backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
         await self.backend.commit(backend_name, row[1], backend_labels)
-        merged = {**json.loads(row[4]), **labels}
         now = time.time()
 
         def record(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE snapshots SET key = ?, backend_key = ?, kind = ?, labels = ?, updated_at = ? "
+                "UPDATE snapshots SET key = ?, backend_key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ? "
                 "WHERE namespace = ? AND snapshotter = ? AND key = ?",
-                (
-                    name,
-                    backend_name,
-                    Kind.COMMITTED.value,
-                    json.dumps(merged, sort_keys=True),
-                    now,
-                    ns,
-                    self.name,
-                    key,
-                ),
+                (name, backend_name, Kind.COMMITTED.value, labels_json(labels), now, now, ns, self.name, key),
             )
+            detach(db, ns, self.kind, key)
             attach(db, ns, self.kind, name)
 
         await self._store.run(record)
         self._store.mutated()
+        await self._store.publish(SnapshotCommit(key=key, name=name, snapshotter=self.name), ns)
 
     async def remove(self, key: str) -> None:
         ns = namespace_required()
@@ -278,6 +300,7 @@ class NamespacedSnapshotter:
         with contextlib.suppress(NotFound):
             await self.backend.remove(backend_key)
         self._store.mutated(deleted=True)
+        await self._store.publish(SnapshotRemove(key=key, snapshotter=self.name), ns)
 
     async def walk(self, filters: Sequence[str] = ()) -> AsyncIterator[Info]:
         ns = namespace_required()
@@ -297,8 +320,12 @@ class NamespacedSnapshotter:
     async def cleanup(self) -> None:
         await self.backend.cleanup()
 
-    async def sweep(self) -> int:
-        """Remove backend snapshots that no record names, children first; returns how many."""
+    async def sweep(self) -> tuple[int, builtins.list[str]]:
+        """Remove backend snapshots that no record names, children first.
+
+        Returns how many went and what could not be removed (with the reason): one snapshot that
+        cannot be removed never stops the others, and is tried again by the next collection.
+        """
 
         def held(db: sqlite3.Connection) -> set[str]:
             rows = db.execute("SELECT backend_key FROM snapshots WHERE snapshotter = ?", (self.name,))
@@ -310,7 +337,7 @@ class NamespacedSnapshotter:
         in_flight = set(self.in_flight)
         keep = await self._store.run(held)
         orphans = [info for info in walked if info.name not in keep and info.name not in in_flight]
-        removed = 0
+        removed, failed = 0, []
         # Children before parents: keep removing leaves until nothing more goes.
         while orphans:
             parents = {o.parent for o in orphans}
@@ -323,31 +350,38 @@ class NamespacedSnapshotter:
                     removed += 1
                 except (NotFound, FailedPrecondition):
                     pass
+                except Exception as exc:
+                    log.warning(
+                        "gc_snapshot_remove_failed", snapshotter=self.name, key=leaf.name, error=str(exc)
+                    )
+                    failed.append(f"{leaf.name}: {exc}")
             orphans = [o for o in orphans if o not in leaves]
         # Backends that remove records first (overlayfs without sync_remove) free the disk here.
-        await self.backend.cleanup()
-        return removed
+        try:
+            await self.backend.cleanup()
+        except Exception as exc:
+            log.warning("gc_snapshot_cleanup_failed", snapshotter=self.name, error=str(exc))
+            failed.append(f"cleanup: {exc}")
+        return removed, failed
 
 
-class SnapshotKind:
+class SnapshotGC:
     """Snapshots of one snapshotter as the garbage collector sees them."""
 
     def __init__(self, snapshotter: str) -> None:
         self.snapshotter = snapshotter
         self.name = f"snapshots/{snapshotter}"
 
-    def roots(self, db: sqlite3.Connection, now: datetime) -> Iterable[Node]:
-        rows = db.execute(
+    def roots(self, conn: sqlite3.Connection, now: datetime) -> Iterable[Node]:
+        rows = conn.execute(
             "SELECT namespace, key, labels FROM snapshots WHERE snapshotter = ?", (self.snapshotter,)
         )
         return [
-            Node(self.name, ns, key)
-            for ns, key, labels in rows.fetchall()
-            if ROOT_LABEL in json.loads(labels)
+            Node(self.name, ns, key) for ns, key, labels in rows.fetchall() if GC_ROOT in json.loads(labels)
         ]
 
-    def references(self, db: sqlite3.Connection, node: Node) -> Iterable[Node]:
-        row = db.execute(
+    def references(self, conn: sqlite3.Connection, node: Node) -> Iterable[Node]:
+        row = conn.execute(
             "SELECT parent, labels FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
             (node.namespace, self.snapshotter, node.id),
         ).fetchone()
@@ -358,12 +392,67 @@ class SnapshotKind:
             refs.append(Node(self.name, node.namespace, row[0]))
         return refs
 
-    def nodes(self, db: sqlite3.Connection) -> Iterable[Node]:
-        rows = db.execute("SELECT namespace, key FROM snapshots WHERE snapshotter = ?", (self.snapshotter,))
+    def nodes(self, conn: sqlite3.Connection) -> Iterable[Node]:
+        rows = conn.execute("SELECT namespace, key FROM snapshots WHERE snapshotter = ?", (self.snapshotter,))
         return [Node(self.name, ns, key) for ns, key in rows.fetchall()]
 
-    def remove(self, db: sqlite3.Connection, node: Node) -> None:
-        db.execute(
+    def remove(self, conn: sqlite3.Connection, node: Node) -> None:
+        conn.execute(
             "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
             (node.namespace, self.snapshotter, node.id),
         )
+
+
+class SnapshotRecords:
+    """The NamespacedSnapshots view: every snapshotter by name."""
+
+    def __init__(self, snapshotters: Mapping[str, NamespacedSnapshotter]) -> None:
+        self._snapshotters = dict(snapshotters)
+
+    @property
+    def names(self) -> builtins.list[str]:
+        return sorted(self._snapshotters)
+
+    def get(self, name: str) -> NamespacedSnapshotter:
+        try:
+            return self._snapshotters[name]
+        except KeyError:
+            raise InvalidArgument(f"snapshotter not loaded: {name}") from None
+
+
+class SnapshotsKind(ObjectKind):
+    """Namespaced snapshots over every backend snapshotter; backend snapshots no record names are swept."""
+
+    name = "snapshots"
+    schema = SCHEMA
+
+    def __init__(self, backends: Mapping[str, Snapshotter]) -> None:
+        self.backends = dict(sorted(backends.items()))
+
+    def bind(self, db: Database) -> None:
+        self.snapshotters = {name: NamespacedSnapshotter(db, name, b) for name, b in self.backends.items()}
+        self.records = SnapshotRecords(self.snapshotters)
+
+    def views(self) -> Iterable[object]:
+        return (self.records,)
+
+    def holdings(self, conn: sqlite3.Connection, namespace: str) -> builtins.list[str]:
+        rows = conn.execute(
+            "SELECT DISTINCT snapshotter FROM snapshots WHERE namespace = ? ORDER BY snapshotter",
+            (namespace,),
+        )
+        return [f'snapshots on "{name}" snapshotter' for (name,) in rows.fetchall()]
+
+    def accepts_lease_resource(self, resource_type: str) -> bool:
+        return resource_type.startswith("snapshots/")
+
+    def collectables(self) -> Iterable[ResourceKind]:
+        return [SnapshotGC(name) for name in self.backends]
+
+    async def sweep(self) -> Mapping[str, int | builtins.list[str]]:
+        out: dict[str, int | builtins.list[str]] = {}
+        for name, snapshotter in self.snapshotters.items():
+            removed, failed = await snapshotter.sweep()
+            out[f"snapshots/{name}"] = removed
+            out[f"failed:snapshots/{name}"] = failed
+        return out

@@ -3,19 +3,45 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from corral.kernel import InitContext, Registration
 from corral.plugins import types
-from corral.plugins.metadata._metadata import Metadata
+from corral.plugins.content import ContentStore
+from corral.plugins.events.types import Publisher, optional_publisher
+from corral.plugins.metadata._content import ContentKind
+from corral.plugins.metadata._leases import LeasesKind
+from corral.plugins.metadata._metadata import SqliteMetadata
+from corral.plugins.metadata._snapshots import SnapshotsKind
+from corral.plugins.metadata.database import ObjectKind
+from corral.plugins.snapshots import Snapshotter
+
+__all__ = ["SqliteConfig", "SqliteMetadata", "build_kinds", "open_metadata", "registration"]
 
 
 @dataclass(frozen=True)
 class SqliteConfig:
     content_sharing_policy: Literal["shared", "isolated"] = "shared"
-    """"shared": a blob in the store is visible to any namespace that proves it has it."""
+    """"shared": a namespace that names a stored blob's digest gets it without sending the bytes;
+    "isolated": it must write (and so prove it has) the bytes first."""
     no_sync: bool = False
     """Skip fsync on commit: faster, and a power loss may lose the last transactions."""
+
+
+def build_kinds(
+    content: ContentStore | None,
+    snapshotters: dict[str, Snapshotter],
+    *,
+    policy: Literal["shared", "isolated"] = "shared",
+) -> list[ObjectKind]:
+    """The kinds of object the built-in store keeps, in the order containerd reports what a
+    namespace still holds. A new kind is one module and one line here."""
+    kinds: list[ObjectKind] = []
+    if content is not None:
+        kinds.append(ContentKind(content, policy))
+    kinds += [SnapshotsKind(snapshotters), LeasesKind()]
+    return kinds
 
 
 def migrate_bolt_section(from_version: int, plugins: dict[str, Any]) -> None:
@@ -25,17 +51,20 @@ def migrate_bolt_section(from_version: int, plugins: dict[str, Any]) -> None:
         plugins.setdefault(f"{types.METADATA}.sqlite", {}).update(bolt)
 
 
-async def init(ic: InitContext) -> Metadata:
+async def init(ic: InitContext) -> SqliteMetadata:
     config: SqliteConfig = ic.config
     path = ic.root / "meta.db"
-    backends = list(ic.get_by_type(types.CONTENT).values())
+    backends = ic.get_by_type(types.CONTENT, ContentStore)
     if len(backends) > 1:
         raise RuntimeError(f"more than one content store is ok: {len(backends)}; disable all but one")
-    store = Metadata(
+    publisher: Publisher | None = optional_publisher(ic.get_by_type(types.EVENT))
+    store = open_metadata(
         path,
-        backend=backends[0] if backends else None,
-        snapshotters=ic.get_by_type(types.SNAPSHOTTER),
+        content=next(iter(backends.values()), None),
+        snapshotters=ic.get_by_type(types.SNAPSHOTTER, Snapshotter),
+        policy=config.content_sharing_policy,
         no_sync=config.no_sync,
+        publisher=publisher,
     )
     ic.meta.exports.update({"path": str(path), "policy": config.content_sharing_policy})
     return store
@@ -48,5 +77,19 @@ registration = Registration(
     after=(types.CONTENT, types.EVENT, types.SNAPSHOTTER),
     config=SqliteConfig,
     migrate=migrate_bolt_section,
-    description="namespaced metadata (namespaces, leases, references) in one sqlite file",
+    description="namespaced metadata (namespaces, content, snapshots, leases, references) in one sqlite file",
 )
+
+
+def open_metadata(
+    path: Path,
+    *,
+    content: ContentStore | None = None,
+    snapshotters: dict[str, Snapshotter] | None = None,
+    policy: Literal["shared", "isolated"] = "shared",
+    no_sync: bool = False,
+    publisher: Publisher | None = None,
+) -> SqliteMetadata:
+    """The built-in store over the given backends, outside a daemon (tests, tools, other plugins' tests)."""
+    kinds = build_kinds(content, snapshotters or {}, policy=policy)
+    return SqliteMetadata(path, kinds, no_sync=no_sync, publisher=publisher)

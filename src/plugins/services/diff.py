@@ -8,8 +8,8 @@ from typing import Any
 
 from corral.kernel import InitContext, Registration, Unimplemented
 from corral.plugins import types
-from corral.plugins.differs import Descriptor, Differ
-from corral.plugins.snapshots import Mount
+from corral.plugins.core import Descriptor, Mount
+from corral.plugins.differs import Differ
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from corral.plugins.core import Mount
+
 
 class Kind(enum.Enum):
     """Wire values match containerd's snapshots.v1 Kind enum."""
@@ -24,16 +26,6 @@ class Kind(enum.Enum):
     VIEW = 1
     ACTIVE = 2
     COMMITTED = 3
-
-
-@dataclass(frozen=True)
-class Mount:
-    """What to mount to see a snapshot: containerd's Mount (type, source, target, options)."""
-
-    type: str
-    source: str
-    options: tuple[str, ...] = ()
-    target: str = ""
 
 
 @dataclass(frozen=True)

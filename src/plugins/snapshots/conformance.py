@@ -28,8 +28,9 @@ import anyio
 import anyio.to_thread
 
 from corral.kernel import AlreadyExists, CorralError, FailedPrecondition, InvalidArgument, NotFound
-from corral.plugins.snapshots import Info, Kind, Mount, Snapshotter
-from corral.plugins.snapshots.mount import temporary_mount
+from corral.plugins.core import Mount
+from corral.plugins.core.mount import temporary_mount
+from corral.plugins.snapshots import Info, Kind, Snapshotter
 
 SnapshotterFactory = Callable[[], AbstractAsyncContextManager[Snapshotter]]
 Check = Callable[[SnapshotterFactory], Awaitable[None]]

@@ -18,7 +18,8 @@ import anyio.to_thread
 
 from corral.kernel import InitContext, Internal, Platform, Registration
 from corral.plugins import types
-from corral.plugins.snapshots import Kind, Mount
+from corral.plugins.core import Mount
+from corral.plugins.snapshots import Kind
 from corral.plugins.snapshots.storage import DirectoryBackend, Snapshot
 
 

@@ -21,7 +21,8 @@ import anyio.to_thread
 
 from corral.kernel import InitContext, Platform, Registration, SkipPlugin
 from corral.plugins import types
-from corral.plugins.snapshots import Info, Kind, Mount
+from corral.plugins.core import Mount
+from corral.plugins.snapshots import Info, Kind
 from corral.plugins.snapshots.storage import DirectoryBackend, Snapshot
 
 MAX_LOWER_LAYERS = 500

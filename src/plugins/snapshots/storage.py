@@ -38,9 +38,9 @@ from corral.kernel import (
     NotFound,
     adapt_mapping,
     parse_filters,
-    update_labels,
 )
-from corral.plugins.snapshots import Info, Kind, Mount, Usage
+from corral.plugins.core import Mount, update_labels
+from corral.plugins.snapshots import Info, Kind, Usage
 
 # What snapshotter authors may build on; DirectoryBackend's hooks are still settling.
 __all__ = [

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from corral.kernel import InitContext, Registration, SkipPlugin
+from corral.plugins.metadata import Metadata, NamespaceStore
 from corral_greeter import types
 
 
@@ -26,21 +25,10 @@ class GreeterConfig:
             raise ValueError(f"max_names must be at least 1, got {self.max_names}")
 
 
-class NamedNamespace(Protocol):
-    @property
-    def name(self) -> str: ...
-
-
-class NamespaceLister(Protocol):
-    """The part of the metadata store this plugin uses; duck-typed, so no import of corral's store."""
-
-    async def list_namespaces(self) -> Sequence[NamedNamespace]: ...
-
-
 class Greeter:
     """The plugin's instance, as other plugins get it from ``ic.get_single("io.corral.greeter.v1")``."""
 
-    def __init__(self, config: GreeterConfig, namespaces: NamespaceLister) -> None:
+    def __init__(self, config: GreeterConfig, namespaces: NamespaceStore) -> None:
         self._config = config
         self._namespaces = namespaces
 
@@ -50,7 +38,7 @@ class Greeter:
 
     async def greet_namespaces(self) -> list[str]:
         """One greeting per namespace, in name order, at most ``max_names`` of them."""
-        namespaces = await self._namespaces.list_namespaces()
+        namespaces = await self._namespaces.list()
         return [await self.greet(ns.name) for ns in namespaces[: self._config.max_names]]
 
 
@@ -59,10 +47,11 @@ async def init(ic: InitContext) -> Greeter:
     if not config.greeting:
         raise SkipPlugin("no greeting configured")
     # Declared in ``requires``: the kernel starts the store first, and skips or fails this plugin
-    # (saying why) if no metadata plugin is ok, so the lookup cannot come up empty here.
-    store: NamespaceLister = ic.get_single(types.METADATA)
+    # (saying why) if no metadata plugin is ok, so the lookup cannot come up empty here. The
+    # contract (``Metadata``) is checked and types the result; ``view`` hands out one part of it.
+    namespaces = ic.get_single(types.METADATA, Metadata).view(NamespaceStore)
     ic.meta.exports["greeting"] = config.greeting
-    return Greeter(config, store)
+    return Greeter(config, namespaces)
 
 
 registration = Registration(

@@ -26,7 +26,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 from corral.kernel import Internal
-from corral.plugins.snapshots import Info, Kind, Mount, Usage
+from corral.plugins.core import Mount
+from corral.plugins.snapshots import Info, Kind, Usage
 from corral.plugins.snapshots.storage import MetaStore, Snapshot, Transaction, disk_usage
 
 SNAPSHOTS = "snapshots"

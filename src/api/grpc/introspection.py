@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from corral.api.services import GRPCServices, convert
+from corral.api import wire
+from corral.api.grpc import GRPCServices
 from corral.api.types.containerd.services.introspection import v1 as pb
 from corral.api.types.google import protobuf
 from corral.kernel import FailedPrecondition, InitContext, NotFound, Registration, Unimplemented
@@ -15,7 +16,7 @@ class IntrospectionService(pb.IntrospectionBase):
         self._local = local
 
     async def plugins(self, message: pb.PluginsRequest) -> pb.PluginsResponse:
-        return pb.PluginsResponse(plugins=[convert.plugin(r) for r in self._local.plugins(message.filters)])
+        return pb.PluginsResponse(plugins=[wire.plugin(r) for r in self._local.plugins(message.filters)])
 
     async def server(self, message: protobuf.Empty) -> pb.ServerResponse:
         info = self._local.server()
@@ -29,11 +30,13 @@ class IntrospectionService(pb.IntrospectionBase):
             if not rec.ok:
                 raise FailedPrecondition(f"plugin {rec.uri} failed to initialize")
             raise Unimplemented("plugin does not provide extra information")
-        return pb.PluginInfoResponse(plugin=convert.plugin(rec))
+        return pb.PluginInfoResponse(plugin=wire.plugin(rec))
 
 
 async def init(ic: InitContext) -> GRPCServices:
-    return GRPCServices((IntrospectionService(ic.get_by_id(types.SERVICE, "introspection-service")),))
+    return GRPCServices(
+        (IntrospectionService(ic.get_by_id(types.SERVICE, "introspection-service", Introspection)),)
+    )
 
 
 registration = Registration(type=types.GRPC, id="introspection", init=init, requires=(types.SERVICE,))

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 
-from corral.api.services import GRPCServices
+from corral.api.grpc import GRPCServices
 from corral.api.types.grpc.health import v1 as pb
 from corral.kernel import InitContext, Registration
 from corral.plugins import types

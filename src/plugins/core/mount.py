@@ -1,4 +1,4 @@
-"""Mounting what snapshotters hand out: bind and overlay mounts, with long overlay chains.
+"""Mounts: containerd's Mount record, and mounting what snapshotters hand out (bind, overlay, …).
 
 The kernel caps mount options at one page (4096 bytes). A long ``lowerdir=`` list is mounted
 from the layers' common parent directory with relative paths, as containerd's mount package does.
@@ -11,12 +11,23 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
 from corral.kernel import FailedPrecondition, InvalidArgument
-from corral.plugins.snapshots import Mount
+
+
+@dataclass(frozen=True)
+class Mount:
+    """What to mount to see a snapshot: containerd's Mount (type, source, target, options)."""
+
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+    target: str = ""
+
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 

@@ -5,21 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from corral.api.services import GRPCServices
+from corral.api.grpc import GRPCServices
 from corral.api.types.containerd.services.namespaces import v1 as pb
 from corral.api.types.google import protobuf
+from corral.api.wire import field_mask_paths
+from corral.api.wire import namespace as _wire
 from corral.kernel import InitContext, InvalidArgument, Registration, parse_filters
 from corral.plugins import types
-from corral.plugins.metadata._store import Namespace
-from corral.plugins.services.namespaces import NamespacesService
-
-
-def _wire(ns: Namespace) -> pb.Namespace:
-    return pb.Namespace(name=ns.name, labels=dict(ns.labels))
+from corral.plugins.metadata import Namespace, NamespaceStore
 
 
 class NamespacesGRPC(pb.NamespacesBase):
-    def __init__(self, local: NamespacesService) -> None:
+    def __init__(self, local: NamespaceStore) -> None:
         self._local = local
 
     async def get(self, message: pb.GetNamespaceRequest) -> pb.GetNamespaceResponse:
@@ -39,7 +36,7 @@ class NamespacesGRPC(pb.NamespacesBase):
     async def update(self, message: pb.UpdateNamespaceRequest) -> pb.UpdateNamespaceResponse:
         if message.namespace is None:
             raise InvalidArgument("namespace is required")
-        paths = list(message.update_mask.paths) if message.update_mask else []
+        paths = field_mask_paths(message.update_mask)
         updated = await self._local.update(message.namespace.name, message.namespace.labels, paths)
         return pb.UpdateNamespaceResponse(namespace=_wire(updated))
 
@@ -58,7 +55,7 @@ def _field(ns: Namespace, path: Sequence[str]) -> str | None:
 
 
 async def init(ic: InitContext) -> GRPCServices:
-    return GRPCServices((NamespacesGRPC(ic.get_by_id(types.SERVICE, "namespaces-service")),))
+    return GRPCServices((NamespacesGRPC(ic.get_by_id(types.SERVICE, "namespaces-service", NamespaceStore)),))
 
 
 registration = Registration(type=types.GRPC, id="namespaces", init=init, requires=(types.SERVICE,))

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from corral.api.services import GRPCServices
+from corral.api.grpc import GRPCServices
 from corral.api.types.containerd.services.leases import v1 as pb
 from corral.api.types.google import protobuf
+from corral.api.wire import lease as wire_lease
 from corral.kernel import InitContext, InvalidArgument, Registration
 from corral.plugins import types
 from corral.plugins.leases.manager import Leases
-from corral.plugins.metadata._leases import Lease, Resource
-
-
-def _lease(lease: Lease) -> pb.Lease:
-    return pb.Lease(id=lease.id, created_at=lease.created_at, labels=dict(lease.labels))
+from corral.plugins.metadata import Resource
 
 
 def _resource(message: pb.Resource | None) -> Resource:
@@ -26,14 +23,16 @@ class LeasesGRPC(pb.LeasesBase):
         self._local = local
 
     async def create(self, message: pb.CreateRequest) -> pb.CreateResponse:
-        return pb.CreateResponse(lease=_lease(await self._local.create(message.id, message.labels)))
+        return pb.CreateResponse(lease=wire_lease(await self._local.create(message.id, message.labels)))
 
     async def delete(self, message: pb.DeleteRequest) -> protobuf.Empty:
         await self._local.delete(message.id, sync=message.sync)
         return protobuf.Empty()
 
     async def list(self, message: pb.ListRequest) -> pb.ListResponse:
-        return pb.ListResponse(leases=[_lease(lease) for lease in await self._local.list(message.filters)])
+        return pb.ListResponse(
+            leases=[wire_lease(lease) for lease in await self._local.list(message.filters)]
+        )
 
     async def add_resource(self, message: pb.AddResourceRequest) -> protobuf.Empty:
         await self._local.add_resource(message.id, _resource(message.resource))
@@ -49,7 +48,7 @@ class LeasesGRPC(pb.LeasesBase):
 
 
 async def init(ic: InitContext) -> GRPCServices:
-    return GRPCServices((LeasesGRPC(ic.get_single(types.LEASE)),))
+    return GRPCServices((LeasesGRPC(ic.get_single(types.LEASE, Leases)),))
 
 
 registration = Registration(type=types.GRPC, id="leases", init=init, requires=(types.LEASE,))

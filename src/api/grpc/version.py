@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from corral import __version__
-from corral.api.services import GRPCServices
+from corral.api.grpc import GRPCServices
 from corral.api.types.containerd.services.version import v1 as pb
 from corral.api.types.google import protobuf
 from corral.kernel import InitContext, Registration

@@ -4,56 +4,35 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from corral.api.services import GRPCServices
+from corral.api.grpc import GRPCServices
 from corral.api.types.containerd.services.content import v1 as pb
 from corral.api.types.google import protobuf
+from corral.api.wire import content_info, field_mask_paths, ingest_status
 from corral.kernel import InitContext, InvalidArgument, OutOfRange, Registration
 from corral.plugins import types
-from corral.plugins.content import Info, IngestStatus
-from corral.plugins.services.content import ContentService
+from corral.plugins.metadata import NamespacedContent
 
 LIST_BATCH = 100
 
 
-def _info(info: Info) -> pb.Info:
-    return pb.Info(
-        digest=info.digest,
-        size=info.size,
-        created_at=info.created_at,
-        updated_at=info.updated_at,
-        labels=dict(info.labels),
-    )
-
-
-def _status(st: IngestStatus) -> pb.Status:
-    return pb.Status(
-        started_at=st.started_at,
-        updated_at=st.updated_at,
-        ref=st.ref,
-        offset=st.offset,
-        total=st.total,
-        expected=st.expected,
-    )
-
-
 class ContentGRPC(pb.ContentBase):
-    def __init__(self, local: ContentService) -> None:
+    def __init__(self, local: NamespacedContent) -> None:
         self._local = local
 
     async def info(self, message: pb.InfoRequest) -> pb.InfoResponse:
-        return pb.InfoResponse(info=_info(await self._local.info(message.digest)))
+        return pb.InfoResponse(info=content_info(await self._local.info(message.digest)))
 
     async def update(self, message: pb.UpdateRequest) -> pb.UpdateResponse:
         if message.info is None:
             raise InvalidArgument("info is required")
-        paths = list(message.update_mask.paths) if message.update_mask else []
+        paths = field_mask_paths(message.update_mask)
         updated = await self._local.update(message.info.digest, message.info.labels, paths)
-        return pb.UpdateResponse(info=_info(updated))
+        return pb.UpdateResponse(info=content_info(updated))
 
     async def list(self, message: pb.ListContentRequest) -> AsyncIterator[pb.ListContentResponse]:
         infos = await self._local.list(message.filters)
         for start in range(0, len(infos), LIST_BATCH):
-            yield pb.ListContentResponse(info=[_info(i) for i in infos[start : start + LIST_BATCH]])
+            yield pb.ListContentResponse(info=[content_info(i) for i in infos[start : start + LIST_BATCH]])
 
     async def delete(self, message: pb.DeleteContentRequest) -> protobuf.Empty:
         await self._local.delete(message.digest)
@@ -68,11 +47,11 @@ class ContentGRPC(pb.ContentBase):
             offset += len(chunk)
 
     async def status(self, message: pb.StatusRequest) -> pb.StatusResponse:
-        return pb.StatusResponse(status=_status(await self._local.status(message.ref)))
+        return pb.StatusResponse(status=ingest_status(await self._local.status(message.ref)))
 
     async def list_statuses(self, message: pb.ListStatusesRequest) -> pb.ListStatusesResponse:
         statuses = await self._local.list_statuses(message.filters)
-        return pb.ListStatusesResponse(statuses=[_status(s) for s in statuses])
+        return pb.ListStatusesResponse(statuses=[ingest_status(s) for s in statuses])
 
     async def abort(self, message: pb.AbortRequest) -> protobuf.Empty:
         await self._local.abort(message.ref)
@@ -122,7 +101,6 @@ class ContentGRPC(pb.ContentBase):
                         )
                     else:
                         info = await writer.commit(total, expected, request.labels)
-                        await self._local.committed(info)
                         yield pb.WriteContentResponse(
                             action=pb.WriteAction.COMMIT, offset=info.size, digest=info.digest
                         )
@@ -135,7 +113,7 @@ class ContentGRPC(pb.ContentBase):
 
 
 async def init(ic: InitContext) -> GRPCServices:
-    return GRPCServices((ContentGRPC(ic.get_by_id(types.SERVICE, "content-service")),))
+    return GRPCServices((ContentGRPC(ic.get_by_id(types.SERVICE, "content-service", NamespacedContent)),))
 
 
 registration = Registration(type=types.GRPC, id="content", init=init, requires=(types.SERVICE,))

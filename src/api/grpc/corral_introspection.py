@@ -9,7 +9,8 @@ import dataclasses
 import json
 from typing import Any
 
-from corral.api.services import GRPCServices, convert
+from corral.api import wire
+from corral.api.grpc import GRPCServices
 from corral.api.types.corral.introspection import v1 as pb
 from corral.kernel import InitContext, PluginRecord, PluginSet, Registration, Status, encode
 from corral.plugins import types
@@ -25,7 +26,7 @@ def config_json(config: Any) -> str:
 
 def detail(rec: PluginRecord, dependents: tuple[str, ...]) -> pb.PluginDetail:
     origin = rec.origin
-    err = convert.init_error(rec)
+    err = wire.init_error(rec)
     return pb.PluginDetail(
         type=rec.type,
         id=rec.id,
@@ -46,7 +47,7 @@ def detail(rec: PluginRecord, dependents: tuple[str, ...]) -> pb.PluginDetail:
         else None,
         init_seconds=rec.init_seconds,
         config_json=config_json(rec.config),
-        platforms=convert.platforms(rec),
+        platforms=wire.platforms(rec),
         exports=dict(rec.meta.exports),
         capabilities=list(rec.meta.capabilities),
         error_code=err.code if err else 0,
@@ -67,7 +68,7 @@ class CorralIntrospection(pb.IntrospectionBase):
 
 
 async def init(ic: InitContext) -> GRPCServices:
-    local = ic.get_by_id(types.SERVICE, "introspection-service")
+    local = ic.get_by_id(types.SERVICE, "introspection-service", Introspection)
     return GRPCServices((CorralIntrospection(local, ic.plugins),))
 
 

@@ -1,0 +1,92 @@
+"""The gRPC server: every gRPC plugin's services on one unix socket.
+
+Each handler runs with the request's namespace and lease bound and its errors turned into
+statuses by the shared edge (``corral.api.edge``), so service plugins stay thin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+from grpclib.const import Handler, Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server, Stream
+
+from corral.api.edge import bound_request, status_of
+from corral.api.grpc._grpclib import MappedServer, StreamHandler
+from corral.kernel import PluginRecord
+
+log = structlog.get_logger("corral.grpc")
+
+
+@runtime_checkable
+class GRPCServicePlugin(Protocol):
+    """What an ``io.containerd.grpc.v1`` plugin's instance offers: grpclib service objects."""
+
+    def grpc_services(self) -> Iterable[Any]: ...
+
+
+def _wrap(path: str, func: StreamHandler) -> StreamHandler:
+    async def handle(stream: Stream[Any, Any]) -> None:
+        try:
+            with bound_request(stream.metadata or {}):
+                await func(stream)
+        except GRPCError:
+            raise
+        except Exception as exc:
+            code, message = status_of(exc, path)
+            raise GRPCError(Status(code), message) from None
+
+    return handle
+
+
+def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
+    """Collect the handlers of every ok gRPC plugin, in start order; a path served twice is an error."""
+    mapping: dict[str, Handler] = {}
+    owner: dict[str, str] = {}
+    for rec in records:
+        if not rec.ok or not isinstance(rec.instance, GRPCServicePlugin):
+            continue
+        for service in rec.instance.grpc_services():
+            for path, handler in service.__mapping__().items():
+                if path in mapping:
+                    raise RuntimeError(f"{path} is served by both {owner[path]} and {rec.uri}")
+                owner[path] = rec.uri
+                mapping[path] = handler._replace(func=_wrap(path, handler.func))
+    return mapping
+
+
+@contextlib.asynccontextmanager
+async def serve_unix(
+    mapping: Mapping[str, Handler], address: str, *, mode: int = 0o660, uid: int = -1, gid: int = -1
+) -> AsyncIterator[Server]:
+    """Listen on ``address`` with the given mode and owner; remove the socket afterwards."""
+    path = Path(address)
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    server = MappedServer(mapping)
+    # The socket is the security boundary: never briefly world-accessible.
+    old = os.umask(0o777 & ~mode)
+    try:
+        await server.start(path=str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    if uid >= 0 or gid >= 0:
+        os.chown(path, uid, gid)
+    log.info("grpc_listening", address=str(path), mode=oct(mode))
+    try:
+        yield server
+    finally:
+        server.close()
+        await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -1,0 +1,195 @@
+"""Kernel and plugin records to wire messages and back: the one place conversions live.
+
+Plugins never import the generated types; services, the client and the CLI convert through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import betterproto2
+
+from corral.api.edge import UNKNOWN, code_for
+
+# Imported for its side effect: it registers containerd's event messages in the message pool.
+from corral.api.types.containerd import events as _events  # noqa: F401
+from corral.api.types.containerd import types as ctypes
+from corral.api.types.containerd.services.content import v1 as content_pb
+from corral.api.types.containerd.services.introspection import v1 as introspection
+from corral.api.types.containerd.services.leases import v1 as leases_pb
+from corral.api.types.containerd.services.namespaces import v1 as namespaces_pb
+from corral.api.types.containerd.services.snapshots import v1 as snapshots_pb
+from corral.api.types.google import protobuf, rpc
+from corral.api.types.message_pool import default_message_pool
+from corral.kernel import InvalidArgument, PluginRecord, Status
+from corral.plugins.content import Info, IngestStatus
+from corral.plugins.core import Descriptor, Mount
+from corral.plugins.events.types import EVENT_TYPES, Envelope, Event, RawEvent, TypedEvent
+from corral.plugins.metadata import Lease, Namespace
+from corral.plugins.snapshots import Info as SnapshotInfo
+from corral.plugins.snapshots import Kind
+
+
+# -- mounts and descriptors ---------------------------------------------------------------------
+def mounts_to_wire(mounts: Iterable[Mount]) -> list[ctypes.Mount]:
+    return [
+        ctypes.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options)) for m in mounts
+    ]
+
+
+def mounts_from_wire(mounts: Iterable[ctypes.Mount]) -> list[Mount]:
+    return [Mount(m.type, m.source, tuple(m.options), m.target) for m in mounts]
+
+
+def descriptor_to_wire(desc: Descriptor) -> ctypes.Descriptor:
+    return ctypes.Descriptor(
+        media_type=desc.media_type, digest=desc.digest, size=desc.size, annotations=dict(desc.annotations)
+    )
+
+
+def descriptor_from_wire(desc: ctypes.Descriptor | None, what: str = "descriptor") -> Descriptor:
+    if desc is None:
+        raise InvalidArgument(f"{what} is required")
+    return Descriptor(desc.media_type, desc.digest, desc.size, dict(desc.annotations))
+
+
+# -- records ------------------------------------------------------------------------------------
+def content_info(info: Info) -> content_pb.Info:
+    return content_pb.Info(
+        digest=info.digest,
+        size=info.size,
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        labels=dict(info.labels),
+    )
+
+
+def ingest_status(st: IngestStatus) -> content_pb.Status:
+    return content_pb.Status(
+        started_at=st.started_at,
+        updated_at=st.updated_at,
+        ref=st.ref,
+        offset=st.offset,
+        total=st.total,
+        expected=st.expected,
+    )
+
+
+def snapshot_info(info: SnapshotInfo) -> snapshots_pb.Info:
+    return snapshots_pb.Info(
+        name=info.name,
+        parent=info.parent,
+        kind=snapshots_pb.Kind(info.kind.value),
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        labels=dict(info.labels),
+    )
+
+
+def snapshot_info_from_wire(info: snapshots_pb.Info | None) -> SnapshotInfo:
+    if info is None:
+        raise InvalidArgument("info is required")
+    return SnapshotInfo(info.name, Kind.UNKNOWN, labels=dict(info.labels))
+
+
+def lease(lease: Lease) -> leases_pb.Lease:
+    return leases_pb.Lease(id=lease.id, created_at=lease.created_at, labels=dict(lease.labels))
+
+
+def namespace(ns: Namespace) -> namespaces_pb.Namespace:
+    return namespaces_pb.Namespace(name=ns.name, labels=dict(ns.labels))
+
+
+def field_mask_paths(mask: protobuf.FieldMask | None) -> list[str]:
+    return list(mask.paths) if mask else []
+
+
+# -- plugins ------------------------------------------------------------------------------------
+def platforms(rec: PluginRecord) -> list[ctypes.Platform]:
+    return [
+        ctypes.Platform(os=p.os, architecture=p.architecture, variant=p.variant) for p in rec.meta.platforms
+    ]
+
+
+def init_error(rec: PluginRecord) -> rpc.Status | None:
+    """containerd's init_err: set iff the plugin is not ok; skips say "skip plugin"."""
+    if rec.status is Status.OK:
+        return None
+    code = code_for(rec.error) if rec.error is not None else None
+    message = str(rec.error) if rec.error is not None else rec.reason
+    if rec.status is Status.SKIP and "skip plugin" not in message:
+        message = f"{rec.reason}: skip plugin"
+    return rpc.Status(code=code if code is not None else UNKNOWN, message=message)
+
+
+def plugin(rec: PluginRecord) -> introspection.Plugin:
+    return introspection.Plugin(
+        type=rec.type,
+        id=rec.id,
+        requires=list(rec.requires + tuple(t for t in rec.after if t not in rec.requires)),
+        platforms=platforms(rec),
+        exports=dict(rec.meta.exports),
+        capabilities=list(rec.meta.capabilities),
+        init_err=init_error(rec),
+    )
+
+
+# -- events -------------------------------------------------------------------------------------
+_POOL_PREFIX = "type.googleapis.com/"
+
+
+def proto_class(type_url: str) -> type[betterproto2.Message]:
+    """The generated message for a bare containerd type_url such as ``containerd.events.NamespaceCreate``."""
+    try:
+        return default_message_pool.url_to_type[_POOL_PREFIX + type_url]
+    except KeyError:
+        raise LookupError(f"no protobuf message is generated for {type_url}") from None
+
+
+def event_to_any(event: Event) -> protobuf.Any:
+    """An Any with containerd's bare type_url (no type.googleapis.com/ prefix, which ctr rejects)."""
+    if isinstance(event, RawEvent):
+        return protobuf.Any(type_url=event.type_url, value=event.value)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        values[f.name] = dict(value) if isinstance(value, Mapping) else value
+    return protobuf.Any(type_url=event.TYPE_URL, value=bytes(proto_class(event.TYPE_URL)(**values)))
+
+
+def event_from_any(value: protobuf.Any) -> Event:
+    """The record type for a known type_url, else the encoded event as it came."""
+    record = EVENT_TYPES.get(value.type_url)
+    if record is None:
+        return RawEvent(type_url=value.type_url, value=value.value)
+    message = proto_class(value.type_url).parse(value.value)
+    return _record(record, message)
+
+
+def _record(record: type[TypedEvent], message: betterproto2.Message) -> TypedEvent:
+    return record(**{f.name: getattr(message, f.name) for f in dataclasses.fields(record)})
+
+
+def envelope_to_wire(envelope: Envelope) -> ctypes.Envelope:
+    return ctypes.Envelope(
+        timestamp=envelope.timestamp,
+        namespace=envelope.namespace,
+        topic=envelope.topic,
+        event=event_to_any(envelope.event),
+    )
+
+
+def envelope_from_wire(envelope: ctypes.Envelope) -> Envelope:
+    """A forwarded envelope, its event kept encoded so it reaches subscribers byte for byte."""
+    if envelope.timestamp is None:
+        raise InvalidArgument("timestamp must be set on forwarded event")
+    if envelope.event is None:
+        raise InvalidArgument("event must be set on forwarded event")
+    return Envelope(
+        timestamp=envelope.timestamp,
+        namespace=envelope.namespace,
+        topic=envelope.topic,
+        event=RawEvent(type_url=envelope.event.type_url, value=envelope.event.value),
+    )

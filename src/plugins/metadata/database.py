@@ -1,0 +1,192 @@
+"""The sqlite metadata database, and the kinds of object it keeps.
+
+Each kind of object (content records, leases, snapshots, images, containers, …) is one
+``ObjectKind``: it brings its tables (migrations versioned per kind), the views it offers, what a
+namespace still holds of it, the lease resource types it accepts, its garbage-collection nodes and
+the sweep of backend objects no record names. The database knows only namespaces and transactions;
+adding a kind means writing one module and listing it where the store is built.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from corral.plugins.core import validate_namespace
+
+if TYPE_CHECKING:
+    from corral.plugins.events.types import Event, Publisher
+    from corral.plugins.metadata._gc import ResourceKind
+
+T = TypeVar("T")
+
+_LEGACY_VERSION = 3
+"""Databases made before kinds had their own versions: one list of scripts, at most 3 of them."""
+_CORE_VERSION = 10
+
+_CORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS namespaces (
+    name TEXT PRIMARY KEY,
+    labels TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+);
+CREATE TABLE kind_schema (kind TEXT PRIMARY KEY, version INTEGER NOT NULL);
+"""
+
+# What the legacy scripts had created, by kind: (kind, legacy version that created it).
+_LEGACY_KINDS = (("content", 2), ("leases", 2), ("snapshots", 3))
+
+
+def stamp(seconds: float) -> datetime:
+    """A stored epoch time (REAL column) as an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def labels_json(labels: Mapping[str, str]) -> str:
+    """Labels as stored: JSON with sorted keys, so equal label sets are equal text."""
+    return json.dumps(dict(labels), sort_keys=True)
+
+
+class ObjectKind:
+    """One kind of object the metadata database keeps. Subclasses override what applies to them."""
+
+    name: str = ""
+    """Unique; the key of the kind's schema version."""
+    schema: Sequence[str] = ()
+    """SQL scripts; script i upgrades the kind's tables from version i to i + 1."""
+
+    def bind(self, db: Database) -> None:
+        """Called once the database and every kind's tables exist."""
+
+    def views(self) -> Iterable[object]:
+        """The objects this kind offers through ``Metadata.view`` (each implements a contract)."""
+        return ()
+
+    def holdings(self, conn: sqlite3.Connection, namespace: str) -> list[str]:
+        """What ``namespace`` still has of this kind, as containerd words it ("blobs", …); [] if none."""
+        return []
+
+    def drop_namespace(self, conn: sqlite3.Connection, namespace: str) -> None:
+        """Remove what is left of this kind in a namespace being deleted (holdings() was empty)."""
+
+    def accepts_lease_resource(self, resource_type: str) -> bool:
+        return False
+
+    def collectables(self) -> Iterable[ResourceKind]:
+        """Garbage-collection node kinds, marked and swept inside one transaction."""
+        return ()
+
+    async def sweep(self) -> Mapping[str, int | list[str]]:
+        """After a collection: remove backend objects no record names. Returns counts by name,
+        and under ``failed:<name>`` what could not be removed (kept for the next collection)."""
+        return {}
+
+
+class Database:
+    """The metadata file. Calls run on one worker thread, one transaction each."""
+
+    def __init__(
+        self,
+        path: Path,
+        kinds: Sequence[ObjectKind],
+        *,
+        no_sync: bool = False,
+        publisher: Publisher | None = None,
+    ) -> None:
+        names = [k.name for k in kinds]
+        if len(set(names)) != len(names) or "" in names:
+            raise ValueError(f"metadata kinds need unique, non-empty names: {names}")
+        self.path = path
+        self.kinds = tuple(kinds)
+        self.publisher = publisher
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={'OFF' if no_sync else 'FULL'}")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        self._limiter = anyio.CapacityLimiter(1)
+        self._mutation_listeners: list[Callable[[bool], None]] = []
+        for kind in self.kinds:
+            kind.bind(self)
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version < _CORE_VERSION:
+            # executescript commits any open transaction first, so each script carries its own.
+            legacy = "".join(
+                f"INSERT INTO kind_schema VALUES ('{k}', 1);" for k, v in _LEGACY_KINDS if version >= v
+            )
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {_CORE_SCHEMA}; {legacy} PRAGMA user_version={_CORE_VERSION}; COMMIT;"
+            )
+        current = dict(conn.execute("SELECT kind, version FROM kind_schema").fetchall())
+        for kind in self.kinds:
+            for i in range(current.get(kind.name, 0), len(kind.schema)):
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; {kind.schema[i]};"
+                    f" INSERT INTO kind_schema VALUES ('{kind.name}', {i + 1})"
+                    f" ON CONFLICT(kind) DO UPDATE SET version = {i + 1}; COMMIT;"
+                )
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one transaction on the database's thread; any exception rolls it back."""
+
+        def call() -> T:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- changes ---------------------------------------------------------------------------
+    def on_mutation(self, listener: Callable[[bool], None]) -> None:
+        self._mutation_listeners.append(listener)
+
+    def mutated(self, *, deleted: bool = False) -> None:
+        """Tell the GC scheduler a transaction changed something (``deleted``: removed something)."""
+        for listener in self._mutation_listeners:
+            listener(deleted)
+
+    async def publish(self, event: Event, namespace: str) -> None:
+        """Publish a committed change's event (containerd's topic and payload) on the exchange."""
+        if self.publisher is not None:
+            await self.publisher.publish(event, namespace=namespace)
+
+    # -- what every kind needs ---------------------------------------------------------------
+    @staticmethod
+    def ensure_namespace(conn: sqlite3.Connection, name: str) -> None:
+        """Inside a caller's transaction: writes create their namespace implicitly."""
+        validate_namespace(name)
+        conn.execute(
+            "INSERT OR IGNORE INTO namespaces(name, labels, created_at) VALUES (?, '{}', ?)",
+            (name, time.time()),
+        )
+
+    def accepts_lease_resource(self, resource_type: str) -> bool:
+        return any(kind.accepts_lease_resource(resource_type) for kind in self.kinds)
+
+    def holdings(self, conn: sqlite3.Connection, namespace: str) -> list[str]:
+        return [held for kind in self.kinds for held in kind.holdings(conn, namespace)]
+
+    def drop_namespace(self, conn: sqlite3.Connection, namespace: str) -> None:
+        for kind in self.kinds:
+            kind.drop_namespace(conn, namespace)
+        conn.execute("DELETE FROM namespaces WHERE name = ?", (namespace,))

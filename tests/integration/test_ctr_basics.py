@@ -73,6 +73,11 @@ def test_namespaces_behave_as_against_containerd(daemon: Daemon) -> None:
     assert daemon.ctr("namespaces", "ls", "-q").stdout.split() == []
 
 
+def test_labelling_a_namespace_that_does_not_exist_creates_it(daemon: Daemon) -> None:
+    daemon.ctr("namespaces", "label", "testing", "k=v")
+    assert daemon.ctr("namespaces", "ls").stdout.splitlines()[1].split() == ["testing", "k=v"]
+
+
 def test_invalid_namespace_name_is_invalid_argument(daemon: Daemon) -> None:
     result = daemon.ctr("namespaces", "create", "Bad_NS!", check=False)
     assert result.returncode != 0

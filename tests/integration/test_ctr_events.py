@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import subprocess
@@ -10,12 +11,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 from grpclib.client import Channel
 from harness import Daemon
 
+from corral.api.client import connect
 from corral.api.edge import NAMESPACE_HEADER
 from corral.api.types.containerd import events as pb_events
 from corral.api.types.containerd.services.events import v1 as pb
@@ -197,3 +200,59 @@ def test_corrald_stops_promptly_with_a_subscriber_attached(daemon: Daemon) -> No
         assert watcher.proc.wait(timeout=10) != 0
     finally:
         watcher.stop()
+
+
+def test_a_layer_made_by_the_differ_emits_content_create_like_an_ingest(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Events come from the store that makes the change, so the differ's layer is announced too.
+
+    (ctr 1.6 has no ContentCreate message and prints a warning instead of these envelopes, for the
+    layer and the ingest alike; the envelopes are read here with corral's client.)
+    """
+    s = ("snapshots", "--snapshotter", "native")
+    ingested = b"ingested bytes"
+
+    async def scenario() -> tuple[list[tuple[str, str, str]], str, int]:
+        async with connect(daemon.socket) as client:
+            seen: list[tuple[str, str, str]] = []
+            async with anyio.create_task_group() as tg:
+                ready = anyio.Event()
+
+                async def watch() -> None:
+                    stream = client.subscribe(['topic=="/content/create"', 'topic=="/probe"'])
+                    async for envelope in stream:
+                        if envelope.topic == "/probe":
+                            ready.set()
+                            continue
+                        assert envelope.event is not None
+                        decoded = pb_events.ContentCreate.parse(envelope.event.value)
+                        seen.append((envelope.namespace, envelope.event.type_url, decoded.digest))
+                        if len(seen) == 2:
+                            return
+
+                tg.start_soon(watch)
+                while not ready.is_set():
+                    await publish_probe(daemon.socket)
+                    with anyio.move_on_after(0.2):
+                        await ready.wait()
+                digest, size = await anyio.to_thread.run_sync(make_layer_and_ingest)
+        return seen, digest, size
+
+    def make_layer_and_ingest() -> tuple[str, int]:
+        daemon.ctr(*s, "prepare", "base")
+        subprocess.run(daemon.ctr(*s, "mounts", str(tmp_path), "base").stdout.split(), check=True)
+        try:
+            (tmp_path / "hello").write_text("hi")
+        finally:
+            subprocess.run(["umount", str(tmp_path)], check=True)
+        made = subprocess.run(["ctr", "-a", daemon.socket, *s, "diff", "--keep", "base"], capture_output=True)
+        assert made.returncode == 0, made.stderr
+        subprocess.run(["ctr", "-a", daemon.socket, "content", "ingest", "r"], input=ingested, check=True)
+        return "sha256:" + hashlib.sha256(made.stdout).hexdigest(), len(made.stdout)
+
+    seen, layer, _ = anyio.run(scenario)
+    assert seen == [
+        ("default", "containerd.events.ContentCreate", layer),
+        ("default", "containerd.events.ContentCreate", "sha256:" + hashlib.sha256(ingested).hexdigest()),
+    ]

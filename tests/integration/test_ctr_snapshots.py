@@ -85,6 +85,8 @@ def test_info_label_usage_and_remove_rules(daemon: Daemon, snapshotter: str, mnt
     info = json.loads(snap(daemon, snapshotter, "info", "a-c").stdout)
     assert info["Name"] == "a-c"
     assert "containerd.io/gc.root" in info["Labels"]
+    # As containerd: a commit makes a new record, created and updated at the same instant.
+    assert info["Created"] == info["Updated"]
     snap(daemon, snapshotter, "label", "a-c", "team=storage")
     assert json.loads(snap(daemon, snapshotter, "info", "a-c").stdout)["Labels"]["team"] == "storage"
     usage = {line.split()[0]: line for line in snap(daemon, snapshotter, "usage").stdout.splitlines()[1:]}

@@ -26,12 +26,11 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
 from corral.api.cli import cli
-from corral.api.cli._output import to_text
+from corral.api.cli._output import format_labels, to_text
 from corral.api.cli._plugin_graph import graph_dot, graph_text
 from corral.api.cli._plugin_views import explain, plugin_info, plugins_json, plugins_table
-from corral.api.cli._session import UsageProblem
+from corral.api.cli._session import UsageProblem, parse_labels
 from corral.api.cli.config import default_config, effective_config, render
-from corral.api.cli.namespaces import format_labels, parse_labels
 from corral.api.types.containerd.services.namespaces import v1 as namespaces_pb
 from corral.api.types.containerd.types import Platform
 from corral.api.types.corral.introspection.v1 import (

@@ -32,8 +32,8 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
 from corral.api.cli import cli
-from corral.api.cli._output import to_text
-from corral.api.cli.content import content_json, content_table, human_duration, human_size, statuses_table
+from corral.api.cli._output import human_duration, human_size, to_text
+from corral.api.cli.content import content_json, content_table, statuses_table
 from corral.api.cli.events import decode_event, event_json, event_line, go_time
 from corral.api.cli.leases import parse_duration
 from corral.api.client import Client, connect

@@ -326,3 +326,22 @@ async def test_the_plugin_exports_its_root_and_expires_ingests_at_start_up(tmp_p
             await anyio.sleep(0.01)
         assert not ingest_dir(plugin_root, "stale").exists()
         assert await store.list_statuses() == []
+
+
+async def test_an_ingests_updated_at_is_never_earlier_than_its_last_write(tmp_path: Path) -> None:
+    store = LocalContentStore(tmp_path)
+    writer = await store.writer("r")
+    for _ in range(20):
+        before = datetime.now(UTC)
+        await writer.write(b"x" * 1000)
+        after = datetime.now(UTC)
+        mine = (await writer.status()).updated_at
+        await writer.close()
+        listed = (await store.status("r")).updated_at
+        # The file system's clock (a file's mtime) trails the wall clock by up to a tick; the
+        # ingest's time must be the write's own, as a reader of the wall clock saw it.
+        assert before <= mine <= after
+        assert listed == mine
+        writer = await store.writer("r")
+        assert (await writer.status()).updated_at == mine
+    await writer.close()

@@ -252,3 +252,79 @@ def test_garbage_collection_never_takes_a_snapshot_being_prepared_or_committed(t
             md.close()
 
     anyio.run(main)
+
+
+def test_shared_policy_gives_a_stored_blob_to_a_namespace_that_names_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        md = open_metadata(tmp_path / "meta.db", content=MemoryContentStore(), policy="shared")
+        content = md.view(NamespacedContent)
+        data = b"shared bytes"
+        with namespace("a"):
+            d = await ingest(md, data)
+        with namespace("b"):
+            with pytest.raises(NotFound):
+                await content.info(d)
+            w = await content.writer("ref", len(data), d)
+            # As containerd's writer: the status and digest are the stored blob's, nothing to resend.
+            assert (w.offset, w.digest()) == (len(data), d)
+            assert (await w.status()).offset == len(data)
+            info = await w.commit(len(data), d)
+            assert info.digest == d and (await content.info(d)).size == len(data)
+        with namespace("c"):
+            w = await content.writer("ref", 0, d)
+            await w.write(b" and more")  # appending goes on after the stored bytes
+            assert w.digest() == digest_of(data + b" and more")
+            await w.close()
+        md.close()
+
+    anyio.run(main)
+
+
+def test_isolated_policy_makes_a_namespace_write_the_bytes_itself(tmp_path: Path) -> None:
+    async def main() -> None:
+        md = open_metadata(tmp_path / "meta.db", content=MemoryContentStore(), policy="isolated")
+        content = md.view(NamespacedContent)
+        data = b"isolated bytes"
+        with namespace("a"):
+            d = await ingest(md, data)
+        with namespace("b"):
+            w = await content.writer("ref", len(data), d)
+            assert w.offset == 0
+            with pytest.raises(FailedPrecondition):
+                await w.commit(len(data), d)
+            w = await content.writer("ref", len(data), d)
+            await w.write(data)
+            assert (await w.commit(len(data), d)).digest == d
+        md.close()
+
+    anyio.run(main)
+
+
+def test_a_wrong_digest_at_commit_keeps_the_bytes_for_the_next_writer(tmp_path: Path) -> None:
+    async def main() -> None:
+        md = open_metadata(tmp_path / "meta.db", content=MemoryContentStore())
+        content = md.view(NamespacedContent)
+        with namespace("ns"):
+            w = await content.writer("ref")
+            await w.write(b"abc")
+            with pytest.raises(FailedPrecondition):
+                await w.commit(3, digest_of(b"xyz"))
+            w = await content.writer("ref")
+            with pytest.raises(FailedPrecondition):
+                await w.commit(4, digest_of(b"abc"))
+            w = await content.writer("ref")
+            assert w.offset == 3
+            assert (await w.commit(3, digest_of(b"abc"))).size == 3
+        md.close()
+
+    anyio.run(main)
+
+
+def test_labelling_a_namespace_that_does_not_exist_creates_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        namespaces = open_metadata(tmp_path / "meta.db").view(NamespaceStore)
+        updated = await namespaces.update("testing", {"k": "v"}, ["labels.k"])
+        assert dict(updated.labels) == {"k": "v"}
+        assert [(n.name, dict(n.labels)) for n in await namespaces.list()] == [("testing", {"k": "v"})]
+
+    anyio.run(main)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
@@ -95,3 +95,22 @@ def _lower_first(text: str) -> str:
     # click says "Missing argument 'URI'."; corral's messages read as one lower-case clause.
     text = text.rstrip(".")
     return text[:1].lower() + text[1:]
+
+
+def parse_labels(args: Iterable[str]) -> dict[str, str]:
+    """``k=v`` pairs as ctr reads them: ``k`` alone means "true", ``k=`` an empty value."""
+    labels: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not key:
+            raise UsageProblem(f"invalid label {arg!r}: expected KEY=VALUE")
+        labels[key] = value if sep else "true"
+    return labels
+
+
+def report_failures(failures: Sequence[str]) -> None:
+    """All but the last failure on stderr, the last as the command's error (exit 1)."""
+    for message in failures[:-1]:
+        click.echo(f"corral: {message}", err=True)
+    if failures:
+        raise CommandError(failures[-1])

@@ -2,116 +2,32 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import click
 from rich.table import Table
 
-from corral.api.cli._output import emit, format_option, table, to_json
-from corral.api.cli._session import CommandError, call
-from corral.api.cli.namespaces import format_labels, parse_labels
-from corral.api.client import Client, rfc3339
+from corral.api.cli._output import (
+    StdoutClosed,
+    age,
+    ago,
+    emit,
+    format_labels,
+    format_option,
+    human_size,
+    silence_stdout,
+    stdout_closed_quietly,
+    table,
+    timestamp,
+    to_json,
+)
+from corral.api.cli._session import call, parse_labels, report_failures
+from corral.api.client import Client
 from corral.api.types.containerd.services.content import v1 as pb
 from corral.kernel import CorralError
-
-# ------------------------------------------------------------------------------ shared rendering
-
-
-def is_set(moment: datetime | None) -> bool:
-    """containerd sends Go's zero time (year 1) for a time it never set."""
-    return moment is not None and moment.year > 1
-
-
-def timestamp(moment: datetime | None) -> str | None:
-    """RFC 3339 in UTC for JSON; None for a time that was never set."""
-    return rfc3339(moment) if moment is not None and is_set(moment) else None
-
-
-def human_size(size: int) -> str:
-    """Decimal units to 4 significant digits, as ctr shows sizes (docker's units.HumanSize)."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if value < 1000 or unit == "PB":
-            return f"{value:.4g}{unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def human_duration(seconds: float) -> str:
-    """How long ago, in ctr's words (docker's units.HumanDuration)."""
-    whole = int(seconds)
-    if whole < 1:
-        return "Less than a second"
-    if whole == 1:
-        return "1 second"
-    if whole < 60:
-        return f"{whole} seconds"
-    minutes = whole // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
-
-
-def age(moment: datetime | None, now: datetime | None = None) -> str:
-    if moment is None or not is_set(moment):
-        return "-"
-    return human_duration(((now or datetime.now(UTC)) - moment).total_seconds())
-
-
-def ago(moment: datetime | None, now: datetime | None = None) -> str:
-    text = age(moment, now)
-    return text if text == "-" else f"{text} ago"
-
-
-class StdoutClosed(Exception):
-    """The reader of stdout went away (``| head``): stop quietly."""
-
-
-@contextmanager
-def stdout_closed_quietly() -> Iterator[None]:
-    """Turn a broken pipe on stdout into StdoutClosed, not a "cannot connect" error."""
-    try:
-        yield
-    except BrokenPipeError:
-        raise StdoutClosed from None
-
-
-def silence_stdout() -> None:
-    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush does not fail."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # not a real file (a test runner's buffer): nothing to silence
-        pass
-    finally:
-        os.close(devnull)
-
-
-def report_failures(failures: Sequence[str]) -> None:
-    """All but the last failure on stderr, the last as the command's error (exit 1)."""
-    for message in failures[:-1]:
-        click.echo(f"corral: {message}", err=True)
-    if failures:
-        raise CommandError(failures[-1])
-
 
 # ------------------------------------------------------------------------------ content
 

@@ -12,9 +12,8 @@ from typing import Any
 import betterproto2
 import click
 
-from corral.api.cli._output import format_option
+from corral.api.cli._output import StdoutClosed, format_option, silence_stdout, stdout_closed_quietly
 from corral.api.cli._session import call
-from corral.api.cli.content import StdoutClosed, silence_stdout, stdout_closed_quietly
 from corral.api.client import Client
 
 # Imported for its side effect too: it registers containerd's event messages in the message pool.

@@ -10,10 +10,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from corral.api.cli._output import emit, format_option, table, to_json
-from corral.api.cli._session import UsageProblem, call
-from corral.api.cli.content import report_failures, timestamp
-from corral.api.cli.namespaces import format_labels, parse_labels
+from corral.api.cli._output import emit, format_labels, format_option, table, timestamp, to_json
+from corral.api.cli._session import UsageProblem, call, parse_labels, report_failures
 from corral.api.client import Client
 from corral.api.types.containerd.services.leases import v1 as pb
 from corral.kernel import CorralError

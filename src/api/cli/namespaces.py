@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
 from rich.table import Table
 
-from corral.api.cli._output import emit, format_option, join_or_dash, table, to_json
-from corral.api.cli._session import CommandError, UsageProblem, call
+from corral.api.cli._output import emit, format_labels, format_option, table, to_json
+from corral.api.cli._session import CommandError, call, parse_labels
 from corral.api.client import Client
 from corral.api.types.containerd.services.namespaces import v1 as pb
 from corral.kernel import CorralError
-
-
-def parse_labels(args: Iterable[str]) -> dict[str, str]:
-    """``k=v`` pairs as ctr reads them: ``k`` alone means "true", ``k=`` an empty value."""
-    labels: dict[str, str] = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not key:
-            raise UsageProblem(f"invalid label {arg!r}: expected KEY=VALUE")
-        labels[key] = value if sep else "true"
-    return labels
-
-
-def format_labels(labels: Mapping[str, str]) -> str:
-    return join_or_dash(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def namespaces_table(items: Sequence[pb.Namespace]) -> Table:

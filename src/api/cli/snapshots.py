@@ -12,10 +12,8 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
-from corral.api.cli._output import emit, format_option, table, to_json
-from corral.api.cli._session import call
-from corral.api.cli.content import report_failures, timestamp
-from corral.api.cli.namespaces import parse_labels
+from corral.api.cli._output import emit, format_option, table, timestamp, to_json
+from corral.api.cli._session import call, parse_labels, report_failures
 from corral.api.client import Client, rfc3339
 from corral.api.types.containerd.services.snapshots import v1 as pb
 from corral.api.types.containerd.types import Mount

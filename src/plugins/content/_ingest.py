@@ -1,8 +1,9 @@
 """One ingest of the local content store: its files, its digest, and the writer that holds it.
 
 An ingest lives in ``ingest/<sha256(ref)>/`` as ``data`` (the bytes so far) and ``ingest.json`` (ref,
-total, expected, started_at; replaced atomically). Its ``updated_at`` is the mtime of ``data``, so a
-write costs no metadata update. The blocking functions here run in worker threads.
+total, expected, started_at; replaced atomically). Its ``updated_at`` is the mtime of ``data``, which
+each write sets to the wall-clock time after it (the file system's own clock is coarser and can
+trail the write by a tick). The blocking functions here run in worker threads.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -285,7 +287,13 @@ class LocalWriter:
             self._hasher.update(view[:n])
             self._offset += n
             view = view[n:]
-        self._updated_at = updated_at(self._record, os.fstat(self._fd))
+        self._touch()
+
+    def _touch(self) -> None:
+        assert self._fd is not None
+        now = time.time_ns()
+        os.utime(self._fd, ns=(now, now))
+        self._updated_at = max(from_ns(now), self._record.started_at)
 
     async def truncate(self, size: int) -> None:
         if size != 0:
@@ -299,7 +307,7 @@ class LocalWriter:
         os.ftruncate(self._fd, 0)
         self._hasher = hashlib.new(self._algorithm)
         self._offset = 0
-        self._updated_at = updated_at(self._record, os.fstat(self._fd))
+        self._touch()
 
     async def commit(self, size: int, expected: str) -> Info:
         async with self._lock:

@@ -32,8 +32,13 @@ from corral.plugins.content import ContentStore, Info, IngestStatus, Writer
 from corral.plugins.core import GC_ROOT, namespace_required, update_labels, validate_digest, validate_labels
 from corral.plugins.events.types import ContentCreate, ContentDelete
 from corral.plugins.metadata._gc import Node, ResourceKind, label_references
-from corral.plugins.metadata._leases import attach
-from corral.plugins.metadata.database import Database, ObjectKind, labels_json, stamp
+from corral.plugins.metadata.database import (
+    Database,
+    ObjectKind,
+    attach_to_lease,
+    labels_json,
+    stamp,
+)
 
 SharingPolicy = Literal["shared", "isolated"]
 
@@ -216,7 +221,7 @@ class ContentRecords:
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"content {info.digest}") from None
-            attach(conn, namespace, "content", info.digest)
+            attach_to_lease(conn, namespace, "content", info.digest)
             return Info(info.digest, info.size, stamp(now), stamp(now), dict(labels))
 
         committed = await self._store.run(commit)

@@ -13,7 +13,6 @@ from functools import partial
 from corral.kernel import AlreadyExists, InvalidArgument, NotFound, adapt_mapping, parse_filters
 from corral.plugins.core import (
     GC_EXPIRE,
-    current_lease,
     generate_lease_id,
     namespace_required,
     parse_expiry,
@@ -22,7 +21,7 @@ from corral.plugins.core import (
 )
 from corral.plugins.metadata import Lease, Resource
 from corral.plugins.metadata._gc import Node, ResourceKind
-from corral.plugins.metadata.database import Database, ObjectKind, labels_json, stamp
+from corral.plugins.metadata.database import Database, ObjectKind, labels_json, require_lease, stamp
 
 SCHEMA = (
     """
@@ -43,35 +42,6 @@ SCHEMA = (
     );
     """,
 )
-
-
-def attach(conn: sqlite3.Connection, namespace: str, kind: str, resource_id: str) -> None:
-    """Inside a caller's transaction: record the new object under the request's lease, if any."""
-    lease = current_lease()
-    if not lease:
-        return
-    _require_lease(conn, namespace, lease)
-    conn.execute(
-        "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?, ?)", (namespace, lease, kind, resource_id)
-    )
-
-
-def detach(conn: sqlite3.Connection, namespace: str, kind: str, resource_id: str) -> None:
-    """Inside a caller's transaction: the request's lease no longer holds the object (it was renamed)."""
-    lease = current_lease()
-    if lease:
-        conn.execute(
-            "DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?",
-            (namespace, lease, kind, resource_id),
-        )
-
-
-def _require_lease(conn: sqlite3.Connection, namespace: str, lease_id: str) -> None:
-    if (
-        conn.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)).fetchone()
-        is None
-    ):
-        raise NotFound(f'lease "{lease_id}"')
 
 
 def _lease_fields(lease: Lease, path: Sequence[str]) -> str | None:
@@ -137,7 +107,7 @@ class LeaseManager:
         _check_resource(resource, self._store)
 
         def add(db: sqlite3.Connection) -> None:
-            _require_lease(db, ns, lease_id)
+            require_lease(db, ns, lease_id)
             db.execute(
                 "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?, ?)",
                 (ns, lease_id, resource.type, resource.id),
@@ -150,7 +120,7 @@ class LeaseManager:
         ns = namespace_required()
 
         def delete(db: sqlite3.Connection) -> None:
-            _require_lease(db, ns, lease_id)
+            require_lease(db, ns, lease_id)
             db.execute(
                 "DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?",
                 (ns, lease_id, resource.type, resource.id),
@@ -163,7 +133,7 @@ class LeaseManager:
         ns = namespace_required()
 
         def list_(db: sqlite3.Connection) -> list[Resource]:
-            _require_lease(db, ns, lease_id)
+            require_lease(db, ns, lease_id)
             rows = db.execute(
                 "SELECT id, type FROM lease_resources WHERE namespace = ? AND lease = ? ORDER BY type, id",
                 (ns, lease_id),

@@ -29,8 +29,14 @@ from corral.kernel import (
 from corral.plugins.core import GC_ROOT, Mount, namespace_required, update_labels, validate_labels
 from corral.plugins.events.types import SnapshotCommit, SnapshotPrepare, SnapshotRemove
 from corral.plugins.metadata._gc import Node, ResourceKind, label_references
-from corral.plugins.metadata._leases import attach, detach
-from corral.plugins.metadata.database import Database, ObjectKind, labels_json, stamp
+from corral.plugins.metadata.database import (
+    Database,
+    ObjectKind,
+    attach_to_lease,
+    detach_from_lease,
+    labels_json,
+    stamp,
+)
 from corral.plugins.snapshots import Info, Kind, Snapshotter, Usage
 
 log = structlog.get_logger("corral.metadata")
@@ -214,7 +220,7 @@ class NamespacedSnapshotter:
                 )  # fmt: skip
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"snapshot {key}") from None
-            attach(db, ns, self.kind, key)
+            attach_to_lease(db, ns, self.kind, key)
 
         try:
             await self._store.run(record)
@@ -270,8 +276,8 @@ class NamespacedSnapshotter:
                 "WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 (name, backend_name, Kind.COMMITTED.value, labels_json(labels), now, now, ns, self.name, key),
             )
-            detach(db, ns, self.kind, key)
-            attach(db, ns, self.kind, name)
+            detach_from_lease(db, ns, self.kind, key)
+            attach_to_lease(db, ns, self.kind, name)
 
         await self._store.run(record)
         self._store.mutated()

@@ -20,11 +20,25 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import anyio.to_thread
 
-from corral.plugins.core import validate_namespace
+from corral.kernel import NotFound
+from corral.plugins.core import current_lease, validate_namespace
+from corral.plugins.metadata._gc import Node, ResourceKind, label_references
 
 if TYPE_CHECKING:
     from corral.plugins.events.types import Event, Publisher
-    from corral.plugins.metadata._gc import ResourceKind
+
+__all__ = [
+    "Database",
+    "Node",
+    "ObjectKind",
+    "ResourceKind",
+    "attach_to_lease",
+    "detach_from_lease",
+    "label_references",
+    "labels_json",
+    "require_lease",
+    "stamp",
+]
 
 T = TypeVar("T")
 
@@ -190,3 +204,32 @@ class Database:
         for kind in self.kinds:
             kind.drop_namespace(conn, namespace)
         conn.execute("DELETE FROM namespaces WHERE name = ?", (namespace,))
+
+
+def attach_to_lease(conn: sqlite3.Connection, namespace: str, kind: str, resource_id: str) -> None:
+    """Inside a caller's transaction: record the new object under the request's lease, if any."""
+    lease = current_lease()
+    if not lease:
+        return
+    require_lease(conn, namespace, lease)
+    conn.execute(
+        "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?, ?)", (namespace, lease, kind, resource_id)
+    )
+
+
+def detach_from_lease(conn: sqlite3.Connection, namespace: str, kind: str, resource_id: str) -> None:
+    """Inside a caller's transaction: the request's lease no longer holds the object (it was renamed)."""
+    lease = current_lease()
+    if lease:
+        conn.execute(
+            "DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?",
+            (namespace, lease, kind, resource_id),
+        )
+
+
+def require_lease(conn: sqlite3.Connection, namespace: str, lease_id: str) -> None:
+    if (
+        conn.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)).fetchone()
+        is None
+    ):
+        raise NotFound(f'lease "{lease_id}"')

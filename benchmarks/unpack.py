@@ -471,6 +471,51 @@ def _chain(ctr: Ctr, daemon: Daemon, prefix: str) -> float:
                         snapshots(ctr, daemon, "rm", key)
 
 
+DEEP_CHAIN = 128
+_deep_chains: dict[str, str] = {}
+"""Per daemon socket, the top of its 128-layer committed chain (built once, untimed)."""
+
+
+def _deep_chain_top(ctr: Ctr, daemon: Daemon) -> str:
+    top = _deep_chains.get(str(daemon.socket))
+    if top is None:
+        args = ("snapshots", "--snapshotter", SNAPSHOTTER)
+        parent: list[str] = []
+        for i in range(DEEP_CHAIN):
+            ctr.check(daemon.socket, *args, "prepare", f"deep-k{i:03d}", *parent)
+            ctr.check(daemon.socket, *args, "commit", f"deep-n{i:03d}", f"deep-k{i:03d}")
+            parent = [f"deep-n{i:03d}"]
+        top = _deep_chains[str(daemon.socket)] = parent[0]
+    return top
+
+
+@scenario(
+    "snapshot-deep-chain",
+    needs="running",
+    warmup=1,
+    metrics=(
+        Metric("deep-prepare", f"`ctr snapshots prepare` on a {DEEP_CHAIN}-layer overlayfs chain", "ms"),
+        Metric("deep-mounts", f"`ctr snapshots mounts` of that snapshot ({DEEP_CHAIN} lowerdirs)", "ms"),
+        Metric("deep-extra", "Deep chain prepare + mounts, beyond two `ctr version` calls", "ms"),
+    ),
+)
+def snapshot_deep_chain(target: Target) -> Sample:
+    """Prepare a snapshot on top of a 128-layer committed chain and ask for its mounts; removed after."""
+    daemon, ctr = target.daemon(), target.ctr
+    top = _deep_chain_top(ctr, daemon)
+    version = statistics.median(ctr.time(daemon.socket, "version") for _ in range(VERSION_PROBES))
+    key = f"deep-top-{next(_serial)}"
+    args = ("snapshots", "--snapshotter", SNAPSHOTTER)
+    prepare = ctr.time(daemon.socket, *args, "prepare", key, top)
+    mounts = ctr.time(daemon.socket, *args, "mounts", "/mnt", key)
+    snapshots(ctr, daemon, "rm", key)
+    return {
+        "deep-prepare": prepare * MS,
+        "deep-mounts": mounts * MS,
+        "deep-extra": (prepare + mounts - 2 * version) * MS,
+    }
+
+
 _LAYER = f"{LAYER_MEMBERS:,}-member gzip layer"
 
 

@@ -100,7 +100,7 @@ class ContentRecords:
                 raise NotFound(f"content digest {digest}")
             return _info(row)
 
-        return await self._store.run(get)
+        return await self._store.read(get)
 
     async def info(self, digest: str) -> Info:
         return await self._row(namespace_required(), digest)
@@ -141,7 +141,7 @@ class ContentRecords:
             ).fetchall()
             return [_info(r) for r in rows]
 
-        return [info for info in await self._store.run(list_) if match.match(partial(_content_fields, info))]
+        return [info for info in await self._store.read(list_) if match.match(partial(_content_fields, info))]
 
     async def delete(self, digest: str) -> None:
         """Remove the namespace's record; the bytes go when garbage collection finds no holder."""
@@ -399,7 +399,7 @@ class ContentKind(ObjectKind):
         def held(conn: sqlite3.Connection) -> set[str]:
             return {d for (d,) in conn.execute("SELECT DISTINCT digest FROM content")}
 
-        keep = await self._db.run(held)
+        keep = await self._db.read(held)
         swept, failed = 0, []
         async for info in self.backend.list():
             if info.digest in keep or info.digest in self.records.in_flight:

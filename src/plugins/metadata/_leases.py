@@ -100,7 +100,7 @@ class LeaseManager:
             ).fetchall()
             return [Lease(i, stamp(c), json.loads(labels)) for i, labels, c in rows]
 
-        return [lease for lease in await self._store.run(list_) if match.match(partial(_lease_fields, lease))]
+        return [lease for lease in await self._store.read(list_) if match.match(partial(_lease_fields, lease))]
 
     async def add_resource(self, lease_id: str, resource: Resource) -> None:
         ns = namespace_required()
@@ -140,7 +140,7 @@ class LeaseManager:
             ).fetchall()
             return [Resource(i, t) for i, t in rows]
 
-        return await self._store.run(list_)
+        return await self._store.read(list_)
 
 
 def _check_resource(resource: Resource, db: Database) -> None:

@@ -46,14 +46,14 @@ class Namespaces:
                 raise NotFound(f'namespace "{name}"')
             return Namespace(name, json.loads(row[0]))
 
-        return await self._db.run(get)
+        return await self._db.read(get)
 
     async def list(self) -> builtins.list[Namespace]:
         def list_(conn: sqlite3.Connection) -> builtins.list[Namespace]:
             rows = conn.execute("SELECT name, labels FROM namespaces ORDER BY name").fetchall()
             return [Namespace(n, json.loads(labels)) for n, labels in rows]
 
-        return await self._db.run(list_)
+        return await self._db.read(list_)
 
     async def update(self, name: str, labels: Mapping[str, str], paths: Sequence[str]) -> Namespace:
         validate_namespace(name)

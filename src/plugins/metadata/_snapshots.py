@@ -64,6 +64,11 @@ SCHEMA = (
 BACKEND_LABEL_PREFIX = "containerd.io/snapshot/"
 
 _COLUMNS = "key, backend_key, parent, kind, labels, created_at, updated_at"
+_DRAWS = 16
+
+
+class _BackendKeyTaken(Exception):
+    """The backend already has a snapshot under a freshly drawn key: one left by a crash."""
 
 
 def _info(row: tuple[str, str, str, int, str, float, float]) -> Info:
@@ -105,13 +110,11 @@ class NamespacedSnapshotter:
                 raise NotFound(f"snapshot {key} does not exist")
             return row[1]
 
-        return await self._store.run(get)
+        return await self._store.read(get)
 
-    def _new_backend_key(self, db: sqlite3.Connection, ns: str, key: str) -> str:
-        db.execute("INSERT INTO sequences(name, value) VALUES ('snapshots', 1) "
-                   "ON CONFLICT(name) DO UPDATE SET value = value + 1")  # fmt: skip
-        (seq,) = db.execute("SELECT value FROM sequences WHERE name = 'snapshots'").fetchone()
-        return f"{ns}/{seq}/{key}"
+    def _new_backend_key(self, ns: str, key: str) -> tuple[str, int]:
+        seq = self._store.next_sequence("snapshots")
+        return f"{ns}/{seq}/{key}", seq
 
     async def stat(self, key: str) -> Info:
         ns = namespace_required()
@@ -122,7 +125,7 @@ class NamespacedSnapshotter:
                 raise NotFound(f"snapshot {key} does not exist")
             return _info(row)
 
-        return await self._store.run(get)
+        return await self._store.read(get)
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         ns = namespace_required()
@@ -170,7 +173,7 @@ class NamespacedSnapshotter:
             raise InvalidArgument("snapshot key must not be empty")
         validate_labels(labels)
 
-        def reserve(db: sqlite3.Connection) -> tuple[str, str]:
+        def check(db: sqlite3.Connection) -> str:
             if self._row(db, ns, key) is not None:
                 raise AlreadyExists(f"snapshot {key}")
             parent_backend = ""
@@ -181,11 +184,20 @@ class NamespacedSnapshotter:
                 if Kind(row[3]) is not Kind.COMMITTED:
                     raise InvalidArgument(f"parent {parent} is not a committed snapshot")
                 parent_backend = row[1]
-            return self._new_backend_key(db, ns, key), parent_backend
+            return parent_backend
 
-        backend_key, parent_backend = await self._store.run(reserve)
-        with self._making(backend_key):
-            return await self._create_and_record(kind, ns, key, parent, labels, backend_key, parent_backend)
+        parent_backend = await self._store.read(check)
+        # A backend key drawn before a crash may name a snapshot the collector has not swept yet.
+        for _ in range(_DRAWS):
+            backend_key, seq = self._new_backend_key(ns, key)
+            with self._making(backend_key):
+                try:
+                    return await self._create_and_record(
+                        kind, ns, key, parent, labels, backend_key, seq, parent_backend
+                    )
+                except _BackendKeyTaken:
+                    continue
+        raise AlreadyExists(f"snapshot {key}: no free backend key after {_DRAWS} draws")
 
     @contextlib.contextmanager
     def _making(self, backend_key: str) -> Iterator[None]:
@@ -203,15 +215,20 @@ class NamespacedSnapshotter:
         parent: str,
         labels: Mapping[str, str],
         backend_key: str,
+        seq: int,
         parent_backend: str,
     ) -> builtins.list[Mount]:
         backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
         create = self.backend.prepare if kind is Kind.ACTIVE else self.backend.view
-        mounts = await create(backend_key, parent_backend, backend_labels)
+        try:
+            mounts = await create(backend_key, parent_backend, backend_labels)
+        except AlreadyExists:
+            raise _BackendKeyTaken from None
         now = time.time()
 
         def record(db: sqlite3.Connection) -> None:
             self._store.ensure_namespace(db, ns)
+            self._store.record_sequence(db, "snapshots", seq)
             try:
                 db.execute(
                     f"INSERT INTO snapshots(namespace, snapshotter, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -243,7 +260,7 @@ class NamespacedSnapshotter:
         labels = dict(labels or {})
         validate_labels(labels)
 
-        def check(db: sqlite3.Connection) -> tuple[tuple[str, str, str, int, str, float, float], str]:
+        def check(db: sqlite3.Connection) -> tuple[str, str, str, int, str, float, float]:
             row = self._row(db, ns, key)
             if row is None:
                 raise NotFound(f"snapshot {key} does not exist")
@@ -251,11 +268,18 @@ class NamespacedSnapshotter:
                 raise FailedPrecondition(f"snapshot {key} is not active")
             if self._row(db, ns, name) is not None:
                 raise AlreadyExists(f"snapshot {name}")
-            return row, self._new_backend_key(db, ns, name)
+            return row
 
-        row, backend_name = await self._store.run(check)
-        with self._making(backend_name):
-            await self._commit_and_record(ns, name, key, labels, row, backend_name)
+        row = await self._store.read(check)
+        for _ in range(_DRAWS):
+            backend_name, seq = self._new_backend_key(ns, name)
+            with self._making(backend_name):
+                try:
+                    await self._commit_and_record(ns, name, key, labels, row, backend_name, seq)
+                    return
+                except _BackendKeyTaken:
+                    continue
+        raise AlreadyExists(f"snapshot {name}: no free backend key after {_DRAWS} draws")
 
     async def _commit_and_record(
         self,
@@ -265,12 +289,17 @@ class NamespacedSnapshotter:
         labels: dict[str, str],
         row: tuple[str, str, str, int, str, float, float],
         backend_name: str,
+        seq: int,
     ) -> None:
         backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
-        await self.backend.commit(backend_name, row[1], backend_labels)
+        try:
+            await self.backend.commit(backend_name, row[1], backend_labels)
+        except AlreadyExists:
+            raise _BackendKeyTaken from None
         now = time.time()
 
         def record(db: sqlite3.Connection) -> None:
+            self._store.record_sequence(db, "snapshots", seq)
             db.execute(
                 "UPDATE snapshots SET key = ?, backend_key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ? "
                 "WHERE namespace = ? AND snapshotter = ? AND key = ?",
@@ -319,7 +348,7 @@ class NamespacedSnapshotter:
             ).fetchall()
             return [_info(r) for r in rows]
 
-        for info in await self._store.run(list_):
+        for info in await self._store.read(list_):
             if match.match(partial(_fields, info)):
                 yield info
 
@@ -341,7 +370,7 @@ class NamespacedSnapshotter:
         # is either recorded by the time of the read or still in flight when it was noted.
         walked = [info async for info in self.backend.walk()]
         in_flight = set(self.in_flight)
-        keep = await self._store.run(held)
+        keep = await self._store.read(held)
         orphans = [info for info in walked if info.name not in keep and info.name not in in_flight]
         removed, failed = 0, []
         # Children before parents: keep removing leaves until nothing more goes.

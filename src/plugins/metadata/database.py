@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS namespaces (
     created_at REAL NOT NULL
 );
 CREATE TABLE kind_schema (kind TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 # What the legacy scripts had created, by kind: (kind, legacy version that created it).
@@ -128,6 +129,7 @@ class Database:
         self._migrate()
         self._limiter = anyio.CapacityLimiter(1)
         self._mutation_listeners: list[Callable[[bool], None]] = []
+        self._sequences: dict[str, int] = {}
         for kind in self.kinds:
             kind.bind(self)
 
@@ -166,6 +168,38 @@ class Database:
             return result
 
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn``, which only reads, in one consistent snapshot of the database: no write lock
+        is taken and nothing is synced, which is what most calls need."""
+
+        def call() -> T:
+            conn = self._conn
+            conn.execute("BEGIN DEFERRED")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def next_sequence(self, name: str) -> int:
+        """A number never handed out before for ``name``; the caller records it with
+        ``record_sequence`` in the transaction that makes it durable. A number handed out before a
+        crash may come again after it, so callers treat a clash with it as a reason to draw again."""
+        current = self._sequences.get(name)
+        if current is None:
+            row = self._conn.execute("SELECT value FROM sequences WHERE name = ?", (name,)).fetchone()
+            current = row[0] if row else 0
+        self._sequences[name] = current + 1
+        return current + 1
+
+    @staticmethod
+    def record_sequence(conn: sqlite3.Connection, name: str, value: int) -> None:
+        conn.execute(
+            "INSERT INTO sequences(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = max(value, ?)",
+            (name, value, value),
+        )
 
     def close(self) -> None:
         self._conn.close()

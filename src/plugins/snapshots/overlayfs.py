@@ -66,6 +66,7 @@ class OverlaySnapshotter(DirectoryBackend):
         self.remove_directories = sync_remove
         self.mount_options = tuple(mount_options)
         self.index_off = INDEX_PARAMETER.exists() if index_off is None else index_off
+        self._base = str(self.snapshots)
 
     def fs(self, snapshot_id: int) -> Path:
         return self.directory(snapshot_id) / "fs"
@@ -97,7 +98,8 @@ class OverlaySnapshotter(DirectoryBackend):
         options = ["index=off"] if self.index_off else []
         if snapshot.kind is Kind.ACTIVE:
             options += [f"workdir={self.work(snapshot.id)}", f"upperdir={self.fs(snapshot.id)}"]
-        options.append("lowerdir=" + ":".join(str(self.fs(i)) for i in snapshot.parent_ids))
+        base = self._base  # string building: a chain can be hundreds of layers long
+        options.append("lowerdir=" + ":".join(f"{base}/{i}/fs" for i in snapshot.parent_ids))
         options += self.mount_options
         return [Mount("overlay", "overlay", tuple(options))]
 

@@ -122,8 +122,13 @@ class Transaction:
         ).fetchall()
         return tuple(i for (i,) in rows)
 
-    def check_create(self, kind: Kind, key: str, parent: str) -> tuple[int, ...]:
-        """Whether ``key`` can be created on ``parent``: the parents' ids, nearest first, if so."""
+    def check_create(
+        self, kind: Kind, key: str, parent: str, *, parent_ids: tuple[int, ...] | None = None
+    ) -> tuple[int, ...]:
+        """Whether ``key`` can be created on ``parent``: the parents' ids, nearest first, if so.
+
+        ``parent_ids`` from an earlier check in this process are reused when the parent is still
+        there: a committed snapshot never changes, so its chain cannot have either."""
         if kind not in (Kind.ACTIVE, Kind.VIEW):
             raise InvalidArgument(
                 f"snapshot type {kind.name} invalid; only snapshots of type active or view can be created"
@@ -139,12 +144,18 @@ class Transaction:
             raise NotFound(f"parent snapshot {parent} does not exist")
         if Kind(row[0]) is not Kind.COMMITTED:
             raise InvalidArgument(f"parent {parent} is not a committed snapshot")
-        return self._chain(parent)
+        return parent_ids if parent_ids else self._chain(parent)
 
     def create_snapshot(
-        self, kind: Kind, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+        self,
+        kind: Kind,
+        key: str,
+        parent: str = "",
+        labels: Mapping[str, str] | None = None,
+        *,
+        parent_ids: tuple[int, ...] | None = None,
     ) -> Snapshot:
-        parent_ids = self.check_create(kind, key, parent)
+        parent_ids = self.check_create(kind, key, parent, parent_ids=parent_ids)
         now = time.time_ns()
         cursor = self._db.execute(
             "INSERT INTO snapshots(key, parent, kind, labels, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
@@ -272,16 +283,28 @@ class MetaStore:
 
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 
+    async def read(self, fn: Callable[[Transaction], T]) -> T:
+        """Run ``fn``, which only reads, in one consistent snapshot: no write lock, nothing synced."""
+
+        def call() -> T:
+            self._db.execute("BEGIN DEFERRED")
+            try:
+                return fn(Transaction(self._db))
+            finally:
+                self._db.execute("COMMIT")
+
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
     async def create_snapshot(
         self, kind: Kind, key: str, parent: str = "", labels: Mapping[str, str] | None = None
     ) -> Snapshot:
         return await self.run(lambda tx: tx.create_snapshot(kind, key, parent, labels))
 
     async def get_snapshot(self, key: str) -> Snapshot:
-        return await self.run(lambda tx: tx.get_snapshot(key))
+        return await self.read(lambda tx: tx.get_snapshot(key))
 
     async def get_info(self, key: str) -> tuple[int, Info, Usage]:
-        return await self.run(lambda tx: tx.get_info(key))
+        return await self.read(lambda tx: tx.get_info(key))
 
     async def update_info(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         return await self.run(lambda tx: tx.update_info(info, fieldpaths))
@@ -295,7 +318,7 @@ class MetaStore:
         return await self.run(lambda tx: tx.remove(key))
 
     async def walk(self, filters: Sequence[str] = ()) -> builtins.list[tuple[int, Info]]:
-        return await self.run(lambda tx: tx.walk(filters))
+        return await self.read(lambda tx: tx.walk(filters))
 
     async def ids_in_use(self) -> dict[int, str]:
         return await self.run(lambda tx: tx.ids_in_use())
@@ -491,7 +514,7 @@ class DirectoryBackend(ABC):
 
     async def _create(self, kind: Kind, key: str, parent: str, labels: Mapping[str, str] | None) -> Snapshot:
         # Fail early on what the transaction would refuse anyway, before any copying.
-        parent_ids = await self.store.run(lambda tx: tx.check_create(kind, key, parent))
+        parent_ids = await self.store.read(lambda tx: tx.check_create(kind, key, parent))
         self._check_parents(parent_ids)
         temporary = self._reserve_temporary()
         try:
@@ -503,7 +526,7 @@ class DirectoryBackend(ABC):
                 raise
 
             def publish(tx: Transaction) -> Snapshot:
-                snapshot = tx.create_snapshot(kind, key, parent, labels)
+                snapshot = tx.create_snapshot(kind, key, parent, labels, parent_ids=parent_ids)
                 self._check_parents(snapshot.parent_ids)
                 os.rename(temporary, self.directory(snapshot.id))
                 fsync_dir(self.snapshots)  # the directory is durable before its record is

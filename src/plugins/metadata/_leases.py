@@ -100,7 +100,9 @@ class LeaseManager:
             ).fetchall()
             return [Lease(i, stamp(c), json.loads(labels)) for i, labels, c in rows]
 
-        return [lease for lease in await self._store.read(list_) if match.match(partial(_lease_fields, lease))]
+        return [
+            lease for lease in await self._store.read(list_) if match.match(partial(_lease_fields, lease))
+        ]
 
     async def add_resource(self, lease_id: str, resource: Resource) -> None:
         ns = namespace_required()

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from corral.plugins.content.memory import MemoryContentStore
 from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
 from corral.plugins.metadata import (
@@ -175,8 +175,15 @@ def test_lease_errors(tmp_path: Path) -> None:
                 await md.view(LeaseStore).create("bad id!")
             with pytest.raises(InvalidArgument):
                 await md.view(LeaseStore).create("x", {GC_EXPIRE: "tomorrow"})
-            with pytest.raises(InvalidArgument):
+            # As containerd: an unknown type is not implemented, a malformed digest is refused.
+            with pytest.raises(Unimplemented, match="resource type mystery not supported yet"):
                 await md.view(LeaseStore).add_resource(lease.id, Resource("x", "mystery"))
+            for bad in ("sha256:../../etc/passwd", "sha256:xyz", "md5:" + "0" * 32, "SHA256:" + "A" * 64):
+                with pytest.raises(InvalidArgument, match="invalid content resource id"):
+                    await md.view(LeaseStore).add_resource(lease.id, Resource(bad, "content"))
+            with pytest.raises(InvalidArgument, match="invalid snapshot resource type"):
+                await md.view(LeaseStore).add_resource(lease.id, Resource("k", "snapshots"))
+            assert await md.view(LeaseStore).list_resources(lease.id) == []
             with bound_lease("missing"), pytest.raises(NotFound):
                 await ingest(md, b"y")
             assert [lease.id for lease in await md.view(LeaseStore).list([f"id=={lease.id}"])] == [lease.id]

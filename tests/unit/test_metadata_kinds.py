@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import anyio
 import pytest
 
-from corral.kernel import FailedPrecondition, InvalidArgument, PluginUnavailable
+from corral.kernel import FailedPrecondition, PluginUnavailable, Unimplemented
 from corral.plugins.content.memory import MemoryContentStore
 from corral.plugins.core import GC_ROOT, bound_lease, namespace, namespace_required
 from corral.plugins.metadata import LeaseStore, NamespacedContent, NamespaceStore, Resource
@@ -153,7 +153,7 @@ def test_leases_hold_widgets_and_the_collector_sweeps_the_rest(tmp_path: Path) -
             await widgets.add("rooted", {GC_ROOT: "yes"})
             await widgets.add("loose", {})
             await leases.add_resource("l1", Resource("rooted", "widgets"))
-            with pytest.raises(InvalidArgument, match="unsupported lease resource type"):
+            with pytest.raises(Unimplemented, match="resource type gadgets not supported yet"):
                 await leases.add_resource("l1", Resource("x", "gadgets"))
             result = await md.garbage_collect()
             assert result.removed["widgets"] == ["ns/loose"]

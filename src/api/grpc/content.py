@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 from corral.api.grpc import GRPCServices
@@ -10,9 +11,16 @@ from corral.api.types.google import protobuf
 from corral.api.wire import content_info, field_mask_paths, ingest_status
 from corral.kernel import InitContext, InvalidArgument, OutOfRange, Registration
 from corral.plugins import types
+from corral.plugins.core import digest_error, validate_digest
 from corral.plugins.metadata import NamespacedContent
 
 LIST_BATCH = 100
+
+
+def _failed_validation(digest: str) -> None:
+    """containerd's answer to a malformed digest in Info and Update."""
+    if digest_error(digest) is not None:
+        raise InvalidArgument(f"{json.dumps(digest)} failed validation")
 
 
 class ContentGRPC(pb.ContentBase):
@@ -20,11 +28,13 @@ class ContentGRPC(pb.ContentBase):
         self._local = local
 
     async def info(self, message: pb.InfoRequest) -> pb.InfoResponse:
+        _failed_validation(message.digest)
         return pb.InfoResponse(info=content_info(await self._local.info(message.digest)))
 
     async def update(self, message: pb.UpdateRequest) -> pb.UpdateResponse:
         if message.info is None:
             raise InvalidArgument("info is required")
+        _failed_validation(message.info.digest)
         paths = field_mask_paths(message.update_mask)
         updated = await self._local.update(message.info.digest, message.info.labels, paths)
         return pb.UpdateResponse(info=content_info(updated))
@@ -35,14 +45,17 @@ class ContentGRPC(pb.ContentBase):
             yield pb.ListContentResponse(info=[content_info(i) for i in infos[start : start + LIST_BATCH]])
 
     async def delete(self, message: pb.DeleteContentRequest) -> protobuf.Empty:
+        problem = digest_error(message.digest)
+        if problem is not None:
+            raise InvalidArgument(problem)
         await self._local.delete(message.digest)
         return protobuf.Empty()
 
     async def read(self, message: pb.ReadContentRequest) -> AsyncIterator[pb.ReadContentResponse]:
-        if message.offset < 0 or message.size < 0:
-            raise InvalidArgument("offset and size must not be negative")
-        offset = message.offset
-        async for chunk in await self._local.read(message.digest, message.offset, message.size):
+        validate_digest(message.digest)
+        # As containerd: a negative offset reads from the start, a size of 0 or less to the end.
+        offset = max(message.offset, 0)
+        async for chunk in await self._local.read(message.digest, offset, max(message.size, 0)):
             yield pb.ReadContentResponse(offset=offset, data=chunk)
             offset += len(chunk)
 

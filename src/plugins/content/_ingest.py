@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import anyio.to_thread
 
 from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument
 from corral.plugins.content import Info, IngestStatus
+from corral.plugins.core.trees import remove_tree
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -164,10 +164,9 @@ def is_stale(directory: Path, cutoff: datetime | None) -> bool:
 
 def remove_ingest(directory: Path) -> bool:
     """Remove the ingest's directory; False when there was none."""
-    try:
-        shutil.rmtree(directory)
-    except FileNotFoundError:
+    if not directory.exists():
         return False
+    remove_tree(directory)
     return True
 
 

@@ -12,7 +12,7 @@ from corral.plugins.core.descriptors import (
     MEDIA_TYPE_LAYER_ZSTD,
     Descriptor,
 )
-from corral.plugins.core.digests import digest_algorithm, digest_hex, validate_digest
+from corral.plugins.core.digests import digest_algorithm, digest_error, digest_hex, validate_digest
 from corral.plugins.core.identifiers import MAX_IDENTIFIER_LENGTH, validate_identifier
 from corral.plugins.core.labels import (
     DEFAULT_SNAPSHOTTER,
@@ -63,6 +63,7 @@ __all__ = [
     "current_lease",
     "current_namespace",
     "digest_algorithm",
+    "digest_error",
     "digest_hex",
     "generate_lease_id",
     "namespace",

@@ -1,4 +1,9 @@
-"""Content digests (``algorithm:hex``), parsed once where they enter and refused when malformed."""
+"""Content digests (``algorithm:hex``), checked once where they enter and refused when malformed.
+
+The rules and the reasons are go-digest's, which containerd uses: an algorithm containerd
+supports, then lower-case hex of that algorithm's length. ``sha256:../..``, ``md5:…`` or an
+upper-case digest never reach a path, a query or a lease.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,33 @@ from corral.kernel import InvalidArgument
 
 _HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
 _HEX = re.compile(r"^[a-f0-9]+$")
+_DIGEST_SHAPE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+
+INVALID_FORMAT = "invalid checksum digest format"
+INVALID_LENGTH = "invalid checksum digest length"
+UNSUPPORTED = "unsupported digest algorithm"
+
+
+def digest_error(digest: str) -> str | None:
+    """Why ``digest`` is malformed, in go-digest's words; None when it is well formed."""
+    algorithm, sep, encoded = digest.partition(":")
+    if not sep or not algorithm or not encoded:
+        return INVALID_FORMAT
+    length = _HEX_LENGTHS.get(algorithm)
+    if length is None:
+        return UNSUPPORTED if _DIGEST_SHAPE.match(digest) else INVALID_FORMAT
+    if len(encoded) != length:
+        return INVALID_LENGTH
+    if not _HEX.match(encoded):
+        return INVALID_FORMAT
+    return None
 
 
 def validate_digest(digest: str) -> str:
-    """``digest`` unchanged if it is a well-formed digest, else InvalidArgument as containerd answers.
-
-    As go-digest: the algorithm must be one containerd supports and the hex lower-case and of its
-    length, so ``sha256:../..``, ``md5:…`` or an uppercase digest never reach a path or a query.
-    """
-    algorithm, sep, encoded = digest.partition(":")
-    if not sep or not algorithm or not encoded:
-        raise InvalidArgument(f"invalid digest {digest!r}: invalid checksum digest format")
-    length = _HEX_LENGTHS.get(algorithm)
-    if length is None:
-        raise InvalidArgument(f"invalid digest {digest!r}: unsupported digest algorithm")
-    if len(encoded) != length:
-        raise InvalidArgument(f"invalid digest {digest!r}: invalid checksum digest length")
-    if not _HEX.match(encoded):
-        raise InvalidArgument(f"invalid digest {digest!r}: invalid checksum digest format")
+    """``digest`` unchanged when well formed, else InvalidArgument ``<digest>: <reason>``."""
+    problem = digest_error(digest)
+    if problem is not None:
+        raise InvalidArgument(f"{digest}: {problem}")
     return digest
 
 

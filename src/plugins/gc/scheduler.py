@@ -63,6 +63,9 @@ class Scheduler:
         self._lock = anyio.Lock()
         self.last: CollectionResult | None = None
         self.collections = 0
+        self.exports: dict[str, str] = {}
+        """The plugin's exports (shown by ``ctr plugins ls -d`` and ``corral plugins info``):
+        what the last collection could not remove is reported here until a later one does."""
         metadata.on_mutation(self._changed)
 
     def _changed(self, deleted: bool) -> None:
@@ -89,7 +92,16 @@ class Scheduler:
             self._earliest = time.monotonic() + elapsed / self._config.pause_threshold - elapsed
             self.last = result
             self.collections += 1
+            self._report(result)
             return result
+
+    def _report(self, result: CollectionResult) -> None:
+        self.exports["Collections"] = str(self.collections)
+        failures = [f"{kind}: {what}" for kind, items in sorted(result.failed.items()) for what in items]
+        if failures:
+            self.exports["RemovalFailures"] = f"{len(failures)}: " + "; ".join(failures)[:1000]
+        else:
+            self.exports.pop("RemovalFailures", None)
 
     async def run(self) -> None:
         while True:
@@ -114,6 +126,7 @@ class Scheduler:
 async def init(ic: InitContext) -> Scheduler:
     config: SchedulerConfig = ic.config
     scheduler = Scheduler(ic.get_single(types.METADATA, Metadata), config)
+    scheduler.exports = ic.meta.exports
     ic.meta.exports.update(
         {
             "PauseThreshold": str(config.pause_threshold),

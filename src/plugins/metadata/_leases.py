@@ -10,9 +10,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 
-from corral.kernel import AlreadyExists, InvalidArgument, NotFound, adapt_mapping, parse_filters
+from corral.kernel import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+    adapt_mapping,
+    parse_filters,
+)
 from corral.plugins.core import (
     GC_EXPIRE,
+    digest_error,
     generate_lease_id,
     namespace_required,
     parse_expiry,
@@ -120,6 +128,7 @@ class LeaseManager:
 
     async def delete_resource(self, lease_id: str, resource: Resource) -> None:
         ns = namespace_required()
+        _check_resource(resource, self._store)
 
         def delete(db: sqlite3.Connection) -> None:
             require_lease(db, ns, lease_id)
@@ -145,11 +154,22 @@ class LeaseManager:
         return await self._store.read(list_)
 
 
-def _check_resource(resource: Resource, db: Database) -> None:
+def _check_resource(resource: Resource, db: Database) -> Resource:
+    """containerd's rules for what a lease may hold; a content resource's id must be a digest."""
     if not resource.id:
         raise InvalidArgument("resource id must not be empty")
+    kind = resource.type.split("/")
+    if kind[0] in ("content", "ingests") and len(kind) != 1:
+        raise InvalidArgument(f"invalid resource type {resource.type}")
+    if kind[0] == "snapshots" and (len(kind) != 2 or not kind[1]):
+        raise InvalidArgument(f"invalid snapshot resource type {resource.type}")
+    if kind[0] == "content":
+        problem = digest_error(resource.id)
+        if problem is not None:
+            raise InvalidArgument(f"invalid content resource id {resource.id}: {problem}")
     if not db.accepts_lease_resource(resource.type):
-        raise InvalidArgument(f'unsupported lease resource type "{resource.type}"')
+        raise Unimplemented(f"resource type {resource.type} not supported yet")
+    return resource
 
 
 class LeaseGC:

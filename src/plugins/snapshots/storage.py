@@ -13,11 +13,9 @@ commit, remove, cleanup); ``native`` and ``overlayfs`` add how a directory is fi
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import os
 import secrets
-import shutil
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -40,6 +38,7 @@ from corral.kernel import (
     parse_filters,
 )
 from corral.plugins.core import Mount, update_labels
+from corral.plugins.core.trees import remove_tree
 from corral.plugins.snapshots import Info, Kind, Usage
 
 # What snapshotter authors may build on; DirectoryBackend's hooks are still settling.
@@ -378,12 +377,6 @@ def disk_usage(path: Path) -> Usage:
     return Usage(size=size, inodes=len(seen))
 
 
-def remove_tree(path: Path) -> None:
-    """Remove ``path`` and everything under it; a missing path is fine."""
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(path)
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -484,8 +477,12 @@ class DirectoryBackend(ABC):
     async def remove(self, key: str) -> None:
         snapshot_id, _ = await self.store.remove(key)
         if self.remove_directories:
-            with anyio.CancelScope(shield=True):  # the record is gone: the directory goes too
-                await anyio.to_thread.run_sync(remove_tree, self.directory(snapshot_id))
+            try:
+                with anyio.CancelScope(shield=True):  # the record is gone: the directory goes too
+                    await anyio.to_thread.run_sync(remove_tree, self.directory(snapshot_id))
+            except OSError as exc:
+                # The snapshot is gone; what is left of its directory is a leftover for cleanup.
+                log.warning("snapshot_directory_remove_failed", key=key, error=str(exc))
 
     async def walk(self, filters: Sequence[str] = ()) -> AsyncIterator[Info]:
         for snapshot_id, info in await self.store.walk(filters):
@@ -502,10 +499,23 @@ class DirectoryBackend(ABC):
                 n for n in os.listdir(self.snapshots) if n not in owned and n not in self._in_flight
             )
 
-        for name in await self.store.run(leftovers):
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(remove_tree, self.snapshots / name)
+        failed: builtins.list[str] = []
+        for name in await self.store.read(leftovers):
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(remove_tree, self.snapshots / name)
+            except OSError as exc:
+                # One directory that cannot go must not keep the others: it is tried again next time.
+                log.warning(
+                    "snapshot_leftover_remove_failed", root=str(self.root), directory=name, error=str(exc)
+                )
+                failed.append(f"{name}: {exc}")
+                continue
             log.info("snapshot_leftover_removed", root=str(self.root), directory=name)
+        if failed:
+            raise FailedPrecondition(
+                f"could not remove {len(failed)} leftover directories: {'; '.join(failed)}"
+            )
 
     async def aclose(self) -> None:
         await self.store.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -74,13 +73,13 @@ class InitContext:
 
     @cached_property
     def root(self) -> Path:
-        """``<root>/<type>.<id>``, created (0711) on first use."""
-        return _ensure_dir(self._root)
+        """``<root>/<type>.<id>``, created (0700) on first use."""
+        return ensure_directory(self._root, ROOT_MODE)
 
     @cached_property
     def state(self) -> Path:
         """``<state>/<type>.<id>``, created (0711) on first use."""
-        return _ensure_dir(self._state)
+        return ensure_directory(self._state, STATE_MODE)
 
     def start_soon(self, fn: Callable[[], Coroutine[Any, Any, Any]], name: str = "") -> None:
         """Run a background task owned by the daemon: it is cancelled when the daemon stops."""
@@ -151,10 +150,23 @@ def _why_none(records: Sequence[PluginRecord]) -> str:
     return " (" + "; ".join(f"{r.uri} is {r.status.value}: {r.reason}" for r in records) + ")"
 
 
-def _ensure_dir(path: Path) -> Path:
-    path.mkdir(mode=0o711, parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        path.chmod(0o711)
+ROOT_MODE = 0o700
+"""The daemon's root and each plugin's directory in it: nobody else may enter."""
+STATE_MODE = 0o711
+"""The daemon's state and each plugin's directory in it: others may pass through (to a socket
+they were given access to), never list or read."""
+
+
+def ensure_directory(path: Path, mode: int) -> Path:
+    """Create ``path`` with ``mode``; an existing one that grants more than ``mode`` is tightened
+    to it, with a log line, so a root made by an older or careless install stops leaking."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    current = path.stat().st_mode & 0o777
+    if current & ~mode:
+        path.chmod(current & mode)
+        structlog.get_logger("corral.kernel").warning(
+            "directory_mode_repaired", path=str(path), was=oct(current), now=oct(current & mode)
+        )
     return path
 
 

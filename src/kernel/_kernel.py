@@ -20,8 +20,11 @@ from corral.kernel._context import (
     PROPERTY_ROOT,
     PROPERTY_STATE,
     PROPERTY_TTRPC_ADDRESS,
+    ROOT_MODE,
+    STATE_MODE,
     InitContext,
     dependency_problem,
+    ensure_directory,
 )
 from corral.kernel._discovery import Candidate, PluginLoadError, discover, duplicates, is_enabled, load
 from corral.kernel._errors import ConfigError
@@ -176,6 +179,8 @@ class Kernel:
         Errors from start-up or from the body are re-raised as they are, not wrapped in the
         exception group of the task group that owns the plugins' background tasks.
         """
+        ensure_directory(Path(self.config.root), ROOT_MODE)
+        ensure_directory(Path(self.config.state), STATE_MODE)
         ordered, configs = self.prepare()
         failure: BaseException | None = None
         async with anyio.create_task_group() as tg:

@@ -82,13 +82,13 @@ async def test_check_content_store_runs_the_whole_suite(make_store: cf.StoreFact
 # -- layout and durability ------------------------------------------------------------------------
 
 
-async def test_blobs_are_read_only_files_named_by_algorithm_and_hex(tmp_path: Path) -> None:
+async def test_blobs_are_owner_only_read_only_files_named_by_algorithm_and_hex(tmp_path: Path) -> None:
     store = LocalContentStore(tmp_path)
     data = cf.payload(10_000)
     info = await cf.ingest(store, "layer", data)
     path = tmp_path / "blobs" / "sha256" / info.digest.removeprefix("sha256:")
     assert path.read_bytes() == data
-    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
     assert os.listdir(tmp_path / "ingest") == []
 
 

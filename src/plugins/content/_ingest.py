@@ -33,7 +33,8 @@ ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
 CANONICAL = "sha256"
 DATA = "data"
 RECORD = "ingest.json"
-BLOB_MODE = 0o444
+BLOB_MODE = 0o400
+"""Blobs are never written again, and only the daemon reads them."""
 _HEX = frozenset("0123456789abcdef")
 _REHASH_CHUNK = 1 << 20
 
@@ -249,10 +250,10 @@ class LocalWriter:
         data = self._dir / DATA
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
-            fd = os.open(data, flags, 0o644)
-        except PermissionError:  # sealed (0444) by a commit that crashed before its rename
-            os.chmod(data, 0o644)
-            fd = os.open(data, flags, 0o644)
+            fd = os.open(data, flags, 0o600)
+        except PermissionError:  # sealed (BLOB_MODE) by a commit that crashed before its rename
+            os.chmod(data, 0o600)
+            fd = os.open(data, flags, 0o600)
         self._fd = fd
         old = load_record(self._dir)
         record = old or self._record
@@ -358,13 +359,13 @@ class LocalWriter:
         if target.exists():
             return False
         if not target.parent.is_dir():
-            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fsync_dir(target.parent.parent)
         try:
             os.rename(self._dir / DATA, target)
         except OSError:
             if self._fd is not None:
-                os.fchmod(self._fd, 0o644)
+                os.fchmod(self._fd, 0o600)
             raise
         return True
 

@@ -64,7 +64,7 @@ class LocalContentStore:
         self.ingest_expiry = ingest_expiry
         self._blobs = root / "blobs"
         self._ingests = root / "ingest"
-        (self._blobs / CANONICAL).mkdir(mode=0o755, parents=True, exist_ok=True)
+        (self._blobs / CANONICAL).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._ingests.mkdir(mode=0o700, exist_ok=True)
         fsync_dir(self._blobs)
         fsync_dir(root)

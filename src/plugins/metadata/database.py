@@ -22,6 +22,7 @@ import anyio.to_thread
 
 from corral.kernel import NotFound
 from corral.plugins.core import current_lease, validate_namespace
+from corral.plugins.core.private import connect_private
 from corral.plugins.metadata._gc import Node, ResourceKind, label_references
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class Database:
         self.path = path
         self.kinds = tuple(kinds)
         self.publisher = publisher
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn = connect_private(path)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={'OFF' if no_sync else 'FULL'}")
         self._conn.execute("PRAGMA foreign_keys=ON")

@@ -74,7 +74,8 @@ class Introspection:
             return str(uuid.UUID(text))
         value = str(uuid.uuid4())
         tmp = self._uuid_path.with_suffix(".tmp")
-        tmp.write_text(value)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
+            f.write(value)
         tmp.replace(self._uuid_path)
         return value
 

@@ -38,6 +38,7 @@ from corral.kernel import (
     parse_filters,
 )
 from corral.plugins.core import Mount, update_labels
+from corral.plugins.core.private import connect_private
 from corral.plugins.core.trees import remove_tree
 from corral.plugins.snapshots import Info, Kind, Usage
 
@@ -254,7 +255,7 @@ class MetaStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = connect_private(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._migrate()

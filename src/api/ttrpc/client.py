@@ -70,13 +70,19 @@ class TTRPCClient:
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"ttrpc: connect {os.fspath(path)}: {exc}") from exc
         client = cls(stream)
+        error: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(client._receive_loop)
             try:
                 yield client
+            except Exception as exc:
+                # Raised as is below rather than wrapped in the task group's exception group.
+                error = exc
             finally:
                 await client.close()
                 tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     @property
     def closed(self) -> bool:

@@ -95,6 +95,8 @@ def string_field(field: int, value: str, *, always: bool = False) -> bytes:
 def skip_field(data: bytes | memoryview, pos: int, field: int, wire_type: int) -> int:
     """The position after the value of a field whose key was just read; how unknown fields are skipped."""
     end = len(data)
+    if field == 0:
+        raise DecodeError("field number 0")
     if wire_type == VARINT:
         _, pos = decode_varint(data, pos)
     elif wire_type == LENGTH_DELIMITED:

@@ -54,6 +54,7 @@ class TTRPCContext:
 
     service: str
     method: str
+    stream_id: int
     metadata: Mapping[str, str]
     """The first value of each key (ttrpc allows repeats; ``request.metadata`` has them all)."""
     deadline: float | None
@@ -167,19 +168,19 @@ class _Connection:
 
     async def _handle(self, stream_id: int, request: envelope.Request, handler: Handler) -> None:
         try:
-            response = await self._run(request, handler)
+            response = await self._run(stream_id, request, handler)
             await self._send_response(stream_id, response)
         finally:
             self.active -= 1
             if not self.active:
                 self.idle.set()
 
-    async def _run(self, request: envelope.Request, handler: Handler) -> envelope.Response:
+    async def _run(self, stream_id: int, request: envelope.Request, handler: Handler) -> envelope.Response:
         metadata: dict[str, str] = {}
         for key, value in request.metadata:
             metadata.setdefault(key, value)
         deadline = anyio.current_time() + request.timeout_nano / 1e9 if request.timeout_nano > 0 else None
-        ctx = TTRPCContext(request.service, request.method, metadata, deadline, self.peer, request)
+        ctx = TTRPCContext(request.service, request.method, stream_id, metadata, deadline, self.peer, request)
         path = f"/{request.service}/{request.method}"
         with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
             try:
@@ -226,7 +227,7 @@ class TTRPCServer:
         self._shutdown_timeout = shutdown_timeout
         self._connections: set[_Connection] = set()
         self._listener: anyio.abc.SocketListener | None = None
-        self._accepting = anyio.CancelScope()
+        self._accepting: anyio.CancelScope | None = None
         self._closed = False
 
     def register(self, service: str, method: str, handler: Handler) -> None:
@@ -260,6 +261,11 @@ class TTRPCServer:
         """Every served path, ``/service/method``."""
         return sorted(f"/{s}/{m}" for s, methods in self._services.items() for m in methods)
 
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        return len(self._connections)
+
     @contextlib.asynccontextmanager
     async def serve(
         self, path: str | os.PathLike[str], *, mode: int = 0o600, uid: int = -1, gid: int = -1
@@ -283,14 +289,20 @@ class TTRPCServer:
         self._accepting = anyio.CancelScope()
         self._closed = False
         log.info("ttrpc_listening", address=str(address), mode=oct(mode))
+        error: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._accept, listener, tg)
                 try:
                     yield self
+                except Exception as exc:
+                    # Raised as is below rather than wrapped in the task group's exception group.
+                    error = exc
                 finally:
                     with anyio.CancelScope(shield=True):
                         await self.shutdown()
+            if error is not None:
+                raise error
         finally:
             with contextlib.suppress(FileNotFoundError):
                 address.unlink()
@@ -300,7 +312,8 @@ class TTRPCServer:
         if self._closed:
             return
         self._closed = True
-        self._accepting.cancel()
+        if self._accepting is not None:
+            self._accepting.cancel()
         if self._listener is not None:
             await self._listener.aclose()
         with anyio.move_on_after(self._shutdown_timeout if grace is None else grace):
@@ -317,6 +330,7 @@ class TTRPCServer:
         conn.close()
 
     async def _accept(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
+        assert self._accepting is not None
         with self._accepting:
             while True:
                 try:

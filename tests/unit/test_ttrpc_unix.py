@@ -100,6 +100,22 @@ async def test_unary_call_returns_the_handlers_payload(sock: Path) -> None:
         assert await client.call(SERVICE, "Echo", b"") == b""
 
 
+async def test_large_payloads_from_concurrent_calls_arrive_whole(sock: Path) -> None:
+    """Each is bigger than the socket buffer, so writes are partial and must not interleave."""
+    payloads = [bytes([i]) * (3 << 20) for i in range(6)]
+    results: dict[int, bytes] = {}
+    async with probe_server().serve(sock), TTRPCClient.connect(sock) as client:
+
+        async def one(i: int) -> None:
+            results[i] = await client.call(SERVICE, "Echo", payloads[i])
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for i in range(len(payloads)):
+                    tg.start_soon(one, i)
+    assert results == dict(enumerate(payloads))
+
+
 async def test_handler_sees_metadata_deadline_peer_and_bound_namespace(sock: Path) -> None:
     seen: list[tuple[TTRPCContext, str | None]] = []
 

@@ -18,6 +18,7 @@ import grpclib.const
 
 from corral.api.errors import error_from_status
 from corral.api.ttrpc import envelope
+from corral.api.ttrpc._socket import FrameSocket
 from corral.api.ttrpc.framing import MAX_PAYLOAD, FrameDecoder, FrameTooLarge, MessageType, encode_frame
 from corral.api.ttrpc.protowire import DecodeError
 from corral.kernel import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
@@ -25,7 +26,6 @@ from corral.kernel import DeadlineExceeded, Internal, ResourceExhausted, Unavail
 M = TypeVar("M")
 
 CLOSED_MESSAGE = "ttrpc: closed"
-_RECEIVE_SIZE = 1 << 16
 
 
 def error_for_status(status: envelope.Status) -> Exception:
@@ -52,8 +52,7 @@ class TTRPCClient:
     """Calls over one connection; use ``async with TTRPCClient.connect(path) as client``."""
 
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self._stream = stream
-        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._socket = FrameSocket(stream)
         self._pending: dict[int, _Pending] = {}
         self._next_stream_id = 1
         self._closed = False
@@ -119,13 +118,11 @@ class TTRPCClient:
         pending = _Pending()
         self._pending[stream_id] = pending
         try:
-            with anyio.fail_after(timeout):
-                try:
-                    async with self._send_lock:
-                        await self._stream.send(frame)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    raise Unavailable(CLOSED_MESSAGE) from None
-                await pending.done.wait()
+            if timeout is None:
+                await self._exchange(frame, pending)
+            else:
+                with anyio.fail_after(timeout):
+                    await self._exchange(frame, pending)
         except TimeoutError:
             raise DeadlineExceeded(f"/{service}/{method}: context deadline exceeded") from None
         finally:
@@ -141,6 +138,13 @@ class TTRPCClient:
         if status is not None and status.code != 0:
             raise error_for_status(status)
         return response.payload
+
+    async def _exchange(self, frame: bytes, pending: _Pending) -> None:
+        try:
+            await self._socket.send(frame)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise Unavailable(CLOSED_MESSAGE) from None
+        await pending.done.wait()
 
     async def call_message(
         self,
@@ -162,7 +166,7 @@ class TTRPCClient:
         if self._closed:
             return
         self._fail_pending()
-        await self._stream.aclose()
+        await self._socket.aclose()
 
     def _fail_pending(self) -> None:
         self._closed = True
@@ -183,7 +187,10 @@ class TTRPCClient:
         decoder = FrameDecoder(MAX_PAYLOAD)
         try:
             while True:
-                decoder.feed(await self._stream.receive(_RECEIVE_SIZE))
+                data = await self._socket.receive()
+                if not data:
+                    return
+                decoder.feed(data)
                 while True:
                     try:
                         frame = decoder.next_frame()
@@ -195,8 +202,8 @@ class TTRPCClient:
                     # Data frames belong to streaming calls, which this client does not make.
                     if frame.type == MessageType.RESPONSE:
                         self._deliver(frame.stream_id, frame.payload)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         finally:
             self._fail_pending()
-            await self._stream.aclose()
+            await self._socket.aclose()

@@ -7,7 +7,6 @@ turned into statuses here, as the gRPC server does, so handlers stay thin.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 import stat
@@ -24,6 +23,7 @@ import structlog
 
 from corral.api.errors import status_for
 from corral.api.ttrpc import envelope
+from corral.api.ttrpc._socket import FrameSocket
 from corral.api.ttrpc.framing import MAX_PAYLOAD, FrameDecoder, FrameTooLarge, MessageType, encode_frame
 from corral.api.ttrpc.headers import request_namespace
 from corral.api.ttrpc.protowire import DecodeError
@@ -33,7 +33,6 @@ log = structlog.get_logger("corral.ttrpc")
 
 M = TypeVar("M")
 
-_RECEIVE_SIZE = 1 << 16
 _UCRED = struct.Struct("3i")
 
 _Code = grpclib.const.Status
@@ -88,11 +87,10 @@ def _status_of(exc: Exception, method: str) -> envelope.Status:
 class _Connection:
     """One accepted connection: its reader, its send lock and its in-flight requests."""
 
-    def __init__(self, server: TTRPCServer, stream: anyio.abc.SocketStream, peer: PeerCredentials) -> None:
+    def __init__(self, server: TTRPCServer, sock: FrameSocket, peer: PeerCredentials) -> None:
         self.server = server
-        self.stream = stream
+        self.socket = sock
         self.peer = peer
-        self.send_lock = anyio.Lock(fast_acquire=True)
         self.active = 0
         self.idle = anyio.Event()
         self.idle.set()
@@ -105,8 +103,7 @@ class _Connection:
                 await self._receive(tg)
                 # The client went away (or the server is closing): in-flight handlers are abandoned.
                 tg.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True):
-            await self.stream.aclose()
+        await self.socket.aclose()
 
     def close(self) -> None:
         self.scope.cancel()
@@ -115,8 +112,10 @@ class _Connection:
         decoder = FrameDecoder(MAX_PAYLOAD)
         while True:
             try:
-                data = await self.stream.receive(_RECEIVE_SIZE)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                data = await self.socket.receive()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            if not data:
                 return
             decoder.feed(data)
             while True:
@@ -181,18 +180,23 @@ class _Connection:
             metadata.setdefault(key, value)
         deadline = anyio.current_time() + request.timeout_nano / 1e9 if request.timeout_nano > 0 else None
         ctx = TTRPCContext(request.service, request.method, stream_id, metadata, deadline, self.peer, request)
-        path = f"/{request.service}/{request.method}"
-        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-            try:
-                with bound_namespace(request_namespace(metadata)):
-                    return envelope.Response(await handler(request.payload, ctx))
-            except Exception as exc:
-                return envelope.Response(status=_status_of(exc, path))
+        if deadline is None:
+            return await self._call(handler, ctx)
+        with anyio.CancelScope(deadline=deadline) as scope:
+            return await self._call(handler, ctx)
         # Only the request's own deadline lands here; a cancel from outside propagates.
         assert scope.cancelled_caught
         return envelope.Response(
             status=envelope.Status(_Code.DEADLINE_EXCEEDED.value, "context deadline exceeded")
         )
+
+    @staticmethod
+    async def _call(handler: Handler, ctx: TTRPCContext) -> envelope.Response:
+        try:
+            with bound_namespace(request_namespace(ctx.metadata)):
+                return envelope.Response(await handler(ctx.request.payload, ctx))
+        except Exception as exc:
+            return envelope.Response(status=_status_of(exc, f"/{ctx.service}/{ctx.method}"))
 
     async def _send_response(self, stream_id: int, response: envelope.Response) -> None:
         try:
@@ -210,12 +214,9 @@ class _Connection:
         await self._send(encode_frame(stream_id, MessageType.RESPONSE, envelope.encode_response(response)))
 
     async def _send(self, frame: bytes) -> None:
-        try:
-            async with self.send_lock:
-                await self.stream.send(frame)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            # The peer is gone; the reader sees it too and ends the connection.
-            pass
+        # A peer that is gone is seen by the reader too, which ends the connection.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self.socket.send(frame)
 
 
 class TTRPCServer:
@@ -345,15 +346,23 @@ class TTRPCServer:
                 tg.start_soon(self._serve_connection, stream)
 
     async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
-        peer = peer_credentials(stream.extra(anyio.abc.SocketAttribute.raw_socket))
+        try:
+            peer = peer_credentials(stream.extra(anyio.abc.SocketAttribute.raw_socket))
+        except OSError as exc:
+            log.warning("ttrpc_peer_unknown", error=str(exc))
+            await stream.aclose()
+            return
         if self._closed or (self._require_same_user and not same_user(peer)):
             if not self._closed:
                 log.warning("ttrpc_peer_refused", pid=peer.pid, uid=peer.uid, gid=peer.gid)
             await stream.aclose()
             return
-        conn = _Connection(self, stream, peer)
+        conn = _Connection(self, FrameSocket(stream), peer)
         self._connections.add(conn)
         try:
             await conn.run()
+        except Exception:
+            # One connection's failure is logged and ends that connection, not the server.
+            log.exception("ttrpc_connection_failed", pid=peer.pid)
         finally:
             self._connections.discard(conn)

@@ -136,3 +136,13 @@ def test_a_real_size_oversized_header_is_rejected_before_its_payload_arrives() -
         decoder.next_frame()
     assert (info.value.stream_id, info.value.length) == (3, MAX_PAYLOAD + 1)
     assert decoder.next_frame() is None
+
+
+def test_the_ttrpc_facade_exports_exactly_its_all() -> None:
+    import corral.api.ttrpc as facade
+
+    public = {name for name in vars(facade) if not name.startswith("_")}
+    modules = {"client", "envelope", "framing", "headers", "protowire", "server"}
+    assert public - modules == set(facade.__all__)
+    for name in facade.__all__:
+        assert getattr(facade, name) is not None

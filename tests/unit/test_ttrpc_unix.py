@@ -372,6 +372,39 @@ async def test_graceful_shutdown_lets_in_flight_handlers_finish(sock: Path) -> N
     assert result == [b"done"]
 
 
+async def test_graceful_shutdown_also_waits_for_requests_that_arrive_while_draining(sock: Path) -> None:
+    first_started = anyio.Event()
+
+    async def brief(payload: bytes, ctx: TTRPCContext) -> bytes:
+        first_started.set()
+        await anyio.sleep(0.3)
+        return payload
+
+    server = TTRPCServer()
+    server.register(SERVICE, "Brief", brief)
+    results: list[bytes] = []
+    took: list[float] = []
+    async with server.serve(sock), TTRPCClient.connect(sock) as client:
+
+        async def call(payload: bytes) -> None:
+            results.append(await client.call(SERVICE, "Brief", payload))
+
+        async def shutdown() -> None:
+            start = anyio.current_time()
+            await server.shutdown(grace=10)
+            took.append(anyio.current_time() - start)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, b"first")
+                await first_started.wait()
+                tg.start_soon(shutdown)
+                await anyio.sleep(0.1)
+                tg.start_soon(call, b"second")
+    assert sorted(results) == [b"first", b"second"]
+    assert took[0] < 2
+
+
 async def test_oversized_request_is_resource_exhausted_and_the_connection_survives(sock: Path) -> None:
     async with probe_server().serve(sock):
         async with raw(sock) as conn:

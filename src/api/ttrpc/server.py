@@ -85,7 +85,7 @@ def _status_of(exc: Exception, method: str) -> envelope.Status:
 
 
 class _Connection:
-    """One accepted connection: its reader, its send lock and its in-flight requests."""
+    """One accepted connection: its reader and its in-flight requests, each a task in its task group."""
 
     def __init__(self, server: TTRPCServer, sock: FrameSocket, peer: PeerCredentials) -> None:
         self.server = server
@@ -161,8 +161,9 @@ class _Connection:
         if handler is None:
             await self._send_status(stream_id, _Code.UNIMPLEMENTED, f"method {request.method}")
             return
+        if not self.active:
+            self.idle = anyio.Event()
         self.active += 1
-        self.idle = anyio.Event()
         tg.start_soon(self._handle, stream_id, request, handler)
 
     async def _handle(self, stream_id: int, request: envelope.Request, handler: Handler) -> None:

@@ -8,11 +8,13 @@ measures, it never asserts.
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 import time
 from pathlib import Path
 
 import anyio
+import structlog
 
 from corral.api.ttrpc import TTRPCClient, TTRPCContext, TTRPCServer
 
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calls", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=100)
     args = p.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     anyio.run(run, args.calls, args.concurrency)
 
 

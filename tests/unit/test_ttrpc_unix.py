@@ -264,8 +264,9 @@ async def test_client_timeout_raises_deadline_exceeded_and_the_connection_stays_
     server = TTRPCServer()
     server.register(SERVICE, "Slow", slow)
     async with server.serve(sock), TTRPCClient.connect(sock) as client:
-        with anyio.fail_after(5), pytest.raises(DeadlineExceeded):
+        with anyio.fail_after(5), pytest.raises(DeadlineExceeded) as info:
             await client.call(SERVICE, "Slow", b"30", timeout=0.2)
+        assert str(info.value) == f"ttrpc: /{SERVICE}/Slow after 0.2s: deadline exceeded"
         assert await client.call(SERVICE, "Slow", b"0", timeout=5) == b"0"
 
 

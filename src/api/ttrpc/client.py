@@ -124,7 +124,7 @@ class TTRPCClient:
                 with anyio.fail_after(timeout):
                     await self._exchange(frame, pending)
         except TimeoutError:
-            raise DeadlineExceeded(f"/{service}/{method}: context deadline exceeded") from None
+            raise DeadlineExceeded(f"ttrpc: /{service}/{method} after {timeout:g}s") from None
         finally:
             del self._pending[stream_id]
         if pending.error is not None:

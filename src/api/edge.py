@@ -34,7 +34,7 @@ from corral.plugins.core import bound_lease, bound_namespace
 
 NAMESPACE_HEADER = "containerd-namespace"
 """gRPC metadata carrying the request's namespace."""
-TTRPC_NAMESPACE_HEADER = "containerd-namespace-ttrpc"
+NAMESPACE_TTRPC_HEADER = "containerd-namespace-ttrpc"
 """ttrpc metadata carrying the namespace (what shims send with their events)."""
 LEASE_HEADER = "containerd-lease"
 """Metadata naming the lease that holds what the request creates."""
@@ -77,7 +77,7 @@ def first_value(metadata: Mapping[str, object], key: str) -> str | None:
 @contextmanager
 def bound_request(metadata: Mapping[str, object]) -> Iterator[None]:
     """Run a handler with the request's namespace and lease bound (from either transport's header)."""
-    ns = first_value(metadata, NAMESPACE_HEADER) or first_value(metadata, TTRPC_NAMESPACE_HEADER)
+    ns = first_value(metadata, NAMESPACE_HEADER) or first_value(metadata, NAMESPACE_TTRPC_HEADER)
     with bound_namespace(ns), bound_lease(first_value(metadata, LEASE_HEADER)):
         yield
 

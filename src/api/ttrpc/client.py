@@ -14,9 +14,8 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-import grpclib.const
 
-from corral.api.errors import error_from_status
+from corral.api.edge import error_for
 from corral.api.ttrpc import envelope
 from corral.api.ttrpc._socket import FrameSocket
 from corral.api.ttrpc.framing import MAX_PAYLOAD, FrameDecoder, FrameTooLarge, MessageType, encode_frame
@@ -29,12 +28,8 @@ CLOSED_MESSAGE = "ttrpc: closed"
 
 
 def error_for_status(status: envelope.Status) -> Exception:
-    """A non-OK status as the kernel's kind, its message kept as sent."""
-    try:
-        code = grpclib.const.Status(status.code)
-    except ValueError:
-        code = grpclib.const.Status.UNKNOWN
-    return error_from_status(code, status.message)
+    """A non-OK status as the kernel's kind, its message kept as sent (the edge's one mapping)."""
+    return error_for(status.code, status.message)
 
 
 class _Pending:

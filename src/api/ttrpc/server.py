@@ -21,13 +21,12 @@ import anyio.abc
 import grpclib.const
 import structlog
 
-from corral.api.errors import status_for
+from corral.api.edge import bound_request, status_of
 from corral.api.ttrpc import envelope
 from corral.api.ttrpc._socket import FrameSocket
 from corral.api.ttrpc.framing import MAX_PAYLOAD, FrameDecoder, FrameTooLarge, MessageType, encode_frame
-from corral.api.ttrpc.headers import request_namespace
 from corral.api.ttrpc.protowire import DecodeError
-from corral.kernel import CorralError, Internal, PluginUnavailable, bound_namespace
+from corral.kernel import Internal
 
 log = structlog.get_logger("corral.ttrpc")
 
@@ -77,11 +76,7 @@ def same_user(peer: PeerCredentials) -> bool:
 
 
 def _status_of(exc: Exception, method: str) -> envelope.Status:
-    if isinstance(exc, CorralError | PluginUnavailable):
-        return envelope.Status(status_for(exc).value, str(exc))
-    log.exception("ttrpc_handler_failed", method=method)
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return envelope.Status(_Code.UNKNOWN.value, text)
+    return envelope.Status(*status_of(exc, method))
 
 
 class _Connection:
@@ -194,7 +189,7 @@ class _Connection:
     @staticmethod
     async def _call(handler: Handler, ctx: TTRPCContext) -> envelope.Response:
         try:
-            with bound_namespace(request_namespace(ctx.metadata)):
+            with bound_request(ctx.metadata):
                 return envelope.Response(await handler(ctx.request.payload, ctx))
         except Exception as exc:
             return envelope.Response(status=_status_of(exc, f"/{ctx.service}/{ctx.method}"))

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from corral.kernel._config import (
+        INERT_KEYS as INERT_KEYS,
+    )
+    from corral.kernel._config import (
         DaemonConfig as DaemonConfig,
     )
     from corral.kernel._config import (
@@ -28,7 +31,13 @@ if TYPE_CHECKING:
         format_duration as format_duration,
     )
     from corral.kernel._config import (
+        inert_settings as inert_settings,
+    )
+    from corral.kernel._config import (
         load_config as load_config,
+    )
+    from corral.kernel._config import (
+        load_written as load_written,
     )
     from corral.kernel._config import (
         parse_duration as parse_duration,
@@ -199,6 +208,8 @@ _SOURCES: dict[str, str] = {
     "configure_logging": "corral.kernel._logging",
     "CorralError": "corral.kernel._errors",
     "DaemonConfig": "corral.kernel._config",
+    "INERT_KEYS": "corral.kernel._config",
+    "inert_settings": "corral.kernel._config",
     "DataLoss": "corral.kernel._errors",
     "DeadlineExceeded": "corral.kernel._errors",
     "decode": "corral.kernel._config",
@@ -216,6 +227,7 @@ _SOURCES: dict[str, str] = {
     "InvalidArgument": "corral.kernel._errors",
     "Kernel": "corral.kernel._kernel",
     "load_config": "corral.kernel._config",
+    "load_written": "corral.kernel._config",
     "LoadedConfig": "corral.kernel._config",
     "NotFound": "corral.kernel._errors",
     "Origin": "corral.kernel._records",

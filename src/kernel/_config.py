@@ -38,9 +38,14 @@ log = logging.getLogger(__name__)
 class GRPCConfig:
     address: str = ""
     tcp_address: str = ""
+    tcp_tls_ca: str = ""
+    tcp_tls_cert: str = ""
+    tcp_tls_key: str = ""
+    tcp_tls_common_name: str = ""
     uid: int = 0
     gid: int = 0
     mode: int = 0o660
+    """corral's own: the socket's mode (containerd's is fixed at 0660)."""
     max_recv_message_size: int = 16 << 20
     max_send_message_size: int = 16 << 20
 
@@ -58,7 +63,9 @@ class DebugConfig:
     uid: int = 0
     gid: int = 0
     level: str = "info"
+    """As containerd: an empty level (what ``containerd config default`` writes) means info."""
     format: str = ""
+    log_trace_id: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ class DaemonConfig:
     root: str = ""
     state: str = ""
     temp: str = ""
+    plugin_dir: str = ""
+    """containerd 1.x to 2.0's directory of Go plugins; corral loads plugins through entry points."""
     disabled_plugins: tuple[str, ...] = ()
     required_plugins: tuple[str, ...] = ()
     # corral's own: third-party plugins are imported only when named here (URI or distribution, "*" = all)
@@ -408,7 +417,26 @@ def load_config(path: Path | None, *, defaults: DaemonConfig) -> LoadedConfig:
     if path is None:
         return LoadedConfig(defaults, (), defaults.version)
     main = Path(os.path.abspath(path))
-    merged = encode(defaults)
+    merged, loaded, oldest = _merge_files(main, encode(defaults))
+    if not merged.get("debug", {}).get("level"):
+        merged.setdefault("debug", {})["level"] = defaults.debug.level or "info"
+    try:
+        config = decode(DaemonConfig, merged)
+        _validate(config, whole=True)
+    except ConfigError as e:
+        raise ConfigError(f"{main}: {e.detail}") from None
+    return LoadedConfig(config, tuple(loaded), oldest)
+
+
+def load_written(path: Path) -> tuple[dict[str, Any], int]:
+    """What the operator wrote: ``path`` and its imports merged, no defaults added, version-1 plugin
+    names rewritten; and the oldest version any of the files declared. (``corral config migrate``.)"""
+    merged, _, oldest = _merge_files(Path(os.path.abspath(path)), {})
+    merged.pop("imports", None)  # merged in
+    return merged, oldest
+
+
+def _merge_files(main: Path, merged: dict[str, Any]) -> tuple[dict[str, Any], list[Path], int]:
     pending: deque[Path] = deque([main])
     loaded: list[Path] = []
     oldest: int | None = None
@@ -430,12 +458,7 @@ def load_config(path: Path | None, *, defaults: DaemonConfig) -> LoadedConfig:
         _merge(merged, raw)
         pending.extend(_resolve_imports(file, raw.get("imports", ())))
         loaded.append(file)
-    try:
-        config = decode(DaemonConfig, merged)
-        _validate(config, whole=True)
-    except ConfigError as e:
-        raise ConfigError(f"{main}: {e.detail}") from None
-    return LoadedConfig(config, tuple(loaded), oldest if oldest is not None else defaults.version)
+    return merged, loaded, oldest if oldest is not None else CONFIG_VERSION
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -528,10 +551,12 @@ def _deep_merge(into: dict[str, Any], raw: Mapping[str, Any]) -> None:
 
 
 def _validate(config: DaemonConfig, *, whole: bool) -> None:
-    if config.debug.level not in _LOG_LEVELS:
+    if config.debug.level and config.debug.level not in _LOG_LEVELS:
         raise ConfigError(f"debug.level: invalid log level {json.dumps(config.debug.level)}")
     if config.debug.format not in _LOG_FORMATS:
         raise ConfigError(f'debug.format: {json.dumps(config.debug.format)} is not "text" or "json"')
+    if not -1000 <= config.oom_score <= 1000:
+        raise ConfigError(f"oom_score: {config.oom_score} is outside -1000..1000")
     if not whole:
         return
     if config.version > CONFIG_VERSION:
@@ -542,6 +567,40 @@ def _validate(config: DaemonConfig, *, whole: bool) -> None:
         for uri in uris:
             if "." not in uri:
                 raise ConfigError(f"invalid {kind} plugin URI {json.dumps(uri)} expect io.containerd.x.vx")
+
+
+# Keys corral reads but does not act on (yet), and why: listed by `corral config validate` and logged
+# by corrald at start whenever a config sets one, so an operator's setting is never ignored silently.
+INERT_KEYS: dict[str, str] = {
+    "plugin_dir": "corral loads plugins from Python distributions (entry points), not a directory of Go plugins",
+    "grpc.tcp_address": "no TCP listener: corrald serves its unix socket only",
+    "grpc.tcp_tls_ca": "no TCP listener",
+    "grpc.tcp_tls_cert": "no TCP listener",
+    "grpc.tcp_tls_key": "no TCP listener",
+    "grpc.tcp_tls_common_name": "no TCP listener",
+    "debug.address": "no debug (pprof) socket",
+    "debug.uid": "no debug (pprof) socket",
+    "debug.gid": "no debug (pprof) socket",
+    "debug.log_trace_id": "no tracing yet",
+    "metrics.address": "no metrics endpoint yet",
+    "metrics.grpc_histogram": "no metrics endpoint yet",
+    "stream_processors": "no stream processors",
+    "timeouts": "no plugin reads these timeouts yet",
+    "proxy_plugins": "proxy plugins are not loaded yet",
+}
+
+
+def inert_settings(config: DaemonConfig) -> list[tuple[str, str]]:
+    """The keys ``config`` sets (away from their defaults) that corral does not act on, with why."""
+    data, default = encode(config), encode(DaemonConfig())
+    found = []
+    for key, reason in INERT_KEYS.items():
+        section, _, name = key.rpartition(".")
+        value = data.get(section, {}).get(name) if section else data.get(name)
+        base = default.get(section, {}).get(name) if section else default.get(name)
+        if value and value != base:
+            found.append((key, reason))
+    return found
 
 
 def migrate_plugins(

@@ -30,6 +30,7 @@ from corral.kernel._discovery import Candidate, PluginLoadError, discover, dupli
 from corral.kernel._errors import ConfigError
 from corral.kernel._graph import DependencyCycleError, resolve_order
 from corral.kernel._hookspecs import PROJECT, CorralHooks
+from corral.kernel._process import apply_process_settings
 from corral.kernel._records import PluginRecord, SkipPlugin, Status
 from corral.kernel._registration import Registration
 
@@ -156,6 +157,10 @@ class Kernel:
         """Every plugin's typed config; a bad section is fatal and names its TOML path."""
         decoded: dict[str, Any] = {}
         for reg in regs:
+            for alias in reg.config_aliases:
+                if alias in self.plugin_configs:
+                    section = self.plugin_configs.pop(alias)
+                    self.plugin_configs[reg.uri] = {**section, **self.plugin_configs.get(reg.uri, {})}
             raw = self.plugin_configs.get(reg.uri)
             if reg.config is None:
                 decoded[reg.uri] = None
@@ -164,12 +169,41 @@ class Kernel:
         return decoded
 
     def prepare(self) -> tuple[list[Registration], dict[str, Any]]:
-        """Load, migrate, order and decode: everything before any plugin code runs its init."""
+        """Load, migrate, order and decode: everything before any plugin code runs its init.
+
+        What can be known before any plugin starts is checked here, so ``corral config validate``
+        (which runs only this) refuses what corrald would refuse."""
         regs = self.load_registrations()
         self.migrate_config(regs)
         ordered = self._order_plugins(regs)
         configs = self.decode_configs(ordered)
+        self._check_required_statically()
         return ordered, configs
+
+    def config_notes(self) -> list[str]:
+        """What the config asks for that will not happen: sections no plugin reads, settings corral
+        does not act on. Logged at start, printed by ``corral config validate``."""
+        notes = []
+        for uri in self.plugin_configs:
+            rec = self._records.get(uri)
+            if rec is None:
+                notes.append(f'plugins."{uri}": no installed plugin has this URI; section ignored')
+            elif rec.status is Status.NOT_ENABLED:
+                notes.append(f'plugins."{uri}": plugin not enabled; section not checked')
+        for key, reason in _config.inert_settings(self.config):
+            notes.append(f"{key}: accepted, but has no effect in corral ({reason})")
+        return notes
+
+    def _check_required_statically(self) -> None:
+        problems = []
+        for uri in self.config.required_plugins:
+            rec = self._records.get(uri)
+            if rec is None:
+                problems.append(f"{uri}: not installed")
+            elif rec.status in (Status.DISABLED, Status.NOT_ENABLED, Status.ERROR):
+                problems.append(f"{uri}: {rec.status.value}: {rec.reason}")
+        if problems:
+            raise StartupError("required plugins not ok: " + "; ".join(problems))
 
     # -- lifecycle -------------------------------------------------------------------------
     @asynccontextmanager
@@ -182,6 +216,9 @@ class Kernel:
         ensure_directory(Path(self.config.root), ROOT_MODE)
         ensure_directory(Path(self.config.state), STATE_MODE)
         ordered, configs = self.prepare()
+        apply_process_settings(self.config)
+        for note in self.config_notes():
+            log.warning("config_not_applied", note=note)
         failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
             try:

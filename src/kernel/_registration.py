@@ -79,6 +79,10 @@ class Registration:
     config: AnyType | None = None
     migrate: Migration | None = None
     description: str = ""
+    config_aliases: tuple[str, ...] = ()
+    """Other URIs whose ``[plugins."<uri>"]`` sections configure this plugin, in any config
+    version (containerd's ``io.containerd.metadata.v1.bolt`` for corral's sqlite store); this
+    plugin's own section wins key by key."""
     hooks: object | None = field(default=None, compare=False)
     """An object with pluggy hook implementations (see ``corral.kernel.hookimpl``)."""
 

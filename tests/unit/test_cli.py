@@ -448,17 +448,33 @@ def test_config_validate_of_a_missing_file_exits_2(tmp_path: Path) -> None:
     assert result.stderr == f"corral: config error: {tmp_path / 'absent.toml'}: no such file\n"
 
 
-def test_config_migrate_moves_a_version_2_bolt_section_to_sqlite(tmp_path: Path) -> None:
+def test_config_migrate_prints_only_what_the_file_sets_at_version_3(tmp_path: Path) -> None:
     path = write(
         tmp_path / "config.toml",
-        'version = 2\n[plugins."io.containerd.metadata.v1.bolt"]\nno_sync = true\n',
+        'version = 2\noom_score = -10\n[plugins."io.containerd.metadata.v1.bolt"]\nno_sync = true\n',
     )
     result = corral("config", "migrate", "--config", str(path))
     assert result.exit_code == 0, result.stderr
     data = tomllib.loads(result.stdout)
-    assert data["version"] == 3
-    assert data["plugins"][SQLITE] == {"content_sharing_policy": "shared", "no_sync": True}
-    assert "io.containerd.metadata.v1.bolt" not in data["plugins"]
+    # As containerd config migrate: the operator's own settings, no defaults filled in. The bolt
+    # section keeps its containerd name, which configures corral's store in any version.
+    assert data == {
+        "version": 3,
+        "oom_score": -10,
+        "plugins": {"io.containerd.metadata.v1.bolt": {"no_sync": True}},
+    }
+    migrated = write(tmp_path / "migrated.toml", result.stdout)
+    dumped = tomllib.loads(corral("config", "dump", "--config", str(migrated)).stdout)
+    assert dumped["plugins"][SQLITE]["no_sync"] is True
+
+
+def test_config_migrate_without_a_file_fails_clearly(tmp_path: Path) -> None:
+    result = corral("config", "migrate", "--config", str(tmp_path / "absent.toml"))
+    assert result.exit_code == 1
+    assert (
+        result.stderr.strip()
+        == f"corral: no config file to migrate: {tmp_path / 'absent.toml'} does not exist"
+    )
 
 
 def test_config_dump_keeps_sections_of_unknown_plugins_as_written_and_warns(tmp_path: Path) -> None:

@@ -15,8 +15,19 @@ import click
 import structlog
 
 from corral.api.cli._output import emit
+from corral.api.cli._session import CommandError
 from corral.api.daemon import default_paths, finish, read_config
-from corral.kernel import Candidate, ConfigError, DaemonConfig, Kernel, Status, encode, render_toml
+from corral.kernel import (
+    Candidate,
+    ConfigError,
+    DaemonConfig,
+    Kernel,
+    StartupError,
+    Status,
+    encode,
+    load_written,
+    render_toml,
+)
 
 
 @dataclass(frozen=True)
@@ -60,12 +71,7 @@ def prepare(
     warnings = [
         f"{rec.uri}: {' '.join(rec.reason.split())}" for rec in kernel.records() if rec.status is Status.ERROR
     ]
-    for uri in kernel.plugin_configs:
-        rec = kernel.get(uri)
-        if rec is None:
-            warnings.append(f'plugins."{uri}": no installed plugin has this URI; section ignored')
-        elif rec.status is Status.NOT_ENABLED:
-            warnings.append(f'plugins."{uri}": plugin not enabled; section not checked')
+    warnings += kernel.config_notes()
     return PreparedConfig(config, dict(sorted(sections.items())), len(ordered), tuple(warnings))
 
 
@@ -94,6 +100,8 @@ def effective_config(path: Path | None, candidates: Sequence[Candidate] | None =
         return prepare(config, candidates=candidates)
     except ConfigError as exc:  # plugin sections are decoded after loading: say which file they came from
         raise ConfigError(f"{source}: {exc.detail}" if source else exc.detail) from None
+    except StartupError as exc:  # what corrald would refuse before starting any plugin
+        raise CommandError(f"{source}: {exc}" if source else str(exc)) from None
 
 
 def report(warnings: Sequence[str]) -> None:
@@ -139,10 +147,32 @@ def dump_command(path: Path | None) -> None:
 @config_group.command("migrate")
 @config_path_option
 def migrate_command(path: Path | None) -> None:
-    """Print the config migrated to version 3."""
-    prepared = effective_config(path)
-    report(prepared.warnings)
-    emit(render(prepared))
+    """Print your config file migrated to version 3: only what it sets, plugin sections upgraded.
+
+    As ``containerd config migrate``: imported files are merged in; defaults are not added.
+    """
+    emit(migrated_config(path))
+
+
+def migrated_config(path: Path | None, candidates: Sequence[Candidate] | None = None) -> str:
+    """The operator's own settings (``path``, else the default file) as a version-3 config."""
+    default_path, _ = default_paths()
+    source = path if path is not None else default_path
+    if not source.exists():
+        hint = "" if path is not None else " (give one with --config)"
+        raise CommandError(f"no config file to migrate: {source} does not exist{hint}")
+    written, oldest = load_written(source)
+    config = finish(read_config(source))
+    kernel = Kernel(dataclasses.replace(config, version=oldest), candidates=candidates)
+    with kernel_logs_silenced():
+        kernel.migrate_config(kernel.load_registrations())
+    written["version"] = DaemonConfig().version
+    plugins = {uri: section for uri, section in kernel.plugin_configs.items() if section}
+    if plugins:
+        written["plugins"] = dict(sorted(plugins.items()))
+    else:
+        written.pop("plugins", None)
+    return render_toml(written)
 
 
 @config_group.command("validate")

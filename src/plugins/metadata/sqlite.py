@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from corral.kernel import InitContext, Registration
 from corral.plugins import types
@@ -44,13 +44,6 @@ def build_kinds(
     return kinds
 
 
-def migrate_bolt_section(from_version: int, plugins: dict[str, Any]) -> None:
-    """A containerd config's ``io.containerd.metadata.v1.bolt`` section configures this plugin."""
-    bolt = plugins.pop(f"{types.METADATA}.bolt", None)
-    if bolt is not None:
-        plugins.setdefault(f"{types.METADATA}.sqlite", {}).update(bolt)
-
-
 async def init(ic: InitContext) -> SqliteMetadata:
     config: SqliteConfig = ic.config
     path = ic.root / "meta.db"
@@ -76,7 +69,7 @@ registration = Registration(
     init=init,
     after=(types.CONTENT, types.EVENT, types.SNAPSHOTTER),
     config=SqliteConfig,
-    migrate=migrate_bolt_section,
+    config_aliases=(f"{types.METADATA}.bolt",),  # a containerd config's section configures this store
     description="namespaced metadata (namespaces, content, snapshots, leases, references) in one sqlite file",
 )
 

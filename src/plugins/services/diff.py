@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import anyio.to_thread
 
 from corral.kernel import InitContext, Registration, Unimplemented
 from corral.plugins import types
@@ -16,19 +19,27 @@ from corral.plugins.differs import Differ
 class DiffServiceConfig:
     default: tuple[str, ...] = ("walking",)
     """Differ ids, tried in order: the first that supports the layer or mounts wins."""
+    sync_fs: bool = False
+    """Flush applied layers to disk before Apply returns (containerd 2.1's option): slower, and a
+    layer reported applied survives a power loss."""
 
 
 class DiffService:
-    def __init__(self, differs: Sequence[Differ]) -> None:
+    def __init__(self, differs: Sequence[Differ], *, sync_fs: bool = False) -> None:
         self._differs = list(differs)
+        self._sync_fs = sync_fs
 
     async def apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
         error: Exception = Unimplemented("no differ could apply the layer")
         for differ in self._differs:
             try:
-                return await differ.apply(desc, mounts)
+                applied = await differ.apply(desc, mounts)
             except Unimplemented as exc:
                 error = exc
+                continue
+            if self._sync_fs:
+                await anyio.to_thread.run_sync(os.sync)
+            return applied
         raise error
 
     async def compare(
@@ -55,7 +66,7 @@ async def init(ic: InitContext) -> DiffService:
     missing = [name for name in config.default if name not in loaded]
     if missing:
         raise RuntimeError(f"needed differ not loaded: {', '.join(missing)}")
-    return DiffService([loaded[name] for name in config.default])
+    return DiffService([loaded[name] for name in config.default], sync_fs=config.sync_fs)
 
 
 registration = Registration(

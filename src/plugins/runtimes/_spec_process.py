@@ -303,8 +303,9 @@ def _check_capabilities(caps: Sequence[str]) -> None:
 def with_capabilities(caps: Sequence[str]) -> SpecOpt:
     """Exactly ``caps`` in the bounding, effective and permitted sets; inheritable kept only within them."""
 
+    _check_capabilities(caps)
+
     def opt(spec: Spec) -> None:
-        _check_capabilities(caps)
         sets = _capabilities(spec)
         for name in ("bounding", "effective", "permitted"):
             put(sets, name, list(caps))
@@ -315,8 +316,9 @@ def with_capabilities(caps: Sequence[str]) -> SpecOpt:
 
 
 def with_added_capabilities(caps: Sequence[str]) -> SpecOpt:
+    _check_capabilities(caps)
+
     def opt(spec: Spec) -> None:
-        _check_capabilities(caps)
         sets = _capabilities(spec)
         for name in ("bounding", "effective", "permitted"):
             current = list(sets.get(name, []))
@@ -329,8 +331,9 @@ def with_added_capabilities(caps: Sequence[str]) -> SpecOpt:
 def with_dropped_capabilities(caps: Sequence[str]) -> SpecOpt:
     """Remove ``caps`` from every set, inheritable included."""
 
+    _check_capabilities(caps)
+
     def opt(spec: Spec) -> None:
-        _check_capabilities(caps)
         sets = _capabilities(spec)
         for name in ("bounding", "effective", "permitted", "inheritable"):
             put(sets, name, [c for c in sets.get(name, []) if c not in caps])
@@ -341,8 +344,9 @@ def with_dropped_capabilities(caps: Sequence[str]) -> SpecOpt:
 def with_ambient_capabilities(caps: Sequence[str]) -> SpecOpt:
     """Set the inheritable and ambient sets (for a non-root process that needs capabilities)."""
 
+    _check_capabilities(caps)
+
     def opt(spec: Spec) -> None:
-        _check_capabilities(caps)
         sets = _capabilities(spec)
         put(sets, "inheritable", list(caps))
         put(sets, "ambient", list(caps))

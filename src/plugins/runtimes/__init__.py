@@ -1,0 +1,1 @@
+"""Runtimes: the task contract and its implementations."""

@@ -44,8 +44,8 @@ class GRPCConfig:
     tcp_tls_common_name: str = ""
     uid: int = 0
     gid: int = 0
-    mode: int = 0o660
-    """corral's own: the socket's mode (containerd's is fixed at 0660)."""
+    mode: int = field(default=0o660, metadata={"octal": True})
+    """corral's own: the socket's mode (containerd's is fixed at 0660); written in octal."""
     max_recv_message_size: int = 16 << 20
     max_send_message_size: int = 16 << 20
 
@@ -356,8 +356,12 @@ def encode(obj: Any) -> dict[str, Any]:
     for f in dataclasses.fields(obj):
         value = _encode_value(getattr(obj, f.name))
         if f.init and value is not None:
-            out[f.name] = value
+            out[f.name] = Octal(value) if f.metadata.get("octal") and isinstance(value, int) else value
     return out
+
+
+class Octal(int):
+    """An int that TOML output writes in octal (``0o660``), as file modes read."""
 
 
 def _encode_value(value: Any) -> Any:
@@ -381,7 +385,22 @@ def render_toml(data: Mapping[str, Any]) -> str:
     """Render encoded config as TOML: ``version`` first (3 if absent), then scalars and lists, then tables."""
     ordered = {"version": data.get("version", CONFIG_VERSION)}
     ordered.update((k, v) for k, v in data.items() if k != "version")
-    return tomli_w.dumps(ordered)
+    # tomli-w writes every int in decimal: octal values go through a placeholder it quotes.
+    text = tomli_w.dumps(_mark_octal(ordered))
+    return _OCTAL_PLACEHOLDER.sub(lambda m: m.group(1), text)
+
+
+_OCTAL_PLACEHOLDER = re.compile(r'"__corral_octal__(0o[0-7]+)"')
+
+
+def _mark_octal(value: Any) -> Any:
+    if isinstance(value, Octal):
+        return f"__corral_octal__{oct(value)}"
+    if isinstance(value, Mapping):
+        return {k: _mark_octal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_octal(v) for v in value]
+    return value
 
 
 # --- loading ------------------------------------------------------------------------------------

@@ -24,7 +24,17 @@ T = TypeVar("T")
 
 
 class PluginUnavailable(LookupError):
-    """A looked-up plugin is missing, skipped or failed; the message says which and why."""
+    """A looked-up plugin is missing, skipped or failed; the message says which and why.
+
+    Raised out of an init, it makes the plugin skipped when what it looked up was skipped, disabled
+    or absent, and failed when that had failed: one cause, one status, all the way down, with
+    ``blockers`` naming the plugins in the way (for ``corral plugins why``).
+    """
+
+    def __init__(self, message: str, *, blockers: tuple[str, ...] = (), failed: bool = False) -> None:
+        super().__init__(message)
+        self.blockers = blockers
+        self.failed = failed
 
 
 class UndeclaredDependency(RuntimeError):
@@ -118,9 +128,13 @@ class InitContext:
             return _conforming(ok[0], contract)
         if len(ok) > 1:
             raise PluginUnavailable(
-                f"multiple plugins registered for {plugin_type}: {', '.join(r.uri for r in ok)}"
+                f"multiple plugins registered for {plugin_type}: {', '.join(r.uri for r in ok)}", failed=True
             )
-        raise PluginUnavailable(f"no plugins registered for {plugin_type}{_why_none(records)}")
+        raise PluginUnavailable(
+            f"no plugins registered for {plugin_type}{_why_none(records)}",
+            blockers=tuple(r.uri for r in records),
+            failed=any(r.status is Status.ERROR for r in records),
+        )
 
     @overload
     def get_by_id(self, plugin_type: str, plugin_id: str) -> Any: ...
@@ -132,14 +146,20 @@ class InitContext:
         if rec is None:
             raise PluginUnavailable(f"no plugins registered for {plugin_type}.{plugin_id}")
         if not rec.ok:
-            raise PluginUnavailable(f"{rec.uri} is {rec.status.value}: {rec.reason}")
+            raise PluginUnavailable(
+                f"{rec.uri} is {rec.status.value}: {rec.reason}",
+                blockers=(rec.uri,),
+                failed=rec.status is Status.ERROR,
+            )
         return _conforming(rec, contract)
 
 
 def _conforming(rec: PluginRecord, contract: type[Any] | None) -> Any:
     if contract is not None and not isinstance(rec.instance, contract):
         raise PluginUnavailable(
-            f"{rec.uri} does not provide {contract.__qualname__} (its instance is a {type(rec.instance).__name__})"
+            f"{rec.uri} does not provide {contract.__qualname__} (its instance is a {type(rec.instance).__name__})",
+            blockers=(rec.uri,),
+            failed=True,
         )
     return rec.instance
 

@@ -23,6 +23,7 @@ from corral.kernel._context import (
     ROOT_MODE,
     STATE_MODE,
     InitContext,
+    PluginUnavailable,
     dependency_problem,
     ensure_directory,
 )
@@ -289,6 +290,17 @@ class Kernel:
                 init_seconds=time.perf_counter() - started,
             )  # fmt: skip
             log.info("plugin_skipped", reason=exc.reason)
+            return
+        except PluginUnavailable as exc:
+            # A plugin it looked up is not there: it shares that plugin's fate and names it.
+            status = Status.ERROR if exc.failed else Status.SKIP
+            reason = str(exc)
+            self._records[reg.uri] = dataclasses.replace(
+                rec, status=status, reason=reason, blocked_by=exc.blockers, meta=ic.meta,
+                error=exc if exc.failed else SkipPlugin(reason),
+                init_seconds=time.perf_counter() - started,
+            )  # fmt: skip
+            log.info("plugin_not_started", status=status.value, reason=reason)
             return
         except Exception as exc:
             self._records[reg.uri] = dataclasses.replace(

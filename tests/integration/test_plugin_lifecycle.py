@@ -139,6 +139,17 @@ def test_disabled_plugins_are_absent_and_their_dependents_explain_why(tmp_path: 
         why = d.corral("plugins", "why", "io.containerd.grpc.v1.namespaces").stdout
         assert "io.containerd.service.v1.namespaces-service" in why
         assert "io.containerd.metadata.v1.sqlite" in why and "disabled" in why
+        # One cause, one status: every plugin held up by the disabled store is skipped (none
+        # "error"), and each one's explanation ends at the same root cause.
+        statuses = {f"{r[0]}.{r[1]}": r[3] for r in rows[1:]}
+        held = [uri for uri, status in statuses.items() if status != "ok"]
+        assert "io.containerd.grpc.v1.content" in held and "io.containerd.grpc.v1.snapshots" in held
+        assert {statuses[uri] for uri in held} == {"skip"}
+        for uri in held:
+            lines = d.corral("plugins", "why", uri).stdout.splitlines()
+            assert any(
+                line.startswith("root cause: io.containerd.metadata.v1.sqlite [disabled]") for line in lines
+            ), uri
     finally:
         d.stop()
 

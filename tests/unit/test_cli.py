@@ -27,7 +27,7 @@ from grpclib.server import Server
 
 from corral.api.cli import cli
 from corral.api.cli._output import format_labels, to_text
-from corral.api.cli._plugin_graph import graph_dot, graph_text
+from corral.api.cli._plugin_graph import graph_dot, graph_json, graph_text
 from corral.api.cli._plugin_views import explain, plugin_info, plugins_json, plugins_table
 from corral.api.cli._session import UsageProblem, parse_labels
 from corral.api.cli.config import default_config, effective_config, render
@@ -213,6 +213,24 @@ def test_graph_text_lists_each_plugins_dependencies_marking_after() -> None:
     assert "io.containerd.service.v1.namespaces-service [skip]\n└── io.containerd.metadata.v1.sqlite" in text
 
 
+def test_graph_json_has_nodes_in_start_order_and_typed_edges() -> None:
+    data = graph_json(broken_daemon())
+    uris = [n["uri"] for n in data["nodes"]]  # type: ignore[index]
+    assert uris.index("io.containerd.content.v1.local") < uris.index("io.containerd.metadata.v1.sqlite")
+    edges = data["edges"]
+    assert {"from": "io.containerd.metadata.v1.sqlite", "to": "io.containerd.content.v1.local",
+            "type": "io.containerd.content.v1", "kind": "requires"} in edges  # type: ignore[operator]  # fmt: skip
+    assert {"from": "io.containerd.metadata.v1.sqlite", "to": None,
+            "type": "io.containerd.event.v1", "kind": "after"} in edges  # type: ignore[operator]  # fmt: skip
+
+
+def test_every_format_choice_a_command_offers_works_and_json_is_promised_only_where_offered() -> None:
+    help_text = corral("plugins", "graph", "--help").stdout
+    assert "[text|dot|json]" in help_text
+    assert "json: machine-readable" in help_text
+    assert "machine-readable" not in corral("plugins", "why", "--help").stdout
+
+
 def test_graph_dot_points_from_dependent_to_dependency_and_styles_failures() -> None:
     dot = graph_dot(broken_daemon())
     assert dot.startswith("digraph plugins {") and dot.rstrip().endswith("}")
@@ -383,6 +401,12 @@ def test_config_default_is_version_3_toml_with_every_builtin_plugins_defaults() 
     data = tomllib.loads(result.stdout)
     assert data["version"] == 3
     assert data["plugins"][SQLITE] == {"content_sharing_policy": "shared", "no_sync": False}
+
+
+def test_config_default_writes_the_socket_mode_in_octal() -> None:
+    text = corral("config", "default").stdout
+    assert "mode = 0o660\n" in text
+    assert tomllib.loads(text)["grpc"]["mode"] == 0o660
 
 
 def test_config_default_is_accepted_by_the_daemons_loader(tmp_path: Path) -> None:

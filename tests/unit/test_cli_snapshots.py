@@ -501,13 +501,13 @@ def test_tree_of_no_snapshots_prints_nothing_and_survives_a_parent_loop() -> Non
     assert tree_lines(build_tree(looped)) == " r\n"
 
 
-def test_info_prints_json_by_default_and_a_listing_as_table() -> None:
+def test_info_prints_a_listing_by_default_like_every_command_and_json_when_asked() -> None:
     store = FakeSnapshots()
     store.add("base")
     store.add("k1", "base", pb.Kind.ACTIVE, **{GC_ROOT: "2024-05-01T10:00:00Z", "z": "1"})
     with fake_daemon(store) as daemon:
-        data = json.loads(corral(daemon, "snapshots", "info", "k1").stdout)
-        listing = corral(daemon, "snapshots", "info", "k1", "--format", "table").stdout
+        data = json.loads(corral(daemon, "snapshots", "info", "k1", "--format", "json").stdout)
+        listing = corral(daemon, "snapshots", "info", "k1").stdout
     assert data == {
         "key": "k1",
         "parent": "base",

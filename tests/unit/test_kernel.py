@@ -350,3 +350,33 @@ def test_builtin_plugins_are_discovered_from_the_entry_point_group_without_impor
     assert sqlite.origin.builtin and sqlite.origin.distribution == "corral"
     assert sqlite.origin.value == "corral.plugins.metadata.sqlite:registration"
     assert sqlite.type == "io.containerd.metadata.v1" and sqlite.id == "sqlite"
+
+
+def test_a_plugin_that_looks_up_a_skipped_plugin_is_skipped_naming_it(config: DaemonConfig) -> None:
+    async def skip(ic: InitContext) -> None:
+        raise SkipPlugin("not on this machine")
+
+    async def fail(ic: InitContext) -> None:
+        raise RuntimeError("broken")
+
+    def lookup(target: str) -> Any:
+        async def init(ic: InitContext) -> Any:
+            return ic.get_by_id("svc.v1", target)
+
+        return init
+
+    regs = [
+        make("svc.v1", "skipper", init=skip),
+        make("svc.v1", "failer", init=fail),
+        make("svc.v1", "fine"),
+        make("grpc.v1", "a", requires=("svc.v1",), init=lookup("skipper")),
+        make("grpc.v1", "b", requires=("svc.v1",), init=lookup("failer")),
+    ]
+    kernel = kernel_of(config, *regs)
+    run(kernel)
+    a, b = kernel.get("grpc.v1.a"), kernel.get("grpc.v1.b")
+    assert a is not None and b is not None
+    # The same cause gives the same status as the plugin in the way, and names it.
+    assert (a.status, a.blocked_by) == (Status.SKIP, ("svc.v1.skipper",))
+    assert "svc.v1.skipper is skip: not on this machine" in a.reason
+    assert (b.status, b.blocked_by) == (Status.ERROR, ("svc.v1.failer",))

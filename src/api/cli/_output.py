@@ -42,7 +42,7 @@ def format_option(*choices: str) -> Callable[[F], F]:
         type=click.Choice(choices),
         default=choices[0],
         show_default=True,
-        help="output format (json: machine-readable, stable keys)",
+        help="output format" + (" (json: machine-readable, stable keys)" if "json" in choices else ""),
     )
 
 

@@ -97,3 +97,19 @@ def graph_dot(details: Sequence[PluginDetail]) -> str:
     out.extend(edges)
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def graph_json(details: Sequence[PluginDetail]) -> dict[str, object]:
+    """Nodes in start order and edges dependent -> dependency, for scripts."""
+    nodes = [{"uri": plugin_uri(d), "type": d.type, "id": d.id, "status": d.status} for d in details]
+    edges = [
+        {
+            "from": plugin_uri(d),
+            "to": plugin_uri(dep.target) if dep.target is not None else None,
+            "type": dep.plugin_type,
+            "kind": dep.kind,
+        }
+        for d in details
+        for dep in dependencies(d, details)
+    ]
+    return {"nodes": nodes, "edges": edges}

@@ -13,6 +13,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from corral.api.client import Client, connect
 from corral.kernel import ConfigError, CorralError
+from corral.plugins.core.digests import digest_error
 
 T = TypeVar("T")
 
@@ -114,3 +115,14 @@ def report_failures(failures: Sequence[str]) -> None:
         click.echo(f"corral: {message}", err=True)
     if failures:
         raise CommandError(failures[-1])
+
+
+def digest_argument(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback: refuse a malformed digest before any call, as ctr does (one line, go-digest's reason)."""
+    values = value if isinstance(value, tuple) else (value,)
+    for digest in values:
+        if digest:
+            problem = digest_error(digest)
+            if problem is not None:
+                raise UsageProblem(f"invalid digest {digest!r}: {problem}")
+    return value

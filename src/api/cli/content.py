@@ -24,7 +24,7 @@ from corral.api.cli._output import (
     timestamp,
     to_json,
 )
-from corral.api.cli._session import call, parse_labels, report_failures
+from corral.api.cli._session import call, digest_argument, parse_labels, report_failures
 from corral.api.client import Client
 from corral.api.types.containerd.services.content import v1 as pb
 from corral.kernel import CorralError
@@ -112,7 +112,7 @@ def list_content(filters: tuple[str, ...], quiet: bool, output_format: str) -> N
 
 
 @content_group.command("get")
-@click.argument("digest")
+@click.argument("digest", callback=digest_argument)
 def get_content(digest: str) -> None:
     """Write the blob DIGEST to stdout, byte for byte."""
     out = sys.stdout.buffer
@@ -131,7 +131,14 @@ def get_content(digest: str) -> None:
 
 @content_group.command("ingest")
 @click.argument("ref")
-@click.option("--expected-digest", "expected", default="", metavar="DIGEST", help="verify the blob's digest")
+@click.option(
+    "--expected-digest",
+    "expected",
+    default="",
+    metavar="DIGEST",
+    help="verify the blob's digest",
+    callback=digest_argument,
+)
 @click.option(
     "--expected-size", "total", type=click.IntRange(min=0), default=0, metavar="N", help="verify its size"
 )
@@ -154,7 +161,7 @@ def ingest_content(ref: str, expected: str, total: int, labels: tuple[str, ...],
 
 
 @content_group.command("rm")
-@click.argument("digests", nargs=-1, required=True, metavar="DIGEST...")
+@click.argument("digests", nargs=-1, required=True, metavar="DIGEST...", callback=digest_argument)
 def remove_content(digests: tuple[str, ...]) -> None:
     """Remove blobs; unlike ctr, a blob that does not exist is an error."""
 
@@ -173,7 +180,7 @@ def remove_content(digests: tuple[str, ...]) -> None:
 
 
 @content_group.command("label")
-@click.argument("digest")
+@click.argument("digest", callback=digest_argument)
 @click.argument("labels", nargs=-1, required=True, metavar="KEY=[VALUE]...")
 def label_content(digest: str, labels: tuple[str, ...]) -> None:
     """Set labels on blob DIGEST; KEY= removes KEY."""

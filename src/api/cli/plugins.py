@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import click
 
 from corral.api.cli._output import emit, format_option, to_json
-from corral.api.cli._plugin_graph import graph_dot, graph_text
+from corral.api.cli._plugin_graph import graph_dot, graph_json, graph_text
 from corral.api.cli._plugin_views import (
     explain,
     find_plugin,
@@ -68,14 +68,18 @@ def plugin_info_command(uri: str, output_format: str) -> None:
 
 @plugins_group.command("graph")
 @click.option("--all", "include_disabled", is_flag=True, help=ALL_HELP)
-@format_option("text", "dot")
+@format_option("text", "dot", "json")
 def plugin_graph(include_disabled: bool, output_format: str) -> None:
     """Show the plugin dependency graph.
 
-    A text tree of each plugin's dependencies, or a Graphviz digraph with --format dot.
+    A text tree of each plugin's dependencies, a Graphviz digraph with --format dot, or nodes and
+    edges with --format json.
     """
     details = fetch(include_disabled=include_disabled)
-    emit(graph_dot(details) if output_format == "dot" else graph_text(details))
+    if output_format == "json":
+        emit(to_json(graph_json(details)))
+    else:
+        emit(graph_dot(details) if output_format == "dot" else graph_text(details))
 
 
 @plugins_group.command("why")

@@ -286,7 +286,7 @@ def snapshot_tree(output_format: str) -> None:
 
 @snapshots_group.command("info")
 @click.argument("key")
-@format_option("json", "table")
+@format_option("table", "json")
 def snapshot_info(key: str, output_format: str) -> None:
     """Show snapshot KEY: parent, kind, creation and update times (UTC) and labels."""
     name = snapshotter()

@@ -231,19 +231,18 @@ class _Source:
             for start in range(self._position, len(self._data), WRITE_CHUNK):
                 yield bytes(self._data[start : start + WRITE_CHUNK])
             return
-        async for chunk in _rechunk(self._pieces()):
-            yield chunk
-
-    async def _pieces(self) -> AsyncIterator[bytes]:
         if self._stream is not None:
-            async for piece in self._stream:
-                yield piece
+            async for chunk in _rechunk(self._stream):
+                yield chunk
         elif self._file is not None:
-            while piece := await anyio.to_thread.run_sync(self._file.read, WRITE_CHUNK):
+            # read1: what a pipe has now (up to a chunk), so a slow writer's bytes reach the daemon
+            # (and `content active`) as they come, not once a whole MiB has gathered.
+            read = getattr(self._file, "read1", self._file.read)
+            while piece := await anyio.to_thread.run_sync(read, WRITE_CHUNK):
                 yield piece
 
 
-async def _rechunk(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _rechunk(pieces: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """Whole WRITE_CHUNK pieces (the last one shorter), whatever sizes the source yields."""
     pending = bytearray()
     async for piece in pieces:

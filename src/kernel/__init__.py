@@ -31,6 +31,12 @@ if TYPE_CHECKING:
         format_duration as format_duration,
     )
     from corral.kernel._config import (
+        inert as inert,
+    )
+    from corral.kernel._config import (
+        inert_fields as inert_fields,
+    )
+    from corral.kernel._config import (
         inert_settings as inert_settings,
     )
     from corral.kernel._config import (
@@ -209,6 +215,8 @@ _SOURCES: dict[str, str] = {
     "CorralError": "corral.kernel._errors",
     "DaemonConfig": "corral.kernel._config",
     "INERT_KEYS": "corral.kernel._config",
+    "inert": "corral.kernel._config",
+    "inert_fields": "corral.kernel._config",
     "inert_settings": "corral.kernel._config",
     "DataLoss": "corral.kernel._errors",
     "DeadlineExceeded": "corral.kernel._errors",

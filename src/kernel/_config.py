@@ -622,6 +622,24 @@ def inert_settings(config: DaemonConfig) -> list[tuple[str, str]]:
     return found
 
 
+def inert(reason: str) -> dict[str, str]:
+    """Field metadata for a plugin config key accepted (so containerd configs load) but without
+    effect: ``slow_chown: bool = field(default=False, metadata=inert("…"))``. Setting it is reported."""
+    return {"inert": reason}
+
+
+def inert_fields(config: Any) -> list[tuple[str, str]]:
+    """The fields of a decoded plugin config marked ``inert`` that are set away from their default."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return []
+    found = []
+    for f in dataclasses.fields(config):
+        reason = f.metadata.get("inert")
+        if reason and getattr(config, f.name) != _default_of(f):
+            found.append((f.name, reason))
+    return found
+
+
 def migrate_plugins(
     from_version: int,
     plugins: Mapping[str, Any],

@@ -60,6 +60,7 @@ class Kernel:
         self.hooks = pluggy.PluginManager(PROJECT)
         self.hooks.add_hookspecs(CorralHooks)
         self.plugin_configs: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config.plugins.items()}
+        self._decoded: dict[str, Any] = {}
         self._records: dict[str, PluginRecord] = {}
         self._order: list[str] = []
         self._dependents: dict[str, tuple[str, ...]] = {}
@@ -178,6 +179,7 @@ class Kernel:
         self.migrate_config(regs)
         ordered = self._order_plugins(regs)
         configs = self.decode_configs(ordered)
+        self._decoded = {uri: cfg for uri, cfg in configs.items() if cfg is not None}
         self._check_required_statically()
         return ordered, configs
 
@@ -193,6 +195,9 @@ class Kernel:
                 notes.append(f'plugins."{uri}": plugin not enabled; section not checked')
         for key, reason in _config.inert_settings(self.config):
             notes.append(f"{key}: accepted, but has no effect in corral ({reason})")
+        for uri, decoded in self._decoded.items():
+            for name, reason in _config.inert_fields(decoded):
+                notes.append(f'plugins."{uri}".{name}: accepted, but has no effect in corral ({reason})')
         return notes
 
     def _check_required_statically(self) -> None:

@@ -506,3 +506,16 @@ def test_config_dump_keeps_sections_of_unknown_plugins_as_written_and_warns(tmp_
     result = corral("config", "dump", "-c", str(path))
     assert tomllib.loads(result.stdout)["plugins"]["io.containerd.grpc.v1.cri"] == {"x": 1}
     assert result.stderr.startswith('# warning: plugins."io.containerd.grpc.v1.cri": no installed plugin')
+
+
+def test_validate_names_a_plugin_key_that_is_accepted_without_effect(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "config.toml",
+        'version = 3\n[plugins."io.containerd.snapshotter.v1.overlayfs"]\nslow_chown = true\n',
+    )
+    result = corral("config", "validate", "--config", str(path))
+    assert result.exit_code == 0
+    assert (
+        '# warning: plugins."io.containerd.snapshotter.v1.overlayfs".slow_chown: accepted, but has no effect'
+        in result.stderr
+    )

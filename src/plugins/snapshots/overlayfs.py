@@ -13,13 +13,13 @@ import ctypes
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
-from corral.kernel import InitContext, Platform, Registration, SkipPlugin
+from corral.kernel import InitContext, Platform, Registration, SkipPlugin, inert
 from corral.plugins import types
 from corral.plugins.core import Mount
 from corral.plugins.snapshots import Info, Kind
@@ -43,8 +43,8 @@ class OverlayConfig:
     """Delete a snapshot's directory during ``remove``; otherwise the next ``cleanup`` does, as in containerd."""
     mount_options: tuple[str, ...] = ()
     """Extra options for every overlay mount, after ``lowerdir``."""
-    slow_chown: bool = False
-    """Accepted so containerd configs load; corral does not remap ids, so it has no effect."""
+    slow_chown: bool = field(default=False, metadata=inert("corral's overlayfs does not remap ids"))
+    """Accepted so containerd configs load; setting it is reported (corral does not remap ids)."""
 
 
 class OverlaySnapshotter(DirectoryBackend):

@@ -377,8 +377,9 @@ def _resolve_docker(
                 raise InvalidArgument(f"normalize image ref {tag!r}: {err}") from err
             annotations = {ANNOTATION_IMAGE_NAME: normalized, ANNOTATION_REF_NAME: oci_ref_name(normalized)}
             index_entries.append(replace(desc, annotations=annotations))
-    index = Index(manifests=tuple(index_entries), media_type="")
-    index_data = index.encode()
+    # containerd's synthesised index has no mediaType field; it is an OCI index all the same.
+    index_data = Index(manifests=tuple(index_entries), media_type="").encode()
+    index = Index(manifests=tuple(index_entries))
     index_digest = digest_of(index_data)
     synthesized[index_digest] = documents[index_digest] = index_data
     return ArchiveContents(

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import hashlib
 import io
 import json
 import subprocess
 import tarfile
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,36 @@ async def test_an_async_source_reads_the_same() -> None:
         blobs[blob.name] = await blob.aread_all()
     assert blobs == expected_blobs
     assert reader.contents() == expected
+
+
+def test_a_large_blob_streams_through_without_being_held_in_memory() -> None:
+    from corral.plugins.images._tar import END_OF_ARCHIVE, encode_header
+
+    size, chunk = 48 << 20, bytes(1 << 20)
+    hasher = hashlib.sha256()
+    for _ in range(size // len(chunk)):
+        hasher.update(chunk)
+    digest = "sha256:" + hasher.hexdigest()
+
+    def source() -> Iterator[bytes]:
+        yield encode_header(blob_name(digest), size=size)
+        for _ in range(size // len(chunk)):
+            yield chunk
+        yield END_OF_ARCHIVE
+
+    reader = ArchiveReader()
+    tracemalloc.start()
+    try:
+        for blob in reader.blobs(source()):
+            assert (blob.name, blob.size) == (blob_name(digest), size)
+            seen = sum(len(part) for part in blob.chunks())
+            assert seen == size and blob.digest == digest
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak} bytes held while streaming {size}"
+    with pytest.raises(InvalidArgument, match="unrecognized"):
+        reader.contents()
 
 
 def test_blobs_left_unread_are_skipped_and_still_verified() -> None:

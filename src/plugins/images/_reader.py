@@ -34,6 +34,8 @@ DOCKER_MANIFEST_FILE = "manifest.json"
 _INTERNAL = frozenset({OCI_LAYOUT_FILE, DOCKER_MANIFEST_FILE})
 """Read for their meaning, not handed out (containerd's importer does not store them either)."""
 _HEAD = 10
+KEPT_LIMIT = 256 << 20
+"""JSON-looking members are kept for resolving up to this many bytes in all; past it they are not."""
 
 
 @runtime_checkable
@@ -76,7 +78,9 @@ def _expected_digest(name: str) -> str | None:
 class _Pending:
     """A regular member whose bytes are passing through."""
 
-    def __init__(self, name: str, size: int, expected: str | None, *, always_keep: bool) -> None:
+    def __init__(
+        self, name: str, size: int, expected: str | None, *, always_keep: bool, may_keep: bool
+    ) -> None:
         self.name = name
         self.size = size
         self.expected = expected
@@ -84,7 +88,7 @@ class _Pending:
         self.seen = 0
         self.head = b""
         # JSON documents are kept for resolving; a member is one if it starts with { or [.
-        self.keep = size <= JSON_LIMIT
+        self.keep = may_keep and size <= JSON_LIMIT
         self.kept: list[bytes] = []
         self.decided = always_keep or not self.keep
 
@@ -127,6 +131,7 @@ class _Collector:
         self.current: _Pending | None = None
         self.current_yields = False
         self.ended = False
+        self.kept_bytes = 0
 
     def begin(self, header: TarHeader) -> _Pending | None:
         """The member ``header`` starts; a _Pending when its bytes are to be followed."""
@@ -151,10 +156,12 @@ class _Collector:
             log.debug("archive_member_ignored", name=name, type=header.type.decode("latin-1"))
             return None
         internal = name in _INTERNAL
-        if internal and header.size > JSON_LIMIT:
+        if (internal or name == INDEX_FILE) and header.size > JSON_LIMIT:
             raise InvalidArgument(f"archive member {name!r} is {header.size} bytes, more than {JSON_LIMIT}")
         expected = _expected_digest(name)
-        self.current = _Pending(name, header.size, expected, always_keep=internal or name == INDEX_FILE)
+        always = internal or name == INDEX_FILE
+        keep = always or self.kept_bytes + header.size <= KEPT_LIMIT
+        self.current = _Pending(name, header.size, expected, always_keep=always, may_keep=keep)
         self.current_yields = not internal
         return self.current
 
@@ -163,6 +170,7 @@ class _Collector:
         if pending is None:
             return None
         member = pending.finish()
+        self.kept_bytes += len(member.data or b"")
         if pending.name in _INTERNAL:
             self.internal[pending.name] = member.data or b""
             return None
@@ -314,7 +322,7 @@ class Blob:
         self._started = True
 
     def chunks(self) -> Iterator[bytes]:
-        """Its bytes as they arrive; the digest is checked before the last chunk's successor (the end)."""
+        """Its bytes as they arrive; the digest is checked when they end, before the iteration stops."""
         if self._sync is None:
             raise FailedPrecondition("this blob comes from an async reader: use achunks()")
         self._claim()
@@ -344,8 +352,10 @@ class ArchiveReader:
     """Reads one archive: iterate ``blobs(source)`` (or ``ablobs``) to the end, then ``contents()``.
 
     ``source`` is a file-like object with ``read(n)`` or an iterable of byte chunks (async ones
-    for ``ablobs``). What the caller leaves unread of a blob is read past (and verified) when the
-    iteration moves on. Every malformation is InvalidArgument, raised where it is found.
+    for ``ablobs``). Every regular member is a blob except ``oci-layout`` and ``manifest.json``,
+    which are read for their meaning (containerd's importer does not store them either). What the
+    caller leaves unread of a blob is read past, and verified, when the iteration moves on.
+    Every malformation is InvalidArgument, raised where it is found.
     """
 
     def __init__(self, *, read_size: int = READ_SIZE) -> None:
@@ -362,54 +372,47 @@ class ArchiveReader:
         """Each blob of the archive in tar order."""
         self._start()
         driver = _SyncSource(self._stream, _sync_chunks(source, self._read_size))
-        try:
-            while True:
-                found = self._stream.next_blob()
-                if isinstance(found, _Need):
-                    if not driver.pull():
-                        # The parser raised unless the end marker had been seen.
-                        break
+        while True:
+            found = self._stream.next_blob()
+            if isinstance(found, _Need):
+                if driver.pull():
                     continue
-                if found is None:
-                    break
-                found._sync = driver
-                yield found
-                if not found.complete:
-                    found._started = True
-                    while driver.next_chunk() is not None:
-                        pass
-            for _ in driver.chunks:
-                pass
-            if not self._stream.collector.ended:
-                self._stream.eof()
-        except OSError as err:
-            raise InvalidArgument(f"archive could not be read: {err}") from err
+                break  # the parser has raised unless it saw the end-of-archive marker
+            if found is None:
+                break
+            found._sync = driver
+            yield found
+            if not found.complete:
+                found._started = True
+                while driver.next_chunk() is not None:
+                    pass
+        for _ in driver.chunks:
+            pass  # what follows the end marker (record padding) is read, not parsed
+        if not self._stream.collector.ended:
+            self._stream.eof()
 
     async def ablobs(self, source: AsyncReadable | AsyncIterable[bytes]) -> AsyncIterator[Blob]:
         """Each blob of the archive in tar order, from an async source."""
         self._start()
         driver = _AsyncSource(self._stream, _async_chunks(source, self._read_size))
-        try:
-            while True:
-                found = self._stream.next_blob()
-                if isinstance(found, _Need):
-                    if not await driver.pull():
-                        break
+        while True:
+            found = self._stream.next_blob()
+            if isinstance(found, _Need):
+                if await driver.pull():
                     continue
-                if found is None:
-                    break
-                found._async = driver
-                yield found
-                if not found.complete:
-                    found._started = True
-                    while await driver.next_chunk() is not None:
-                        pass
-            async for _ in driver.chunks:
-                pass
-            if not self._stream.collector.ended:
-                self._stream.eof()
-        except OSError as err:
-            raise InvalidArgument(f"archive could not be read: {err}") from err
+                break
+            if found is None:
+                break
+            found._async = driver
+            yield found
+            if not found.complete:
+                found._started = True
+                while await driver.next_chunk() is not None:
+                    pass
+        async for _ in driver.chunks:
+            pass
+        if not self._stream.collector.ended:
+            self._stream.eof()
 
     def contents(
         self,

@@ -147,12 +147,20 @@ async def test_an_async_source_reads_the_same() -> None:
         for i in range(0, len(data), 1000):
             yield data[i : i + 1000]
 
-    reader = ArchiveReader()
-    blobs = {}
-    async for blob in reader.ablobs(chunks()):
-        blobs[blob.name] = await blob.aread_all()
-    assert blobs == expected_blobs
-    assert reader.contents() == expected
+    class AsyncFile:
+        def __init__(self) -> None:
+            self.stream = io.BytesIO(data)
+
+        async def read(self, size: int = -1, /) -> bytes:
+            return self.stream.read(size)
+
+    for source in (chunks(), AsyncFile()):
+        reader = ArchiveReader()
+        blobs = {}
+        async for blob in reader.ablobs(source):
+            blobs[blob.name] = await blob.aread_all()
+        assert blobs == expected_blobs
+        assert reader.contents() == expected
 
 
 def test_a_large_blob_streams_through_without_being_held_in_memory() -> None:

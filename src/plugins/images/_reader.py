@@ -10,6 +10,7 @@ Small JSON members are kept so that, at the end, ``contents()`` can resolve what
 from __future__ import annotations
 
 import hashlib
+import inspect
 import posixpath
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
@@ -458,10 +459,12 @@ def _sync_chunks(source: Readable | Iterable[bytes], size: int) -> Iterator[byte
 
 
 async def _async_chunks(source: AsyncReadable | AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    if isinstance(source, AsyncReadable):
+    if isinstance(source, AsyncReadable) and inspect.iscoroutinefunction(source.read):
         while chunk := await source.read(size):
             yield bytes(chunk)
-    else:
+    elif isinstance(source, AsyncIterable):
         async for chunk in source:
             if chunk:
                 yield bytes(chunk)
+    else:
+        raise InvalidArgument("an async source needs an async read(n) or async iteration")

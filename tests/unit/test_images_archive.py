@@ -456,9 +456,13 @@ def malformed() -> Iterator[tuple[str, bytes, str]]:
     yield "no index.json", tar_of(*drop_member(members, "index.json")), "without index.json"
     not_index = replace_member(members, "index.json", b'{"schemaVersion":2}')
     yield "index.json not an index", tar_of(*not_index), "manifests is required"
-    yield "upper-case blob name", tar_of(*members, ("blobs/sha256/" + "A" * 64, b"")), "lower-case"
-    yield "md5 blob", tar_of(*members, ("blobs/md5/" + "a" * 32, b"")), "unsupported algorithm"
-    yield "short blob name", tar_of(*members, ("blobs/sha256/abc", b"")), "64 hex digits"
+    yield (
+        "upper-case blob name",
+        tar_of(*members, ("blobs/sha256/" + "A" * 64, b"")),
+        "invalid checksum digest format",
+    )
+    yield "md5 blob", tar_of(*members, ("blobs/md5/" + "a" * 32, b"")), "unsupported digest algorithm"
+    yield "short blob name", tar_of(*members, ("blobs/sha256/abc", b"")), "invalid checksum digest length"
     yield "blob outside its algorithm", tar_of(*members, ("blobs/extra", b"")), "blobs/<algorithm>/<encoded>"
     yield "neither format", tar_of(("hello", b"x")), "unrecognized image archive"
     corrupt = bytearray(good)

@@ -303,7 +303,7 @@ def test_digests_of_each_supported_algorithm_parse() -> None:
 
 
 def test_an_unsupported_algorithm_is_named_in_the_error() -> None:
-    with pytest.raises(InvalidArgument, match="unsupported algorithm 'md5'"):
+    with pytest.raises(InvalidArgument, match="'md5:a+': unsupported digest algorithm"):
         oci.parse_digest("md5:" + "a" * 32)
 
 
@@ -434,7 +434,10 @@ def test_an_index_parses_with_platforms() -> None:
         ({"schemaVersion": 2, "mediaType": oci.OCI_INDEX}, "manifests is required"),
         ({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "manifests": []}, "is not an image index"),
         ({"schemaVersion": 2, "manifests": [], "layers": []}, "a manifest"),
-        ({"schemaVersion": 2, "manifests": [descriptor(digest="sha256:" + "a" * 63)]}, "63"),
+        (
+            {"schemaVersion": 2, "manifests": [descriptor(digest="sha256:" + "a" * 63)]},
+            "invalid checksum digest length",
+        ),
         (
             {"schemaVersion": 2, "manifests": [{"mediaType": oci.OCI_MANIFEST, "size": 1}]},
             "digest is required",

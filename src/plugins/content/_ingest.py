@@ -23,27 +23,27 @@ import anyio.to_thread
 
 from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument
 from corral.plugins.content import Info, IngestStatus
+from corral.plugins.core.digests import HEX_LENGTHS, digest_error
 from corral.plugins.core.trees import remove_tree
 
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
+ALGORITHMS = HEX_LENGTHS
 """Accepted digest algorithms and the length of their hex encoding."""
 CANONICAL = "sha256"
 DATA = "data"
 RECORD = "ingest.json"
 BLOB_MODE = 0o400
 """Blobs are never written again, and only the daemon reads them."""
-_HEX = frozenset("0123456789abcdef")
 _REHASH_CHUNK = 1 << 20
 
 
 def parse_digest(digest: str) -> tuple[str, str]:
     """``(algorithm, hex)`` of a well-formed digest; InvalidArgument naming it otherwise."""
-    algorithm, sep, encoded = digest.partition(":")
-    if not sep or ALGORITHMS.get(algorithm) != len(encoded) or not _HEX.issuperset(encoded):
+    if digest_error(digest) is not None:
         raise InvalidArgument(f'"{digest}" failed validation')
+    algorithm, _, encoded = digest.partition(":")
     return algorithm, encoded
 
 

@@ -11,7 +11,8 @@ import re
 
 from corral.kernel import InvalidArgument
 
-_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+"""The algorithms containerd supports, and the length of each one's lower-case hex."""
 _HEX = re.compile(r"^[a-f0-9]+$")
 _DIGEST_SHAPE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 
@@ -25,7 +26,7 @@ def digest_error(digest: str) -> str | None:
     algorithm, sep, encoded = digest.partition(":")
     if not sep or not algorithm or not encoded:
         return INVALID_FORMAT
-    length = _HEX_LENGTHS.get(algorithm)
+    length = HEX_LENGTHS.get(algorithm)
     if length is None:
         return UNSUPPORTED if _DIGEST_SHAPE.match(digest) else INVALID_FORMAT
     if len(encoded) != length:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from corral.kernel import InvalidArgument
+from corral.plugins.core.digests import HEX_LENGTHS, digest_error
 
 CANONICAL = "sha256"
 
-ALGORITHMS: dict[str, int] = {"sha256": 64, "sha384": 96, "sha512": 128}
+ALGORITHMS = HEX_LENGTHS
 """The algorithms a digest may use, and the number of lower-case hex digits each one's value has."""
-
-_ALGORITHM = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*\Z")
-_HEX = re.compile(r"[a-f0-9]+\Z")
 
 
 @dataclass(frozen=True, order=True)
@@ -37,23 +34,14 @@ class Digest:
 
 
 def parse_digest(value: str, what: str = "digest") -> Digest:
-    """``value`` split and checked; InvalidArgument naming ``what`` when it is not a digest we accept."""
+    """``value`` split and checked (by go-digest's rules, ``corral.plugins.core.digests``);
+    InvalidArgument naming ``what`` when it is not a digest we accept."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be a string, not {type(value).__name__}")
-    algorithm, colon, encoded = value.partition(":")
-    if not colon or not algorithm or not encoded:
-        raise InvalidArgument(f"{what} {value!r} is not of the form algorithm:encoded")
-    if not _ALGORITHM.match(algorithm):
-        raise InvalidArgument(f"{what} {value!r} has a malformed algorithm")
-    length = ALGORITHMS.get(algorithm)
-    if length is None:
-        raise InvalidArgument(
-            f"{what} {value!r} uses unsupported algorithm {algorithm!r} (supported: {', '.join(ALGORITHMS)})"
-        )
-    if not _HEX.match(encoded):
-        raise InvalidArgument(f"{what} {value!r} must be lower-case hexadecimal after {algorithm}:")
-    if len(encoded) != length:
-        raise InvalidArgument(f"{what} {value!r}: {algorithm} needs {length} hex digits, not {len(encoded)}")
+    problem = digest_error(value)
+    if problem is not None:
+        raise InvalidArgument(f"{what} {value!r}: {problem}")
+    algorithm, _, encoded = value.partition(":")
     return Digest(algorithm, encoded)
 
 

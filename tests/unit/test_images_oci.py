@@ -303,7 +303,7 @@ def test_digests_of_each_supported_algorithm_parse() -> None:
 
 
 def test_an_unsupported_algorithm_is_named_in_the_error() -> None:
-    with pytest.raises(InvalidArgument, match="'md5:a+': unsupported digest algorithm"):
+    with pytest.raises(InvalidArgument, match=r"'md5:a+': unsupported digest algorithm"):
         oci.parse_digest("md5:" + "a" * 32)
 
 

@@ -17,12 +17,19 @@ from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
 from corral.plugins.content import Info, IngestStatus, Writer
+from corral.plugins.core import Descriptor
 from corral.plugins.snapshots import Snapshotter
 
 V = TypeVar("V")
 
 __all__ = [
+    "AnyValue",
     "CollectionResult",
+    "Container",
+    "ContainerRuntime",
+    "ContainerStore",
+    "Image",
+    "ImageStore",
     "Lease",
     "LeaseStore",
     "Metadata",
@@ -158,6 +165,92 @@ class LeaseStore(Protocol):
     async def delete_resource(self, lease_id: str, resource: Resource) -> None: ...
 
     async def list_resources(self, lease_id: str) -> builtins.list[Resource]: ...
+
+
+@dataclass(frozen=True)
+class AnyValue:
+    """A typed opaque value, as protobuf's Any: containerd keeps specs, runtime options and
+    extensions this way (``type_url`` without the ``type.googleapis.com/`` prefix, as ctr sends it)."""
+
+    type_url: str
+    value: bytes = b""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A named image: its target (an index or a manifest) and labels."""
+
+    name: str
+    target: Descriptor
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@runtime_checkable
+class ImageStore(Protocol):
+    """Images of the request's namespace; GC roots whose target and ``gc.ref`` labels stay alive.
+
+    Changes publish containerd's ``/images/create``, ``/images/update`` and ``/images/delete``."""
+
+    async def get(self, name: str) -> Image: ...
+
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Image]:
+        """Fields: name, target.digest, target.mediatype, labels.KEY; filters are OR'ed."""
+        ...
+
+    async def create(self, image: Image) -> Image:
+        """AlreadyExists for a name taken; InvalidArgument without a name or a valid target."""
+        ...
+
+    async def update(self, image: Image, paths: Sequence[str] = ()) -> Image:
+        """Field-mask paths as containerd's (``labels``, ``labels.KEY``, ``target``); no paths
+        replaces labels and target. NotFound when absent."""
+        ...
+
+    async def delete(self, name: str, *, target: Descriptor | None = None) -> None:
+        """NotFound when absent; FailedPrecondition when ``target`` is given and differs."""
+        ...
+
+
+@dataclass(frozen=True)
+class ContainerRuntime:
+    name: str
+    options: AnyValue | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    """containerd's container record: what a task is made from."""
+
+    id: str
+    runtime: ContainerRuntime
+    labels: Mapping[str, str] = field(default_factory=dict)
+    image: str = ""
+    spec: AnyValue | None = None
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    extensions: Mapping[str, AnyValue] = field(default_factory=dict)
+    sandbox: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@runtime_checkable
+class ContainerStore(Protocol):
+    """Containers of the request's namespace; each holds its snapshot and image against GC.
+
+    Changes publish ``/containers/create``, ``/containers/update`` and ``/containers/delete``."""
+
+    async def get(self, container_id: str) -> Container: ...
+
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Container]: ...
+
+    async def create(self, container: Container) -> Container: ...
+
+    async def update(self, container: Container, paths: Sequence[str] = ()) -> Container: ...
+
+    async def delete(self, container_id: str) -> None: ...
 
 
 @runtime_checkable

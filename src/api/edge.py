@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Protocol, runtime_checkable
 
 import structlog
 
@@ -105,6 +106,28 @@ def unexpected_error_message(exc: BaseException) -> str:
     return (
         f"internal error: {type(exc).__name__}" + (f": {detail}" if detail else "") + " (logged by corrald)"
     )
+
+
+CODE_NAMES = (
+    "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",
+    "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
+    "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+)  # fmt: skip
+"""Status codes by number as grpc-go names them (metrics and logs use these names)."""
+
+
+@runtime_checkable
+class RequestObserver(Protocol):
+    """A plugin instance that wants to see every request an edge serves (metrics, tracing).
+
+    ``kind`` is ``unary``, ``client_stream``, ``server_stream`` or ``bidi_stream``; ``method`` the
+    full path ``/package.Service/Method``. Observers must be quick and must not raise."""
+
+    def request_started(self, method: str, kind: str) -> None: ...
+
+    def request_finished(
+        self, method: str, kind: str, code: int, seconds: float, received: int, sent: int
+    ) -> None: ...
 
 
 def error_for(code: int, message: str) -> Exception:

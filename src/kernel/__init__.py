@@ -55,6 +55,12 @@ if TYPE_CHECKING:
         PROPERTY_GRPC_ADDRESS as PROPERTY_GRPC_ADDRESS,
     )
     from corral.kernel._context import (
+        PROPERTY_METRICS_ADDRESS as PROPERTY_METRICS_ADDRESS,
+    )
+    from corral.kernel._context import (
+        PROPERTY_METRICS_HISTOGRAM as PROPERTY_METRICS_HISTOGRAM,
+    )
+    from corral.kernel._context import (
         PROPERTY_ROOT as PROPERTY_ROOT,
     )
     from corral.kernel._context import (
@@ -251,6 +257,8 @@ _SOURCES: dict[str, str] = {
     "PluginSet": "corral.kernel._context",
     "PluginUnavailable": "corral.kernel._context",
     "PROPERTY_GRPC_ADDRESS": "corral.kernel._context",
+    "PROPERTY_METRICS_ADDRESS": "corral.kernel._context",
+    "PROPERTY_METRICS_HISTOGRAM": "corral.kernel._context",
     "PROPERTY_ROOT": "corral.kernel._context",
     "PROPERTY_STATE": "corral.kernel._context",
     "PROPERTY_TTRPC_ADDRESS": "corral.kernel._context",

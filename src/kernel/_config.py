@@ -601,8 +601,6 @@ INERT_KEYS: dict[str, str] = {
     "debug.uid": "no debug (pprof) socket",
     "debug.gid": "no debug (pprof) socket",
     "debug.log_trace_id": "no tracing yet",
-    "metrics.address": "no metrics endpoint yet",
-    "metrics.grpc_histogram": "no metrics endpoint yet",
     "stream_processors": "no stream processors",
     "timeouts": "no plugin reads these timeouts yet",
     "proxy_plugins": "proxy plugins are not loaded yet",

@@ -19,6 +19,10 @@ PROPERTY_ROOT = "io.containerd.plugin.root"
 PROPERTY_STATE = "io.containerd.plugin.state"
 PROPERTY_GRPC_ADDRESS = "io.containerd.plugin.grpc.address"
 PROPERTY_TTRPC_ADDRESS = "io.containerd.plugin.ttrpc.address"
+PROPERTY_METRICS_ADDRESS = "io.corral.plugin.metrics.address"
+"""``[metrics] address``: where the metrics plugin listens (empty: no listener)."""
+PROPERTY_METRICS_HISTOGRAM = "io.corral.plugin.metrics.grpc_histogram"
+"""``[metrics] grpc_histogram``, as "true" or "false"."""
 
 T = TypeVar("T")
 

@@ -17,6 +17,8 @@ import structlog
 from corral.kernel import _config
 from corral.kernel._context import (
     PROPERTY_GRPC_ADDRESS,
+    PROPERTY_METRICS_ADDRESS,
+    PROPERTY_METRICS_HISTOGRAM,
     PROPERTY_ROOT,
     PROPERTY_STATE,
     PROPERTY_TTRPC_ADDRESS,
@@ -328,6 +330,8 @@ class Kernel:
             PROPERTY_STATE: str(state),
             PROPERTY_GRPC_ADDRESS: grpc,
             PROPERTY_TTRPC_ADDRESS: self.config.ttrpc.address or (f"{grpc}.ttrpc" if grpc else ""),
+            PROPERTY_METRICS_ADDRESS: self.config.metrics.address,
+            PROPERTY_METRICS_HISTOGRAM: "true" if self.config.metrics.grpc_histogram else "false",
         }
 
     def _check_required(self) -> None:

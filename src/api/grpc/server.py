@@ -9,16 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from grpclib.const import Handler, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
-from corral.api.edge import bound_request, status_of
+from corral.api.edge import RequestObserver, bound_request, status_of
 from corral.api.grpc._grpclib import MappedServer, StreamHandler
 from corral.kernel import PluginRecord
 
@@ -30,6 +31,14 @@ class GRPCServicePlugin(Protocol):
     """What an ``io.containerd.grpc.v1`` plugin's instance offers: grpclib service objects."""
 
     def grpc_services(self) -> Iterable[Any]: ...
+
+
+_KINDS = {
+    Cardinality.UNARY_UNARY: "unary",
+    Cardinality.STREAM_UNARY: "client_stream",
+    Cardinality.UNARY_STREAM: "server_stream",
+    Cardinality.STREAM_STREAM: "bidi_stream",
+}
 
 
 def _wrap(path: str, func: StreamHandler) -> StreamHandler:
@@ -46,8 +55,59 @@ def _wrap(path: str, func: StreamHandler) -> StreamHandler:
     return handle
 
 
+class _CountingStream:
+    """A stream seen through by observers: messages each way are counted."""
+
+    def __init__(self, stream: Stream[Any, Any]) -> None:
+        self._stream = stream
+        self.received = 0
+        self.sent = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def recv_message(self) -> Any:
+        message = await self._stream.recv_message()
+        if message is not None:
+            self.received += 1
+        return message
+
+    async def send_message(self, message: Any, **kwargs: Any) -> None:
+        await self._stream.send_message(message, **kwargs)
+        self.sent += 1
+
+
+def _observed(
+    path: str, kind: str, func: StreamHandler, observers: Sequence[RequestObserver]
+) -> StreamHandler:
+    async def handle(stream: Stream[Any, Any]) -> None:
+        for observer in observers:
+            observer.request_started(path, kind)
+        counting = _CountingStream(stream)
+        started = time.perf_counter()
+        code = 0
+        try:
+            await func(counting)  # type: ignore[arg-type]
+        except GRPCError as exc:
+            code = exc.status.value
+            raise
+        except BaseException:
+            code = 1  # cancelled: the client went away
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            for observer in observers:
+                observer.request_finished(path, kind, code, seconds, counting.received, counting.sent)
+
+    return handle
+
+
 def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
-    """Collect the handlers of every ok gRPC plugin, in start order; a path served twice is an error."""
+    """Collect the handlers of every ok gRPC plugin, in start order; a path served twice is an error.
+
+    Every ok plugin that is a ``RequestObserver`` sees each request (metrics, tracing)."""
+    records = list(records)
+    observers = [r.instance for r in records if r.ok and isinstance(r.instance, RequestObserver)]
     mapping: dict[str, Handler] = {}
     owner: dict[str, str] = {}
     for rec in records:
@@ -58,7 +118,10 @@ def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
                 if path in mapping:
                     raise RuntimeError(f"{path} is served by both {owner[path]} and {rec.uri}")
                 owner[path] = rec.uri
-                mapping[path] = handler._replace(func=_wrap(path, handler.func))
+                func = _wrap(path, handler.func)
+                if observers:
+                    func = _observed(path, _KINDS[handler.cardinality], func, observers)
+                mapping[path] = handler._replace(func=func)
     return mapping
 
 

@@ -92,6 +92,8 @@ async def push_blob(
     mount_from: str | None,
     chunk_size: int,
 ) -> PushResult:
+    if isinstance(content, bytes):
+        _verify(endpoint, desc, content)
     scopes = [repository_scope(endpoint.repository, push=True)]
     if await blob_exists(session, endpoint, desc, scopes):
         return PushResult(PushOutcome.EXISTS, 200)
@@ -121,14 +123,7 @@ async def push_blob(
 async def _upload_monolithic(
     session: Session, endpoint: Endpoint, desc: Descriptor, content: Body, location: str, scopes: list[str]
 ) -> PushResult:
-    checked = _Checked(endpoint.host.host, desc)
-    body: Body
-    if isinstance(content, bytes):
-        checked.feed(content)
-        checked.finish()
-        body = content
-    else:
-        body = checked.wrap(content)
+    body = content if isinstance(content, bytes) else _Checked(endpoint.host.host, desc).wrap(content)
     url = endpoint.with_query(location, [("digest", desc.digest)])
     headers = {"Content-Type": OCTET_STREAM, "Content-Length": str(desc.size)}
     response = await session.request(endpoint.host, "PUT", url, scopes=scopes, headers=headers, content=body)
@@ -204,6 +199,12 @@ async def _rechunk(content: Body, size: int) -> AsyncIterator[bytes]:
         yield bytes(buffer)
 
 
+def _verify(endpoint: Endpoint, desc: Descriptor, content: bytes) -> None:
+    checked = _Checked(endpoint.host.host, desc)
+    checked.feed(content)
+    checked.finish()
+
+
 class _Checked:
     """Counts and hashes what is pushed; FailedPrecondition when it is not what the descriptor promised."""
 
@@ -246,9 +247,7 @@ async def push_manifest(
     session: Session, endpoint: Endpoint, desc: Descriptor, content: bytes, reference: str
 ) -> PushResult:
     """PUT a manifest under ``reference`` (a tag or its digest), unless it is already there."""
-    checked = _Checked(endpoint.host.host, desc)
-    checked.feed(content)
-    checked.finish()
+    _verify(endpoint, desc, content)
     scopes = [repository_scope(endpoint.repository, push=True)]
     url = endpoint.url("manifests", reference)
     accept = {"Accept": f"{desc.media_type}, */*"}

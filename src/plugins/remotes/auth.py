@@ -152,7 +152,9 @@ class Authorizer:
         *,
         client_id: str = "corral",
         header: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._credentials = credentials
         self._client_id = client_id
         self._header = dict(header or {})
@@ -219,12 +221,12 @@ class Authorizer:
         wanted = " ".join(sorted({*handler.scopes, *scopes}))
         key = (host, wanted)
         token = self._tokens.get(key)
-        if token is not None and token.expires_at > time.monotonic():
+        if token is not None and token.expires_at > self._clock():
             return f"Bearer {token.value}"
         lock = self._fetching.setdefault(key, anyio.Lock())
         async with lock:
             token = self._tokens.get(key)
-            if token is None or token.expires_at <= time.monotonic():
+            if token is None or token.expires_at <= self._clock():
                 token = await self._fetch_token(host, handler, wanted.split(), client)
                 self._tokens[key] = token
         return f"Bearer {token.value}"
@@ -301,7 +303,7 @@ class Authorizer:
         seconds = (
             float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else DEFAULT_TOKEN_LIFETIME
         )
-        return _Token(value, time.monotonic() + seconds)
+        return _Token(value, self._clock() + seconds)
 
 
 def _basic(username: str, secret: str) -> str:

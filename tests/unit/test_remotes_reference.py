@@ -39,7 +39,15 @@ def test_a_reference_prints_back_and_names_its_object() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "example.com/Upper", "app:bad tag", "app@sha256:short", "app@md5:" + "a" * 32, "a//b", "host:port:x/app:1"],
+    [
+        "",
+        "example.com/Upper",
+        "app:bad tag",
+        "app@sha256:short",
+        "app@md5:" + "a" * 32,
+        "a//b",
+        "host:port:x/app:1",
+    ],
 )
 def test_malformed_references_are_invalid_arguments_naming_them(text: str) -> None:
     with pytest.raises(InvalidArgument) as failure:

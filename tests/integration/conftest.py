@@ -22,5 +22,5 @@ def daemon(tmp_path: Path, ctr: str) -> Iterator[Daemon]:
         d.stop()
 
 
-# The registry fixtures (plain HTTP, TLS, Basic auth) for every integration test that pushes or pulls.
-from registry_fixture import auth_registry, registry, start_registries, tls_registry  # noqa: E402, F401
+# The registry fixtures (plain HTTP, TLS, Basic auth, Bearer tokens) for every integration test that pushes or pulls.
+from registry_fixture import auth_registry, registry, start_registries, tls_registry, token_registry  # noqa: E402, F401

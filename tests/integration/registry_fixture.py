@@ -8,11 +8,16 @@ log (Combined Log Format, on the registry's stdout) tells tests which requests r
 
 from __future__ import annotations
 
+import base64
+import http.server
+import json
 import re
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -131,7 +136,9 @@ def make_authority(directory: Path, *, name: str = "corral test CA") -> Authorit
         "-days", "2", "-extfile", "server.ext", "-out", "server.crt",
         cwd=directory,
     )  # fmt: skip
-    return Authority(directory / "ca.crt", directory / "ca.key", directory / "server.crt", directory / "server.key")
+    return Authority(
+        directory / "ca.crt", directory / "ca.key", directory / "server.crt", directory / "server.key"
+    )
 
 
 def make_htpasswd(path: Path, username: str, password: str) -> None:
@@ -148,6 +155,7 @@ def start_registry(
     username: str = "",
     password: str = "",
     authority: Authority | None = None,
+    token_issuer: TokenIssuer | None = None,
 ) -> Registry:
     binary = require_tool("docker-registry")
     directory.mkdir(parents=True, exist_ok=True)
@@ -173,6 +181,15 @@ def start_registry(
     if username:
         make_htpasswd(directory / "htpasswd", username, password)
         config += ["auth:", "  htpasswd:", "    realm: corral-test", f"    path: {directory / 'htpasswd'}"]
+    if token_issuer is not None:
+        config += [
+            "auth:",
+            "  token:",
+            f"    realm: {token_issuer.realm}",
+            f"    service: {token_issuer.service}",
+            f"    issuer: {token_issuer.issuer}",
+            f"    rootcertbundle: {token_issuer.certificate}",
+        ]
     (directory / "config.yml").write_text("\n".join(config) + "\n")
     stdout, stderr = directory / "access.log", directory / "registry.log"
     with stdout.open("wb") as out, stderr.open("wb") as err:
@@ -181,7 +198,15 @@ def start_registry(
         )
     scheme = "https" if tls else "http"
     registry = Registry(
-        f"127.0.0.1:{port}", scheme, directory, process, stdout, stderr, authority if tls else None, username, password
+        f"127.0.0.1:{port}",
+        scheme,
+        directory,
+        process,
+        stdout,
+        stderr,
+        authority if tls else None,
+        username,
+        password,
     )
     _wait_ready(registry)
     return registry
@@ -206,6 +231,111 @@ def _wait_ready(registry: Registry) -> None:
             time.sleep(0.1)
     registry.stop()
     raise RuntimeError(f"docker-registry did not start: {registry.stderr.read_text()[-2000:]}")
+
+
+class TokenIssuer:
+    """A token server for distribution's ``auth: token`` mode: RS256 JWTs signed with ``openssl``.
+
+    Anonymous requests get pull access; ``username``/``password`` (Basic on GET, or the OAuth2
+    password grant on POST) get every action asked for; wrong credentials get 401. ``requests``
+    records (method, query or form) of each request.
+    """
+
+    service = "corral-test-registry"
+    issuer = "corral-test-issuer"
+
+    def __init__(self, directory: Path, *, username: str, password: str) -> None:
+        require_tool("openssl")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.key, self.certificate = directory / "token.key", directory / "token.crt"
+        _openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=corral token issuer",
+            "-keyout", str(self.key), "-out", str(self.certificate),
+            cwd=directory,
+        )  # fmt: skip
+        der = subprocess.run(
+            ["openssl", "x509", "-in", str(self.certificate), "-outform", "DER"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        self._x5c = base64.b64encode(der).decode()
+        self.username, self.password = username, password
+        self.requests: list[tuple[str, dict[str, list[str]]]] = []
+        issuer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                issuer.requests.append(("GET", query))
+                user = password = ""
+                header = self.headers.get("Authorization", "")
+                if header.startswith("Basic "):
+                    user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+                self._answer(user, password, query.get("scope", []), "token")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                issuer.requests.append(("POST", form))
+                scopes = " ".join(form.get("scope", [])).split()
+                user, password = form.get("username", [""])[0], form.get("password", [""])[0]
+                self._answer(user, password, scopes, "access_token")
+
+            def _answer(self, user: str, password: str, scopes: list[str], field: str) -> None:
+                if user and (user, password) != (issuer.username, issuer.password):
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({field: issuer.token(scopes, full=bool(user)), "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def token(self, scopes: list[str], *, full: bool) -> str:
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            wanted = actions.split(",")
+            access.append({"type": kind, "name": name, "actions": wanted if full else ["pull"]})
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": self.username if full else "",
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": f"corral-{now}-{len(self.requests)}",
+            "access": access,
+        }
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            check=True,
+            capture_output=True,
+        ).stdout
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 StartRegistry = Callable[..., Registry]
@@ -238,6 +368,16 @@ def registry(start_registries: StartRegistry) -> Registry:
 def tls_registry(start_registries: StartRegistry) -> Registry:
     """A registry serving TLS with a certificate from a CA made for the test (``registry.authority``)."""
     return start_registries(tls=True)
+
+
+@pytest.fixture
+def token_registry(start_registries: StartRegistry, tmp_path: Path) -> Iterator[tuple[Registry, TokenIssuer]]:
+    """A plain-HTTP registry in token mode, with its token issuer (user ``corral``, ``token-pass``)."""
+    issuer = TokenIssuer(tmp_path / "token-issuer", username="corral", password="token-pass")
+    try:
+        yield start_registries(token_issuer=issuer), issuer
+    finally:
+        issuer.stop()
 
 
 @pytest.fixture

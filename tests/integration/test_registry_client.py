@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from registry_fixture import Registry, StartRegistry, free_port
+from registry_fixture import Registry, StartRegistry, TokenIssuer, free_port
 from tooling import require_tool
 
 from corral.kernel import FailedPrecondition, NotFound, PermissionDenied, Unavailable
@@ -327,6 +327,57 @@ async def test_anonymous_requests_to_a_protected_registry_are_denied(auth_regist
     async with RegistryClient(plain_http=True) as client:
         with pytest.raises(PermissionDenied, match="401"):
             await client.push_blob(f"{auth_registry.host}/corral/p:1", describe(b"x"), b"x")
+
+
+async def test_bearer_tokens_from_the_realm_push_and_pull(
+    token_registry: tuple[Registry, TokenIssuer],
+) -> None:
+    registry, issuer = token_registry
+    image = make_image()
+    ref = f"{registry.host}/corral/tokens:1"
+    async with RegistryClient(
+        plain_http=True, credentials=lambda host: (issuer.username, issuer.password)
+    ) as client:
+        await push_image(client, ref, image)
+        _, desc = await client.resolve(ref)
+        assert await client.fetch_bytes(ref, image.layer_desc) == image.layer
+    assert desc == image.manifest_desc
+    posts = [form for method, form in issuer.requests if method == "POST"]
+    assert posts and all(form["grant_type"] == ["password"] for form in posts)
+    assert any("repository:corral/tokens:pull,push" in form["scope"][0].split() for form in posts)
+    # One token per scope set: the many requests of a push and a pull fetched only a few.
+    assert len(issuer.requests) <= 3
+
+
+async def test_anonymous_bearer_tokens_pull_but_cannot_push(
+    token_registry: tuple[Registry, TokenIssuer],
+) -> None:
+    registry, issuer = token_registry
+    image = make_image()
+    ref = f"{registry.host}/corral/public:1"
+    async with RegistryClient(
+        plain_http=True, credentials=lambda host: (issuer.username, issuer.password)
+    ) as owner:
+        await push_image(owner, ref, image)
+    async with RegistryClient(plain_http=True) as anonymous:
+        _, desc = await anonymous.resolve(ref)
+        assert await anonymous.fetch_bytes(ref, image.config_desc) == image.config
+        with pytest.raises(PermissionDenied) as denied:
+            await anonymous.push_blob(ref, describe(b"not allowed"), b"not allowed")
+    assert desc == image.manifest_desc
+    assert all(method == "GET" for method, _ in issuer.requests[-2:])
+    assert f"registry {registry.host}" in str(denied.value) and "401" in str(denied.value)
+
+
+async def test_wrong_credentials_at_the_token_realm_are_permission_denied(
+    token_registry: tuple[Registry, TokenIssuer],
+) -> None:
+    registry, _ = token_registry
+    async with RegistryClient(plain_http=True, credentials=lambda host: ("corral", "wrong")) as client:
+        with pytest.raises(PermissionDenied) as denied:
+            await client.resolve(f"{registry.host}/corral/tokens:1")
+    assert "token endpoint" in str(denied.value) and "401" in str(denied.value)
+    assert "\n" not in str(denied.value)
 
 
 # --- hosts: mirrors and TLS ----------------------------------------------------------------------

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
 import subprocess
 import tarfile
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -546,6 +549,120 @@ async def test_headers_from_hosts_toml_are_sent(registry: Registry, tmp_path: Pa
     async with RegistryClient(config_path=config_path) as client:
         assert not await client.exists(f"{registry.host}/corral/h:1", describe(b"h"))
     assert "corral-hosts-test" in registry.stdout.read_text()
+
+
+# --- a scripted front server: redirects, throttling and failures -------------------------------
+
+
+class Front:
+    """A loopback HTTP server whose ``answer(method, path, count)`` scripts each reply:
+    an int status, or ("redirect", url). ``seen`` records (method, path) of every request."""
+
+    def __init__(self, answer: Callable[[str, str, int], int | tuple[str, str]]) -> None:
+        front = self
+        self.seen: list[tuple[str, str]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _reply(self) -> None:
+                path = self.path.split("?")[0]
+                front.seen.append((self.command, path))
+                reply = answer(self.command, path, sum(1 for s in front.seen if s == (self.command, path)))
+                if isinstance(reply, tuple):
+                    self.send_response(307)
+                    self.send_header("Location", reply[1])
+                else:
+                    self.send_response(reply)
+                    if reply == 429:
+                        self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = _reply
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def fronts() -> Iterator[Callable[[Callable[[str, str, int], int | tuple[str, str]]], Front]]:
+    started: list[Front] = []
+
+    def start(answer: Callable[[str, str, int], int | tuple[str, str]]) -> Front:
+        started.append(Front(answer))
+        return started[-1]
+
+    yield start
+    for front in started:
+        front.stop()
+
+
+async def test_blob_redirects_to_storage_are_followed(
+    registry: Registry, tmp_path: Path, fronts: Callable[..., Front]
+) -> None:
+    data = os.urandom(30_000)
+    ref = f"{registry.host}/corral/redirected:1"
+    async with RegistryClient(plain_http=True) as pusher:
+        await pusher.push_blob(ref, describe(data), data)
+    front = fronts(lambda method, path, count: ("redirect", f"http://{registry.host}{path}"))
+    config_path = write_hosts(
+        tmp_path / "certs.d", registry.host, f'[host."http://{front.host}"]\ncapabilities = ["pull"]\n'
+    )
+    registry.mark()
+    async with RegistryClient(config_path=config_path, plain_http=True) as client:
+        assert await client.fetch_bytes(ref, describe(data)) == data
+    assert front.seen == [("GET", f"/v2/corral/redirected/blobs/{describe(data).digest}")]
+    assert counting(registry.accesses(), "GET", "/blobs/") == 1
+
+
+async def test_a_throttled_request_is_retried(
+    registry: Registry, tmp_path: Path, fronts: Callable[..., Front]
+) -> None:
+    data = b"throttled"
+    ref = f"{registry.host}/corral/throttled:1"
+    async with RegistryClient(plain_http=True) as pusher:
+        await pusher.push_blob(ref, describe(data), data)
+    front = fronts(
+        lambda method, path, count: 429 if count < 3 else ("redirect", f"http://{registry.host}{path}")
+    )
+    config_path = write_hosts(tmp_path / "certs.d", registry.host, f'server = "http://{front.host}"\n')
+    async with RegistryClient(config_path=config_path) as client:
+        assert await client.fetch_bytes(ref, describe(data)) == data
+    assert [method for method, _ in front.seen] == ["GET", "GET", "GET"]
+
+
+async def test_a_mirror_answering_5xx_falls_through_and_a_failing_server_is_unavailable(
+    registry: Registry, tmp_path: Path, fronts: Callable[..., Front]
+) -> None:
+    image = make_image()
+    ref = f"{registry.host}/corral/failing:1"
+    async with RegistryClient(plain_http=True) as pusher:
+        await push_image(pusher, ref, image)
+    broken = fronts(lambda method, path, count: 500)
+    config_path = write_hosts(
+        tmp_path / "certs.d",
+        registry.host,
+        f'server = "http://{registry.host}"\n[host."http://{broken.host}"]\ncapabilities = ["pull", "resolve"]\n',
+    )
+    async with RegistryClient(config_path=config_path) as client:
+        _, desc = await client.resolve(ref)
+    assert desc == image.manifest_desc
+    assert broken.seen == [("HEAD", "/v2/corral/failing/manifests/1")]  # a mirror's 5xx is not retried
+    only_broken = write_hosts(tmp_path / "only", registry.host, f'server = "http://{broken.host}"\n')
+    async with RegistryClient(config_path=only_broken) as client:
+        with pytest.raises(Unavailable) as failure:
+            await client.resolve(ref)
+    assert f"registry {broken.host}" in str(failure.value) and "500" in str(failure.value)
+    assert (
+        broken.seen.count(("HEAD", "/v2/corral/failing/manifests/1")) == 3
+    )  # the last host retries a 5xx once
 
 
 # --- interop with skopeo -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 import subprocess
 import tarfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,13 +158,13 @@ async def test_big_blobs_go_up_in_patch_chunks_and_small_ones_in_one_put(registr
 async def test_a_blob_streamed_from_an_async_iterator_is_uploaded_whole(registry: Registry) -> None:
     data = os.urandom(250_000)
 
-    async def pieces() -> object:
+    async def pieces() -> AsyncIterator[bytes]:
         for start in range(0, len(data), 7_000):
             yield data[start : start + 7_000]
 
     ref = f"{registry.host}/corral/streamed:1"
     async with RegistryClient(plain_http=True, chunk_size=0) as client:
-        result = await client.push_blob(ref, describe(data), pieces())  # type: ignore[arg-type]
+        result = await client.push_blob(ref, describe(data), pieces())
         assert (result.outcome, result.status) == (PushOutcome.UPLOADED, 201)
         assert await client.fetch_bytes(ref, describe(data)) == data
 
@@ -181,6 +181,25 @@ async def test_pushing_bytes_that_do_not_match_the_descriptor_fails_before_uploa
             await client.push_manifest(ref, describe(b"{}", MEDIA_TYPE_OCI_MANIFEST), b"[]")
         assert not await client.exists(ref, describe(b"promised"))
     assert [a.method for a in registry.accesses()] == ["HEAD"]
+
+
+@pytest.mark.parametrize("chunk_size", [0, 2_000])
+async def test_streamed_bytes_that_do_not_match_are_refused_and_nothing_is_committed(
+    registry: Registry, chunk_size: int
+) -> None:
+    promised = os.urandom(5_000)
+    delivered = bytes(b ^ 1 for b in promised)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(delivered), 1_000):
+            yield delivered[start : start + 1_000]
+
+    ref = f"{registry.host}/corral/streamed-wrong:1"
+    async with RegistryClient(plain_http=True, chunk_size=chunk_size) as client:
+        with pytest.raises(FailedPrecondition, match="unexpected digest"):
+            await client.push_blob(ref, describe(promised), pieces())
+        assert not await client.exists(ref, describe(promised))
+        assert not await client.exists(ref, describe(delivered))
 
 
 async def test_exists_asks_with_head_and_tells_present_from_absent(registry: Registry) -> None:

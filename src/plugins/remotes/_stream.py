@@ -9,6 +9,7 @@ from typing import Protocol
 import httpx
 
 from corral.kernel import FailedPrecondition, InvalidArgument
+from corral.plugins.remotes import _errors
 from corral.plugins.remotes._records import Descriptor
 
 READ_CHUNK = 1 << 20
@@ -76,6 +77,13 @@ class BlobStream:
             )
         self._consumed = True
         size = self.descriptor.size
+        try:
+            async for chunk in self._verified(size):
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise _errors.transport_error(self.registry, self._response.request, exc) from exc
+
+    async def _verified(self, size: int) -> AsyncIterator[bytes]:
         async for chunk in self._response.aiter_bytes(READ_CHUNK):
             if self._skip:
                 dropped = min(self._skip, len(chunk))

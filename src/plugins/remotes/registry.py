@@ -186,7 +186,10 @@ class RegistryClient:
                     await got.aread()
                 _expect_success(endpoint, got)
                 media_type = _media_type(got)
-                digest, size = await _digest_of(endpoint, ref, got.aiter_bytes(), digest)
+                try:
+                    digest, size = await _digest_of(endpoint, ref, got.aiter_bytes(), digest)
+                except httpx.HTTPError as exc:
+                    raise _errors.transport_error(endpoint.host.host, got.request, exc) from exc
         if media_type == MEDIA_TYPE_DOCKER_SCHEMA1:
             raise Unimplemented(f"registry {endpoint.host.host}: {ref}: schema 1 manifests are not supported")
         if size is None:

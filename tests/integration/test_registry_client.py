@@ -8,9 +8,11 @@ import http.server
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from registry_fixture import Registry, StartRegistry, TokenIssuer, free_port
 from tooling import require_tool
 
-from corral.kernel import FailedPrecondition, NotFound, PermissionDenied, Unavailable
+from corral.kernel import DeadlineExceeded, FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from corral.plugins.remotes import (
     MEDIA_TYPE_OCI_MANIFEST,
     Descriptor,
@@ -682,6 +684,35 @@ async def test_a_mirror_answering_5xx_falls_through_and_a_failing_server_is_unav
     assert (
         broken.seen.count(("HEAD", "/v2/corral/failing/manifests/1")) == 3
     )  # the last host retries a 5xx once
+
+
+async def test_a_registry_that_does_not_answer_in_time_is_a_deadline_exceeded(
+    tmp_path: Path, fronts: Callable[..., Front]
+) -> None:
+    def slow(method: str, path: str, count: int) -> int:
+        time.sleep(2)
+        return 404
+
+    front = fronts(slow)
+    async with RegistryClient(plain_http=True, timeout=0.5) as client:
+        with pytest.raises(DeadlineExceeded) as failure:
+            await client.resolve(f"{front.host}/corral/slow:1")
+    assert f"registry {front.host}" in str(failure.value) and "timed out" in str(failure.value)
+
+
+async def test_connections_are_reused_across_requests(registry: Registry) -> None:
+    ref = f"{registry.host}/corral/reuse:1"
+    async with RegistryClient(plain_http=True) as client:
+        for index in range(8):
+            assert not await client.exists(ref, describe(b"%d" % index))
+    log = registry.stderr.read_text()
+    ports = set(
+        re.findall(
+            r'http\.request\.remoteaddr="127\.0\.0\.1:(\d+)".*http\.request\.uri="?/v2/corral/reuse', log
+        )
+    )
+    assert len(ports) == 1  # eight requests, one connection
+    assert log.count("/v2/corral/reuse/blobs/") == 8
 
 
 # --- interop with skopeo -------------------------------------------------------------------------

@@ -16,9 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +139,31 @@ def make_authority(directory: Path, *, name: str = "corral test CA") -> Authorit
     )
 
 
+def make_client_certificate(
+    authority: Authority, directory: Path, *, name: str = "corral client"
+) -> tuple[Path, Path]:
+    """A client certificate and key signed by ``authority``, for registries that require one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "client.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+        "-keyout", "client.key", "-out", "client.csr",
+        cwd=directory,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", "client.csr", "-CA", str(authority.ca), "-CAkey", str(authority.ca_key),
+        "-CAcreateserial", "-days", "2", "-extfile", "client.ext", "-out", "client.cert",
+        cwd=directory,
+    )  # fmt: skip
+    return directory / "client.cert", directory / "client.key"
+
+
 def make_htpasswd(path: Path, username: str, password: str) -> None:
     """A bcrypt htpasswd file, the only hash distribution's htpasswd auth accepts."""
     htpasswd = require_tool("htpasswd")
@@ -156,6 +179,7 @@ def start_registry(
     password: str = "",
     authority: Authority | None = None,
     token_issuer: TokenIssuer | None = None,
+    require_client_certificates: bool = False,
 ) -> Registry:
     binary = require_tool("docker-registry")
     directory.mkdir(parents=True, exist_ok=True)
@@ -178,6 +202,8 @@ def start_registry(
     if tls:
         authority = authority or make_authority(directory / "pki")
         config += ["  tls:", f"    certificate: {authority.certificate}", f"    key: {authority.key}"]
+        if require_client_certificates:
+            config += ["    clientcas:", f"      - {authority.ca}"]
     if username:
         make_htpasswd(directory / "htpasswd", username, password)
         config += ["auth:", "  htpasswd:", "    realm: corral-test", f"    path: {directory / 'htpasswd'}"]
@@ -213,22 +239,16 @@ def start_registry(
 
 
 def _wait_ready(registry: Registry) -> None:
-    import ssl
-
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    """Wait until the registry accepts connections (a TCP connect: some modes demand client certificates)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if registry.process.poll() is not None:
             raise RuntimeError(f"docker-registry exited: {registry.stderr.read_text()[-2000:]}")
         try:
-            urllib.request.urlopen(f"{registry.url}/v2/", timeout=2, context=context)
+            socket.create_connection(("127.0.0.1", registry.port), timeout=1).close()
             return
-        except urllib.error.HTTPError:
-            return  # any answer (401 with auth on) means it is serving
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     registry.stop()
     raise RuntimeError(f"docker-registry did not start: {registry.stderr.read_text()[-2000:]}")
 

@@ -19,10 +19,17 @@ from pathlib import Path
 
 import anyio
 import pytest
-from registry_fixture import Registry, StartRegistry, TokenIssuer, free_port
+from registry_fixture import Registry, StartRegistry, TokenIssuer, free_port, make_client_certificate
 from tooling import require_tool
 
-from corral.kernel import DeadlineExceeded, FailedPrecondition, NotFound, PermissionDenied, Unavailable
+from corral.kernel import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from corral.plugins.remotes import (
     MEDIA_TYPE_OCI_MANIFEST,
     Descriptor,
@@ -559,6 +566,43 @@ async def test_skip_verify_reaches_a_tls_registry_without_its_ca(
     async with RegistryClient(config_path=config_path) as client:
         await client.push_blob(f"{tls_registry.host}/corral/skip:1", describe(b"skip"), b"skip")
         assert await client.fetch_bytes(f"{tls_registry.host}/corral/skip:1", describe(b"skip")) == b"skip"
+
+
+async def test_client_certificates_from_hosts_toml_are_presented(
+    start_registries: StartRegistry, tmp_path: Path
+) -> None:
+    registry = start_registries(tls=True, require_client_certificates=True)
+    assert registry.authority is not None
+    cert, key = make_client_certificate(registry.authority, tmp_path / "client")
+    with_client = write_hosts(
+        tmp_path / "with-client",
+        registry.host,
+        f'server = "https://{registry.host}"\nca = "{registry.authority.ca}"\nclient = [["{cert}", "{key}"]]\n',
+    )
+    without_client = write_hosts(
+        tmp_path / "without-client",
+        registry.host,
+        f'server = "https://{registry.host}"\nca = "{registry.authority.ca}"\n',
+    )
+    ref = f"{registry.host}/corral/mtls:1"
+    async with RegistryClient(config_path=with_client) as client:
+        await client.push_blob(ref, describe(b"mutual"), b"mutual")
+        assert await client.fetch_bytes(ref, describe(b"mutual")) == b"mutual"
+    async with RegistryClient(config_path=without_client) as client:
+        with pytest.raises(Unavailable, match=f"registry {registry.host}") as refused:
+            await client.exists(ref, describe(b"mutual"))
+    assert "TLS" in str(refused.value) and "\n" not in str(refused.value)
+
+
+async def test_an_unreadable_ca_file_is_an_invalid_argument_naming_it(
+    registry: Registry, tmp_path: Path
+) -> None:
+    config_path = write_hosts(
+        tmp_path / "certs.d", registry.host, f'server = "https://{registry.host}"\nca = "missing-ca.pem"\n'
+    )
+    async with RegistryClient(config_path=config_path) as client:
+        with pytest.raises(InvalidArgument, match=r"missing-ca\.pem"):
+            await client.exists(f"{registry.host}/corral/x:1", describe(b"x"))
 
 
 async def test_headers_from_hosts_toml_are_sent(registry: Registry, tmp_path: Path) -> None:

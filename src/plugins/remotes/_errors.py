@@ -24,6 +24,9 @@ from corral.kernel import (
     Unimplemented,
 )
 
+TRANSPORT_ERRORS = (httpx.TransportError, ssl.SSLError)
+"""What a request that got no usable answer raises; TLS alerts after the handshake escape httpx as SSLError."""
+
 _KINDS: dict[int, type[CorralError]] = {
     400: InvalidArgument,
     401: PermissionDenied,

@@ -151,7 +151,7 @@ class Session:
         response = await self._send(host, method, url, scopes, headers or {}, content, last_host)
         try:
             await response.aread()
-        except httpx.HTTPError as exc:
+        except _errors.TRANSPORT_ERRORS as exc:
             raise _errors.transport_error(host.host, response.request, exc) from exc
         finally:
             await response.aclose()
@@ -179,7 +179,7 @@ class Session:
             final = attempt == MAX_ATTEMPTS
             try:
                 response = await client.send(request, stream=True, follow_redirects=method in ("GET", "HEAD"))
-            except httpx.TransportError as exc:
+            except _errors.TRANSPORT_ERRORS as exc:
                 if final or not last_host or not replayable or not _transient(exc):
                     raise _errors.transport_error(host.host, request, exc) from exc
                 log.debug("registry_retry", host=host.host, method=method, url=_path(request), error=str(exc))
@@ -229,7 +229,7 @@ def _retry_after(response: httpx.Response) -> float:
     return min(max(seconds, RETRY_DELAY), MAX_RETRY_AFTER)
 
 
-def _transient(exc: httpx.TransportError) -> bool:
+def _transient(exc: Exception) -> bool:
     """Resets and timeouts may pass; a refused connection or a TLS rejection will not."""
     return isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError | httpx.ReadTimeout | httpx.WriteError)
 

@@ -80,7 +80,7 @@ class BlobStream:
         try:
             async for chunk in self._verified(size):
                 yield chunk
-        except httpx.HTTPError as exc:
+        except _errors.TRANSPORT_ERRORS as exc:
             raise _errors.transport_error(self.registry, self._response.request, exc) from exc
 
     async def _verified(self, size: int) -> AsyncIterator[bytes]:

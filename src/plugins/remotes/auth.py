@@ -279,7 +279,7 @@ class Authorizer:
         try:
             response = await client.send(request)
             await response.aread()
-        except httpx.HTTPError as exc:
+        except _errors.TRANSPORT_ERRORS as exc:
             raise _errors.transport_error(f"{host} token endpoint", request, exc) from exc
         return response
 

@@ -188,7 +188,7 @@ class RegistryClient:
                 media_type = _media_type(got)
                 try:
                     digest, size = await _digest_of(endpoint, ref, got.aiter_bytes(), digest)
-                except httpx.HTTPError as exc:
+                except _errors.TRANSPORT_ERRORS as exc:
                     raise _errors.transport_error(endpoint.host.host, got.request, exc) from exc
         if media_type == MEDIA_TYPE_DOCKER_SCHEMA1:
             raise Unimplemented(f"registry {endpoint.host.host}: {ref}: schema 1 manifests are not supported")

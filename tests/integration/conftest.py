@@ -20,3 +20,7 @@ def daemon(tmp_path: Path, ctr: str) -> Iterator[Daemon]:
         yield d
     finally:
         d.stop()
+
+
+# The registry fixtures (plain HTTP, TLS, Basic auth, Bearer tokens) for every integration test that pushes or pulls.
+from registry_fixture import auth_registry, registry, start_registries, tls_registry, token_registry  # noqa: E402, F401

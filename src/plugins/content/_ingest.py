@@ -24,6 +24,7 @@ import anyio.to_thread
 from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument
 from corral.plugins.content import Info, IngestStatus
 from corral.plugins.core.digests import HEX_LENGTHS, digest_error
+from corral.plugins.core.private import fsync_dir
 from corral.plugins.core.trees import remove_tree
 
 if TYPE_CHECKING:
@@ -179,14 +180,6 @@ def hash_file(fd: int, algorithm: str) -> tuple[_Hash, int]:
         hasher.update(chunk)
         offset += len(chunk)
     return hasher, offset
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalWriter:

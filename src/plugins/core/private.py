@@ -21,3 +21,12 @@ def connect_private(path: Path) -> sqlite3.Connection:
         with contextlib.suppress(FileNotFoundError):
             os.chmod(companion, 0o600)
     return sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

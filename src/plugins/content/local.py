@@ -37,13 +37,13 @@ from corral.plugins.content._ingest import (
     CANONICAL,
     LocalWriter,
     blob_info,
-    fsync_dir,
     ingest_key,
     is_stale,
     parse_digest,
     read_status,
     remove_ingest,
 )
+from corral.plugins.core.private import fsync_dir
 
 EXPIRY_INTERVAL = timedelta(hours=1)
 

@@ -1,6 +1,7 @@
 """Image references as the distribution client needs them: registry host, repository, tag, digest.
 
-``[host/]repository[:tag][@digest]`` with Docker Hub normalisation (no host means ``docker.io``, a one-component repository there gets ``library/``).
+``[host/]repository[:tag][@digest]`` with Docker Hub normalisation (no host means ``docker.io``,
+a one-component repository there gets ``library/``).
 No default tag is added: what to fetch is the caller's choice, as in containerd's resolver.
 """
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from grpclib.const import Handler, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
 from corral.api.edge import bound_request, status_of
 from corral.api.grpc._grpclib import MappedServer, StreamHandler
+from corral.api.grpc.codec import UndecodableRequest
 from corral.kernel import PluginRecord
 
 log = structlog.get_logger("corral.grpc")
@@ -32,13 +33,23 @@ class GRPCServicePlugin(Protocol):
     def grpc_services(self) -> Iterable[Any]: ...
 
 
-def _wrap(path: str, func: StreamHandler) -> StreamHandler:
+def _wrap(path: str, func: StreamHandler, cardinality: Cardinality) -> StreamHandler:
+    client_streaming = cardinality in (Cardinality.STREAM_UNARY, Cardinality.STREAM_STREAM)
+
     async def handle(stream: Stream[Any, Any]) -> None:
         try:
             with bound_request(stream.metadata or {}):
                 await func(stream)
         except GRPCError:
             raise
+        except UndecodableRequest as exc:
+            # grpc-go's words, which differ between a unary request and a stream's messages.
+            text = (
+                "failed to unmarshal the received message"
+                if client_streaming
+                else "error unmarshalling request:"
+            )
+            raise GRPCError(Status.INTERNAL, f"grpc: {text} {exc}") from None
         except Exception as exc:
             code, message = status_of(exc, path)
             raise GRPCError(Status(code), message) from None
@@ -58,7 +69,7 @@ def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
                 if path in mapping:
                     raise RuntimeError(f"{path} is served by both {owner[path]} and {rec.uri}")
                 owner[path] = rec.uri
-                mapping[path] = handler._replace(func=_wrap(path, handler.func))
+                mapping[path] = handler._replace(func=_wrap(path, handler.func, handler.cardinality))
     return mapping
 
 

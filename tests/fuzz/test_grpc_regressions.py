@@ -105,6 +105,11 @@ def test_a_timestamp_out_of_range_is_internal(daemon: Daemon) -> None:
     assert outcome.message.startswith(UNMARSHAL)
 
 
+def test_a_unary_call_without_its_request_message_is_internal(daemon: Daemon) -> None:
+    outcome = send(daemon, f"{NAMESPACES}/List")
+    assert (outcome.status, outcome.message) == (Status.INTERNAL, "grpc: the client sent no request message")
+
+
 def test_an_undecodable_message_on_a_stream_is_internal_in_grpc_gos_stream_words(daemon: Daemon) -> None:
     outcome = send(daemon, f"{CONTENT}/Write", length_delimited(2, b"ref") + tag(1, 2))
     assert outcome.status is Status.INTERNAL

@@ -37,6 +37,8 @@ def _wrap(path: str, func: StreamHandler, cardinality: Cardinality) -> StreamHan
     client_streaming = cardinality in (Cardinality.STREAM_UNARY, Cardinality.STREAM_STREAM)
 
     async def handle(stream: Stream[Any, Any]) -> None:
+        if not client_streaming:
+            _require_message(stream)
         try:
             with bound_request(stream.metadata or {}):
                 await func(stream)
@@ -55,6 +57,19 @@ def _wrap(path: str, func: StreamHandler, cardinality: Cardinality) -> StreamHan
             raise GRPCError(Status(code), message) from None
 
     return handle
+
+
+def _require_message(stream: Stream[Any, Any]) -> None:
+    """A unary request must bring its message: a stream ended without one is Internal, not a crash."""
+    receive = stream.recv_message
+
+    async def recv_message() -> Any:
+        message = await receive()
+        if message is None:
+            raise GRPCError(Status.INTERNAL, "grpc: the client sent no request message")
+        return message
+
+    setattr(stream, "recv_message", recv_message)  # noqa: B010
 
 
 def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:

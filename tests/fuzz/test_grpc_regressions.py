@@ -8,6 +8,7 @@ to unmarshal the received message …" for a stream's message.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -15,10 +16,12 @@ from grpc_bodies import length_delimited, tag, varint
 from grpc_calls import Outcome, Plan, call, channel, generated_rpcs
 from grpclib.const import Status
 from harness import Daemon
+from tooling import require_root
 
 CONTENT = "/containerd.services.content.v1.Content"
 NAMESPACES = "/containerd.services.namespaces.v1.Namespaces"
 EVENTS = "/containerd.services.events.v1.Events"
+DIFF = "/containerd.services.diff.v1.Diff/Diff"
 UNMARSHAL = "grpc: error unmarshalling request: "
 
 
@@ -121,3 +124,17 @@ def test_an_unknown_enum_value_is_decoded_and_refused_by_the_service(daemon: Dae
     outcome = send(daemon, f"{CONTENT}/Write", tag(1, 0) + varint(99) + length_delimited(2, b"enum-ref"))
     assert outcome.status is Status.INVALID_ARGUMENT
     assert "unknown write action" in outcome.message
+
+
+def test_a_nul_byte_in_a_diff_mount_is_invalid_argument_before_anything_is_mounted(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    require_root()
+    bad = length_delimited(
+        1, length_delimited(1, b"bind") + length_delimited(2, str(tmp_path).encode() + b"\x00x")
+    )
+    good = length_delimited(2, length_delimited(1, b"bind") + length_delimited(2, str(tmp_path).encode()))
+    outcome = send(daemon, DIFF, bad + good)
+    assert outcome.status is Status.INVALID_ARGUMENT
+    assert "contains a NUL byte" in outcome.message
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()

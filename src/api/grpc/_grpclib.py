@@ -22,6 +22,7 @@ from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
+from corral.api.grpc.codec import RequestCodec
 from corral.api.types.google import protobuf
 
 PINNED = {"grpclib": "0.4.9", "h2": "4.4.1", "hyperframe": "6.1.0"}
@@ -72,7 +73,7 @@ class MappedServer(Server):
     """A grpclib server over a ready path → handler mapping, with grpc-go's unknown-path answers."""
 
     def __init__(self, mapping: Mapping[str, Handler]) -> None:
-        super().__init__([])
+        super().__init__([], codec=RequestCodec())
         self._mapping = _Mapping(mapping)
 
 

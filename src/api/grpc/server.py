@@ -21,6 +21,7 @@ from grpclib.server import Server, Stream
 
 from corral.api.edge import RequestObserver, bound_request, status_of
 from corral.api.grpc._grpclib import MappedServer, StreamHandler
+from corral.api.grpc.codec import UndecodableRequest
 from corral.kernel import PluginRecord
 
 log = structlog.get_logger("corral.grpc")
@@ -41,13 +42,25 @@ _KINDS = {
 }
 
 
-def _wrap(path: str, func: StreamHandler) -> StreamHandler:
+def _wrap(path: str, func: StreamHandler, cardinality: Cardinality) -> StreamHandler:
+    client_streaming = cardinality in (Cardinality.STREAM_UNARY, Cardinality.STREAM_STREAM)
+
     async def handle(stream: Stream[Any, Any]) -> None:
+        if not client_streaming:
+            _require_message(stream)
         try:
             with bound_request(stream.metadata or {}):
                 await func(stream)
         except GRPCError:
             raise
+        except UndecodableRequest as exc:
+            # grpc-go's words, which differ between a unary request and a stream's messages.
+            text = (
+                "failed to unmarshal the received message"
+                if client_streaming
+                else "error unmarshalling request:"
+            )
+            raise GRPCError(Status.INTERNAL, f"grpc: {text} {exc}") from None
         except Exception as exc:
             code, message = status_of(exc, path)
             raise GRPCError(Status(code), message) from None
@@ -102,6 +115,19 @@ def _observed(
     return handle
 
 
+def _require_message(stream: Stream[Any, Any]) -> None:
+    """A unary request must bring its message: a stream ended without one is Internal, not a crash."""
+    receive = stream.recv_message
+
+    async def recv_message() -> Any:
+        message = await receive()
+        if message is None:
+            raise GRPCError(Status.INTERNAL, "grpc: the client sent no request message")
+        return message
+
+    setattr(stream, "recv_message", recv_message)  # noqa: B010
+
+
 def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
     """Collect the handlers of every ok gRPC plugin, in start order; a path served twice is an error.
 
@@ -118,7 +144,7 @@ def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
                 if path in mapping:
                     raise RuntimeError(f"{path} is served by both {owner[path]} and {rec.uri}")
                 owner[path] = rec.uri
-                func = _wrap(path, handler.func)
+                func = _wrap(path, handler.func, handler.cardinality)
                 if observers:
                     func = _observed(path, _KINDS[handler.cardinality], func, observers)
                 mapping[path] = handler._replace(func=func)

@@ -18,9 +18,11 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Literal
 
+import anyio
 import structlog
 
 from corral.kernel import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -87,6 +89,9 @@ class ContentRecords:
         self.backend = backend
         self.policy = policy
         self.in_flight: Counter[str] = Counter()
+        # Held by a sweep from reading the records to its last deletion, and by each commit while
+        # it records a blob: a sweep never reads the records before a commit's and deletes after.
+        self.sweeping = anyio.Lock()
 
     async def _row(self, namespace: str, digest: str) -> Info:
         validate_digest(digest)
@@ -317,7 +322,13 @@ class NamespacedWriter:
                 raise FailedPrecondition(
                     f"unexpected commit digest {self._shared.digest}, expected {expected}"
                 )
-            return await self._record(self._shared, labels)
+            async with self._content.sweeping:
+                # The blob was there when the writer opened; a collection may have taken it since.
+                if await self._content._stored(self._shared.digest) is None:
+                    raise Aborted(
+                        f"content {self._shared.digest} was collected before its commit; write it again"
+                    )
+                return await self._content.commit_record(self._namespace, self._shared, labels or {})
         # A mismatch leaves the ingest as it was, as containerd's: reopened by the same ref, its
         # bytes are still there and a commit with the right size and digest succeeds.
         digest = self._inner.digest()
@@ -337,7 +348,8 @@ class NamespacedWriter:
                 del in_flight[digest]
 
     async def _record(self, info: Info, labels: Mapping[str, str] | None) -> Info:
-        return await self._content.commit_record(self._namespace, info, labels or {})
+        async with self._content.sweeping:
+            return await self._content.commit_record(self._namespace, info, labels or {})
 
     async def close(self) -> None:
         if self._inner is not None:
@@ -399,7 +411,10 @@ class ContentKind(ObjectKind):
         def held(conn: sqlite3.Connection) -> set[str]:
             return {d for (d,) in conn.execute("SELECT DISTINCT digest FROM content")}
 
-        keep = await self._db.read(held)
+        async with self.records.sweeping:
+            return await self._sweep(await self._db.read(held))
+
+    async def _sweep(self, keep: set[str]) -> Mapping[str, int | builtins.list[str]]:
         swept, failed = 0, []
         async for info in self.backend.list():
             if info.digest in keep or info.digest in self.records.in_flight:

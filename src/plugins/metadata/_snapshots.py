@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 
+import anyio
 import structlog
 
 from corral.kernel import (
@@ -58,6 +59,19 @@ SCHEMA = (
     CREATE INDEX IF NOT EXISTS snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
     CREATE TABLE IF NOT EXISTS sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    # Commits under way: the backend commits before the record changes, so a crash in between
+    # would leave an active record whose backend snapshot is gone. Finished or undone at start.
+    """
+    CREATE TABLE IF NOT EXISTS snapshot_commits (
+        namespace TEXT NOT NULL,
+        snapshotter TEXT NOT NULL,
+        key TEXT NOT NULL,
+        name TEXT NOT NULL,
+        backend_name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        PRIMARY KEY (namespace, snapshotter, key)
+    );
+    """,
 )
 
 # Labels under this prefix are passed on to the backend (as containerd does); others stay here.
@@ -93,6 +107,61 @@ class NamespacedSnapshotter:
         self.kind = f"snapshots/{name}"
         # Backend keys that exist (or are being made) before their record does: never swept.
         self.in_flight: set[str] = set()
+        self._recovered = False
+        self._recovering = anyio.Lock()
+
+    async def _recover(self) -> None:
+        """Before the first call: finish the commits a crash interrupted after the backend had
+        committed, forget those it interrupted before; either outcome is one the client allowed."""
+        if self._recovered:
+            return
+        async with self._recovering:
+            if self._recovered:
+                return
+
+            def pending(db: sqlite3.Connection) -> builtins.list[tuple[str, str, str, str, str]]:
+                rows = db.execute(
+                    "SELECT namespace, key, name, backend_name, labels FROM snapshot_commits WHERE snapshotter = ?",
+                    (self.name,),
+                )
+                return [(r[0], r[1], r[2], r[3], r[4]) for r in rows.fetchall()]
+
+            for ns, key, name, backend_name, labels in await self._store.read(pending):
+                try:
+                    await self.backend.stat(backend_name)
+                    committed = True
+                except NotFound:
+                    committed = False
+                await self._store.run(partial(self._settle, ns, key, name, backend_name, labels, committed))
+                log.info(
+                    "snapshot_commit_recovered", snapshotter=self.name, key=key, name=name, finished=committed
+                )
+            self._recovered = True
+
+    def _settle(
+        self,
+        ns: str,
+        key: str,
+        name: str,
+        backend_name: str,
+        labels: str,
+        committed: bool,
+        db: sqlite3.Connection,
+    ) -> None:
+        if committed:
+            now = time.time()
+            db.execute(
+                "UPDATE snapshots SET key = ?, backend_key = ?, kind = ?, labels = ?, created_at = ?,"
+                " updated_at = ? WHERE namespace = ? AND snapshotter = ? AND key = ?",
+                (name, backend_name, Kind.COMMITTED.value, labels, now, now, ns, self.name, key),
+            )
+        self._forget_commit(db, ns, key)
+
+    def _forget_commit(self, db: sqlite3.Connection, ns: str, key: str) -> None:
+        db.execute(
+            "DELETE FROM snapshot_commits WHERE namespace = ? AND snapshotter = ? AND key = ?",
+            (ns, self.name, key),
+        )
 
     def _row(
         self, db: sqlite3.Connection, ns: str, key: str
@@ -104,6 +173,8 @@ class NamespacedSnapshotter:
         return None if row is None else (row[0], row[1], row[2], row[3], row[4], row[5], row[6])
 
     async def _backend_key(self, ns: str, key: str) -> str:
+        await self._recover()
+
         def get(db: sqlite3.Connection) -> str:
             row = self._row(db, ns, key)
             if row is None:
@@ -118,6 +189,7 @@ class NamespacedSnapshotter:
 
     async def stat(self, key: str) -> Info:
         ns = namespace_required()
+        await self._recover()
 
         def get(db: sqlite3.Connection) -> Info:
             row = self._row(db, ns, key)
@@ -129,6 +201,7 @@ class NamespacedSnapshotter:
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         ns = namespace_required()
+        await self._recover()
         validate_labels(info.labels)
 
         def update(db: sqlite3.Connection) -> Info:
@@ -171,6 +244,7 @@ class NamespacedSnapshotter:
         ns = namespace_required()
         if not key:
             raise InvalidArgument("snapshot key must not be empty")
+        await self._recover()
         validate_labels(labels)
 
         def check(db: sqlite3.Connection) -> str:
@@ -259,6 +333,7 @@ class NamespacedSnapshotter:
             raise InvalidArgument("snapshot key must not be empty")
         labels = dict(labels or {})
         validate_labels(labels)
+        await self._recover()
 
         def check(db: sqlite3.Connection) -> tuple[str, str, str, int, str, float, float]:
             row = self._row(db, ns, key)
@@ -292,10 +367,23 @@ class NamespacedSnapshotter:
         seq: int,
     ) -> None:
         backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
+
+        def intend(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO snapshot_commits VALUES (?, ?, ?, ?, ?, ?)",
+                (ns, self.name, key, name, backend_name, labels_json(labels)),
+            )
+            self._store.record_sequence(db, "snapshots", seq)
+
+        await self._store.run(intend)
         try:
             await self.backend.commit(backend_name, row[1], backend_labels)
-        except AlreadyExists:
-            raise _BackendKeyTaken from None
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._store.run(lambda db: self._forget_commit(db, ns, key))
+            if isinstance(exc, AlreadyExists):
+                raise _BackendKeyTaken from None
+            raise
         now = time.time()
 
         def record(db: sqlite3.Connection) -> None:
@@ -307,6 +395,7 @@ class NamespacedSnapshotter:
             )
             detach_from_lease(db, ns, self.kind, key)
             attach_to_lease(db, ns, self.kind, name)
+            self._forget_commit(db, ns, key)
 
         await self._store.run(record)
         self._store.mutated()
@@ -314,6 +403,7 @@ class NamespacedSnapshotter:
 
     async def remove(self, key: str) -> None:
         ns = namespace_required()
+        await self._recover()
 
         def remove(db: sqlite3.Connection) -> str:
             row = self._row(db, ns, key)
@@ -339,6 +429,7 @@ class NamespacedSnapshotter:
 
     async def walk(self, filters: Sequence[str] = ()) -> AsyncIterator[Info]:
         ns = namespace_required()
+        await self._recover()
         match = parse_filters(list(filters))
 
         def list_(db: sqlite3.Connection) -> builtins.list[Info]:
@@ -353,6 +444,7 @@ class NamespacedSnapshotter:
                 yield info
 
     async def cleanup(self) -> None:
+        await self._recover()
         await self.backend.cleanup()
 
     async def sweep(self) -> tuple[int, builtins.list[str]]:
@@ -361,6 +453,8 @@ class NamespacedSnapshotter:
         Returns how many went and what could not be removed (with the reason): one snapshot that
         cannot be removed never stops the others, and is tried again by the next collection.
         """
+
+        await self._recover()
 
         def held(db: sqlite3.Connection) -> set[str]:
             rows = db.execute("SELECT backend_key FROM snapshots WHERE snapshotter = ?", (self.name,))

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from corral.kernel import InitContext, Registration, Unimplemented
+from corral.kernel import InitContext, InvalidArgument, Registration, Unimplemented
 from corral.plugins import types
 from corral.plugins.core import Descriptor, Mount
 from corral.plugins.differs import Differ
@@ -30,6 +30,7 @@ class DiffService:
         self._sync_fs = sync_fs
 
     async def apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
+        check_mounts(mounts)
         error: Exception = Unimplemented("no differ could apply the layer")
         for differ in self._differs:
             try:
@@ -51,6 +52,8 @@ class DiffService:
         ref: str,
         labels: Mapping[str, str],
     ) -> Descriptor:
+        check_mounts(lower)
+        check_mounts(upper)
         error: Exception = Unimplemented("no differ could compare the mounts")
         for differ in self._differs:
             try:
@@ -58,6 +61,16 @@ class DiffService:
             except Unimplemented as exc:
                 error = exc
         raise error
+
+
+def check_mounts(mounts: Sequence[Mount]) -> None:
+    """A NUL byte cannot reach mount(2): such a mount is a bad request, refused before anything is mounted."""
+    for m in mounts:
+        for what, value in (("type", m.type), ("source", m.source), ("target", m.target)):
+            if "\x00" in value:
+                raise InvalidArgument(f"mount {what} {value!r} contains a NUL byte")
+        if any("\x00" in option for option in m.options):
+            raise InvalidArgument(f"mount options of {m.source!r} contain a NUL byte")
 
 
 async def init(ic: InitContext) -> DiffService:

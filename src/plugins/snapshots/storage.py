@@ -539,7 +539,12 @@ class DirectoryBackend(ABC):
             def publish(tx: Transaction) -> Snapshot:
                 snapshot = tx.create_snapshot(kind, key, parent, labels, parent_ids=parent_ids)
                 self._check_parents(snapshot.parent_ids)
-                os.rename(temporary, self.directory(snapshot.id))
+                target = self.directory(snapshot.id)
+                if target.exists():
+                    # A crash after this rename and before the commit rolled the id back, and left
+                    # its directory: no record owns it, and this transaction now holds the id.
+                    remove_tree(target)
+                os.rename(temporary, target)
                 fsync_dir(self.snapshots)  # the directory is durable before its record is
                 return snapshot
 

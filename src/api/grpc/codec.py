@@ -1,0 +1,143 @@
+"""The server's request decoding: what grpc-go's codec refuses, refused with a status, not a crash.
+
+betterproto2 parses whatever bytes it is given: a string field sent as a varint comes out as an int,
+a truncated message or invalid UTF-8 as a Python exception deep in a handler. Requests are checked
+against their message's fields first, as containerd's generated unmarshalers check them (wrong wire
+type, truncation, integer overflow, illegal tags), and strings must be UTF-8; what fails is
+``UndecodableRequest``, which the server answers with Internal and grpc-go's words.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import betterproto2
+from grpclib.encoding.proto import ProtoCodec
+
+_VARINT, _FIXED64, _LENGTH, _START_GROUP, _END_GROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
+_WIRE_TYPES = {
+    "int32": _VARINT, "int64": _VARINT, "uint32": _VARINT, "uint64": _VARINT, "sint32": _VARINT,
+    "sint64": _VARINT, "bool": _VARINT, "enum": _VARINT,
+    "fixed64": _FIXED64, "sfixed64": _FIXED64, "double": _FIXED64,
+    "fixed32": _FIXED32, "sfixed32": _FIXED32, "float": _FIXED32,
+    "string": _LENGTH, "bytes": _LENGTH, "message": _LENGTH, "map": _LENGTH,
+}  # fmt: skip
+_MAX_DEPTH = 100
+"""How deeply messages may nest, as Go's protobuf limits recursion."""
+
+
+class UndecodableRequest(ValueError):
+    """A request body that is not a valid encoding of its message; the text is the decoder's."""
+
+
+class RequestCodec(ProtoCodec):
+    """grpclib's protobuf codec, checking each request before betterproto2 parses it."""
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        check_message(memoryview(data), message_type)
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:  # a value betterproto2 cannot hold (a timestamp out of range, …)
+            raise UndecodableRequest(f"proto: {message_type.__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    """As Go's generated code names it in errors: ``media_type`` is ``MediaType``."""
+    kind: str
+    wire_type: int
+    repeated: bool
+    nested: type[betterproto2.Message] | None = None
+    entry: Mapping[int, _Field] | None = None
+    """A map's entry: key (1) and value (2)."""
+
+
+def check_message(data: memoryview, message_type: type[betterproto2.Message]) -> None:
+    """UndecodableRequest unless ``data`` is well-formed for ``message_type``; unknown fields pass."""
+    _check(data, _fields(message_type), 0)
+
+
+@functools.cache
+def _fields(message_type: type[betterproto2.Message]) -> Mapping[int, _Field]:
+    meta: Any = message_type._betterproto  # type: ignore[arg-type]  # a classproperty mypy cannot bind
+    out: dict[int, _Field] = {}
+    for name, field in meta.meta_by_field_name.items():
+        out[field.number] = _field(name, field, lambda n: meta.cls_by_field[n])
+    return out
+
+
+def _field(name: str, field: Any, cls_by_field: Callable[[str], Any]) -> _Field:
+    kind = field.proto_type
+    nested = entry = None
+    if kind == "message":
+        nested = field.unwrap() if field.unwrap is not None else cls_by_field(name)
+    elif kind == "map":
+        key, value = field.map_meta
+        entry = {1: _field(f"{name}.key", key, cls_by_field), 2: _field(f"{name}.value", value, cls_by_field)}
+    go_name = "".join(part[:1].upper() + part[1:] for part in name.split(".")[0].split("_"))
+    return _Field(go_name, kind, _WIRE_TYPES[kind], field.repeated, nested, entry)
+
+
+def _check(data: memoryview, fields: Mapping[int, _Field], depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise UndecodableRequest("proto: exceeded maximum recursion depth")
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if number <= 0:
+            raise UndecodableRequest(f"proto: illegal tag {number} (wire type {wire_type})")
+        if wire_type in (_START_GROUP, _END_GROUP) or wire_type > _FIXED32:
+            raise UndecodableRequest(f"proto: illegal wireType {wire_type}")
+        field = fields.get(number)
+        if field is not None and wire_type != field.wire_type:
+            packed = field.repeated and field.wire_type != _LENGTH and wire_type == _LENGTH
+            if not packed:
+                raise UndecodableRequest(f"proto: wrong wireType = {wire_type} for field {field.name}")
+        if wire_type == _VARINT:
+            _, pos = _varint(data, pos)
+        elif wire_type == _FIXED64:
+            pos += 8
+        elif wire_type == _FIXED32:
+            pos += 4
+        else:
+            length, pos = _varint(data, pos)
+            if length > end - pos:
+                raise UndecodableRequest("unexpected EOF")
+            if field is not None:
+                _check_value(data[pos : pos + length], field, depth)
+            pos += length
+        if pos > end:
+            raise UndecodableRequest("unexpected EOF")
+
+
+def _check_value(value: memoryview, field: _Field, depth: int) -> None:
+    if field.kind == "string":
+        try:
+            bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise UndecodableRequest(f"proto: field {field.name} contains invalid UTF-8") from None
+    elif field.nested is not None:
+        _check(value, _fields(field.nested), depth + 1)
+    elif field.entry is not None:
+        _check(value, field.entry, depth + 1)
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    end = len(data)
+    while True:
+        if pos >= end:
+            raise UndecodableRequest("unexpected EOF")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise UndecodableRequest("proto: integer overflow")

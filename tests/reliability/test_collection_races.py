@@ -1,0 +1,98 @@
+"""What the kill -9 suite found outside a crash: a collection racing a commit lost an acknowledged blob.
+
+The sweep read which digests have records, then listed the blobs; a commit that recorded its blob in
+between, and left ``in_flight`` before the listing, had its blob deleted under its new record. The
+same held for a namespace committing (by digest, unsent) a blob another namespace was dropping.
+These tests stop the sweep inside its listing and commit meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from corral.kernel import Aborted
+from corral.plugins.content import Info
+from corral.plugins.content.memory import MemoryContentStore
+from corral.plugins.core import namespace
+from corral.plugins.metadata import NamespacedContent
+from corral.plugins.metadata.sqlite import open_metadata
+
+ROOT = {"containerd.io/gc.root": "test"}
+
+
+class PausingStore(MemoryContentStore):
+    """A memory store whose listing (the sweep's) waits at its start until told to go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listing = anyio.Event()
+        self.go_on = anyio.Event()
+        self.pause = False
+
+    async def list(self) -> AsyncIterator[Info]:
+        if self.pause:
+            self.listing.set()
+            await self.go_on.wait()
+        async for info in super().list():
+            yield info
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def _commit(content: NamespacedContent, ns: str, ref: str, data: bytes, expected: str = "") -> None:
+    with namespace(ns):
+        writer = await content.writer(ref, expected=expected)
+        if data:
+            await writer.write(data)
+        await writer.commit(len(data), expected, ROOT)
+
+
+def test_a_blob_committed_while_a_sweep_lists_the_store_keeps_its_bytes(tmp_path: Path) -> None:
+    store = PausingStore()
+    md = open_metadata(tmp_path / "meta.db", content=store)
+    content = md.view(NamespacedContent)
+    data = b"committed during the sweep"
+
+    async def main() -> None:
+        store.pause = True
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(md.garbage_collect)
+            await store.listing.wait()
+            tg.start_soon(_commit, content, "ns", "ref", data)
+            await anyio.sleep(0.2)  # the commit gets as far as it can while the sweep lists
+            store.go_on.set()
+        with namespace("ns"):
+            assert [i.digest for i in await content.list()] == [digest(data)]
+            assert b"".join([c async for c in await content.read(digest(data))]) == data
+
+    anyio.run(main)
+
+
+def test_a_shared_commit_of_a_blob_collected_meanwhile_is_aborted_not_recorded_without_bytes(
+    tmp_path: Path,
+) -> None:
+    store = PausingStore()
+    md = open_metadata(tmp_path / "meta.db", content=store)
+    content = md.view(NamespacedContent)
+    data = b"held by a, named by b"
+
+    async def main() -> None:
+        await _commit(content, "a", "ref", data)
+        with namespace("b"):
+            writer = await content.writer("ref", expected=digest(data))  # shared: nothing to send
+        with namespace("a"):
+            await content.delete(digest(data))
+        await md.garbage_collect()
+        with pytest.raises(Aborted, match="write it again"):
+            await writer.commit(len(data), digest(data), ROOT)
+        with namespace("b"):
+            assert [i.digest for i in await content.list()] == []
+
+    anyio.run(main)

@@ -175,7 +175,7 @@ async def _verify(
             assert (listed[victim].kind, listed[victim].parent) == (Kind.ACTIVE, "base"), (
                 f"{where}: {listed[victim]}"
             )
-            seen = contents(await tree_of(sn, victim))
+            seen = await _contents(sn, victim, where, committed=False)
             assert seen == base, f"{where}: the listed snapshot is half made: {differences(base, seen)}"
     elif r.operation == "commit":
         layer, work = r.keys(i)
@@ -189,10 +189,10 @@ async def _verify(
         expected = {**base, f"added-{i}": _file(base, f"round {i}\n".encode())}
         if layer in listed:
             assert listed[layer].kind is Kind.COMMITTED
-            seen = contents(await tree_of_committed(sn, layer))
+            seen = await _contents(sn, layer, where, committed=True)
         else:
             assert listed[work].kind is Kind.ACTIVE
-            seen = contents(await tree_of(sn, work))
+            seen = await _contents(sn, work, where, committed=False)
         assert seen == expected, f"{where}: the snapshot lost what was written: {differences(expected, seen)}"
     else:
         (doomed,) = r.keys(i)
@@ -200,7 +200,7 @@ async def _verify(
             assert doomed not in listed, f"{where}: the removed snapshot is still listed"
         if doomed in listed:
             expected = {**base, doomed: _file(base, b"to be removed\n")}
-            seen = contents(await tree_of_committed(sn, doomed))
+            seen = await _contents(sn, doomed, where, committed=True)
             assert seen == expected, (
                 f"{where}: a snapshot whose removal was cut short is damaged: {differences(expected, seen)}"
             )
@@ -215,6 +215,18 @@ async def _verify(
     for key in (probe, *r.keys(i)):
         if key in listed or key == probe:
             await sn.remove(key)
+
+
+async def _contents(
+    sn: Snapshotter, key: str, where: str, *, committed: bool
+) -> dict[str, tuple[object, ...]]:
+    """What the listed snapshot ``key`` holds; a snapshot that cannot be read is half made."""
+    try:
+        return contents(await (tree_of_committed(sn, key) if committed else tree_of(sn, key)))
+    except Exception as exc:
+        raise AssertionError(
+            f"{where}: the listed snapshot {key} is half made: it cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _file(base: dict[str, tuple[object, ...]], data: bytes) -> tuple[object, ...]:

@@ -15,7 +15,11 @@ import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
+
 from corral.kernel import NotFound
+from corral.plugins.core.trees import remove_tree
 from corral.plugins.snapshots import Snapshotter
 from corral.plugins.snapshots.conformance._children import Children, Job
 from corral.plugins.snapshots.conformance._subject import CheckSkipped, Subject, needs_root
@@ -85,12 +89,24 @@ async def layer(sn: Snapshotter, name: str, parent: str, change: Callable[[Path]
     return written
 
 
-async def children_of(sn: Snapshotter, name: str) -> dict[str, Tree]:
-    """What a new active child of ``name`` and a view of it see."""
+async def children_of(sn: Snapshotter, name: str, holding: str) -> dict[str, Tree]:
+    """What a new active child of ``name`` and a view of it see; ``holding`` names what ``name``
+    holds, for the failure when either cannot be made."""
     key = f"{name}.conformance-child"
-    await sn.prepare(key, name)
     try:
-        return {"a child": await tree_of(sn, key), "a view": await tree_of_committed(sn, name)}
+        await sn.prepare(key, name)
+    except Exception as exc:
+        raise AssertionError(
+            f"prepare on a parent holding {holding} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        try:
+            view = await tree_of_committed(sn, name)
+        except Exception as exc:
+            raise AssertionError(
+                f"a view of a parent holding {holding} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return {"a child": await tree_of(sn, key), "a view": view}
     finally:
         await sn.remove(key)
 
@@ -287,7 +303,7 @@ async def check_hard_links_within_a_layer_and_into_children(subject: Subject) ->
                 )
             assert tree["lonely"].inode != tree["a"].inode, f"in {what} a copy became a hard link"
 
-        for what, tree in (await children_of(sn, "base")).items():
+        for what, tree in (await children_of(sn, "base", "hard links")).items():
             linked_in(tree, what)
 
         def add_links(root: Path) -> None:
@@ -358,7 +374,7 @@ async def check_device_nodes(subject: Subject) -> None:
                 os.chmod(root / name, mode)
 
         await layer(sn, "base", "", populate)
-        for what, tree in (await children_of(sn, "base")).items():
+        for what, tree in (await children_of(sn, "base", "device nodes")).items():
             for name, (kind, mode, device) in devices.items():
                 expected = ("char" if kind == stat.S_IFCHR else "block", oct(mode), device)
                 entry = tree.get(name)
@@ -382,7 +398,7 @@ async def check_unix_sockets(subject: Subject) -> None:
                 os.chmod(path, 0o750)
 
         await layer(sn, "base", "", populate)
-        for what, tree in (await children_of(sn, "base")).items():
+        for what, tree in (await children_of(sn, "base", "unix sockets")).items():
             for name in ("run/app.sock", "top.sock"):
                 entry = tree.get(name)
                 seen = (entry.kind, oct(entry.mode)) if entry else None
@@ -410,7 +426,7 @@ async def check_symlinks_relative_absolute_and_dangling(subject: Subject) -> Non
                 (root / name).symlink_to(target)
 
         await layer(sn, "base", "", populate)
-        for what, tree in (await children_of(sn, "base")).items():
+        for what, tree in (await children_of(sn, "base", "symlinks")).items():
             for name, target in links.items():
                 entry = tree.get(name)
                 seen = (entry.kind, entry.target) if entry else None
@@ -468,7 +484,7 @@ async def check_owners_and_modes(subject: Subject) -> None:
         written = await layer(sn, "base", "", populate)
         for name, (uid, gid, mode) in owners.items():
             assert (written[name].uid, written[name].gid, written[name].mode) == (uid, gid, mode), name
-        for what, tree in (await children_of(sn, "base")).items():
+        for what, tree in (await children_of(sn, "base", "files of many owners")).items():
             for name in [*owners, "link"]:
                 entry = tree.get(name)
                 seen = (entry.uid, entry.gid, oct(entry.mode)) if entry else None
@@ -543,7 +559,7 @@ async def check_xattrs(subject: Subject) -> None:
                             ) from exc
 
         written = await layer(sn, "base", "", populate)
-        for what, tree in (await children_of(sn, "base")).items():
+        for what, tree in (await children_of(sn, "base", "xattrs")).items():
             same(tree, written, "xattrs", f"xattrs in {what}")
             assert written["file"].xattrs.get("user.big") == bytes(range(256)) * 4
 
@@ -621,7 +637,7 @@ async def check_timestamps(subject: Subject) -> None:
                 os.utime(root / name, ns=(ns, ns), follow_symlinks=False)
 
         written = await layer(sn, "base", "", populate)
-        for what, tree in (await children_of(sn, "base")).items():
+        for what, tree in (await children_of(sn, "base", "files with set times")).items():
             same(tree, written, "mtime_ns", f"modification times in {what}")
 
         def change(root: Path) -> None:
@@ -641,28 +657,41 @@ async def check_timestamps(subject: Subject) -> None:
 @needs_root
 async def check_deep_trees(subject: Subject) -> None:
     levels = ["d"] * DEPTH
-    async with subject.open() as sn:
-        await layer(sn, "base", "", lambda root: write_at(root, levels, "bottom", b"at the bottom"))
+    root = subject.new_root()
+    try:
+        async with subject.open(root) as sn:
+            await _deep_trees(sn, levels)
+    finally:
+        # Whatever happened, nothing this deep is left for a recursive removal of the scratch
+        # directory (Python 3.11's shutil.rmtree recurses once per level).
+        await anyio.to_thread.run_sync(remove_tree, root)
+
+
+async def _deep_trees(sn: Snapshotter, levels: list[str]) -> None:
+    await layer(sn, "base", "", lambda root: write_at(root, levels, "bottom", b"at the bottom"))
+    try:
         await sn.prepare("child", "base")
+    except Exception as exc:
+        raise AssertionError(
+            f"prepare on a parent {DEPTH} levels deep failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
-        def descend(root: Path) -> bytes:
-            data = read_at(root, "/".join([*levels, "bottom"]))
-            write_at(root, levels[:-1], "child-bottom", b"written by the child")
-            return data
+    def descend(root: Path) -> bytes:
+        data = read_at(root, "/".join([*levels, "bottom"]))
+        write_at(root, levels[:-1], "child-bottom", b"written by the child")
+        return data
 
-        assert await in_mount(sn, "child", descend) == b"at the bottom", "the deep file changed in a child"
-        assert (await sn.usage("child")).inodes >= 1
-        await sn.commit("child-layer", "child")
-        tree = await tree_of_committed(sn, "child-layer")
-        deepest = "/".join([*levels, "bottom"])
-        assert deepest in tree and tree[deepest].digest == digest_of(b"at the bottom"), (
-            "the deep file is lost"
-        )
-        assert tree["/".join([*levels[:-1], "child-bottom"])].digest == digest_of(b"written by the child")
-        assert sum(1 for e in tree.values() if e.kind == "dir") == DEPTH
-        await sn.remove("child-layer")
-        await sn.remove("base")
-        await sn.cleanup()  # nothing this deep is left for whoever removes the scratch directory
+    assert await in_mount(sn, "child", descend) == b"at the bottom", "the deep file changed in a child"
+    assert (await sn.usage("child")).inodes >= 1
+    await sn.commit("child-layer", "child")
+    tree = await tree_of_committed(sn, "child-layer")
+    deepest = "/".join([*levels, "bottom"])
+    assert deepest in tree and tree[deepest].digest == digest_of(b"at the bottom"), "the deep file is lost"
+    assert tree["/".join([*levels[:-1], "child-bottom"])].digest == digest_of(b"written by the child")
+    assert sum(1 for e in tree.values() if e.kind == "dir") == DEPTH
+    await sn.remove("child-layer")
+    await sn.remove("base")
+    await sn.cleanup()
 
 
 @needs_root
@@ -681,7 +710,7 @@ async def check_long_names(subject: Subject) -> None:
             write_at(root, components, last, b"near PATH_MAX")
 
         await layer(sn, "base", "", populate)
-        for what, tree in (await children_of(sn, "base")).items():
+        for what, tree in (await children_of(sn, "base", "long names")).items():
             assert tree.get(longest, None) is not None, f"a {NAME_MAX}-byte name is lost in {what}"
             assert tree[f"{'d' * NAME_MAX}/{'e' * NAME_MAX}"].digest == digest_of(b"in a long directory")
             assert long_path in tree, f"a path of {LONG_PATH} bytes is lost in {what}"

@@ -73,6 +73,8 @@ async def expect(kind: type[E], awaitable: Awaitable[object]) -> E:
         await awaitable
     except kind as exc:
         return exc
+    except CorralError as exc:
+        raise AssertionError(f"expected {kind.__name__}, got {type(exc).__name__}: {exc}") from exc
     raise AssertionError(f"expected {kind.__name__}, nothing was raised")
 
 

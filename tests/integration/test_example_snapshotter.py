@@ -22,7 +22,7 @@ def test_example_snapshotter_distribution_tests_pass() -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=600,
     )
     output = f"{result.stdout}\n{result.stderr}"
     assert result.returncode == 0, f"example tests failed:\n{output}"

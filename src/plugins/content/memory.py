@@ -138,6 +138,10 @@ class MemoryContentStore:
             yield data[start : min(end, start + READ_CHUNK)]
 
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> MemoryWriter:
+        if not ref:
+            raise InvalidArgument("ref must not be empty")
+        if total < 0:
+            raise InvalidArgument(f"ref {ref}: negative total {total}")
         if expected:
             _check_digest(expected)
         if ref in self._locked:

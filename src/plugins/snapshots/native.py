@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import builtins
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
-from corral.kernel import InitContext, Internal, Platform, Registration
+from corral.kernel import InitContext, Platform, Registration
 from corral.plugins import types
 from corral.plugins.core import Mount
 from corral.plugins.snapshots import Kind
-from corral.plugins.snapshots.storage import DirectoryBackend, Snapshot
+from corral.plugins.snapshots.storage import DirectoryBackend, copy_tree
 
 
 @dataclass(frozen=True)
@@ -32,29 +31,17 @@ class NativeConfig:
 class NativeSnapshotter(DirectoryBackend):
     """A ``Snapshotter`` over plain directories; see the module docstring."""
 
-    async def _fill(self, directory: Path, parent_ids: tuple[int, ...]) -> None:
-        if not parent_ids:
+    async def fill(self, directory: Path, parents: tuple[Path, ...], kind: Kind) -> None:
+        if not parents:
             await anyio.to_thread.run_sync(os.chmod, directory, 0o755)
             return
-        # cp -a rather than shutil.copytree: it keeps owners, hard links, device nodes, fifos,
-        # xattrs (overlay's opaque markers, capabilities) and times, which copytree does not all
-        # keep; --reflink=auto shares the data blocks where the filesystem can (btrfs, xfs).
-        # Copying "<parent>/." onto the new directory also gives it the parent root's mode and owner.
-        source = self.directory(parent_ids[0])
-        cp = shutil.which("cp") or "/bin/cp"
-        result = await anyio.run_process(
-            [cp, "-a", "--reflink=auto", "--", f"{source}/.", str(directory)], check=False
-        )
-        if result.returncode != 0:
-            message = result.stderr.decode(errors="replace").strip() or f"exit status {result.returncode}"
-            raise Internal(f"copying snapshot {parent_ids[0]}: {message}")
+        # --reflink=auto shares the data blocks where the filesystem can (btrfs, xfs). Copying
+        # "<parent>/." onto the new directory also gives it the parent root's mode and owner.
+        await copy_tree(parents[0], directory, "--reflink=auto")
 
-    def _mounts(self, snapshot: Snapshot) -> builtins.list[Mount]:
-        flag = "ro" if snapshot.kind is Kind.VIEW else "rw"
-        return [Mount("bind", str(self.directory(snapshot.id)), ("rbind", flag))]
-
-    def _own_directory(self, snapshot_id: int) -> Path:
-        return self.directory(snapshot_id)
+    def mounts_for(self, directory: Path, parents: tuple[Path, ...], kind: Kind) -> builtins.list[Mount]:
+        flag = "ro" if kind is Kind.VIEW else "rw"
+        return [Mount("bind", str(directory), ("rbind", flag))]
 
 
 async def init(ic: InitContext) -> NativeSnapshotter:

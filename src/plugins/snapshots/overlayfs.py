@@ -23,7 +23,7 @@ from corral.kernel import InitContext, Platform, Registration, SkipPlugin, inert
 from corral.plugins import types
 from corral.plugins.core import Mount
 from corral.plugins.snapshots import Info, Kind
-from corral.plugins.snapshots.storage import DirectoryBackend, Snapshot
+from corral.plugins.snapshots.storage import DirectoryBackend
 
 MAX_LOWER_LAYERS = 500
 """The kernel's limit on overlay lower directories (OVL_MAX_STACK)."""
@@ -66,50 +66,42 @@ class OverlaySnapshotter(DirectoryBackend):
         self.remove_directories = sync_remove
         self.mount_options = tuple(mount_options)
         self.index_off = INDEX_PARAMETER.exists() if index_off is None else index_off
-        self._base = str(self.snapshots)
 
-    def fs(self, snapshot_id: int) -> Path:
-        return self.directory(snapshot_id) / "fs"
+    async def fill(self, directory: Path, parents: tuple[Path, ...], kind: Kind) -> None:
+        await anyio.to_thread.run_sync(self._lay_out, directory, parents)
 
-    def work(self, snapshot_id: int) -> Path:
-        return self.directory(snapshot_id) / "work"
-
-    async def _fill(self, directory: Path, parent_ids: tuple[int, ...]) -> None:
-        await anyio.to_thread.run_sync(self._lay_out, directory, parent_ids)
-
-    def _lay_out(self, directory: Path, parent_ids: tuple[int, ...]) -> None:
+    def _lay_out(self, directory: Path, parents: tuple[Path, ...]) -> None:
         fs = directory / "fs"
         fs.mkdir(mode=0o755)
         (directory / "work").mkdir(mode=0o711)
         fs.chmod(0o755)  # whatever the umask
-        if parent_ids:
+        if parents:
             # The layer's root takes its parent's owner, as in containerd: a rootless image's
             # root directory stays writable for its user.
-            st = os.stat(self.fs(parent_ids[0]))
+            st = os.stat(parents[0] / "fs")
             os.lchown(fs, st.st_uid, st.st_gid)
 
-    def _mounts(self, snapshot: Snapshot) -> builtins.list[Mount]:
-        if not snapshot.parent_ids:
+    def mounts_for(self, directory: Path, parents: tuple[Path, ...], kind: Kind) -> builtins.list[Mount]:
+        if not parents:
             # Overlay needs a lower layer: a snapshot without parents is its own directory.
-            flag = "ro" if snapshot.kind is Kind.VIEW else "rw"
-            return [Mount("bind", str(self.fs(snapshot.id)), (flag, "rbind"))]
-        if snapshot.kind is Kind.VIEW and len(snapshot.parent_ids) == 1:
-            return [Mount("bind", str(self.fs(snapshot.parent_ids[0])), ("ro", "rbind"))]
+            flag = "ro" if kind is Kind.VIEW else "rw"
+            return [Mount("bind", f"{directory}/fs", (flag, "rbind"))]
+        if kind is Kind.VIEW and len(parents) == 1:
+            return [Mount("bind", f"{parents[0]}/fs", ("ro", "rbind"))]
         options = ["index=off"] if self.index_off else []
-        if snapshot.kind is Kind.ACTIVE:
-            options += [f"workdir={self.work(snapshot.id)}", f"upperdir={self.fs(snapshot.id)}"]
-        base = self._base  # string building: a chain can be hundreds of layers long
-        options.append("lowerdir=" + ":".join(f"{base}/{i}/fs" for i in snapshot.parent_ids))
+        if kind is Kind.ACTIVE:
+            options += [f"workdir={directory}/work", f"upperdir={directory}/fs"]
+        options.append("lowerdir=" + ":".join(f"{p}/fs" for p in parents))
         options += self.mount_options
         return [Mount("overlay", "overlay", tuple(options))]
 
-    def _own_directory(self, snapshot_id: int) -> Path:
-        return self.fs(snapshot_id)
+    def own_tree(self, directory: Path) -> Path:
+        return directory / "fs"
 
-    def _decorate(self, snapshot_id: int, info: Info) -> Info:
+    def decorate(self, info: Info, directory: Path) -> Info:
         if not self.upperdir_label:
             return info
-        return replace(info, labels={**info.labels, UPPERDIR_LABEL: str(self.fs(snapshot_id))})
+        return replace(info, labels={**info.labels, UPPERDIR_LABEL: f"{directory}/fs"})
 
 
 def overlay_supported() -> bool:

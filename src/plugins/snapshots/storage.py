@@ -1,13 +1,15 @@
-"""What the on-disk snapshotters share: their bookkeeping in sqlite, and a directory per snapshot.
+"""The base for snapshotters that keep each snapshot in a directory: ``DirectoryBackend``.
+
+A snapshotter built on it says only how a new snapshot's directory is filled from its parents
+(``fill``), what to mount to see it (``mounts_for``) and, if not all of it, which part of the
+directory is the snapshot's own (``own_tree``). Everything else — the whole ``Snapshotter``
+protocol, bookkeeping, crash safety and ``cleanup`` — is the base's; ``native``, ``overlayfs`` and
+``examples/corral-snapshotter-example`` are built on it.
 
 Like containerd's snapshots/storage, ``metadata.db`` under the snapshotter root records each
 snapshot's key, parent key, kind, labels, times and (once committed) usage, under a numeric id
 that names the snapshot's directory ``<root>/snapshots/<id>`` and never changes: a commit keeps
-it. Ids are never reused (AUTOINCREMENT), so a directory a crash left behind can never be taken
-for a later snapshot's; ``cleanup`` removes such directories.
-
-``DirectoryBackend`` is the half of a snapshotter that is bookkeeping (stat, update, walk, usage,
-commit, remove, cleanup); ``native`` and ``overlayfs`` add how a directory is filled and mounted.
+it. A directory a crash left behind is never taken for a later snapshot's; ``cleanup`` removes it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import builtins
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -32,22 +35,24 @@ import structlog
 from corral.kernel import (
     AlreadyExists,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     adapt_mapping,
     parse_filters,
 )
 from corral.plugins.core import Mount, update_labels
-from corral.plugins.core.private import connect_private
+from corral.plugins.core.private import connect_private, fsync_dir
 from corral.plugins.core.trees import remove_tree
 from corral.plugins.snapshots import Info, Kind, Usage
 
-# What snapshotter authors may build on; DirectoryBackend's hooks are still settling.
+# What snapshotter authors build on.
 __all__ = [
     "DirectoryBackend",
     "MetaStore",
     "Snapshot",
     "Transaction",
+    "copy_tree",
     "disk_usage",
     "fsync_dir",
     "remove_tree",
@@ -60,6 +65,7 @@ log = structlog.get_logger("corral.snapshots")
 DATABASE = "metadata.db"
 SNAPSHOTS = "snapshots"
 TEMPORARY_PREFIX = "new-"
+"""A directory being filled: renamed to its id once recorded."""
 KIND_NAMES = {Kind.VIEW: "view", Kind.ACTIVE: "active", Kind.COMMITTED: "committed"}
 """How ``kind`` reads in walk filters, as containerd's snapshot adaptor spells it."""
 
@@ -267,6 +273,25 @@ class MetaStore:
             # executescript commits any open transaction first, so the script carries its own.
             self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA[i]}; PRAGMA user_version={i + 1}; COMMIT;")
 
+    def skip_ids_through(self, highest: int) -> None:
+        """Never give out an id up to ``highest``; called once, before the store is in use."""
+        if highest <= 0:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            # sqlite_sequence holds AUTOINCREMENT's high-water mark, once a first row was inserted.
+            self._db.execute(
+                "INSERT INTO sqlite_sequence(name, seq) SELECT 'snapshots', 0"
+                " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'snapshots')"
+            )
+            self._db.execute(
+                "UPDATE sqlite_sequence SET seq = ? WHERE name = 'snapshots' AND seq < ?", (highest, highest)
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     async def run(self, fn: Callable[[Transaction], T]) -> T:
         """Run ``fn`` in one transaction on the store's thread: committed if it returns, rolled back
         if it raises. Waiting callers queue; a cancelled caller's transaction still runs to its end."""
@@ -351,54 +376,105 @@ def _info(row: _Row) -> Info:
 # -- directories ----------------------------------------------------------------------------------
 
 
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_REBASE = 2048
+"""A directory this many bytes below its base becomes a base: no path handed over nears PATH_MAX."""
+
+
 def disk_usage(path: Path) -> Usage:
     """What ``du`` would count under ``path``: st_blocks * 512 and one inode per distinct inode
-    (hard links once), the directory itself included, as containerd's fs.DiskUsage does."""
+    (hard links once), the directory itself included, as containerd's fs.DiskUsage does.
+
+    Walked by directory descriptors, without recursion: a container's tree may be deeper, and its
+    paths longer, than any path the host could name."""
     st = os.lstat(path)
     seen = {(st.st_dev, st.st_ino)}
     size = st.st_blocks * 512
-    pending = [os.fspath(path)]
-    while pending:
-        try:
-            entries = os.scandir(pending.pop())
-        except FileNotFoundError:
-            continue  # removed while we walked an active snapshot
-        with entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-                identity = (st.st_dev, st.st_ino)
-                if identity not in seen:
-                    seen.add(identity)
-                    size += st.st_blocks * 512
+    top = os.open(path, _DIRECTORY)
+    holds = {top: 1}  # descriptor -> the pending directories (and the scan) that need it open
+    pending = [(top, ".")]
+
+    def release(fd: int) -> None:
+        holds[fd] -= 1
+        if not holds[fd]:
+            del holds[fd]
+            os.close(fd)
+
+    try:
+        while pending:
+            base, relative = pending.pop()
+            try:
+                fd = os.open(relative, _DIRECTORY, dir_fd=base)
+            except FileNotFoundError:
+                release(base)
+                continue  # removed while we walked an active snapshot
+            holds[fd] = 1
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        identity = (st.st_dev, st.st_ino)
+                        if identity not in seen:
+                            seen.add(identity)
+                            size += st.st_blocks * 512
+                        if entry.is_dir(follow_symlinks=False):
+                            below = f"{relative}/{entry.name}"
+                            holder, name = (fd, entry.name) if len(below) > _REBASE else (base, below)
+                            holds[holder] += 1
+                            pending.append((holder, name))
+            finally:
+                release(fd)
+                release(base)
+    finally:
+        for fd in holds:
+            os.close(fd)
     return Usage(size=size, inodes=len(seen))
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+async def copy_tree(source: Path, target: Path, *options: str) -> None:
+    """``cp -a`` the contents of ``source`` onto the existing directory ``target``, which takes the
+    mode, owner and times of ``source`` itself; ``options`` go to cp (``--reflink=auto``, ``--link``).
+
+    cp rather than ``shutil.copytree``, which keeps none of hard links, fifos, device nodes, sockets,
+    owners or trusted xattrs. Internal, with cp's message, when it fails.
+    """
+    # Relative to their common directory, so a path deep in the tree stays within PATH_MAX as long
+    # as it can: the snapshot's own paths may already be close to it.
+    base = os.path.commonpath([source, target])
+    cp = shutil.which("cp") or "/bin/cp"
+    argv = [cp, "-a", *options, "--", f"{os.path.relpath(source, base)}/.", os.path.relpath(target, base)]
+    result = await anyio.run_process(argv, cwd=base, check=False)
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip() or f"exit status {result.returncode}"
+        raise Internal(f"copying snapshot {source.name} (cp -a {' '.join(options)}): {message}")
 
 
 class DirectoryBackend(ABC):
-    """A snapshotter that keeps each snapshot in ``<root>/snapshots/<id>``; subclasses say how a
-    new directory is filled, which directory is the snapshot's own (for usage) and how it mounts.
+    """A ``Snapshotter`` that keeps each snapshot in a directory ``<root>/snapshots/<id>`` of its own.
 
-    One process owns the root. A new snapshot's directory is filled under a temporary name and
-    renamed into place in the transaction that records it, so a record never lacks its directory;
-    a crash may leave a directory without a record, which ``cleanup`` removes.
+    Subclass it and say how a snapshot's directory is made and seen:
+
+    - ``fill(directory, parents, kind)``: lay out a new snapshot's (empty) directory on its parents;
+    - ``mounts_for(directory, parents, kind)``: the mounts that show the snapshot;
+    - ``own_tree(directory)``, optional: the part of the directory holding what the snapshot itself
+      adds, which ``usage`` counts (all of it unless overridden).
+
+    ``parents`` are the parents' directories, nearest first. Optional class attributes tune the rest:
+    ``max_parents`` and ``remove_directories``; ``decorate`` may add labels of the backend's own.
+
+    One process owns ``root``. A new directory is filled under a temporary name and renamed to its
+    id in the transaction that records the snapshot, so a record never lacks its directory; what a
+    crash leaves is a directory without a record, which ``cleanup`` removes and no later snapshot
+    takes for its own.
     """
 
-    remove_directories: bool = True
-    """Remove a snapshot's directory in ``remove``; otherwise ``cleanup`` does (overlayfs's default)."""
     max_parents: int | None = None
     """The longest parent chain the backend can mount (longer ones are InvalidArgument); None: any."""
+    remove_directories: bool = True
+    """Remove a snapshot's directory in ``remove``; otherwise the next ``cleanup`` does (overlayfs's default)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -406,24 +482,48 @@ class DirectoryBackend(ABC):
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.snapshots.mkdir(mode=0o700, exist_ok=True)
         self.store = MetaStore(root / DATABASE)
+        """The bookkeeping: keys, parents, kinds, labels, times and usage, by id."""
+        # A crash between a directory's rename and its record's commit leaves a directory named
+        # by an id the database never kept: no later snapshot may be given that id.
+        self.store.skip_ids_through(
+            max((int(n) for n in os.listdir(self.snapshots) if n.isdigit()), default=0)
+        )
         # Names of temporary directories being filled; cleanup leaves them alone.
         self._in_flight: set[str] = set()
+        self._closed = False
+
+    # -- what a subclass says -------------------------------------------------------------------
+
+    @abstractmethod
+    async def fill(self, directory: Path, parents: tuple[Path, ...], kind: Kind) -> None:
+        """Lay out the new snapshot's ``directory`` (empty, mode 0700) on its ``parents``' directories.
+
+        ``kind`` is ACTIVE (``prepare``, writable) or VIEW (``view``, mounted read-only). It runs
+        before the snapshot is recorded: whatever it raises, nothing is left behind."""
+
+    @abstractmethod
+    def mounts_for(self, directory: Path, parents: tuple[Path, ...], kind: Kind) -> builtins.list[Mount]:
+        """What to mount to see the snapshot in ``directory``, an active one writable, a view read-only."""
+
+    def own_tree(self, directory: Path) -> Path:
+        """The part of ``directory`` that holds what the snapshot itself adds: what ``usage`` counts."""
+        return directory
+
+    def decorate(self, info: Info, directory: Path) -> Info:
+        """The Info a caller sees of the snapshot in ``directory``: a backend may add labels of its own."""
+        return info
+
+    # -- directories ----------------------------------------------------------------------------
 
     def directory(self, snapshot_id: int) -> Path:
+        """The directory of the snapshot recorded under ``snapshot_id``."""
         return self.snapshots / str(snapshot_id)
 
-    # -- what subclasses provide ---------------------------------------------------------------
+    def _parents(self, snapshot: Snapshot) -> tuple[Path, ...]:
+        return tuple(self.directory(i) for i in snapshot.parent_ids)
 
-    @abstractmethod
-    async def _fill(self, directory: Path, parent_ids: tuple[int, ...]) -> None:
-        """Lay out a new snapshot's (temporary) directory on its parents, nearest first."""
-
-    @abstractmethod
-    def _mounts(self, snapshot: Snapshot) -> builtins.list[Mount]: ...
-
-    @abstractmethod
-    def _own_directory(self, snapshot_id: int) -> Path:
-        """The directory holding what the snapshot itself adds: what usage counts."""
+    def _mounts(self, snapshot: Snapshot) -> builtins.list[Mount]:
+        return self.mounts_for(self.directory(snapshot.id), self._parents(snapshot), snapshot.kind)
 
     def _check_parents(self, parent_ids: tuple[int, ...]) -> None:
         if self.max_parents is not None and len(parent_ids) > self.max_parents:
@@ -432,15 +532,11 @@ class DirectoryBackend(ABC):
                 f" this parent chain has {len(parent_ids)}"
             )
 
-    def _decorate(self, snapshot_id: int, info: Info) -> Info:
-        """The Info a caller sees; a backend may add labels of its own."""
-        return info
-
-    # -- the Snapshotter protocol ------------------------------------------------------------
+    # -- the Snapshotter protocol ---------------------------------------------------------------
 
     async def stat(self, key: str) -> Info:
         snapshot_id, info, _ = await self.store.get_info(key)
-        return self._decorate(snapshot_id, info)
+        return self.decorate(info, self.directory(snapshot_id))
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         def update(tx: Transaction) -> tuple[int, Info]:
@@ -448,12 +544,12 @@ class DirectoryBackend(ABC):
             return tx.get_info(updated.name)[0], updated
 
         snapshot_id, updated = await self.store.run(update)
-        return self._decorate(snapshot_id, updated)
+        return self.decorate(updated, self.directory(snapshot_id))
 
     async def usage(self, key: str) -> Usage:
         snapshot_id, info, usage = await self.store.get_info(key)
         if info.kind is Kind.ACTIVE:
-            return await anyio.to_thread.run_sync(disk_usage, self._own_directory(snapshot_id))
+            return await anyio.to_thread.run_sync(disk_usage, self.own_tree(self.directory(snapshot_id)))
         return usage
 
     async def mounts(self, key: str) -> builtins.list[Mount]:
@@ -472,7 +568,7 @@ class DirectoryBackend(ABC):
     async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
         snapshot_id, info, usage = await self.store.get_info(key)
         if info.kind is Kind.ACTIVE:
-            usage = await anyio.to_thread.run_sync(disk_usage, self._own_directory(snapshot_id))
+            usage = await anyio.to_thread.run_sync(disk_usage, self.own_tree(self.directory(snapshot_id)))
         await self.store.commit_active(key, name, usage, labels)
 
     async def remove(self, key: str) -> None:
@@ -487,7 +583,7 @@ class DirectoryBackend(ABC):
 
     async def walk(self, filters: Sequence[str] = ()) -> AsyncIterator[Info]:
         for snapshot_id, info in await self.store.walk(filters):
-            yield self._decorate(snapshot_id, info)
+            yield self.decorate(info, self.directory(snapshot_id))
 
     async def cleanup(self) -> None:
         """Remove every directory under ``snapshots/`` that no snapshot owns and no call is filling."""
@@ -519,9 +615,12 @@ class DirectoryBackend(ABC):
             )
 
     async def aclose(self) -> None:
-        await self.store.aclose()
+        """Close the metadata database; closing again is harmless."""
+        if not self._closed:
+            self._closed = True
+            await self.store.aclose()
 
-    # -- creating ------------------------------------------------------------------------------
+    # -- creating -------------------------------------------------------------------------------
 
     async def _create(self, kind: Kind, key: str, parent: str, labels: Mapping[str, str] | None) -> Snapshot:
         # Fail early on what the transaction would refuse anyway, before any copying.
@@ -530,7 +629,7 @@ class DirectoryBackend(ABC):
         temporary = self._reserve_temporary()
         try:
             try:
-                await self._fill(temporary, parent_ids)
+                await self.fill(temporary, tuple(self.directory(i) for i in parent_ids), kind)
             except Exception:
                 # A parent removed while it was copied fails the fill: report that, not the copy.
                 await self.store.run(lambda tx: tx.check_create(kind, key, parent))
@@ -545,7 +644,11 @@ class DirectoryBackend(ABC):
                     # its directory: no record owns it, and this transaction now holds the id.
                     remove_tree(target)
                 os.rename(temporary, target)
-                fsync_dir(self.snapshots)  # the directory is durable before its record is
+                try:
+                    fsync_dir(self.snapshots)  # the directory is durable before its record is
+                except BaseException:
+                    os.rename(target, temporary)  # the record rolls back, and so does the name
+                    raise
                 return snapshot
 
             return await self.store.run(publish)

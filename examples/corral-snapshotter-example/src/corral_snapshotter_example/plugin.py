@@ -29,11 +29,9 @@ class HardlinkConfig:
 async def init(ic: InitContext) -> HardlinkSnapshotter:
     config: HardlinkConfig = ic.config
     root = Path(config.root_path) if config.root_path else ic.root
-    snapshotter = await anyio.to_thread.run_sync(HardlinkSnapshotter, root)
-    # Snapshots hold the host's files, so this snapshotter serves the host's platform only.
-    ic.meta.platforms.append(Platform.host())
+    ic.meta.platforms.append(Platform.host())  # snapshots hold the host's files
     ic.meta.exports["root"] = str(root)
-    return snapshotter
+    return await anyio.to_thread.run_sync(HardlinkSnapshotter, root)  # it opens its database
 
 
 registration = Registration(

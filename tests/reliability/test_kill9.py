@@ -12,6 +12,7 @@ Short form (the normal run): 5 kills. Long form: ``CORRAL_RELIABILITY_KILLS=50``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -26,6 +27,7 @@ from tooling import require_root, require_tool
 from workload import Round, ctr, run_until_killed
 
 from corral.api.client import Client, connect
+from corral.kernel import NotFound
 
 KILLS = int(os.environ.get("CORRAL_RELIABILITY_KILLS", "5"))
 SEED = int(os.environ.get("CORRAL_RELIABILITY_SEED", str(random.randrange(1 << 32))))
@@ -120,15 +122,21 @@ async def drain(d: Daemon, ledger: Ledger) -> list[str]:
 
 
 async def remove_everything(client: Client) -> None:
-    """Snapshots leaf first, then blobs and leases, of the client's namespace."""
+    """Snapshots leaf first, then blobs and leases, of the client's namespace.
+
+    The removals schedule collections of their own, and a collection may take an unreferenced
+    blob or snapshot between the listing and the removal: NotFound then means it is gone already.
+    """
     for snapshotter in SNAPSHOTTERS:
         while infos := await client.snapshot_list(snapshotter):
             parents = {info.parent for info in infos}
             for info in infos:
                 if info.name not in parents:
-                    await client.snapshot_remove(snapshotter, info.name)
+                    with contextlib.suppress(NotFound):
+                        await client.snapshot_remove(snapshotter, info.name)
     for blob in await client.list_content():
-        await client.delete_content(blob.digest)
+        with contextlib.suppress(NotFound):
+            await client.delete_content(blob.digest)
     for lease in await client.list_leases():
         await client.delete_lease(lease.id)
 

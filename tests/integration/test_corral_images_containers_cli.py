@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,11 @@ def busybox(tmp_path_factory: pytest.TempPathFactory) -> BusyboxImage:
 
 
 @pytest.fixture
-def imported(daemon: Daemon, busybox: BusyboxImage) -> Iterator[Daemon]:
+def imported(daemon: Daemon, busybox: BusyboxImage) -> Daemon:
     require_root()
     assert busybox.path is not None
     daemon.ctr("images", "import", str(busybox.path))
-    yield daemon
+    return daemon
 
 
 def test_images_ls_check_label_and_rm(imported: Daemon, busybox: BusyboxImage) -> None:

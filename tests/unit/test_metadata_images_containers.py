@@ -319,6 +319,7 @@ def test_an_expired_image_is_collected_unless_a_lease_holds_it(tmp_path: Path) -
         assert [(r.type, r.id) for r in await leases.list_resources("hold")] == [("images", "held")]
         result = await md.garbage_collect()
         assert result.removed.get("images") == ["default/gone"]
+        assert events.events[-1] == ("default", ImageDelete(name="gone"))
         assert [i.name for i in await store.list()] == ["held", "soon", "unexpiring"]
         await leases.delete("hold")
         await md.garbage_collect()

@@ -335,7 +335,14 @@ class ImagesKind(ObjectKind):
     schema = SCHEMA
 
     def bind(self, db: Database) -> None:
+        self._db = db
         self.records = ImageRecords(db)
+
+    async def collected(self, removed: Mapping[str, Sequence[str]]) -> None:
+        # As containerd: an expired image that a collection removes is deleted like any other.
+        for entry in removed.get(LEASE_RESOURCE, ()):
+            ns, _, name = entry.partition("/")
+            await self._db.publish(ImageDelete(name=name), ns)
 
     def views(self) -> Iterable[object]:
         return (self.records,)

@@ -255,6 +255,7 @@ def test_container_calls_answer_alike(sockets: tuple[str, str]) -> None:
 
 def test_a_namespace_with_images_and_containers_is_not_removed_alike(sockets: tuple[str, str]) -> None:
     ns = "holding"
+
     async def create(c: Client) -> Any:
         return cshape(await c.create_container(container("c")))
 

@@ -7,6 +7,7 @@ proxy process started after corrald is fine; while its socket is down, calls fai
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from typing import TypeVar
@@ -22,6 +23,12 @@ from corral.plugins.core import current_namespace
 T = TypeVar("T")
 
 PROBE_TIMEOUT = 1.0
+SOCKET_WAIT = 0.5
+SOCKET_POLL = 0.01
+
+
+class _SocketMissing(OSError):
+    """The proxy's socket did not appear within SOCKET_WAIT."""
 
 
 class ProxyChannel:
@@ -45,6 +52,12 @@ class ProxyChannel:
 
     async def call(self, awaitable: Awaitable[T]) -> T:
         try:
+            await self._await_socket()
+        except _SocketMissing as exc:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # the call was never made
+            raise self.unavailable(exc) from None
+        try:
             return await awaitable
         except GRPCError as exc:
             raise error_for(exc.status.value, exc.message or "") from None
@@ -53,6 +66,7 @@ class ProxyChannel:
 
     async def stream(self, responses: AsyncIterator[T]) -> AsyncGenerator[T, None]:
         try:
+            await self._await_socket()
             async for response in responses:
                 yield response
         except GRPCError as exc:
@@ -60,13 +74,24 @@ class ProxyChannel:
         except (OSError, StreamTerminatedError, ProtocolError) as exc:
             raise self.unavailable(exc) from None
 
+    async def _await_socket(self) -> None:
+        """As containerd's dialer: a socket not there yet is waited for a moment (a proxy starting)."""
+        if os.path.exists(self.address):
+            return
+        # polled, as containerd's dialer polls: nothing would tell us the file appeared
+        for _ in range(round(SOCKET_WAIT / SOCKET_POLL)):
+            await anyio.sleep(SOCKET_POLL)
+            if os.path.exists(self.address):
+                return
+        raise _SocketMissing
+
     def unavailable(self, exc: BaseException) -> Unavailable:
-        """grpc-go's words for a proxy it cannot reach, so logs and clients read as with containerd."""
-        if isinstance(exc, OSError):
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
-                reason = reason.lower()
-            detail = f"transport: Error while dialing: dial unix {self.address}: connect: {reason}"
+        """containerd 1.6's words (grpc-go's) for a proxy it cannot reach, as ``ctr`` prints them."""
+        if isinstance(exc, _SocketMissing) or (isinstance(exc, OSError) and exc.errno == errno.ENOENT):
+            detail = f"transport: Error while dialing dial unix://{self.address}: timeout"
+        elif isinstance(exc, OSError):
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            detail = f"transport: Error while dialing dial unix {self.address}: connect: {reason}"
         else:
             detail = f"transport: {type(exc).__name__}: {exc}"
         return Unavailable(f'connection error: desc = "{detail}"')

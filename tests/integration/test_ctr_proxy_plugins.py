@@ -24,7 +24,13 @@ from tooling import require_tool
 
 from corral.api.client import connect
 from corral.api.proxy import ProxySnapshotter
-from corral.api.types.containerd.services.snapshots.v1 import PrepareSnapshotRequest, SnapshotsStub
+from corral.api.types.containerd.services.diff import v1 as diff_pb
+from corral.api.types.containerd.services.snapshots.v1 import (
+    MountsRequest,
+    PrepareSnapshotRequest,
+    SnapshotsStub,
+    ViewSnapshotRequest,
+)
 from corral.kernel import AlreadyExists
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -371,3 +377,61 @@ def test_debian_containerd_drives_the_served_corral_snapshotter(
         assert remote.backend_keys() == {}
     finally:
         containerd.stop()
+
+
+# -- a proxy differ: another daemon's Diff service -------------------------------------------------------
+
+
+def test_a_proxy_differ_applies_and_makes_layers_in_the_remote_process(tmp_path: Path, ctr: str) -> None:
+    remote = Daemon(tmp_path / "remote-differ").start()
+    config = (
+        f'version = 3\n[proxy_plugins.far]\ntype = "diff"\naddress = "{remote.socket}"\n'
+        '[plugins."io.containerd.service.v1.diff-service"]\ndefault = ["far"]\n'
+    )
+    d = Daemon(tmp_path / "corral", config).start()
+    s = ("snapshots", "--snapshotter", "native")
+
+    def source(key: str) -> Path:
+        (mount,) = d.ctr(*s, "mounts", "/mnt", key).stdout.splitlines()
+        return Path(mount.split()[3])
+
+    async def compare_then_apply() -> tuple[str, int]:
+        async with connect(d.socket) as client:
+            md = {"containerd-namespace": "default"}
+            snaps = SnapshotsStub(client.channel, metadata=md)
+            differ = diff_pb.DiffStub(client.channel, metadata=md)
+            lower = (
+                await snaps.view(ViewSnapshotRequest(snapshotter="native", key="lower", parent="base-c"))
+            ).mounts
+            upper = (await snaps.mounts(MountsRequest(snapshotter="native", key="child"))).mounts
+            made = await client.call(differ.diff(diff_pb.DiffRequest(left=lower, right=upper)))
+            assert made.diff is not None
+            fresh = (
+                await snaps.prepare(
+                    PrepareSnapshotRequest(snapshotter="native", key="fresh", parent="base-c")
+                )
+            ).mounts
+            applied = await client.call(differ.apply(diff_pb.ApplyRequest(diff=made.diff, mounts=fresh)))
+            assert applied.applied is not None and applied.applied.digest.startswith("sha256:")
+            return made.diff.digest, made.diff.size
+
+    try:
+        row = next(
+            line.split() for line in d.ctr("plugins", "ls").stdout.splitlines() if " far " in f" {line} "
+        )
+        assert row[:2] == ["io.containerd.differ.v1", "far"] and row[-1] == "ok"
+        d.ctr(*s, "prepare", "base")
+        (source("base") / "kept").write_text("in the parent\n")
+        d.ctr(*s, "commit", "base-c", "base")
+        d.ctr(*s, "prepare", "child", "base-c")
+        (source("child") / "added").write_text("in the layer\n")
+        digest, _ = anyio.run(compare_then_apply)
+        # the layer was made by the remote daemon, in its own content store, not in this one
+        assert digest in remote.ctr("content", "ls", "-q").stdout.split()
+        assert digest not in d.ctr("content", "ls", "-q").stdout.split()
+        # and applied by it onto this daemon's snapshot
+        assert (source("fresh") / "added").read_text() == "in the layer\n"
+        assert (source("fresh") / "kept").read_text() == "in the parent\n"
+    finally:
+        d.stop()
+        remote.stop()

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from click.testing import CliRunner
 from lazy_snapshotter import REF, LazyLayers
 
+from corral.api.cli import cli
 from corral.api.proxy import ORIGIN, ProxySnapshotter, proxy_candidates, serve_snapshotter
 from corral.kernel import (
     AlreadyExists,
@@ -317,3 +319,26 @@ def test_errors_from_the_remote_keep_their_kind_and_message(tmp_path: Path) -> N
             proxy.close()
 
     anyio.run(main)
+
+
+# -- corral config validate ----------------------------------------------------------------------------
+
+
+def test_config_validate_refuses_a_bad_entry_in_one_line_naming_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "config.toml", 'version = 3\n[proxy_plugins.p]\ntype = "snapshot"\n')
+    result = CliRunner().invoke(cli, ["config", "validate", "--config", str(path)], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"corral: config error: {path}: proxy_plugins.p.address: missing key (the proxy's unix socket)\n"
+    )
+
+
+def test_config_validate_counts_a_good_entry_as_a_plugin_and_warns_of_nothing(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "config.toml", 'version = 3\n[proxy_plugins.p]\ntype = "snapshot"\naddress = "/x.sock"\n'
+    )
+    result = CliRunner().invoke(cli, ["config", "validate", "--config", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"config ok: {len(discover()) + 1} plugins configured\n"
+    assert "proxy_plugins" not in result.stderr

@@ -5,6 +5,7 @@ containerd's own."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -435,3 +436,51 @@ def test_a_proxy_differ_applies_and_makes_layers_in_the_remote_process(tmp_path:
     finally:
         d.stop()
         remote.stop()
+
+
+# -- a proxy content store ----------------------------------------------------------------------------------
+
+
+def test_a_proxy_content_store_holds_the_blobs_ctr_writes_through_corrald(
+    tmp_path: Path, sockets: Path, ctr: str
+) -> None:
+    address = str(sockets / "content.sock")
+    root = tmp_path / "remote-content"
+    command = [sys.executable, "-m", "corral.api.proxy", "content", "--root", str(root), "--address", address]
+    process = ProxyProcess(command, root, address, tmp_path / "content.log").start()
+    config = (
+        'version = 3\ndisabled_plugins = ["io.containerd.content.v1.content"]\n'
+        f'[proxy_plugins.far]\ntype = "content"\naddress = "{address}"\n'
+    )
+    d = Daemon(tmp_path / "corral", config).start()
+    blobs = root / "io.containerd.content.v1.content" / "blobs" / "sha256"
+    data = b"kept by another process\n" * 50_000  # more than one 1 MiB chunk
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    try:
+        row = next(
+            line.split() for line in d.ctr("plugins", "ls").stdout.splitlines() if " far " in f" {line} "
+        )
+        assert row[:2] == ["io.containerd.content.v1", "far"] and row[-1] == "ok"
+        ingested = subprocess.run(
+            ["ctr", "-a", d.socket, "content", "ingest", "--expected-digest", digest, "upload"],
+            input=data, capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert ingested.returncode == 0, ingested.stderr
+        assert (blobs / digest.removeprefix("sha256:")).read_bytes() == data
+        assert digest in d.ctr("content", "ls", "-q").stdout.split()
+        got = subprocess.run(
+            ["ctr", "-a", d.socket, "content", "get", digest], capture_output=True, check=True
+        )
+        assert got.stdout == data
+        # namespaces stay the daemon's: another namespace does not see the blob
+        assert d.ctr("content", "ls", "-q", namespace="other").stdout.split() == []
+        d.ctr("content", "label", digest, "purpose=test")
+        assert "purpose=test" in d.ctr("content", "ls").stdout
+        # removed from the namespace, then from the remote by the collector
+        d.ctr("content", "rm", digest)
+        d.ctr("leases", "create", "--id", "trigger")
+        d.ctr("leases", "delete", "--sync", "trigger")
+        assert not (blobs / digest.removeprefix("sha256:")).exists()
+    finally:
+        d.stop()
+        process.stop()

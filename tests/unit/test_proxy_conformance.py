@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import tooling
 
-from corral.api.proxy.conformance import OverProxy
+from corral.api.proxy.conformance import ContentOverProxy, OverProxy
+from corral.plugins.content import conformance as content_cf
+from corral.plugins.content import local
 from corral.plugins.snapshots import conformance as cf
 from corral.plugins.snapshots import native
 
@@ -22,3 +24,10 @@ def unable(reason: str) -> None:
 @pytest.mark.parametrize("check", cf.CHECKS, ids=cf.check_name)
 def test_native_served_over_the_snapshots_api_conforms(check: cf.Check, tmp_path: Path) -> None:
     cf.run(check, OverProxy(native.registration), tmp_path, skip=unable)
+
+
+@pytest.mark.parametrize("check", content_cf.CHECKS, ids=content_cf.check_name)
+def test_the_local_content_store_served_over_the_content_api_conforms(
+    check: content_cf.Check, tmp_path: Path
+) -> None:
+    content_cf.run(check, ContentOverProxy(local.registration), tmp_path, skip=unable)

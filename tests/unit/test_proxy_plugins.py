@@ -193,7 +193,7 @@ def test_the_error_names_the_imported_file_that_defined_the_entry(tmp_path: Path
     message = loaded.attribute(caught.value).detail
     assert message == (
         f'{tmp_path / "proxies.toml"}: proxy_plugins.p.type: unknown proxy plugin type "snapshott"'
-        " (expected snapshot or diff)"
+        " (expected snapshot, content or diff)"
     )
 
 

@@ -1,16 +1,18 @@
-"""``python -m corral.api.proxy snapshotter URI --root DIR --address SOCKET``: serve an installed
-snapshotter plugin over containerd's Snapshots API, for corrald's or containerd's ``[proxy_plugins]``."""
+"""``python -m corral.api.proxy snapshotter|content URI --root DIR --address SOCKET``: serve an
+installed snapshotter (Snapshots API) or content store (Content API) plugin, for corrald's or
+containerd's ``[proxy_plugins]``."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import click
 
-from corral.api.proxy._serve import find_registration, run_snapshotter_server
+from corral.api.proxy._serve import find_registration, run_proxy_server
 from corral.kernel import configure_logging
 
 
@@ -19,17 +21,29 @@ def main() -> None:
     """Serve corral plugins to a daemon as proxy plugins."""
 
 
-@main.command("snapshotter")
-@click.argument("uri", default="io.containerd.snapshotter.v1.native")
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="the plugin's state directory")
-@click.option("--address", required=True, help="unix socket to listen on")
-@click.option("--state", type=click.Path(path_type=Path), help="runtime state (default ROOT/state)")
-@click.option("--mode", default="0660", help="socket mode, octal")
-@click.option("-l", "--log-level", default="info")
-def snapshotter_command(
-    uri: str, root: Path, address: str, state: Path | None, mode: str, log_level: str
-) -> None:
-    """Serve the snapshotter plugin URI (default: corral's native snapshotter)."""
+def _options(default: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(
+            [
+                click.argument("uri", default=default),
+                click.option(
+                    "--root", required=True, type=click.Path(path_type=Path), help="the plugin's root"
+                ),
+                click.option("--address", required=True, help="unix socket to listen on"),
+                click.option(
+                    "--state", type=click.Path(path_type=Path), help="runtime state (default ROOT/state)"
+                ),
+                click.option("--mode", default="0660", help="socket mode, octal"),
+                click.option("-l", "--log-level", default="info"),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _serve(uri: str, root: Path, address: str, state: Path | None, mode: str, log_level: str) -> None:
     configure_logging(log_level, "")
     try:
         registration = find_registration(uri)
@@ -37,13 +51,31 @@ def snapshotter_command(
         click.echo(f"corral proxy: {exc}", err=True)
         sys.exit(2)
     anyio.run(
-        run_snapshotter_server,
+        run_proxy_server,
         registration,
         Path(os.path.abspath(root)),
         address,
         Path(os.path.abspath(state)) if state else None,
         int(mode, 8),
     )
+
+
+@main.command("snapshotter")
+@_options("io.containerd.snapshotter.v1.native")
+def snapshotter_command(
+    uri: str, root: Path, address: str, state: Path | None, mode: str, log_level: str
+) -> None:
+    """Serve the snapshotter plugin URI over the Snapshots API (default: corral's native snapshotter)."""
+    _serve(uri, root, address, state, mode, log_level)
+
+
+@main.command("content")
+@_options("io.containerd.content.v1.content")
+def content_command(
+    uri: str, root: Path, address: str, state: Path | None, mode: str, log_level: str
+) -> None:
+    """Serve the content store plugin URI over the Content API (default: corral's local store)."""
+    _serve(uri, root, address, state, mode, log_level)
 
 
 if __name__ == "__main__":

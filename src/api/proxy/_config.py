@@ -54,6 +54,12 @@ def _snapshotter(address: str, name: str) -> object:
     return ProxySnapshotter(address, name)
 
 
+def _content(address: str, name: str) -> object:
+    from corral.api.proxy._content import ProxyContentStore
+
+    return ProxyContentStore(address)
+
+
 def _differ(address: str, name: str) -> object:
     from corral.api.proxy._diff import ProxyDiffer
 
@@ -64,10 +70,12 @@ def _differ(address: str, name: str) -> object:
 KINDS: dict[str, tuple[str, Factory]] = {
     "snapshot": (types.SNAPSHOTTER, _snapshotter),
     types.SNAPSHOTTER: (types.SNAPSHOTTER, _snapshotter),
+    "content": (types.CONTENT, _content),
+    types.CONTENT: (types.CONTENT, _content),
     "diff": (types.DIFFER, _differ),
     types.DIFFER: (types.DIFFER, _differ),
 }
-UNSUPPORTED = {"content": types.CONTENT, "sandbox": "io.containerd.sandbox.controller.v1"}
+UNSUPPORTED = {"sandbox": "io.containerd.sandbox.controller.v1"}
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -96,12 +104,12 @@ def candidate(name: str, config: ProxyPluginConfig) -> Candidate:
             text = f"proxy plugin type {json.dumps(config.type)} is not supported by corral"
         elif not config.type:
             raise ConfigError(
-                f"{_path(name, 'type')}: missing key (snapshot or diff)", key=_path(name, "type")
+                f"{_path(name, 'type')}: missing key (snapshot, content or diff)", key=_path(name, "type")
             )
         else:
             text = f"unknown proxy plugin type {json.dumps(config.type)}"
         raise ConfigError(
-            f"{_path(name, 'type')}: {text} (expected snapshot or diff)", key=_path(name, "type")
+            f"{_path(name, 'type')}: {text} (expected snapshot, content or diff)", key=_path(name, "type")
         )
     if not config.address:
         raise ConfigError(

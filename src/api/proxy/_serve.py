@@ -21,6 +21,7 @@ from grpclib.server import Server
 from corral.api.grpc import GRPCServices
 from corral.api.grpc.server import build_mapping, serve_unix
 from corral.api.grpc.snapshots import SnapshotsGRPC
+from corral.api.proxy._serve_content import serve_content_store
 from corral.kernel import (
     DaemonConfig,
     Kernel,
@@ -32,6 +33,7 @@ from corral.kernel import (
     discover,
 )
 from corral.plugins import types
+from corral.plugins.content import ContentStore
 from corral.plugins.metadata import NamespacedSnapshots, NamespacedSnapshotter
 from corral.plugins.snapshots import Snapshotter
 
@@ -72,7 +74,7 @@ async def serve_snapshotter(
 
 
 def find_registration(uri: str) -> Registration:
-    """The installed snapshotter plugin ``uri`` (built-in or third-party), by its entry point."""
+    """The installed plugin ``uri`` (built-in or third-party), by its entry point."""
     for candidate in discover():
         if candidate.uri == uri:
             loaded = candidate.entry_point.load() if candidate.entry_point else candidate.registration
@@ -83,34 +85,35 @@ def find_registration(uri: str) -> Registration:
 
 
 @contextlib.asynccontextmanager
-async def started_snapshotter(
-    registration: Registration, root: Path, state: Path, plugins: dict[str, dict[str, object]] | None = None
-) -> AsyncIterator[Snapshotter]:
-    """Start one snapshotter plugin under a kernel of its own, as corrald would, on ``root``."""
-    config = DaemonConfig(root=str(root), state=str(state), plugins=plugins or {})
-    kernel = Kernel(
-        config, candidates=[builtin_candidate(registration, distribution="(proxy)")], config_sources=[]
-    )
+async def started_plugin(registration: Registration, root: Path, state: Path) -> AsyncIterator[object]:
+    """Start one plugin under a kernel of its own, as corrald would, with daemon root ``root``."""
+    config = DaemonConfig(root=str(root), state=str(state))
+    candidates = [builtin_candidate(registration, distribution="(proxy)")]
+    kernel = Kernel(config, candidates=candidates, config_sources=[])
     async with kernel.running():
         record = kernel.get(registration.uri)
         assert record is not None
         if not record.ok:
             raise RuntimeError(f"{registration.uri} did not start: {record.status.value}: {record.reason}")
-        if not isinstance(record.instance, Snapshotter):
-            raise RuntimeError(f"{registration.uri} is not a snapshotter: {record.instance!r}")
         yield record.instance
 
 
-async def run_snapshotter_server(
+async def run_proxy_server(
     registration: Registration, root: Path, address: str, state: Path | None = None, mode: int = 0o660
 ) -> None:
-    """Start the plugin and serve it until SIGTERM or SIGINT (``python -m corral.api.proxy``)."""
-    async with (
-        started_snapshotter(registration, root, state or root / "state") as snapshotter,
-        serve_snapshotter(snapshotter, address, mode=mode),
-    ):
-        log.info("proxy_snapshotter_ready", plugin=registration.uri, address=address)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("proxy_snapshotter_stopping", signal=signal.Signals(signum).name)
-                break
+    """Start the plugin and serve it until SIGTERM or SIGINT (``python -m corral.api.proxy``): a
+    snapshotter over the Snapshots API, a content store over the Content API."""
+    async with started_plugin(registration, root, state or root / "state") as instance:
+        served: contextlib.AbstractAsyncContextManager[Server]
+        if isinstance(instance, Snapshotter):
+            served = serve_snapshotter(instance, address, mode=mode)
+        elif isinstance(instance, ContentStore):
+            served = serve_content_store(instance, address, mode=mode)
+        else:
+            raise RuntimeError(f"{registration.uri} is neither a snapshotter nor a content store")
+        async with served:
+            log.info("proxy_ready", plugin=registration.uri, address=address)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("proxy_stopping", signal=signal.Signals(signum).name)
+                    break

@@ -81,6 +81,7 @@ class Kernel:
         self._started: list[str] = []
         self._graph = resolve_order(())
         self._by_type: dict[str, list[str]] = {}
+        self._unread_keys: dict[str, str] = {}
         self.ready = anyio.Event()
 
     # -- PluginSet -------------------------------------------------------------------------
@@ -153,7 +154,10 @@ class Kernel:
         defined: list[Candidate] = []
         for source in self.config_sources:
             table = getattr(self.config, source.key, None)
-            if not table or not self._source_enabled(source):
+            if not table:
+                continue
+            if not self._source_enabled(source):
+                self._unread_keys[source.key] = source.origin.distribution
                 continue
             try:
                 provide = load_config_source(source)
@@ -243,6 +247,11 @@ class Kernel:
                 notes.append(f'plugins."{uri}": no installed plugin has this URI; section ignored')
             elif rec.status is Status.NOT_ENABLED:
                 notes.append(f'plugins."{uri}": plugin not enabled; section not checked')
+        for key, distribution in self._unread_keys.items():
+            notes.append(
+                f"{key}: read only by {distribution}, which is not enabled; "
+                f'enable it with enabled_distributions = ["{distribution}"]'
+            )
         for key, reason in _config.inert_settings(self.config):
             notes.append(f"{key}: accepted, but has no effect in corral ({reason})")
         for uri, decoded in self._decoded.items():

@@ -4,10 +4,13 @@ platform and capabilities, connected lazily; bad entries are config errors namin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.metadata as md
 import os
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -17,11 +20,15 @@ from lazy_snapshotter import REF, LazyLayers
 from corral.api.cli import cli
 from corral.api.proxy import ORIGIN, ProxySnapshotter, proxy_candidates, serve_snapshotter
 from corral.kernel import (
+    CONFIG_GROUP,
     AlreadyExists,
+    Candidate,
     ConfigError,
+    ConfigSource,
     CorralError,
     DaemonConfig,
     Kernel,
+    Origin,
     Platform,
     Status,
     Unavailable,
@@ -342,3 +349,42 @@ def test_config_validate_counts_a_good_entry_as_a_plugin_and_warns_of_nothing(tm
     assert result.exit_code == 0, result.stderr
     assert result.stdout == f"config ok: {len(discover()) + 1} plugins configured\n"
     assert "proxy_plugins" not in result.stderr
+
+
+# -- the kernel's hook for plugins defined in config -------------------------------------------------------
+
+
+def test_the_kernel_asks_a_config_source_only_when_the_config_sets_its_key(tmp_path: Path) -> None:
+    asked: list[Mapping[str, Any]] = []
+
+    def provide(table: Mapping[str, Any]) -> list[Candidate]:
+        asked.append(table)
+        return []
+
+    origin = Origin("corral", "", "proxy_plugins", "test:provide", builtin=True)
+    source = ConfigSource("proxy_plugins", origin, provider=provide)
+    config = DaemonConfig(root=str(tmp_path / "r"), state=str(tmp_path / "s"))
+    Kernel(config, candidates=[], config_sources=[source]).prepare()
+    assert asked == []
+    table = {"p": {"type": "snapshot", "address": "/x.sock"}}
+    Kernel(dataclasses.replace(config, proxy_plugins=table), candidates=[], config_sources=[source]).prepare()
+    assert asked == [table]
+
+
+def test_a_third_party_config_source_is_not_run_until_enabled(tmp_path: Path) -> None:
+    def provide(table: Mapping[str, Any]) -> list[Candidate]:
+        raise AssertionError("a root daemon must not run code a package merely declares")
+
+    entry_point = md.EntryPoint(name="proxy_plugins", value="elsewhere:provide", group=CONFIG_GROUP)
+    origin = Origin("someone-else", "1.0", "proxy_plugins", "elsewhere:provide", builtin=False)
+    source = ConfigSource("proxy_plugins", origin, entry_point=entry_point)
+    config = DaemonConfig(
+        root=str(tmp_path / "r"), state=str(tmp_path / "s"), proxy_plugins={"p": {"type": "snapshot"}}
+    )
+    kernel = Kernel(config, candidates=[], config_sources=[source])
+    ordered, _ = kernel.prepare()
+    assert ordered == []
+    assert kernel.config_notes() == [
+        "proxy_plugins: read only by someone-else, which is not enabled;"
+        ' enable it with enabled_distributions = ["someone-else"]'
+    ]

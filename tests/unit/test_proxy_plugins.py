@@ -28,6 +28,7 @@ from corral.kernel import (
     CorralError,
     DaemonConfig,
     Kernel,
+    NotFound,
     Origin,
     Platform,
     Status,
@@ -388,3 +389,54 @@ def test_a_third_party_config_source_is_not_run_until_enabled(tmp_path: Path) ->
         "proxy_plugins: read only by someone-else, which is not enabled;"
         ' enable it with enabled_distributions = ["someone-else"]'
     ]
+
+
+# -- a commit whose reply is lost ----------------------------------------------------------------------------
+
+
+class LosesReplies(NativeSnapshotter):
+    """Commits, then fails as a connection lost before the reply would (``commit_first``), or fails
+    before committing."""
+
+    commit_first = True
+
+    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
+        if self.commit_first:
+            await super().commit(name, key, labels)
+        raise Unavailable("connection reset before the reply")
+
+
+@pytest.mark.parametrize("commit_first", [True, False], ids=["committed", "not-committed"])
+def test_a_commit_whose_reply_is_lost_is_settled_by_asking_the_remote(
+    tmp_path: Path, commit_first: bool
+) -> None:
+    async def main() -> None:
+        remote = await anyio.to_thread.run_sync(LosesReplies, tmp_path / "remote")
+        remote.commit_first = commit_first
+        sockets = Path(tempfile.mkdtemp(prefix="corral-proxy-test-"))
+        address = str(sockets / "sn.sock")
+        async with serve_snapshotter(remote, address):
+            proxy = ProxySnapshotter(address, "remote")
+            store = open_metadata(tmp_path / "meta.db", snapshotters={"remote": proxy})
+            snapshots = store.view(NamespacedSnapshots).get("remote")
+            with namespace("default"):
+                await snapshots.prepare("work")
+                if commit_first:
+                    await snapshots.commit("layer", "work")  # the remote has it: that is success
+                    assert (await snapshots.stat("layer")).kind is Kind.COMMITTED
+                    with pytest.raises(NotFound):
+                        await snapshots.stat("work")
+                    await snapshots.prepare("child", "layer")
+                else:
+                    with pytest.raises(Unavailable):
+                        await snapshots.commit("layer", "work")
+                    assert (await snapshots.stat("work")).kind is Kind.ACTIVE
+                    await snapshots.mounts("work")  # still usable: nothing half-made
+                    with pytest.raises(NotFound):
+                        await snapshots.stat("layer")
+            store.close()
+            proxy.close()
+        with contextlib.suppress(OSError):
+            os.rmdir(sockets)
+
+    anyio.run(main)

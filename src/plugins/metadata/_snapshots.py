@@ -21,9 +21,11 @@ import structlog
 
 from corral.kernel import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
     adapt_mapping,
     parse_filters,
 )
@@ -345,6 +347,16 @@ class NamespacedSnapshotter:
             await self._store.publish(SnapshotPrepare(key=key, parent=parent, snapshotter=self.name), ns)
         return mounts
 
+    async def _backend_has(self, backend_key: str) -> bool | None:
+        """Whether the backend has ``backend_key``; None when it cannot be asked."""
+        try:
+            await self.backend.stat(backend_key)
+        except NotFound:
+            return False
+        except Exception:
+            return None
+        return True
+
     def _hold_existing(self, db: sqlite3.Connection, ns: str, key: str) -> None:
         if self._row(db, ns, key) is not None:
             attach_to_lease(db, ns, self.kind, key)
@@ -437,6 +449,18 @@ class NamespacedSnapshotter:
         await self._store.run(intend)
         try:
             await self.backend.commit(backend_name, row[1], backend_labels(labels))
+        except (Unavailable, DeadlineExceeded) as exc:
+            # A backend in another process (a proxy) may have committed before the reply was
+            # lost: ask it; while it cannot say, the intent stays for recovery to settle.
+            with anyio.CancelScope(shield=True):
+                committed = await self._backend_has(backend_name)
+                if committed is None:
+                    self._recovered = False
+                    raise
+                if not committed:
+                    await self._store.run(lambda db: self._forget_commit(db, ns, key))
+                    raise
+            log.info("snapshot_commit_confirmed", snapshotter=self.name, key=key, name=name, error=str(exc))
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._store.run(lambda db: self._forget_commit(db, ns, key))

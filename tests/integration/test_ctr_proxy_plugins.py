@@ -484,3 +484,31 @@ def test_a_proxy_content_store_holds_the_blobs_ctr_writes_through_corrald(
     finally:
         d.stop()
         process.stop()
+
+
+def test_the_served_plugin_takes_its_section_of_a_config_file(tmp_path: Path, sockets: Path) -> None:
+    snapshots = tmp_path / "elsewhere"
+    config = tmp_path / "proxy.toml"
+    config.write_text(f'[plugins."io.containerd.snapshotter.v1.native"]\nroot_path = "{snapshots}"\n')
+    process = native_proxy(tmp_path, sockets)
+    process.command += ["--config", str(config)]
+    process.start()
+    try:
+
+        async def prepare() -> None:
+            proxy = ProxySnapshotter(process.address, "p")
+            try:
+                await proxy.prepare("here")
+            finally:
+                proxy.close()
+
+        anyio.run(prepare)
+        assert os.listdir(snapshots / "snapshots") == ["1"]
+    finally:
+        process.stop()
+    config.write_text('[plugins."io.containerd.snapshotter.v1.native"]\nroot_pth = "/x"\n')
+    bad = subprocess.run(process.command, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith(
+        f'corral proxy: config error: {config}: plugins."io.containerd.snapshotter.v1.native".root_pth: unknown key'
+    )

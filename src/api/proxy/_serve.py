@@ -10,9 +10,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import structlog
@@ -85,9 +85,15 @@ def find_registration(uri: str) -> Registration:
 
 
 @contextlib.asynccontextmanager
-async def started_plugin(registration: Registration, root: Path, state: Path) -> AsyncIterator[object]:
-    """Start one plugin under a kernel of its own, as corrald would, with daemon root ``root``."""
-    config = DaemonConfig(root=str(root), state=str(state))
+async def started_plugin(
+    registration: Registration,
+    root: Path,
+    state: Path,
+    plugins: Mapping[str, Mapping[str, Any]] | None = None,
+) -> AsyncIterator[object]:
+    """Start one plugin under a kernel of its own, as corrald would, with daemon root ``root``;
+    ``plugins`` holds its ``[plugins."URI"]`` section as a config.toml would."""
+    config = DaemonConfig(root=str(root), state=str(state), plugins=dict(plugins or {}))
     candidates = [builtin_candidate(registration, distribution="(proxy)")]
     kernel = Kernel(config, candidates=candidates, config_sources=[])
     async with kernel.running():
@@ -99,11 +105,16 @@ async def started_plugin(registration: Registration, root: Path, state: Path) ->
 
 
 async def run_proxy_server(
-    registration: Registration, root: Path, address: str, state: Path | None = None, mode: int = 0o660
+    registration: Registration,
+    root: Path,
+    address: str,
+    state: Path | None = None,
+    mode: int = 0o660,
+    plugins: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Start the plugin and serve it until SIGTERM or SIGINT (``python -m corral.api.proxy``): a
     snapshotter over the Snapshots API, a content store over the Content API."""
-    async with started_plugin(registration, root, state or root / "state") as instance:
+    async with started_plugin(registration, root, state or root / "state", plugins) as instance:
         served: contextlib.AbstractAsyncContextManager[Server]
         if isinstance(instance, Snapshotter):
             served = serve_snapshotter(instance, address, mode=mode)

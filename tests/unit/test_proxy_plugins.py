@@ -440,3 +440,31 @@ def test_a_commit_whose_reply_is_lost_is_settled_by_asking_the_remote(
             os.rmdir(sockets)
 
     anyio.run(main)
+
+
+def test_entries_on_one_address_share_one_connection_as_in_containerd(tmp_path: Path) -> None:
+    sock = str(tmp_path / "both.sock")
+    kernel = kernel_for(
+        tmp_path,
+        {
+            "snaps": {"type": "snapshot", "address": sock},
+            "layers": {"type": "diff", "address": sock},
+            "apart": {"type": "diff", "address": str(tmp_path / "other.sock")},
+        },
+    )
+
+    async def main() -> None:
+        async with kernel.running():
+            instances = {
+                uri: kernel.get(uri).instance  # type: ignore[union-attr]
+                for uri in (
+                    f"{SNAPSHOTTER}.snaps",
+                    "io.containerd.differ.v1.layers",
+                    "io.containerd.differ.v1.apart",
+                )
+            }
+            snaps, layers, apart = instances.values()
+            assert snaps.connection is layers.connection
+            assert apart.connection is not snaps.connection
+
+    anyio.run(main)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.api.proxy._channel import ProxyChannel
 from corral.kernel import (
     Candidate,
     ConfigError,
@@ -44,26 +45,26 @@ class ProxyPluginConfig:
     capabilities: tuple[str, ...] = ()
 
 
-Factory = Callable[[str, str], object]
-"""Makes the plugin's instance from (address, name)."""
+Factory = Callable[[ProxyChannel, str], object]
+"""Makes the plugin's instance from its connection and its name."""
 
 
-def _snapshotter(address: str, name: str) -> object:
+def _snapshotter(channel: ProxyChannel, name: str) -> object:
     from corral.api.proxy._snapshots import ProxySnapshotter
 
-    return ProxySnapshotter(address, name)
+    return ProxySnapshotter(channel.address, name, channel=channel)
 
 
-def _content(address: str, name: str) -> object:
+def _content(channel: ProxyChannel, name: str) -> object:
     from corral.api.proxy._content import ProxyContentStore
 
-    return ProxyContentStore(address)
+    return ProxyContentStore(channel.address, channel=channel)
 
 
-def _differ(address: str, name: str) -> object:
+def _differ(channel: ProxyChannel, name: str) -> object:
     from corral.api.proxy._diff import ProxyDiffer
 
-    return ProxyDiffer(address)
+    return ProxyDiffer(channel.address, channel=channel)
 
 
 # containerd accepts the short name or the full plugin type.
@@ -90,13 +91,16 @@ def _path(name: str, key: str = "") -> str:
 def proxy_candidates(table: Mapping[str, Any]) -> Sequence[Candidate]:
     """The ``corral.config_plugins`` provider for ``proxy_plugins``: one candidate per entry."""
     found: list[Candidate] = []
+    channels: dict[str, ProxyChannel] = {}  # one connection per address, as containerd keeps them
     for name, raw in table.items():
         config = decode(ProxyPluginConfig, raw, _path(name))
-        found.append(candidate(name, config))
+        found.append(candidate(name, config, channels))
     return found
 
 
-def candidate(name: str, config: ProxyPluginConfig) -> Candidate:
+def candidate(
+    name: str, config: ProxyPluginConfig, channels: dict[str, ProxyChannel] | None = None
+) -> Candidate:
     """Check one entry and make its plugin; ConfigError names the key at fault."""
     kind = KINDS.get(config.type)
     if kind is None:
@@ -129,11 +133,16 @@ def candidate(name: str, config: ProxyPluginConfig) -> Candidate:
     exports = {**config.exports, "address": config.address}
     capabilities = list(config.capabilities)
 
+    shared = {} if channels is None else channels
+
     async def init(ic: InitContext) -> object:
         ic.meta.exports.update(exports)
         ic.meta.platforms.append(platform)
         ic.meta.capabilities.extend(capabilities)
-        return factory(address, name)
+        channel = shared.get(address)
+        if channel is None:
+            channel = shared[address] = ProxyChannel(address)
+        return factory(channel, name)
 
     registration = Registration(
         type=plugin_type,

@@ -512,3 +512,25 @@ def test_the_served_plugin_takes_its_section_of_a_config_file(tmp_path: Path, so
     assert bad.stderr.strip().endswith(
         f'corral proxy: config error: {config}: plugins."io.containerd.snapshotter.v1.native".root_pth: unknown key'
     )
+
+
+def test_a_proxy_that_is_down_does_not_stop_the_collection_of_everything_else(
+    tmp_path: Path, sockets: Path, ctr: str
+) -> None:
+    d = Daemon(tmp_path / "corral", proxy_config("down", str(sockets / "nobody.sock"))).start()
+    blobs = tmp_path / "corral" / "root" / "io.containerd.content.v1.content" / "blobs" / "sha256"
+    data = b"collect me\n"
+    try:
+        ingested = subprocess.run(
+            ["ctr", "-a", d.socket, "content", "ingest", "blob"], input=data, capture_output=True, timeout=60
+        )
+        assert ingested.returncode == 0, ingested.stderr
+        d.ctr("snapshots", "--snapshotter", "native", "prepare", "local")
+        d.ctr("content", "rm", "sha256:" + hashlib.sha256(data).hexdigest())
+        d.ctr("leases", "create", "--id", "trigger")
+        d.ctr("leases", "delete", "--sync", "trigger")  # as containerd: the sweep of "down" is logged
+        assert not (blobs / hashlib.sha256(data).hexdigest()).exists()
+        assert "gc_snapshotter_sweep_failed" in d.log()
+        assert "local" in d.ctr("snapshots", "--snapshotter", "native", "ls").stdout
+    finally:
+        d.stop()

@@ -670,7 +670,13 @@ class SnapshotsKind(ObjectKind):
     async def sweep(self) -> Mapping[str, int | builtins.list[str]]:
         out: dict[str, int | builtins.list[str]] = {}
         for name, snapshotter in self.snapshotters.items():
-            removed, failed = await snapshotter.sweep()
+            try:
+                removed, failed = await snapshotter.sweep()
+            except Exception as exc:
+                # as containerd: one snapshotter that cannot be swept (a proxy whose process is
+                # down) is logged and tried again next time; the collection goes on
+                log.warning("gc_snapshotter_sweep_failed", snapshotter=name, error=str(exc))
+                removed, failed = 0, [f"sweep: {exc}"]
             out[f"snapshots/{name}"] = removed
             out[f"failed:snapshots/{name}"] = failed
         return out

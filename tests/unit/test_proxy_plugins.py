@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from lazy_snapshotter import REF, LazyLayers
 
 from corral.api.cli import cli
-from corral.api.proxy import ORIGIN, ProxySnapshotter, proxy_candidates, serve_snapshotter
+from corral.api.proxy import ORIGIN, ProxyContentStore, ProxySnapshotter, proxy_candidates, serve_snapshotter
 from corral.kernel import (
     CONFIG_GROUP,
     AlreadyExists,
@@ -466,5 +466,20 @@ def test_entries_on_one_address_share_one_connection_as_in_containerd(tmp_path: 
             snaps, layers, apart = instances.values()
             assert snaps.connection is layers.connection
             assert apart.connection is not snaps.connection
+
+    anyio.run(main)
+
+
+def test_a_content_proxy_that_is_down_does_not_stop_the_sweep_of_snapshots(tmp_path: Path) -> None:
+    async def main() -> None:
+        native = await anyio.to_thread.run_sync(NativeSnapshotter, tmp_path / "native")
+        content = ProxyContentStore(str(tmp_path / "nobody.sock"))
+        store = open_metadata(tmp_path / "meta.db", content=content, snapshotters={"native": native})
+        await native.prepare("left-by-a-crash")
+        result = await store.garbage_collect()
+        assert [i.name async for i in native.walk()] == []
+        assert result.failed["content"][0].startswith("sweep: connection error")
+        store.close()
+        content.close()
 
     anyio.run(main)

@@ -126,3 +126,47 @@ def test_diff_then_apply_reproduces_the_tree(daemon: Daemon, snapshotter: str, t
     got: dict[str, tuple[object, ...]] = {}
     with_mounted(daemon, snapshotter, "fresh", tmp_path / "m", lambda root: got.update(tree(root)))
     assert got == expected
+
+
+def opaque_root_layer() -> bytes:
+    """A layer that hides everything below at the top: ``.wh..wh..opq`` and one new file."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in ((".wh..wh..opq", b""), ("new", b"only this")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1_600_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(out.getvalue(), mtime=0)
+
+
+def upperdir(daemon: Daemon, snapshotter: str, key: str) -> Path:
+    line = daemon.ctr("snapshots", "--snapshotter", snapshotter, "mounts", "/unused", key).stdout
+    options = line.split(" -o ", 1)[1].split()[0].split(",")
+    return Path(next(o for o in options if o.startswith("upperdir=")).split("=", 1)[1])
+
+
+def test_a_top_level_opaque_whiteout_hides_the_parent_snapshot(
+    daemon: Daemon, snapshotter: str, tmp_path: Path
+) -> None:
+    s = ("snapshots", "--snapshotter", snapshotter)
+    daemon.ctr(*s, "prepare", "base")
+    with_mounted(daemon, snapshotter, "base", tmp_path / "m", build_base)
+    daemon.ctr(*s, "commit", "base-c", "base")
+    daemon.ctr(*s, "prepare", "child", "base-c")
+    layer = opaque_root_layer()
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    subprocess.run(
+        ["ctr", "-a", daemon.socket, "content", "ingest", "--expected-digest", digest, "opaque-root"],
+        input=layer,
+        check=True,
+    )
+    anyio.run(apply_layer, daemon.socket, snapshotter, "child", digest, len(layer))
+    if snapshotter == "overlayfs":
+        # containerd's overlay whiteout converter marks the upper directory itself opaque.
+        upper = upperdir(daemon, snapshotter, "child")
+        assert os.getxattr(upper, "trusted.overlay.opaque") == b"y"
+        assert sorted(p.name for p in upper.iterdir()) == ["new"]
+    else:
+        got: dict[str, tuple[object, ...]] = {}
+        with_mounted(daemon, snapshotter, "child", tmp_path / "m", lambda root: got.update(tree(root)))
+        assert sorted(got) == ["new"]

@@ -465,6 +465,25 @@ async def test_an_opaque_directory_keeps_only_what_its_own_layer_adds(env: Env) 
     ]
 
 
+async def test_a_top_level_opaque_marker_empties_the_root_of_what_the_layer_does_not_add(env: Env) -> None:
+    target = env.dir("t")
+    await apply(env, target, M("old"), M("d/"), M("d/x"), M(".hidden"))
+    await apply(env, target, M("new"), M(".wh..wh..opq"), M("d/"), M("d/y"))
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["d", "d/y", "new"]
+
+
+async def test_a_top_level_opaque_marker_makes_the_overlay_upper_root_opaque(env: Env) -> None:
+    require_root()
+    lower, upper, work = env.dir("lower"), env.dir("upper"), env.dir("work")
+    (lower / "old").write_text("o")
+    raw = tar_of(M(".wh..wh..opq"), M("new", data=b"n"))
+    desc = Descriptor(MEDIA_TYPE_LAYER, await env.ingest(raw), len(raw))
+    mount = Mount("overlay", "overlay", (f"workdir={work}", f"upperdir={upper}", f"lowerdir={lower}"))
+    await env.differ.apply(desc, [mount])
+    assert os.getxattr(upper, "trusted.overlay.opaque") == b"y"
+    assert sorted(p.name for p in upper.iterdir()) == ["new"]
+
+
 async def test_overlay_upper_directory_gets_overlay_whiteouts(env: Env) -> None:
     require_root()
     lower, upper, work = env.dir("lower"), env.dir("upper"), env.dir("work")

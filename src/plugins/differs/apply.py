@@ -49,6 +49,7 @@ from corral.plugins.differs._tar import (
 )
 from corral.plugins.differs._whiteouts import (
     META_PREFIX,
+    OPAQUE,
     OVERLAY_XATTR_PREFIX,
     Kind,
     classify,
@@ -168,8 +169,10 @@ class _Applier:
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
         self.entries += 1
         parts = clean_components(entry.name)
-        if not parts or parts[0].startswith(META_PREFIX):
-            # The root itself is the snapshot's, not the layer's (containerd ignores it).
+        if not parts or (parts[0].startswith(META_PREFIX) and parts != [OPAQUE]):
+            # The root itself is the snapshot's, not the layer's (containerd ignores it); AUFS
+            # bookkeeping at the top is no file either. A top-level opaque marker is a whiteout of
+            # everything below (containerd applies it to the root as to any directory).
             return
         base = parts.pop()
         pfd, pkey = self.tree.directory(parts, create=True)

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -653,7 +654,6 @@ async def test_compare_labels_the_blob_with_its_diff_id_and_the_callers_labels(
     [
         ("", b"\x1f\x8b"),
         (MEDIA_TYPE_LAYER_GZIP, b"\x1f\x8b"),
-        (DOCKER_GZIP, b"\x1f\x8b"),
         (MEDIA_TYPE_LAYER_ZSTD, b"\x28\xb5\x2f\xfd"),
         (MEDIA_TYPE_LAYER, b""),
     ],
@@ -674,10 +674,38 @@ async def test_compare_compresses_as_asked(
     assert tree(target) == tree(upper)
 
 
-async def test_compare_refuses_unknown_media_types(env: Env, trees: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(
+    "media_type",
+    ["application/x-tar+lz4", DOCKER_GZIP, "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"],
+)
+async def test_compare_refuses_what_containerd_does_not_write(
+    env: Env, trees: tuple[Path, Path], media_type: str
+) -> None:
     lower, upper = trees
-    with pytest.raises(Unimplemented):
-        await env.differ.compare(bind(lower), bind(upper), media_type="application/x-tar+lz4")
+    with pytest.raises(Unimplemented, match=re.escape(f"unsupported diff media type: {media_type}")):
+        await env.differ.compare(bind(lower), bind(upper), media_type=media_type)
+    assert await env.md.view(NamespacedContent).list_statuses() == []
+
+
+async def test_an_uncompressed_diff_is_not_labelled_with_its_own_digest(
+    env: Env, trees: tuple[Path, Path]
+) -> None:
+    lower, upper = trees
+    desc = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER, labels={"a": "b"})
+    info = await env.md.view(NamespacedContent).info(desc.digest)
+    assert info.labels == {"a": "b"}  # containerd labels only compressed layers with the diffID
+
+
+async def test_a_callers_ref_is_written_from_the_start_whatever_it_held(
+    env: Env, trees: tuple[Path, Path]
+) -> None:
+    lower, upper = trees
+    stale = await env.md.view(NamespacedContent).writer("my-ref")
+    await stale.write(b"left over by an earlier attempt")
+    await stale.close()
+    desc = await env.differ.compare(bind(lower), bind(upper), ref="my-ref", media_type=MEDIA_TYPE_LAYER)
+    blob = await env.blob(desc.digest)
+    assert blob[257:263] == b"ustar\0" and desc.digest == sha(blob)
 
 
 async def test_compare_against_nothing_adds_everything(env: Env, trees: tuple[Path, Path]) -> None:

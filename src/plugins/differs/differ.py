@@ -23,8 +23,15 @@ import anyio.lowlevel
 import anyio.to_thread
 import structlog
 
-from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from corral.plugins.core import MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP, UNCOMPRESSED, Descriptor, Mount
+from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from corral.plugins.core import (
+    MEDIA_TYPE_LAYER,
+    MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_LAYER_ZSTD,
+    UNCOMPRESSED,
+    Descriptor,
+    Mount,
+)
 from corral.plugins.core.mount import temporary_mount
 from corral.plugins.differs._compression import (
     Compression,
@@ -40,6 +47,12 @@ from corral.plugins.differs.compare import directory_changes, overlay_changes, w
 log = structlog.get_logger("corral.differ")
 
 CHUNK = 1 << 20
+DIFF_MEDIA_TYPES = {
+    MEDIA_TYPE_LAYER: Compression.NONE,
+    MEDIA_TYPE_LAYER_GZIP: Compression.GZIP,
+    MEDIA_TYPE_LAYER_ZSTD: Compression.ZSTD,
+}
+"""What Diff writes, as containerd's walking differ: OCI layers only, anything else Unimplemented."""
 
 
 class BlobInfo(Protocol):
@@ -52,6 +65,8 @@ class BlobInfo(Protocol):
 
 class BlobWriter(Protocol):
     async def write(self, data: bytes) -> int: ...
+
+    async def truncate(self, size: int) -> None: ...
 
     async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> BlobInfo: ...
 
@@ -263,30 +278,39 @@ class WalkingDiffer:
         labels: Mapping[str, str] | None = None,
     ) -> Descriptor:
         media_type = media_type or MEDIA_TYPE_LAYER_GZIP
-        compression = layer_compression(media_type)
+        compression = DIFF_MEDIA_TYPES.get(media_type)
+        if compression is None:
+            raise Unimplemented(f"unsupported diff media type: {media_type}")
         if not upper:
             raise InvalidArgument("no upper mounts to compare")
+        # A caller's ref is resumed from nothing (containerd truncates it) and kept on failure.
+        generated = not ref
         ref = ref or _unique_ref()
         writer = await self.content.writer(ref)
         try:
+            if not generated:
+                await writer.truncate(0)
             sink = _ThreadSink(writer, compressor(compression))
             async with AsyncExitStack() as stack:
                 work = await _diff_work(stack, lower, upper, sink)
                 diff_id, _ = await anyio.to_thread.run_sync(work)
             digest = await anyio.to_thread.run_sync(sink.close)
-            all_labels = {**(labels or {}), UNCOMPRESSED: diff_id}
+            # Only a compressed layer is labelled with its diffID: an uncompressed one's digest is it.
+            compressed = compression is not Compression.NONE
+            all_labels = {**(labels or {}), **({UNCOMPRESSED: diff_id} if compressed else {})}
             try:
                 await writer.commit(sink.size, digest, all_labels)
             except AlreadyExists:
                 # The namespace has this very layer already; make sure it says what it holds.
                 info = await self.content.info(digest)
-                if UNCOMPRESSED not in info.labels:
+                if compressed and UNCOMPRESSED not in info.labels:
                     await self.content.update(digest, {UNCOMPRESSED: diff_id}, [f"labels.{UNCOMPRESSED}"])
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await writer.close()
-                with suppress(NotFound):
-                    await self.content.abort(ref)
+                if generated:
+                    with suppress(NotFound):
+                        await self.content.abort(ref)
             raise
         await writer.close()
         log.info("differ_compared", digest=digest, diff_id=diff_id, media_type=media_type, size=sink.size)

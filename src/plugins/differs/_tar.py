@@ -342,26 +342,40 @@ class TarReader:
         return ("sha256:" + self._hash.hexdigest() if self._hash is not None else ""), self._pulled
 
 
+class Stopped(Exception):
+    """The caller gave up (a client's deadline, a disconnect): the work ends at the next chunk."""
+
+
+def check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Stopped("stopped: the caller went away")
+
+
 class ReadAhead:
     """Pulls and hashes ``source`` on a thread of its own, a few chunks ahead of the reader.
 
     Decompression and sha256 release the GIL, so they overlap with the file system calls of the
-    thread applying the layer. The thread is joined by ``close`` (also on errors).
+    thread applying the layer. The thread is joined by ``close`` (also on errors). Once ``stop``
+    is set neither thread takes another chunk: what is queued is dropped, not applied.
     """
 
-    def __init__(self, source: Readable, *, depth: int = 4) -> None:
+    def __init__(self, source: Readable, *, depth: int = 4, stop: threading.Event | None = None) -> None:
         self._source = source
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
         self._stop = threading.Event()
+        self._cancel = stop
         self._hash = hashlib.sha256()
         self._size = 0
         self._done = False
         self._thread = threading.Thread(target=self._run, name="layer-read-ahead", daemon=True)
         self._thread.start()
 
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or (self._cancel is not None and self._cancel.is_set())
+
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stopping():
                 chunk = self._source.read(READ_SIZE)
                 if chunk:
                     self._hash.update(chunk)
@@ -381,9 +395,15 @@ class ReadAhead:
                 continue
 
     def read(self, size: int = -1, /) -> bytes:
+        check_stop(self._cancel)
         if self._done:
             return b""
-        item = self._queue.get()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.05)
+                break
+            except queue.Empty:
+                check_stop(self._cancel)
         if isinstance(item, BaseException):
             self._done = True
             raise item

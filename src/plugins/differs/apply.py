@@ -17,6 +17,7 @@ import errno
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from corral.plugins.differs._tar import (
     ReadAhead,
     TarEntry,
     TarReader,
+    check_stop,
 )
 from corral.plugins.differs._whiteouts import (
     META_PREFIX,
@@ -91,21 +93,24 @@ def apply_layer(
     whiteouts: WhiteoutMode = WhiteoutMode.REMOVE,
     parents: Sequence[str | os.PathLike[str]] = (),
     overlay_xattr_prefix: str = OVERLAY_XATTR_PREFIX,
+    stop: threading.Event | None = None,
 ) -> AppliedLayer:
     """Apply the uncompressed tar ``source`` to the directory ``root``.
 
     ``parents`` are an overlay's lower directories, top first: a directory the layer needs but
     the upper directory lacks is created with the attributes it has below, so the merged view
-    does not change underneath the layer.
+    does not change underneath the layer. Once ``stop`` is set the apply raises ``Stopped`` before
+    its next entry or chunk of data.
     """
     with ExitStack() as stack:
-        ahead = ReadAhead(source)
+        ahead = ReadAhead(source, stop=stop)
         stack.callback(ahead.close)
         reader = TarReader(ahead, digest=False)
         tree = stack.enter_context(RootDir(root))
         lowers = [stack.enter_context(RootDir(p)) for p in parents]
         applier = _Applier(tree, whiteouts, lowers, overlay_xattr_prefix)
         while (entry := reader.next()) is not None:
+            check_stop(stop)
             try:
                 applier.apply(entry, reader)
             except CorralError as err:

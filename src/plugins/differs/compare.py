@@ -12,6 +12,7 @@ import enum
 import errno
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from corral.plugins.differs._tar import (
     REGULAR,
     SYMLINK,
     TarWriter,
+    check_stop,
     encode_header,
 )
 from corral.plugins.differs._whiteouts import (
@@ -212,11 +214,16 @@ def write_layer(
     sink: Callable[[bytes], object],
     *,
     xattr_prefix: str = OVERLAY_XATTR_PREFIX,
+    stop: threading.Event | None = None,
 ) -> tuple[str, int]:
-    """Write ``changes`` (entries read from ``upper``) as a tar to ``sink``; (diffID, size)."""
+    """Write ``changes`` (entries read from ``upper``) as a tar to ``sink``; (diffID, size).
+
+    Once ``stop`` is set the walk raises ``Stopped`` before its next entry (the sink, before its
+    next chunk)."""
     tar = TarWriter(sink)
     layer = _LayerWriter(tar, os.fsencode(upper), xattr_prefix)
     for change in changes:
+        check_stop(stop)
         layer.write(change)
     return tar.close()
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -40,6 +41,7 @@ from corral.plugins.differs._compression import (
     decompressed,
     layer_compression,
 )
+from corral.plugins.differs._tar import check_stop
 from corral.plugins.differs._whiteouts import OVERLAY_XATTR_PREFIX, overlay_xattr_prefix
 from corral.plugins.differs.apply import AppliedLayer, WhiteoutMode, apply_layer
 from corral.plugins.differs.compare import directory_changes, overlay_changes, write_layer
@@ -170,11 +172,39 @@ async def readonly_tree(mounts: Sequence[Mount]) -> AsyncIterator[str]:
         yield str(where)
 
 
+T = TypeVar("T")
+
+
+async def run_stoppable(work: Callable[[threading.Event], T]) -> T:
+    """``work(stop)`` on a worker thread; if the caller is cancelled (a client's deadline or
+    disconnect), ``stop`` is set and the thread waited for, so nothing is written afterwards.
+
+    The thread is abandoned to anyio (the await ends at once) but not to us: a temporary mount
+    must not be unmounted, nor a content writer closed, under a thread still using it."""
+    stop = threading.Event()
+    finished = threading.Event()
+
+    def body() -> T:
+        try:
+            return work(stop)
+        finally:
+            finished.set()
+
+    try:
+        return await anyio.to_thread.run_sync(body, abandon_on_cancel=True)
+    except BaseException:
+        stop.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(finished.wait)
+        raise
+
+
 class _ThreadSource:
     """A blocking ``read`` for the worker thread over the content store's async chunks."""
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
+        self.stop: threading.Event | None = None
         self._pending = b""
         self._done = False
         # Any thread may read (the apply reads ahead on one of its own), so carry the loop's token.
@@ -188,6 +218,7 @@ class _ThreadSource:
 
     def read(self, size: int = -1, /) -> bytes:
         while not self._pending and not self._done:
+            check_stop(self.stop)
             self._pending = anyio.from_thread.run(self._next, token=self._token)
             self._done = not self._pending
         if size < 0 or size >= len(self._pending):
@@ -203,10 +234,12 @@ class _ThreadSink:
 
     writer: BlobWriter
     compressor: Compressor
+    stop: threading.Event | None = None
     size: int = 0
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def __call__(self, data: bytes) -> None:
+        check_stop(self.stop)
         self._emit(self.compressor.compress(data))
 
     def _emit(self, data: bytes) -> None:
@@ -220,13 +253,17 @@ class _ThreadSink:
         return "sha256:" + self._hash.hexdigest()
 
 
-def _apply_blocking(compression: Compression, source: _ThreadSource, target: ApplyTarget) -> AppliedLayer:
+def _apply_blocking(
+    compression: Compression, source: _ThreadSource, target: ApplyTarget, stop: threading.Event
+) -> AppliedLayer:
+    source.stop = stop
     return apply_layer(
         decompressed(compression, source),
         target.root,
         whiteouts=target.whiteouts,
         parents=target.parents,
         overlay_xattr_prefix=target.xattr_prefix,
+        stop=stop,
     )
 
 
@@ -248,12 +285,14 @@ class WalkingDiffer:
         started = time.perf_counter()
         try:
             async with apply_target(mounts) as target:
-                work = partial(_apply_blocking, compression, _ThreadSource(chunks), target)
-                applied = await anyio.to_thread.run_sync(work)
+                applied = await run_stoppable(
+                    partial(_apply_blocking, compression, _ThreadSource(chunks), target)
+                )
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
-                await close()
+                with anyio.CancelScope(shield=True):
+                    await close()
         log.info(
             "differ_applied",
             digest=desc.digest,
@@ -293,7 +332,7 @@ class WalkingDiffer:
             sink = _ThreadSink(writer, compressor(compression))
             async with AsyncExitStack() as stack:
                 work = await _diff_work(stack, lower, upper, sink)
-                diff_id, _ = await anyio.to_thread.run_sync(work)
+                diff_id, _ = await run_stoppable(work)
             digest = await anyio.to_thread.run_sync(sink.close)
             # Only a compressed layer is labelled with its diffID: an uncompressed one's digest is it.
             compressed = compression is not Compression.NONE
@@ -317,9 +356,19 @@ class WalkingDiffer:
         return Descriptor(media_type, digest, sink.size)
 
 
+def _with_stop(
+    sink: _ThreadSink, work: partial[tuple[str, int]]
+) -> Callable[[threading.Event], tuple[str, int]]:
+    def run(stop: threading.Event) -> tuple[str, int]:
+        sink.stop = stop
+        return work(stop=stop)
+
+    return run
+
+
 async def _diff_work(
     stack: AsyncExitStack, lower: Sequence[Mount], upper: Sequence[Mount], sink: _ThreadSink
-) -> partial[tuple[str, int]]:
+) -> Callable[[threading.Event], tuple[str, int]]:
     """The blocking diff to run: the overlay upper directory alone when it is exactly the change set."""
     below = layer_dirs(lower)
     if len(upper) == 1 and upper[0].type == "overlay":
@@ -329,7 +378,7 @@ async def _diff_work(
         if upperdir and below and lowers == below:
             prefix = overlay_xattr_prefix(upper[0].options)
             changes = overlay_changes(upperdir, xattr_prefix=prefix)
-            return partial(write_layer, changes, upperdir, sink, xattr_prefix=prefix)
+            return _with_stop(sink, partial(write_layer, changes, upperdir, sink, xattr_prefix=prefix))
     lower_root = await stack.enter_async_context(readonly_tree(lower)) if lower else None
     upper_root = await stack.enter_async_context(readonly_tree(upper))
-    return partial(write_layer, directory_changes(lower_root, upper_root), upper_root, sink)
+    return _with_stop(sink, partial(write_layer, directory_changes(lower_root, upper_root), upper_root, sink))

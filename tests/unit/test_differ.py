@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import tarfile
 from collections.abc import AsyncIterator
@@ -162,15 +163,16 @@ def sha(data: bytes) -> str:
 
 
 def xattrs(path: Path) -> dict[str, bytes]:
+    """The xattrs a diff carries, as containerd's: file capabilities only."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return {}
-    return {
-        n: os.getxattr(path, n, follow_symlinks=False)
-        for n in names
-        if not n.startswith(("trusted.overlay.", "security.selinux"))
-    }
+    return {n: os.getxattr(path, n, follow_symlinks=False) for n in names if n == "security.capability"}
+
+
+CAP_NET_BIND_SERVICE = struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0)
+"""A version 2 ``security.capability`` value: effective, permitted cap_net_bind_service."""
 
 
 def tree(root: Path) -> dict[str, tuple[object, ...]]:
@@ -584,14 +586,15 @@ def mutate_upper(root: Path) -> None:
     (root / "becomes-dir/inside").write_text("i")
     shutil.rmtree(root / "becomes-file")
     (root / "becomes-file").write_text("now a file")
-    os.setxattr(root / "usr/bin/tool", "user.origin", b"changed")
+    os.setxattr(root / "usr/bin/tool", "user.origin", b"changed")  # not a change to containerd
+    (root / "usr/bin/tool").chmod(0o750)
 
 
 def mutate_upper_as_root(root: Path) -> None:
     os.chown(root / "etc/passwd", 0, 42)
     os.mknod(root / "etc/new.d/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     os.chown(root / "etc/new.d", 1000, 1000)
-    os.setxattr(root / "usr/bin/tool", "trusted.cap", b"x")
+    os.setxattr(root / "etc/new.d/nested/conf", "security.capability", CAP_NET_BIND_SERVICE)
 
 
 def copy_tree(src: Path, dst: Path) -> None:
@@ -626,7 +629,7 @@ async def test_compare_then_apply_on_the_same_parent_reproduces_the_upper_tree(
     names = members(raw)
     assert "etc/.wh.gone" in names and "etc/.wh.dir-gone" in names
     assert "var/cache/old" not in names  # unchanged, though its directory changed
-    # The xattr changed on the inode both names share: the second name is a link to the first.
+    # The mode changed on the inode both names share: the second name is a link to the first.
     with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
         alias = archive.getmember("usr/bin/tool-alias")
     assert alias.islnk() and alias.linkname == "usr/bin/tool"

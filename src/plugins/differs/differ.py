@@ -378,7 +378,7 @@ async def _diff_work(
         if upperdir and below and lowers == below:
             prefix = overlay_xattr_prefix(upper[0].options)
             changes = overlay_changes(upperdir, xattr_prefix=prefix)
-            return _with_stop(sink, partial(write_layer, changes, upperdir, sink, xattr_prefix=prefix))
+            return _with_stop(sink, partial(write_layer, changes, sink))
     lower_root = await stack.enter_async_context(readonly_tree(lower)) if lower else None
     upper_root = await stack.enter_async_context(readonly_tree(upper))
-    return _with_stop(sink, partial(write_layer, directory_changes(lower_root, upper_root), upper_root, sink))
+    return _with_stop(sink, partial(write_layer, directory_changes(lower_root, upper_root), sink))

@@ -640,6 +640,65 @@ async def test_compare_then_apply_on_the_same_parent_reproduces_the_upper_tree(
     assert tree(target) == tree(upper)
 
 
+async def test_an_unchanged_name_of_an_inode_linked_anew_goes_in_as_a_hard_link(env: Env) -> None:
+    lower, upper = env.dir("lower"), env.dir("upper")
+    (lower / "a").write_bytes(b"shared")
+    copy_tree(lower, upper)
+    os.link(upper / "a", upper / "b")
+    desc = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    with tarfile.open(fileobj=io.BytesIO(await env.blob(desc.digest))) as archive:
+        entries = {m.name: m for m in archive.getmembers()}
+    # containerd: "a" is unmodified, but its inode's new name "b" carries it, so "a" links to "b".
+    assert sorted(entries) == ["a", "b"]
+    assert entries["b"].isfile() and entries["a"].islnk() and entries["a"].linkname == "b"
+    target = env.dir("target")
+    copy_tree(lower, target)
+    await env.differ.apply(desc, bind(target))
+    assert (target / "a").stat().st_ino == (target / "b").stat().st_ino
+    assert tree(target) == tree(upper)
+
+
+async def test_a_diff_carries_file_capabilities_and_no_other_xattr(env: Env) -> None:
+    require_root()
+    lower, upper = env.dir("lower"), env.dir("upper")
+    (upper / "ping").write_bytes(b"\x7fELF")
+    os.setxattr(upper / "ping", "security.capability", CAP_NET_BIND_SERVICE)
+    os.setxattr(upper / "ping", "user.note", b"host-local")
+    os.setxattr(upper / "ping", "trusted.note", b"host-local")
+    desc = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    with tarfile.open(fileobj=io.BytesIO(await env.blob(desc.digest))) as archive:
+        ping = archive.getmember("ping")
+    assert {k: v for k, v in ping.pax_headers.items() if k.startswith("SCHILY.xattr.")} == {
+        "SCHILY.xattr.security.capability": CAP_NET_BIND_SERVICE.decode("utf-8", "surrogateescape")
+    }
+    # A capability changed is a change (continuity compares it); other xattrs are not.
+    copy_tree(upper, lower)
+    os.setxattr(upper / "ping", "user.note", b"changed")
+    unchanged = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    assert members(await env.blob(unchanged.digest)) == []
+    os.setxattr(upper / "ping", "security.capability", struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0))
+    changed = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    assert members(await env.blob(changed.digest)) == ["ping"]
+
+
+async def test_whiteouts_are_empty_files_owned_by_root_at_the_epoch(
+    env: Env, trees: tuple[Path, Path]
+) -> None:
+    lower, upper = trees
+    desc = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    with tarfile.open(fileobj=io.BytesIO(await env.blob(desc.digest))) as archive:
+        gone = archive.getmember("etc/.wh.gone")
+    assert (gone.type, gone.size, gone.mode, gone.uid, gone.gid, gone.mtime) == (
+        tarfile.REGTYPE,
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
+    assert (gone.uname, gone.gname) == ("", "")
+
+
 async def test_compare_labels_the_blob_with_its_diff_id_and_the_callers_labels(
     env: Env, trees: tuple[Path, Path]
 ) -> None:

@@ -45,9 +45,10 @@ from corral.plugins.core import (
     Mount,
     namespace,
 )
+from corral.plugins.core.tar import encode_header, parse_number, parse_pax_records
 from corral.plugins.differs import Differ
 from corral.plugins.differs._compression import Compression, layer_compression
-from corral.plugins.differs._tar import TarReader, encode_header, parse_number, parse_pax_records
+from corral.plugins.differs._tar import TarReader
 from corral.plugins.differs._whiteouts import Kind, classify
 from corral.plugins.differs.apply import WhiteoutMode, apply_layer
 from corral.plugins.differs.differ import WalkingDiffer, readonly

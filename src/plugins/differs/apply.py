@@ -33,9 +33,7 @@ from corral.kernel import (
     PermissionDenied,
     ResourceExhausted,
 )
-from corral.plugins.core.trees import remove_tree_at
-from corral.plugins.differs._root import Key, RootDir, clean_components, display, resolve_in_root
-from corral.plugins.differs._tar import (
+from corral.plugins.core.tar import (
     BLOCKDEV,
     CHAR,
     DIRECTORY,
@@ -43,12 +41,11 @@ from corral.plugins.differs._tar import (
     HARDLINK,
     REGULAR,
     SYMLINK,
-    Readable,
-    ReadAhead,
     TarEntry,
-    TarReader,
-    check_stop,
 )
+from corral.plugins.core.trees import remove_tree_at
+from corral.plugins.differs._root import Key, RootDir, clean_components, display, resolve_in_root
+from corral.plugins.differs._tar import Readable, ReadAhead, TarReader, check_stop
 from corral.plugins.differs._whiteouts import (
     META_PREFIX,
     OPAQUE,

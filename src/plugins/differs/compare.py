@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from corral.kernel import InvalidArgument
-from corral.plugins.differs._tar import (
+from corral.plugins.core.tar import (
     BLOCKDEV,
     CHAR,
     DIRECTORY,
@@ -34,10 +34,9 @@ from corral.plugins.differs._tar import (
     HARDLINK,
     REGULAR,
     SYMLINK,
-    TarWriter,
-    check_stop,
     encode_header,
 )
+from corral.plugins.differs._tar import TarWriter, check_stop
 from corral.plugins.differs._whiteouts import (
     OPAQUE,
     OVERLAY_XATTR_PREFIX,
@@ -378,11 +377,11 @@ class _LayerWriter:
             self._parents(change.at, change.path)
             parent, _, base = change.path.rpartition(b"/")
             name = parent + b"/" + whiteout_name(base) if parent else whiteout_name(base)
-            self.tar.add(encode_header(name, REGULAR))
+            self.tar.add(encode_header(name, REGULAR, mode=0))
             return
         if kind is ChangeKind.OPAQUE:
             self._parents(change.at, change.path)
-            self.tar.add(encode_header(change.path + b"/" + OPAQUE, REGULAR))
+            self.tar.add(encode_header(change.path + b"/" + OPAQUE, REGULAR, mode=0))
             return
         st = change.stat
         assert st is not None

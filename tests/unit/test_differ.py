@@ -890,3 +890,12 @@ def test_the_package_exports_the_contract_and_nothing_else() -> None:
     assert sorted(contract.__all__) == ["Differ"]
     assert all(getattr(contract, name) is not None for name in contract.__all__)
     assert isinstance(WalkingDiffer(None), Differ)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dev", [(1 << 32, 0), (0, 1 << 40)])
+async def test_a_device_number_no_device_can_have_is_invalid(env: Env, dev: tuple[int, int]) -> None:
+    require_root()
+    raw = tar_of(M("dev/bad", tarfile.CHRTYPE, dev=dev), fmt=tarfile.GNU_FORMAT)  # base-256 numbers
+    desc = Descriptor(MEDIA_TYPE_LAYER, await env.ingest(raw), len(raw))
+    with pytest.raises(InvalidArgument, match="out of range"):
+        await env.differ.apply(desc, bind(env.dir("t")))

@@ -361,7 +361,7 @@ class _Applier:
                 log.debug("differ_device_skipped", name=os.fsdecode(base), reason="not root")
                 return False
             kind = stat.S_IFCHR if entry.type == CHAR else stat.S_IFBLK
-            device = os.makedev(entry.devmajor, entry.devminor)
+            device = _device_number(entry)
             make = partial(os.mknod, base, kind | 0o600, device, dir_fd=pfd)
         try:
             make()
@@ -468,6 +468,17 @@ class _Applier:
             return
         self.not_below.add(key)
         log.debug("differ_parent_not_in_lowers", path=display(self.names.parts(key)))
+
+
+def _device_number(entry: TarEntry) -> int:
+    """The header's device number; one that no device can have is refused (containerd's check)."""
+    major, minor = entry.devmajor, entry.devminor
+    try:
+        if major < 0 or minor < 0:
+            raise OverflowError
+        return os.makedev(major, minor)
+    except OverflowError:
+        raise InvalidArgument(f"device number {major}:{minor} is out of range") from None
 
 
 def _umask() -> int:

@@ -899,3 +899,46 @@ async def test_a_device_number_no_device_can_have_is_invalid(env: Env, dev: tupl
     desc = Descriptor(MEDIA_TYPE_LAYER, await env.ingest(raw), len(raw))
     with pytest.raises(InvalidArgument, match="out of range"):
         await env.differ.apply(desc, bind(env.dir("t")))
+
+
+class CountingWriter:
+    def __init__(self, inner: object, counts: list[int]) -> None:
+        self._inner = inner
+        self._counts = counts
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def write(self, data: bytes) -> int:
+        self._counts[0] += len(data)
+        return await self._inner.write(data)  # type: ignore[attr-defined, no-any-return]
+
+
+class CountingContent:
+    """The namespaced content store, counting what the differ writes."""
+
+    def __init__(self, inner: NamespacedContent) -> None:
+        self._inner = inner
+        self.written = [0]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def writer(self, ref: str, total: int = 0, expected: str = "") -> CountingWriter:
+        return CountingWriter(await self._inner.writer(ref, total, expected), self.written)
+
+
+async def test_a_cancelled_diff_stops_writing_within_a_chunk(env: Env) -> None:
+    lower, upper = env.dir("lower"), env.dir("upper")
+    with (upper / "big").open("wb") as big:
+        big.truncate(8 << 30)  # sparse: reading it costs no disk, compressing it takes seconds
+    content = CountingContent(env.md.view(NamespacedContent))
+    differ = WalkingDiffer(content)  # type: ignore[arg-type]
+    with anyio.move_on_after(0.3) as scope:
+        await differ.compare(bind(lower), bind(upper))
+    at_cancel = content.written[0]
+    await anyio.sleep(0.5)
+    assert scope.cancelled_caught
+    # compare returned only once its thread had stopped: nothing was written after.
+    assert content.written[0] - at_cancel == 0
+    assert await env.md.view(NamespacedContent).list_statuses() == []

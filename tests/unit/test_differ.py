@@ -17,6 +17,7 @@ import tarfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -56,6 +57,7 @@ from corral.plugins.differs.walking import registration as walking
 from corral.plugins.metadata import NamespacedContent
 from corral.plugins.metadata.sqlite import SqliteMetadata, open_metadata
 from corral.plugins.metadata.sqlite import registration as sqlite_metadata
+from corral.plugins.services.diff import DiffService
 
 pytestmark = pytest.mark.anyio
 
@@ -942,3 +944,20 @@ async def test_a_cancelled_diff_stops_writing_within_a_chunk(env: Env) -> None:
     # compare returned only once its thread had stopped: nothing was written after.
     assert content.written[0] - at_cancel == 0
     assert await env.md.view(NamespacedContent).list_statuses() == []
+
+
+async def test_a_source_date_epoch_bounds_every_mtime_in_the_diff(env: Env) -> None:
+    lower, upper = env.dir("lower"), env.dir("upper")
+    (lower / "gone").write_text("g")
+    (upper / "old").write_text("o")
+    os.utime(upper / "old", (1_000_000_000, 1_000_000_000))
+    (upper / "dir").mkdir()
+    (upper / "dir/new").write_text("n")  # now: later than the epoch
+    epoch = datetime(2020, 1, 1, tzinfo=UTC)
+    service = DiffService([env.differ])
+    desc = await service.compare(
+        bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER, ref="", labels={}, source_date_epoch=epoch
+    )
+    with tarfile.open(fileobj=io.BytesIO(await env.blob(desc.digest))) as archive:
+        mtimes = {m.name: m.mtime for m in archive.getmembers()}
+    assert mtimes == {"dir": 1_577_836_800, "dir/new": 1_577_836_800, "old": 1_000_000_000, ".wh.gone": 0}

@@ -26,6 +26,7 @@ class DiffGRPC(pb.DiffBase):
             media_type=message.media_type,
             ref=message.ref,
             labels=dict(message.labels),
+            source_date_epoch=message.source_date_epoch,
         )
         return pb.DiffResponse(diff=descriptor_to_wire(made))
 

@@ -344,13 +344,15 @@ def write_layer(
     sink: Callable[[bytes], object],
     *,
     stop: threading.Event | None = None,
+    mtime_bound: int | None = None,
 ) -> tuple[str, int]:
     """Write ``changes`` as a tar to ``sink``; (diffID, size).
 
-    Once ``stop`` is set the walk raises ``Stopped`` before its next entry (the sink, before its
-    next chunk)."""
+    No entry's mtime is later than ``mtime_bound`` (ns since the epoch) when it is given. Once
+    ``stop`` is set the walk raises ``Stopped`` before its next entry (the sink, before its next
+    chunk)."""
     tar = TarWriter(sink)
-    layer = _LayerWriter(tar)
+    layer = _LayerWriter(tar, mtime_bound)
     for change in changes:
         check_stop(stop)
         layer.write(change)
@@ -366,8 +368,9 @@ class _LaterLink:
 
 
 class _LayerWriter:
-    def __init__(self, tar: TarWriter) -> None:
+    def __init__(self, tar: TarWriter, mtime_bound: int | None = None) -> None:
         self.tar = tar
+        self.mtime_bound = mtime_bound
         self.inodes: dict[tuple[int, int], bytes] = {}
         self.later: dict[tuple[int, int], list[_LaterLink]] = {}
 
@@ -395,7 +398,7 @@ class _LayerWriter:
             return
         self._parents(change.at, change.path)
         if first is not None:
-            self.tar.add(_header(change.path, HARDLINK, st, None, linkname=first))
+            self.tar.add(self._header(change.path, HARDLINK, st, None, linkname=first))
             return
         self._entry(change, st)
         if linked:
@@ -403,7 +406,33 @@ class _LayerWriter:
             for link in self.later.pop(inode, ()):
                 for level in reversed(link.parents):
                     self._emit(level, link.path)
-                self.tar.add(_header(link.path, HARDLINK, st, None, linkname=change.path))
+                self.tar.add(self._header(link.path, HARDLINK, st, None, linkname=change.path))
+
+    def _header(
+        self,
+        name: bytes,
+        typeflag: bytes,
+        st: os.stat_result,
+        capability: bytes | None,
+        *,
+        size: int = 0,
+        linkname: bytes = b"",
+        device: bool = False,
+    ) -> bytes:
+        mtime = st.st_mtime_ns if self.mtime_bound is None else min(st.st_mtime_ns, self.mtime_bound)
+        return encode_header(
+            name,
+            typeflag,
+            mode=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            size=size,
+            mtime=mtime // _NS,
+            linkname=linkname,
+            devmajor=os.major(st.st_rdev) if device else 0,
+            devminor=os.minor(st.st_rdev) if device else 0,
+            xattrs={CAPABILITY.encode(): capability} if capability is not None else None,
+        )
 
     def _parents(self, at: Level, path: bytes) -> None:
         """Directories above a change go in first, with their upper attributes (containerd's too)."""
@@ -413,31 +442,33 @@ class _LayerWriter:
     def _emit(self, level: Level, below: bytes) -> None:
         if not level.emitted:
             level.emitted = True
-            self.tar.add(_header(below[: level.end] + b"/", DIRECTORY, level.stat, level.capability))
+            self.tar.add(self._header(below[: level.end] + b"/", DIRECTORY, level.stat, level.capability))
 
     def _entry(self, change: Change, st: os.stat_result) -> None:
         rel, fd, name = change.path, change.dir_fd, change.name
         mode = st.st_mode
         capability = _getxattr(_proc(fd, name), CAPABILITY)
         if stat.S_ISDIR(mode):
-            self.tar.add(_header(rel + b"/", DIRECTORY, st, capability))
+            self.tar.add(self._header(rel + b"/", DIRECTORY, st, capability))
         elif stat.S_ISREG(mode):
             file = os.open(name, _READ, dir_fd=fd)
             try:
                 now = os.fstat(file)
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                     raise InvalidArgument(f"{os.fsdecode(rel)} changed while the layer was written")
-                self.tar.add_file(_header(rel, REGULAR, now, capability, size=now.st_size), file, now.st_size)
+                self.tar.add_file(
+                    self._header(rel, REGULAR, now, capability, size=now.st_size), file, now.st_size
+                )
             finally:
                 os.close(file)
         elif stat.S_ISLNK(mode):
-            self.tar.add(_header(rel, SYMLINK, st, capability, linkname=os.readlink(name, dir_fd=fd)))
+            self.tar.add(self._header(rel, SYMLINK, st, capability, linkname=os.readlink(name, dir_fd=fd)))
         elif stat.S_ISCHR(mode):
-            self.tar.add(_header(rel, CHAR, st, capability, device=True))
+            self.tar.add(self._header(rel, CHAR, st, capability, device=True))
         elif stat.S_ISBLK(mode):
-            self.tar.add(_header(rel, BLOCKDEV, st, capability, device=True))
+            self.tar.add(self._header(rel, BLOCKDEV, st, capability, device=True))
         elif stat.S_ISFIFO(mode):
-            self.tar.add(_header(rel, FIFO, st, capability))
+            self.tar.add(self._header(rel, FIFO, st, capability))
 
 
 def _unemitted(at: Level) -> list[Level]:
@@ -449,28 +480,3 @@ def _unemitted(at: Level) -> list[Level]:
         out.append(level)
         level = level.parent
     return out
-
-
-def _header(
-    name: bytes,
-    typeflag: bytes,
-    st: os.stat_result,
-    capability: bytes | None,
-    *,
-    size: int = 0,
-    linkname: bytes = b"",
-    device: bool = False,
-) -> bytes:
-    return encode_header(
-        name,
-        typeflag,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        size=size,
-        mtime=st.st_mtime_ns // _NS,
-        linkname=linkname,
-        devmajor=os.major(st.st_rdev) if device else 0,
-        devminor=os.minor(st.st_rdev) if device else 0,
-        xattrs={CAPABILITY.encode(): capability} if capability is not None else None,
-    )

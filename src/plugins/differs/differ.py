@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -315,8 +316,11 @@ class WalkingDiffer:
         media_type: str = "",
         ref: str = "",
         labels: Mapping[str, str] | None = None,
+        source_date_epoch: datetime | None = None,
     ) -> Descriptor:
         media_type = media_type or MEDIA_TYPE_LAYER_GZIP
+        # containerd's WithModTimeUpperBound: later mtimes become the epoch (whiteouts stay at 0).
+        mtime_bound = _epoch_ns(source_date_epoch) if source_date_epoch is not None else None
         compression = DIFF_MEDIA_TYPES.get(media_type)
         if compression is None:
             raise Unimplemented(f"unsupported diff media type: {media_type}")
@@ -331,7 +335,7 @@ class WalkingDiffer:
                 await writer.truncate(0)
             sink = _ThreadSink(writer, compressor(compression))
             async with AsyncExitStack() as stack:
-                work = await _diff_work(stack, lower, upper, sink)
+                work = await _diff_work(stack, lower, upper, sink, mtime_bound)
                 diff_id, _ = await run_stoppable(work)
             digest = await anyio.to_thread.run_sync(sink.close)
             # Only a compressed layer is labelled with its diffID: an uncompressed one's digest is it.
@@ -366,8 +370,19 @@ def _with_stop(
     return run
 
 
+def _epoch_ns(when: datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
 async def _diff_work(
-    stack: AsyncExitStack, lower: Sequence[Mount], upper: Sequence[Mount], sink: _ThreadSink
+    stack: AsyncExitStack,
+    lower: Sequence[Mount],
+    upper: Sequence[Mount],
+    sink: _ThreadSink,
+    mtime_bound: int | None = None,
 ) -> Callable[[threading.Event], tuple[str, int]]:
     """The blocking diff to run: the overlay upper directory alone when it is exactly the change set."""
     below = layer_dirs(lower)
@@ -378,7 +393,9 @@ async def _diff_work(
         if upperdir and below and lowers == below:
             prefix = overlay_xattr_prefix(upper[0].options)
             changes = overlay_changes(upperdir, xattr_prefix=prefix)
-            return _with_stop(sink, partial(write_layer, changes, sink))
+            return _with_stop(sink, partial(write_layer, changes, sink, mtime_bound=mtime_bound))
     lower_root = await stack.enter_async_context(readonly_tree(lower)) if lower else None
     upper_root = await stack.enter_async_context(readonly_tree(upper))
-    return _with_stop(sink, partial(write_layer, directory_changes(lower_root, upper_root), sink))
+    return _with_stop(
+        sink, partial(write_layer, directory_changes(lower_root, upper_root), sink, mtime_bound=mtime_bound)
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
@@ -51,13 +52,17 @@ class DiffService:
         media_type: str,
         ref: str,
         labels: Mapping[str, str],
+        source_date_epoch: datetime | None = None,
     ) -> Descriptor:
         check_mounts(lower)
         check_mounts(upper)
         error: Exception = Unimplemented("no differ could compare the mounts")
         for differ in self._differs:
             try:
-                return await differ.compare(lower, upper, media_type=media_type, ref=ref, labels=labels)
+                epoch = {"source_date_epoch": source_date_epoch} if source_date_epoch is not None else {}
+                return await differ.compare(
+                    lower, upper, media_type=media_type, ref=ref, labels=labels, **epoch
+                )
             except Unimplemented as exc:
                 error = exc
         raise error

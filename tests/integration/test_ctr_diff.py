@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import tarfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -170,3 +171,42 @@ def test_a_top_level_opaque_whiteout_hides_the_parent_snapshot(
         got: dict[str, tuple[object, ...]] = {}
         with_mounted(daemon, snapshotter, "child", tmp_path / "m", lambda root: got.update(tree(root)))
         assert sorted(got) == ["new"]
+
+
+def test_diff_over_grpc_bounds_mtimes_by_the_source_date_epoch(daemon: Daemon, tmp_path: Path) -> None:
+    require_root()
+    s = ("snapshots", "--snapshotter", "native")
+    daemon.ctr(*s, "prepare", "base")
+    with_mounted(daemon, "native", "base", tmp_path / "m", build_base)
+    daemon.ctr(*s, "commit", "base-c", "base")
+    daemon.ctr(*s, "view", "base-v", "base-c")
+    daemon.ctr(*s, "prepare", "child", "base-c")
+    with_mounted(daemon, "native", "child", tmp_path / "m", build_upper)
+    epoch = datetime(2020, 1, 1, tzinfo=UTC)
+
+    async def diff() -> str:
+        async with connect(daemon.socket) as client:
+            md = {"containerd-namespace": "default"}
+            snaps = snap_pb.SnapshotsStub(client.channel, metadata=md)
+            left = (await snaps.mounts(snap_pb.MountsRequest(snapshotter="native", key="base-v"))).mounts
+            right = (await snaps.mounts(snap_pb.MountsRequest(snapshotter="native", key="child"))).mounts
+            reply = await diff_pb.DiffStub(client.channel, metadata=md).diff(
+                diff_pb.DiffRequest(
+                    left=left,
+                    right=right,
+                    media_type="application/vnd.oci.image.layer.v1.tar",
+                    source_date_epoch=epoch,
+                    labels={"containerd.io/gc.root": "now"},
+                )
+            )
+            assert reply.diff is not None
+            return reply.diff.digest
+
+    digest = anyio.run(diff)
+    layer = subprocess.run(
+        ["ctr", "-a", daemon.socket, "content", "get", digest], capture_output=True, check=True
+    )
+    with tarfile.open(fileobj=io.BytesIO(layer.stdout)) as tar:
+        mtimes = {m.name: m.mtime for m in tar.getmembers()}
+    assert mtimes[".wh.removed"] == 0 and mtimes["added"] == int(epoch.timestamp())
+    assert max(mtimes.values()) == int(epoch.timestamp())

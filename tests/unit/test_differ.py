@@ -961,3 +961,17 @@ async def test_a_source_date_epoch_bounds_every_mtime_in_the_diff(env: Env) -> N
     with tarfile.open(fileobj=io.BytesIO(await env.blob(desc.digest))) as archive:
         mtimes = {m.name: m.mtime for m in archive.getmembers()}
     assert mtimes == {"dir": 1_577_836_800, "dir/new": 1_577_836_800, "old": 1_000_000_000, ".wh.gone": 0}
+
+
+async def test_an_apply_asking_for_sync_fs_flushes_what_it_wrote(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[bool] = []
+    monkeypatch.setattr("corral.plugins.services.diff.os.sync", lambda: synced.append(True))
+    raw = tar_of(M("f", data=b"x"))
+    desc = Descriptor(MEDIA_TYPE_LAYER, await env.ingest(raw), len(raw))
+    service = DiffService([env.differ])
+    await service.apply(desc, bind(env.dir("a")))
+    assert synced == []
+    await service.apply(desc, bind(env.dir("b")), sync_fs=True)
+    assert synced == [True]

@@ -30,7 +30,8 @@ class DiffService:
         self._differs = list(differs)
         self._sync_fs = sync_fs
 
-    async def apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
+    async def apply(self, desc: Descriptor, mounts: Sequence[Mount], *, sync_fs: bool = False) -> Descriptor:
+        """``sync_fs`` (ApplyRequest.sync_fs, containerd 2) flushes this layer as the config's does all."""
         check_mounts(mounts)
         error: Exception = Unimplemented("no differ could apply the layer")
         for differ in self._differs:
@@ -39,7 +40,7 @@ class DiffService:
             except Unimplemented as exc:
                 error = exc
                 continue
-            if self._sync_fs:
+            if self._sync_fs or sync_fs:
                 await anyio.to_thread.run_sync(os.sync)
             return applied
         raise error

@@ -6,10 +6,10 @@ here, as if the tree were ``/``: an absolute target restarts at the root, and ``
 the root (containerd's ``fs.RootPath``).
 
 Depth costs nothing but the names themselves: a path is an interned node (``PathNames``, one
-small int per distinct directory path, whatever its depth), a few recently used directories
-are kept open (``cache_size``) and a lookup starts from the nearest one, so a layer 10,000
-levels deep holds two or three descriptors and memory for its distinct names, never one
-descriptor or one copy of the path per level. Whoever removes or replaces a directory tells
+small int per distinct directory path, whatever its depth), the recently used directories
+are kept open (at most ``cache_size``) and a lookup starts from the nearest one, so a layer
+10,000 levels deep holds a bounded number of descriptors and memory for its distinct names,
+never one descriptor or one copy of the path per level. Whoever removes or replaces a directory tells
 the tree with ``forget``: its node and everything under it are retired, so the same path
 interned again is a new node.
 """

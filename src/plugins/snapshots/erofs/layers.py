@@ -54,29 +54,37 @@ FS_IOC_ENABLE_VERITY = 0x40806685
 FS_VERITY_HASH_ALG_SHA256 = 1
 
 
-def layer_directory(mounts: Sequence[Mount]) -> Path | None:
-    """The erofs snapshot directory that ``mounts`` write to, or None when they are not one's.
+def layer_directory(mounts: Sequence[Mount], *, writable: bool = True) -> Path | None:
+    """The erofs snapshot directory that ``mounts`` show, or None when they are not one's.
 
-    As containerd's ``MountsToLayer``: a bind mount's source, an overlay's upper directory; the
-    directory must hold ``.erofslayer``. A read-only mount is refused: a layer is never written
-    into the committed snapshot beneath it."""
+    As containerd's ``MountsToLayer``: a bind mount's source, an overlay's upper directory (its top
+    lower one when read-only), an EROFS mount's image; the directory must hold ``.erofslayer``.
+    ``writable`` (applying a layer) refuses read-only mounts: a layer is never written into the
+    committed snapshot beneath a view."""
     if len(mounts) != 1:
         return None
     m = mounts[0]
-    if m.type == "bind":
-        if "ro" in m.options:
-            raise InvalidArgument(f"cannot apply a layer to the read-only mount of {m.source}")
+    read_only = "ro" in m.options
+    if m.type in ("bind", "erofs"):
         layer = Path(m.source).parent
+        read_only = read_only or m.type == "erofs"
     elif m.type == "overlay":
         options = dict(o.partition("=")[::2] for o in m.options)
-        if not options.get("upperdir"):
-            raise InvalidArgument("cannot apply a layer to an overlay without an upperdir (read-only)")
-        layer = Path(options["upperdir"]).parent
-    elif m.type == "erofs":
-        raise InvalidArgument(f"cannot apply a layer to the read-only EROFS mount of {m.source}")
+        if options.get("upperdir"):
+            layer = Path(options["upperdir"]).parent
+        else:
+            read_only = True
+            lowers = [d for d in options.get("lowerdir", "").split(":") if d]
+            if not lowers:
+                return None
+            layer = Path(lowers[0]).parent
     else:
         return None
-    return layer if (layer / LAYER_MARKER).is_file() else None
+    if not (layer / LAYER_MARKER).is_file():
+        return None
+    if writable and read_only:
+        raise InvalidArgument(f"cannot apply a layer to a read-only mount of snapshot {layer.name}")
+    return layer
 
 
 def overlay_lowers(mounts: Sequence[Mount]) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ class BtrfsSnapshotter:
     def __init__(self, root: Path, device: str) -> None:
         self.root = root
         self.device = device
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name in DIRECTORIES.values():
             (root / name).mkdir(mode=0o755, exist_ok=True)
         self.store = MetaStore(root / DATABASE)

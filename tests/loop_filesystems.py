@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,15 +18,30 @@ def loop_devices_of(image: Path) -> list[str]:
     return [line.split(":", 1)[0] for line in result.stdout.splitlines() if line.strip()]
 
 
-def all_loop_backing_files() -> set[str]:
-    """Every attached loop device with its backing file, as ``DEVICE FILE`` lines."""
+def loop_devices_under(directory: Path) -> set[str]:
+    """The attached loop devices whose backing file is below ``directory``, as ``DEVICE FILE``."""
     result = subprocess.run(
         ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
         capture_output=True,
         text=True,
         check=False,
     )
-    return {" ".join(line.split()) for line in result.stdout.splitlines() if line.strip()}
+    prefix = os.path.realpath(directory) + "/"
+    found = set()
+    for line in result.stdout.splitlines():
+        device, _, backing = line.strip().partition(" ")
+        if backing.strip().startswith(prefix):
+            found.add(f"{device} {backing.strip()}")
+    return found
+
+
+def assert_no_loop_device_under(directory: Path, timeout: float = 5.0) -> None:
+    """No loop device is backed by a file below ``directory`` (waiting ``timeout`` seconds at most:
+    the kernel detaches an autoclear loop device shortly after its last mount goes, not at once)."""
+    deadline = time.monotonic() + timeout
+    while (found := loop_devices_under(directory)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not found, f"loop devices were left attached: {sorted(found)}"
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 from harness import Daemon
-from loop_filesystems import all_loop_backing_files, loop_btrfs
+from loop_filesystems import assert_no_loop_device_under, loop_btrfs
 from tooling import require_root, require_tool
 
 from corral.api.client import connect
@@ -146,14 +146,13 @@ def btrfs_root(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def loops_unchanged() -> Iterator[None]:
-    before = all_loop_backing_files()
+def no_loop_device_left(tmp_path: Path) -> Iterator[None]:
     yield
-    assert all_loop_backing_files() == before, "a loop device was left attached"
+    assert_no_loop_device_under(tmp_path)
 
 
 def test_busybox_layers_give_the_same_tree_on_erofs_btrfs_and_overlayfs(
-    tmp_path: Path, ctr: str, loops_unchanged: None, btrfs_root: Path
+    tmp_path: Path, ctr: str, no_loop_device_left: None, btrfs_root: Path
 ) -> None:
     require_root()
     require_tool("mkfs.erofs")

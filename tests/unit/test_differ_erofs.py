@@ -332,3 +332,27 @@ async def test_the_plugin_starts_where_mkfs_erofs_is(tmp_path: Path) -> None:
         pytest.skip("mkfs.erofs is not installed")
     status, reason = await start_differ(tmp_path)
     assert status is Status.OK, reason
+
+
+async def test_one_layer_per_snapshot_and_nothing_beside_it(env: Env) -> None:
+    first = await env.layer(tar_of(("first", b"1", 0o644, 0)))
+    second = await env.layer(tar_of(("second", b"2", 0o644, 0)))
+    mounts = await env.snapshotter.prepare("applied")
+    await env.differ.apply(first, mounts)
+    image = (await snapshot_dir(env, "applied")) / LAYER_BLOB
+    before = image.read_bytes()
+    with pytest.raises(FailedPrecondition, match="already holds an applied EROFS layer"):
+        await env.differ.apply(second, mounts)
+    assert image.read_bytes() == before
+
+    (written,) = await env.snapshotter.prepare("written")
+    (Path(written.source) / "by-a-container").write_bytes(b"x")  # a bind mount of the upper directory
+    with pytest.raises(FailedPrecondition, match="already holds files"):
+        await env.differ.apply(first, [written])
+    assert not ((await snapshot_dir(env, "written")) / LAYER_BLOB).exists()
+
+    # Files beside an applied image could not both be committed: the commit says so.
+    (image.parent / "fs" / "late").write_bytes(b"late")
+    with pytest.raises(FailedPrecondition, match="cannot both be committed"):
+        await env.snapshotter.commit("applied-layer", "applied")
+    assert (await env.snapshotter.stat("applied")).kind.name == "ACTIVE"

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 import tooling
-from loop_filesystems import all_loop_backing_files, loop_btrfs
+from loop_filesystems import assert_no_loop_device_under, loop_btrfs
 
 from corral.plugins.core.mount import temporary_mount
 from corral.plugins.snapshots import conformance as cf
@@ -25,10 +25,10 @@ def unable(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    before = all_loop_backing_files()
-    with loop_btrfs(tmp_path_factory.mktemp("btrfs")) as mounted:
+    where = tmp_path_factory.mktemp("btrfs")
+    with loop_btrfs(where) as mounted:
         yield mounted
-    assert all_loop_backing_files() == before, "a loop device was left attached"
+    assert_no_loop_device_under(where)
 
 
 @pytest.fixture

@@ -5,13 +5,15 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 import tooling
-from loop_filesystems import all_loop_backing_files
+from loop_filesystems import assert_no_loop_device_under
 from tooling import require_root
 
 from corral.kernel import DaemonConfig, Kernel, PluginRecord, Registration, Status, builtin_candidate
@@ -28,11 +30,10 @@ def unable(reason: str) -> None:
 
 @pytest.fixture(autouse=True)
 def no_mount_or_loop_device_outlives_a_test(tmp_path: Path) -> Iterator[None]:
-    loops = all_loop_backing_files()
     yield
     mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(tmp_path) in line]
     assert not mounts, mounts
-    assert all_loop_backing_files() == loops, "a loop device was left attached"
+    assert_no_loop_device_under(tmp_path)
 
 
 @pytest.mark.parametrize("check", cf.CHECKS, ids=cf.check_name)
@@ -135,3 +136,30 @@ def test_set_immutable_seals_committed_images_and_removal_unseals_them(tmp_path:
             await sn.aclose()
 
     anyio.run(scenario)
+
+
+def test_without_file_backed_mounts_a_loop_device_goes_with_its_mount(tmp_path: Path) -> None:
+    require_root()
+    mkfs = layers.mkfs_path()
+    if mkfs is None or not layers.kernel_has_erofs():
+        unable("needs EROFS and mkfs.erofs")
+        return
+    source, target, blob = tmp_path / "source", tmp_path / "target", tmp_path / "layer.erofs"
+    source.mkdir()
+    target.mkdir()
+    (source / "file").write_bytes(b"through a loop device")
+    subprocess.run([mkfs, "--quiet", str(blob), str(source)], check=True)
+    layers.mount_blob(blob, target, file_backed=False)
+    try:
+        attached = subprocess.run(["losetup", "-j", str(blob)], capture_output=True, text=True).stdout
+        assert attached.strip(), "no loop device backs the mount"
+        assert (target / "file").read_bytes() == b"through a loop device"
+    finally:
+        assert layers.unmount_detached(target)
+    for _ in range(100):  # detached shortly after the last mount goes
+        if not subprocess.run(["losetup", "-j", str(blob)], capture_output=True, text=True).stdout.strip():
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the loop device of {blob} outlived its mount")
+    assert not layers.unmount_detached(target)  # nothing mounted any more

@@ -33,7 +33,9 @@ from corral.plugins.core.trees import remove_tree
 from corral.plugins.differs._compression import Compression, decompressed, layer_compression
 from corral.plugins.differs.differ import LayerContent, WalkingDiffer
 from corral.plugins.snapshots.erofs import (
+    APPLY_SCRATCH,
     UPPER,
+    check_applicable,
     check_mkfs,
     directory_argv,
     layer_directory,
@@ -116,6 +118,7 @@ class ErofsDiffer:
         layer = await anyio.to_thread.run_sync(layer_directory, mounts)
         if layer is None:
             raise Unimplemented("mount layer type must be erofs-layer")
+        await anyio.to_thread.run_sync(check_applicable, layer)
         started = time.perf_counter()
         if native:
             applied = await self._copy_native(desc, layer)
@@ -170,9 +173,7 @@ class ErofsDiffer:
         return desc.annotations.get(UNCOMPRESSED) or info.labels.get(UNCOMPRESSED, "")
 
     async def _convert_directory(self, desc: Descriptor, layer: Path, lowers: Sequence[str]) -> Descriptor:
-        work = Path(
-            await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="erofs-apply-", dir=layer))
-        )
+        work = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix=APPLY_SCRATCH, dir=layer)))
         try:
             tree = work / "tree"
             await anyio.to_thread.run_sync(_make_root, tree, layer / UPPER)

@@ -3,9 +3,11 @@ shares with differs: a snapshot directory marked ``.erofslayer`` takes its layer
 image ``layer.erofs``; see ``layers``."""
 
 from corral.plugins.snapshots.erofs.layers import (
+    APPLY_SCRATCH,
     LAYER_BLOB,
     LAYER_MARKER,
     UPPER,
+    check_applicable,
     check_mkfs,
     directory_argv,
     kernel_has_erofs,
@@ -21,10 +23,12 @@ from corral.plugins.snapshots.erofs.layers import (
 from corral.plugins.snapshots.erofs.snapshotter import ErofsSnapshotter
 
 __all__ = [
+    "APPLY_SCRATCH",
     "LAYER_BLOB",
     "LAYER_MARKER",
     "UPPER",
     "ErofsSnapshotter",
+    "check_applicable",
     "check_mkfs",
     "directory_argv",
     "kernel_has_erofs",

@@ -35,6 +35,9 @@ UPPER_CONVERTED = ".upper-converted"
 """Present while a commit publishes the blob it made from ``fs``: a blob beside it is the commit's,
 not a differ's, and is made again if the commit did not finish."""
 TEMPORARY_BLOB = "layer.erofs.new"
+APPLY_SCRATCH = "erofs-apply-"
+"""A differ's scratch directory in a snapshot directory (the unpacked layer mkfs.erofs images)."""
+SCRATCH_PREFIXES = (TEMPORARY_BLOB, APPLY_SCRATCH)
 DIRECTORY_LAYER = ".directory-layer"
 """A committed layer mkfs.erofs could not encode (erofs-utils 1.5 refuses 255-byte names): its
 ``fs`` stays a plain directory, an overlay lower directory like any other."""
@@ -143,6 +146,22 @@ def check_mkfs(result: subprocess.CompletedProcess[bytes]) -> None:
         raise Internal(f"erofs apply failed: {output or f'exit status {result.returncode}'}")
 
 
+def holds_files(directory: Path) -> bool:
+    with os.scandir(directory) as entries:
+        return any(True for _ in entries)
+
+
+def check_applicable(layer: Path) -> None:
+    """A layer image goes only to a snapshot holding nothing yet: one layer per snapshot, as a
+    differ's image and files written beside it could not both be committed."""
+    if (layer / LAYER_BLOB).exists() and not (layer / UPPER_CONVERTED).exists():
+        raise FailedPrecondition(f"snapshot {layer.name} already holds an applied EROFS layer")
+    if holds_files(layer / UPPER):
+        raise FailedPrecondition(
+            f"snapshot {layer.name} already holds files: an EROFS layer cannot go beside them"
+        )
+
+
 def temporary_blob(layer: Path) -> Path:
     """Where a new blob for ``layer`` is written before it is published; nothing is left there."""
     path = layer / TEMPORARY_BLOB
@@ -200,14 +219,15 @@ _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 
 
-def mount_blob(blob: Path, target: Path) -> None:
+def mount_blob(blob: Path, target: Path, *, file_backed: bool = True) -> None:
     """Mount the image ``blob`` read-only at ``target``: file-backed where the kernel can (6.12 and
     later), else through a loop device that goes with the mount (mount(8)'s autoclear)."""
-    if _libc.mount(os.fsencode(blob), os.fsencode(target), b"erofs", MS_RDONLY, None) == 0:
-        return
-    error = ctypes.get_errno()
-    if error != errno.ENOTBLK:
-        raise FailedPrecondition(f"mounting EROFS layer {blob} on {target}: {os.strerror(error)}")
+    if file_backed:
+        if _libc.mount(os.fsencode(blob), os.fsencode(target), b"erofs", MS_RDONLY, None) == 0:
+            return
+        error = ctypes.get_errno()
+        if error != errno.ENOTBLK:
+            raise FailedPrecondition(f"mounting EROFS layer {blob} on {target}: {os.strerror(error)}")
     mount = shutil.which("mount") or "/bin/mount"
     result = subprocess.run(
         [mount, "-t", "erofs", "-o", "ro,loop", str(blob), str(target)], capture_output=True, timeout=60

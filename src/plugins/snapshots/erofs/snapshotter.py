@@ -30,6 +30,7 @@ from corral.plugins.snapshots.erofs.layers import (
     DIRECTORY_LAYER,
     LAYER_BLOB,
     LAYER_MARKER,
+    SCRATCH_PREFIXES,
     UPPER,
     UPPER_CONVERTED,
     WORK,
@@ -37,6 +38,7 @@ from corral.plugins.snapshots.erofs.layers import (
     clear_immutable,
     directory_argv,
     enable_verity,
+    holds_files,
     inode_count,
     mount_blob,
     mount_points_under,
@@ -231,6 +233,11 @@ class ErofsSnapshotter(DirectoryBackend):
         None (and the directory marked a directory layer) when mkfs.erofs cannot make one."""
         blob = directory / LAYER_BLOB
         if blob.exists() and not (directory / UPPER_CONVERTED).exists():
+            if holds_files(directory / UPPER):
+                raise FailedPrecondition(
+                    f"snapshot {directory.name} holds an applied EROFS layer and files written beside it:"
+                    " they cannot both be committed"
+                )
             return blob, False
         written = temporary_blob(directory)
         # The layer is what the upper directory holds: overlay whiteouts and opaque directories
@@ -270,6 +277,10 @@ class ErofsSnapshotter(DirectoryBackend):
 
     def _after_commit(self, directory: Path) -> None:
         (directory / UPPER_CONVERTED).unlink(missing_ok=True)
+        # What an apply or commit cut short left beside the layer: scratch, never the layer.
+        for scratch in directory.iterdir():
+            if scratch.name.startswith(SCRATCH_PREFIXES):
+                remove_tree(scratch)
         fs = directory / UPPER
         # The image holds the layer now; fs stays, as the image's mount point.
         for name in os.listdir(fs):

@@ -356,3 +356,10 @@ async def test_one_layer_per_snapshot_and_nothing_beside_it(env: Env) -> None:
     with pytest.raises(FailedPrecondition, match="cannot both be committed"):
         await env.snapshotter.commit("applied-layer", "applied")
     assert (await env.snapshotter.stat("applied")).kind.name == "ACTIVE"
+
+
+async def test_the_same_layer_may_be_applied_again(env: Env) -> None:
+    layer = await env.layer(tar_of(("again", b"and again", 0o644, 0)))
+    mounts = await env.snapshotter.prepare("repeated")
+    first = await env.differ.apply(layer, mounts)
+    assert await env.differ.apply(layer, mounts) == first  # an apply cut short is simply repeated

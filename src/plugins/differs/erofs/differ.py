@@ -118,7 +118,9 @@ class ErofsDiffer:
         layer = await anyio.to_thread.run_sync(layer_directory, mounts)
         if layer is None:
             raise Unimplemented("mount layer type must be erofs-layer")
-        await anyio.to_thread.run_sync(check_applicable, layer)
+        # The same layer's image may be made again (an apply cut short, repeated); a native image
+        # carries its own UUID, so it is never taken for a repeat.
+        await anyio.to_thread.run_sync(check_applicable, layer, "" if native else layer_uuid(desc.digest))
         started = time.perf_counter()
         if native:
             applied = await self._copy_native(desc, layer)

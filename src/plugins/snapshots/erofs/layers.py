@@ -151,10 +151,13 @@ def holds_files(directory: Path) -> bool:
         return any(True for _ in entries)
 
 
-def check_applicable(layer: Path) -> None:
+def check_applicable(layer: Path, fs_uuid: str = "") -> None:
     """A layer image goes only to a snapshot holding nothing yet: one layer per snapshot, as a
-    differ's image and files written beside it could not both be committed."""
-    if (layer / LAYER_BLOB).exists() and not (layer / UPPER_CONVERTED).exists():
+    differ's image and files written beside it could not both be committed. The image of the same
+    layer (its UUID, ``fs_uuid``) may be made again: an apply cut short is repeated."""
+    blob = layer / LAYER_BLOB
+    applied = blob.exists() and not (layer / UPPER_CONVERTED).exists()
+    if applied and (not fs_uuid or image_uuid(blob) != fs_uuid):
         raise FailedPrecondition(f"snapshot {layer.name} already holds an applied EROFS layer")
     if holds_files(layer / UPPER):
         raise FailedPrecondition(
@@ -178,6 +181,16 @@ def publish_blob(written: Path, layer: Path) -> Path:
     (layer / UPPER_CONVERTED).unlink(missing_ok=True)
     fsync_dir(layer)
     return blob
+
+
+def image_uuid(blob: Path) -> str:
+    """The filesystem UUID in the image's superblock ("" when it is not an image)."""
+    with open(blob, "rb") as f:
+        f.seek(EROFS_SUPER_OFFSET)
+        header = f.read(64)
+    if len(header) < 64 or struct.unpack_from("<I", header)[0] != EROFS_SUPER_MAGIC:
+        return ""
+    return str(uuid.UUID(bytes=header[48:64]))
 
 
 def inode_count(blob: Path) -> int:

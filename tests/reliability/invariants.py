@@ -287,7 +287,18 @@ async def check_disk(d: Daemon) -> list[str]:
                 f"leaked: {len(directories)} {snapshotter} snapshot directories for {count} snapshots:"
                 f" {sorted(directories)}"
             )
-    problems += [f"leaked: mount {line}" for line in stale_mounts(d.base)]
+    # The erofs snapshotter keeps a live committed layer's image mounted on its fs directory while
+    # the daemon runs (overlay lower directories are mounted paths), as containerd's does; the
+    # daemon unmounts them when it stops. Any other mount, or one of a removed layer, is a leak.
+    erofs = root / "io.containerd.snapshotter.v1.erofs" / "snapshots"
+    problems += [
+        f"leaked: mount {line}"
+        for line in stale_mounts(d.base)
+        if not (
+            Path(line.split()[4]).parent.parent == erofs
+            and (Path(line.split()[4]).parent / "layer.erofs").exists()
+        )
+    ]
     return problems
 
 

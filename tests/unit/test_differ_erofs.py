@@ -363,3 +363,19 @@ async def test_the_same_layer_may_be_applied_again(env: Env) -> None:
     mounts = await env.snapshotter.prepare("repeated")
     first = await env.differ.apply(layer, mounts)
     assert await env.differ.apply(layer, mounts) == first  # an apply cut short is simply repeated
+
+
+async def test_with_tar_input_a_failing_mkfs_passes_the_layer_on(env: Env) -> None:
+    tool = env.tmp / "mkfs.erofs"
+    tool.write_text("#!/bin/sh\necho 'erofs: unsupported tar header' >&2\nexit 1\n")
+    tool.chmod(0o755)
+    differ = ErofsDiffer(env.md.view(NamespacedContent), mkfs=str(tool), tar_input=True)
+    desc = await env.layer(tar_of(("file", os.urandom(50_000), 0o644, 0)))
+    mounts = await env.snapshotter.prepare("active")
+    with pytest.raises(Unimplemented, match="unsupported tar header"):
+        await differ.apply(desc, mounts)
+    assert sorted(p.name for p in (await snapshot_dir(env, "active")).iterdir()) == [
+        ".erofslayer",
+        "fs",
+        "work",
+    ]

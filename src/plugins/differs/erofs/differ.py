@@ -214,6 +214,8 @@ class ErofsDiffer:
                 digest, size = await anyio.to_thread.run_sync(
                     _stream_into_mkfs, argv, decompressed(compression, _ThreadSource(chunks))
                 )
+            except Internal as exc:
+                raise Unimplemented(f"mkfs.erofs could not make the layer image: {exc.detail}") from None
             finally:
                 close = getattr(chunks, "aclose", None)
                 if close is not None:

@@ -4,7 +4,9 @@ Layout, as containerd's: ``<root>/metadata.db`` and ``<root>/snapshots/<id>/`` h
 upper directory while active; once committed, where the layer's image is mounted to serve as a
 lower directory), ``work`` (overlay's, active only), ``.erofslayer`` and, once the layer is made,
 ``layer.erofs``. The image comes from the erofs differ (a layer unpacked straight into EROFS) or,
-for a layer written any other way, from ``mkfs.erofs`` over ``fs`` at commit.
+for a layer written any other way, from ``mkfs.erofs`` over ``fs`` at commit. A layer mkfs.erofs
+cannot encode (erofs-utils 1.5 refuses 255-byte names) stays a plain directory, ``.directory-layer``
+marking it, and serves as a lower directory like any other.
 
 Layer images are mounted here, on demand, when a snapshot on them is handed out, and unmounted
 when the layer is removed or the snapshotter closes (an overlay built on one keeps its own

@@ -33,6 +33,8 @@ from corral.plugins.images.build import (
     compress,
     directory_entries,
 )
+from corral.plugins.snapshots.btrfs import mount_of
+from corral.plugins.snapshots.erofs import kernel_has_erofs
 
 SNAPSHOTTERS = ("overlayfs", "erofs", "btrfs")
 NO_COLLECTIONS = """
@@ -243,22 +245,21 @@ def test_plugins_ls_shows_erofs_ok_and_btrfs_skipped_with_the_reason(tmp_path: P
             tuple(line.split()[:2]): line.split()[-1]
             for line in d.ctr("plugins", "ls").stdout.splitlines()[1:]
         }
-        on_btrfs = (
-            "btrfs"
-            in subprocess.run(
-                ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True
-            ).stdout
-        )
-        if not on_btrfs:
+        listing = {
+            f"{p['type']}.{p['id']}": p
+            for p in json.loads(d.corral("plugins", "ls", "--format", "json").stdout)
+        }
+        if mount_of(tmp_path).fstype != "btrfs":
             assert rows[("io.containerd.snapshotter.v1", "btrfs")] == "skip"
-            why = d.corral("plugins", "why", "io.containerd.snapshotter.v1.btrfs").stdout
-            assert "must be a btrfs filesystem to be used with the btrfs snapshotter" in why
-        if os.geteuid() == 0 and Path("/proc/filesystems").read_text().count("\terofs\n"):
-            expected = "ok" if require_tool("mkfs.erofs") else "skip"
-            assert rows[("io.containerd.snapshotter.v1", "erofs")] == expected
-            assert rows[("io.containerd.differ.v1", "erofs")] == expected
-        listing = json.loads(d.corral("plugins", "ls", "--format", "json").stdout)
-        assert any(p.get("id") == "btrfs" for p in listing), listing
+            reason = "must be a btrfs filesystem to be used with the btrfs snapshotter"
+            assert reason in d.corral("plugins", "why", "io.containerd.snapshotter.v1.btrfs").stdout
+            btrfs = listing["io.containerd.snapshotter.v1.btrfs"]
+            assert btrfs["status"] == "skip" and reason in str(btrfs["reason"]), btrfs
+        if kernel_has_erofs():
+            require_tool("mkfs.erofs")
+            assert rows[("io.containerd.snapshotter.v1", "erofs")] == "ok"
+            assert rows[("io.containerd.differ.v1", "erofs")] == "ok"
+            assert listing["io.containerd.snapshotter.v1.erofs"]["status"] == "ok"
     finally:
         d.stop()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 from harness import Daemon
-from ledger import NAMESPACES, SNAPSHOTTERS, Ledger, State
+from ledger import NAMESPACES, ROOT, SNAPSHOTTERS, Ledger, State
 from workload import ctr, writable_directory
 
 from corral.api.client import Client, connect
@@ -123,7 +123,8 @@ async def check_snapshots(
     tips = [s for s in present if s.committed and s.key not in parents][:VIEWS_CHECKED]
     for tip in tips:
         view = f"verify-{ledger.next()}"
-        mounts = await client.snapshot_view(snapshotter, view, tip.key)
+        # Rooted: a collection (a removal triggers one) would otherwise take it while it is read.
+        mounts = await client.snapshot_view(snapshotter, view, tip.key, labels=ROOT)
         try:
             problems += await _check_markers(client, snapshotter, tip.key, tip.markers, (mounts, mnt))
         finally:

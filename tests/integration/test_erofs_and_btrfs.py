@@ -8,6 +8,7 @@ import io
 import json
 import os
 import stat
+import struct
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
@@ -295,7 +296,8 @@ def child_changes(root: Path) -> None:
     (root / "dir" / "inner").unlink()
     (root / "link").symlink_to("kept")
     os.link(root / "added", root / "hardlink")
-    os.setxattr(root / "kept", "user.note", b"hello")
+    # file capabilities are the one xattr a layer carries (as containerd's differ): cap_net_bind_service
+    os.setxattr(root / "kept", "security.capability", struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0))
     subprocess.run(["rm", "-rf", str(root / "replaced")], check=True)
     (root / "replaced").mkdir()
     (root / "replaced" / "new").write_text("new")

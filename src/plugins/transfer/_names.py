@@ -1,0 +1,95 @@
+"""The images an import creates, named as containerd's transfer image store names them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from corral.plugins.images import oci
+from corral.plugins.transfer import ImageReference, ImageStoreTarget
+
+REF_SOURCE = "io.containerd.import.ref-source"
+"""containerd marks an archive's index entries with this annotation (value "annotation")."""
+LABEL_INDEX_IMAGE = "containerd.io/gc.bref.image"
+
+
+@dataclass(frozen=True)
+class NamedImage:
+    name: str
+    target: oci.Descriptor
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def _translator(image: str, *, check_prefix: bool) -> Callable[[str], str]:
+    def translate(ref: str) -> str:
+        if not image:
+            return ""
+        if any(c in ref for c in "/:@"):
+            if check_prefix and not _has_prefix(ref, image):
+                return ""
+            return ref
+        return f"{image}:{ref}"
+
+    return translate
+
+
+def _has_prefix(ref: str, prefix: str) -> bool:
+    return ref.startswith(prefix) and (len(ref) == len(prefix) or ref[len(prefix)] in "/:@")
+
+
+def _annotated_name(annotations: Mapping[str, str], cleanup: Callable[[str], str]) -> str:
+    name = annotations.get(oci.ANNOTATION_IMAGE_NAME, "")
+    if name:
+        return name if cleanup(name) == name else ""
+    ref = annotations.get(oci.ANNOTATION_REF_NAME, "")
+    return cleanup(ref) if ref else ""
+
+
+def image_names(
+    index: oci.Descriptor,
+    entries: tuple[oci.Descriptor, ...],
+    store: ImageStoreTarget,
+    *,
+    now: datetime | None = None,
+) -> list[NamedImage]:
+    """The images, in containerd's order: the index itself (for ``store.name`` and digest
+    references), then each index entry by its annotations and ``store.extra_references``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def extra_labels() -> dict[str, str]:
+        if not store.name:
+            return dict(store.labels)
+        return {**store.labels, LABEL_INDEX_IMAGE: store.name, "containerd.io/gc.expire": stamp}
+
+    out: list[NamedImage] = []
+    if store.name:
+        out.append(NamedImage(store.name, index, dict(store.labels)))
+    for ref in store.extra_references:
+        if ref.is_prefix and not ref.add_digest:
+            continue
+        name = f"{ref.name}@{index.digest}" if ref.add_digest else ref.name
+        out.append(NamedImage(name, index, extra_labels()))
+    for entry in entries:
+        target = replace(entry, annotations={k: v for k, v in entry.annotations.items() if k != REF_SOURCE})
+        out.extend(_entry_names(target, store.extra_references, extra_labels))
+    return out
+
+
+def _entry_names(
+    entry: oci.Descriptor, references: tuple[ImageReference, ...], labels: Callable[[], dict[str, str]]
+) -> list[NamedImage]:
+    out = []
+    for ref in references:
+        if not ref.is_prefix:
+            continue
+        cleanup = _translator(ref.name, check_prefix=not ref.allow_overwrite)
+        name = _annotated_name(entry.annotations, cleanup)
+        if not name:
+            if ref.add_digest:
+                out.append(NamedImage(f"{ref.name}@{entry.digest}", entry, labels()))
+            continue
+        out.append(NamedImage(name, entry, labels()))
+        if ref.add_digest and not ref.skip_named_digest:
+            out.append(NamedImage(f"{ref.name}@{entry.digest}", entry, labels()))
+    return out

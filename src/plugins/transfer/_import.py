@@ -112,6 +112,7 @@ class Importer:
     async def _import(
         self, lease: Lease, source: ImageImportStream, store: ImageStoreTarget, progress: ProgressFunc
     ) -> list[Image]:
+        targets = [self.unpack_target(request) for request in store.unpacks]
         platforms = oci.ordered(*store.platforms) if store.platforms else None
         reader = archive.ArchiveReader()
         chunks = decompressed(source.chunks) if not source.media_type else source.chunks
@@ -129,7 +130,7 @@ class Importer:
         if not named:
             raise NotFound("no image name found: the archive names no image and no name was given")
         await self._verify(named)
-        await self._unpack(named, store.unpacks, progress)
+        await self._unpack(named, targets, progress)
         created = []
         for image in named:
             created.append(await self._create(image))
@@ -215,13 +216,10 @@ class Importer:
                 log.debug("image_verified", verifier=verifier_id, image=image.name, reason=judgement.reason)
 
     async def _unpack(
-        self, named: Sequence[NamedImage], requests: Sequence[UnpackRequest], progress: ProgressFunc
+        self, named: Sequence[NamedImage], targets: Sequence[UnpackTarget], progress: ProgressFunc
     ) -> None:
-        if not requests:
-            return
         done: set[tuple[str, str]] = set()
-        for request in requests:
-            target = self.unpack_target(request)
+        for target in targets:
             for image in named:
                 key = (target.name, image.target.digest)
                 if key in done:

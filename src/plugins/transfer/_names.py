@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 
 from corral.plugins.images import oci
 from corral.plugins.transfer import ImageReference, ImageStoreTarget
 
 REF_SOURCE = "io.containerd.import.ref-source"
 """containerd marks an archive's index entries with this annotation (value "annotation")."""
-LABEL_INDEX_IMAGE = "containerd.io/gc.bref.image"
 
 
 @dataclass(frozen=True)
@@ -47,37 +45,27 @@ def _annotated_name(annotations: Mapping[str, str], cleanup: Callable[[str], str
 
 
 def image_names(
-    index: oci.Descriptor,
-    entries: tuple[oci.Descriptor, ...],
-    store: ImageStoreTarget,
-    *,
-    now: datetime | None = None,
+    index: oci.Descriptor, entries: tuple[oci.Descriptor, ...], store: ImageStoreTarget
 ) -> list[NamedImage]:
-    """The images, in containerd's order: the index itself (for ``store.name`` and digest
-    references), then each index entry by its annotations and ``store.extra_references``."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    def extra_labels() -> dict[str, str]:
-        if not store.name:
-            return dict(store.labels)
-        return {**store.labels, LABEL_INDEX_IMAGE: store.name, "containerd.io/gc.expire": stamp}
-
+    """The images, in containerd 2.1's order: the index itself (for ``store.name`` and complete
+    extra references), then each index entry by its annotations and the prefix references."""
+    labels = dict(store.labels)
     out: list[NamedImage] = []
     if store.name:
-        out.append(NamedImage(store.name, index, dict(store.labels)))
+        out.append(NamedImage(store.name, index, labels))
     for ref in store.extra_references:
-        if ref.is_prefix and not ref.add_digest:
+        if ref.is_prefix:
             continue
         name = f"{ref.name}@{index.digest}" if ref.add_digest else ref.name
-        out.append(NamedImage(name, index, extra_labels()))
+        out.append(NamedImage(name, index, labels))
     for entry in entries:
         target = replace(entry, annotations={k: v for k, v in entry.annotations.items() if k != REF_SOURCE})
-        out.extend(_entry_names(target, store.extra_references, extra_labels))
+        out.extend(_entry_names(target, store.extra_references, labels))
     return out
 
 
 def _entry_names(
-    entry: oci.Descriptor, references: tuple[ImageReference, ...], labels: Callable[[], dict[str, str]]
+    entry: oci.Descriptor, references: tuple[ImageReference, ...], labels: Mapping[str, str]
 ) -> list[NamedImage]:
     out = []
     for ref in references:
@@ -87,9 +75,9 @@ def _entry_names(
         name = _annotated_name(entry.annotations, cleanup)
         if not name:
             if ref.add_digest:
-                out.append(NamedImage(f"{ref.name}@{entry.digest}", entry, labels()))
+                out.append(NamedImage(f"{ref.name}@{entry.digest}", entry, labels))
             continue
-        out.append(NamedImage(name, entry, labels()))
+        out.append(NamedImage(name, entry, labels))
         if ref.add_digest and not ref.skip_named_digest:
-            out.append(NamedImage(f"{ref.name}@{entry.digest}", entry, labels()))
+            out.append(NamedImage(f"{ref.name}@{entry.digest}", entry, labels))
     return out

@@ -126,6 +126,7 @@ class LocalTransferrer:
     async def remove_dead_leases(self) -> int:
         """Leases of transfers that died with a previous daemon, and their ingests: removed."""
         removed = 0
+        last: tuple[str, str] | None = None
         for ns in await self._metadata.view(NamespaceStore).list():
             with bound_namespace(ns.name):
                 content = self._metadata.view(NamespacedContent)
@@ -135,8 +136,15 @@ class LocalTransferrer:
                         if status.ref.startswith(prefix):
                             with suppress(NotFound):
                                 await content.abort(status.ref)
-                    await self._leases.delete(lease.id)
+                    if last is not None:
+                        with bound_namespace(last[0]):
+                            await self._leases.delete(last[1])
+                    last = (ns.name, lease.id)
                     removed += 1
+        if last is not None:
+            with bound_namespace(last[0]):
+                # the last one collects, so what the dead transfers held is gone before the first call
+                await self._leases.delete(last[1], sync=True)
         return removed
 
 

@@ -72,6 +72,8 @@ class ImportServices:
     unpacks: Sequence[UnpackChoice]
     default_applier: LayerApplier
     locks: ChainLocks = field(default_factory=ChainLocks)
+    exact_platform: bool = False
+    """containerd's ``check_platform_supported``: off, an unpack configuration serves its OS."""
 
 
 async def open_transfer_lease(leases: TransferLeases, what: str) -> Lease:
@@ -240,7 +242,9 @@ class Importer:
         platform = request.platform or oci.Platform.host()
         chosen: UnpackChoice | None = None
         for choice in self.s.unpacks:
-            if not oci.only(choice.platform).match(platform):
+            if self.s.exact_platform and not oci.only(choice.platform).match(platform):
+                continue
+            if choice.platform.os != platform.os:
                 continue
             if request.snapshotter in ("", choice.snapshotter):
                 chosen = choice

@@ -22,6 +22,7 @@ from corral.kernel import (
     SkipPlugin,
     Unavailable,
     Unimplemented,
+    inert,
 )
 from corral.plugins import types
 from corral.plugins.core import bound_namespace
@@ -68,6 +69,18 @@ class UnpackConfiguration:
 class TransferConfig:
     unpack_config: tuple[UnpackConfiguration, ...] = field(default_factory=lambda: (UnpackConfiguration(),))
     """What an import may unpack into, first match wins (containerd's ``unpack_config``)."""
+    check_platform_supported: bool = False
+    """Unpack only for an entry's exact platform; by default (as containerd) its OS is enough."""
+    max_concurrent_downloads: int = field(
+        default=3, metadata=inert("corral's transfer service does not pull")
+    )
+    concurrent_layer_fetch_buffer: int = field(
+        default=0, metadata=inert("corral's transfer service does not pull")
+    )
+    max_concurrent_uploaded_layers: int = field(
+        default=3, metadata=inert("corral's transfer service does not push")
+    )
+    config_path: str = field(default="", metadata=inert("imports and exports use no registry hosts"))
 
 
 def _ignore(_: Any) -> None:
@@ -82,7 +95,10 @@ class LocalTransferrer:
         verifiers: dict[str, ImageVerifier],
         unpacks: list[UnpackChoice],
         default_applier: LayerApplier,
+        *,
+        exact_platform: bool = False,
     ) -> None:
+        self._exact_platform = exact_platform
         self._metadata = metadata
         self._leases = leases
         self._verifiers = verifiers
@@ -106,6 +122,7 @@ class LocalTransferrer:
             unpacks=self._unpacks,
             default_applier=self._default_applier,
             locks=self._locks,
+            exact_platform=self._exact_platform,
         )
 
     async def transfer(
@@ -170,7 +187,9 @@ async def init(ic: InitContext) -> LocalTransferrer:
             raise ValueError(f"{where}: differ {uc.differ!r} is not loaded")
         applier = differs[uc.differ] if uc.differ else diff_service
         unpacks.append(UnpackChoice(platform, uc.snapshotter, applier))
-    transferrer = LocalTransferrer(metadata, leases, verifiers, unpacks, diff_service)
+    transferrer = LocalTransferrer(
+        metadata, leases, verifiers, unpacks, diff_service, exact_platform=config.check_platform_supported
+    )
     removed = await transferrer.remove_dead_leases()
     if removed:
         log.info("transfer_leases_removed", count=removed)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
+import subprocess
 import tarfile
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -84,12 +87,16 @@ def rows(d: Daemon, *args: str) -> list[str]:
     return [line.strip() for line in ctr2(d.socket, *args).stdout.splitlines()[1:] if line.strip()]
 
 
-def assert_nothing_left(d: Daemon) -> None:
-    """No image, blob, ingest, lease or snapshot: the refused import changed nothing."""
+def assert_nothing_left(d: Daemon, *, client_lease: bool = False) -> None:
+    """No image, blob, ingest, lease or snapshot: the refused import changed nothing. A ctr
+    killed with its daemon never removed the lease it made for the call (``client_lease``);
+    corral's transfer held nothing under it."""
     assert ctr2(d.socket, "images", "ls", "-q").stdout.split() == []
     assert rows(d, "content", "ls") == []
     assert rows(d, "content", "active") == []
-    assert rows(d, "leases", "ls") == []
+    leases = rows(d, "leases", "ls")
+    assert not any("corral.io/transfer" in lease for lease in leases)
+    assert len(leases) == (1 if client_lease else 0), leases
     for snapshotter in ("overlayfs", "native"):
         assert rows(d, "snapshots", "--snapshotter", snapshotter, "ls") == []
 
@@ -328,4 +335,66 @@ def test_a_config_naming_an_unknown_differ_fails_the_transfer_plugin_with_its_na
         detail = ctr2(d.socket, "plugins", "ls", "-d", "id==local").stdout
         assert "differ 'nope' is not loaded" in detail
     finally:
+        d.stop()
+
+
+def many_files_archive(path: Path) -> Path:
+    """An image whose unpack takes long enough to be interrupted: 20 000 small files."""
+    from corral.plugins.images.build import LayerEntry, build_image, build_layer
+
+    entries = [LayerEntry.directory(f"d{i}") for i in range(20)]
+    entries += [LayerEntry.file(f"d{i % 20}/f{i}", os.urandom(512)) for i in range(20_000)]
+    image = build_image([build_layer(entries)])
+    image.write_oci_archive(path, ["docker.io/library/many:files"])
+    return path
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("the import never reached the point to interrupt")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("phase", ["verifying", "unpacking"])
+def test_corrald_killed_while_verifying_or_unpacking_leaves_nothing_after_a_restart(
+    tmp_path: Path, archives: dict[str, Path], phase: str
+) -> None:
+    require_root()
+    bin_dir = tmp_path / "verifiers"
+    bin_dir.mkdir()
+    marker = tmp_path / "verifying"
+    if phase == "verifying":
+        (bin_dir / "slow").write_text(f'#!/bin/sh\necho $$ > "{marker}"\nexec sleep 30\n')
+        (bin_dir / "slow").chmod(0o755)
+    archive = archives["good"] if phase == "verifying" else many_files_archive(tmp_path / "many.tar")
+    d = Daemon(tmp_path / "corral", config=verifier_config(bin_dir)).start()
+    importer = subprocess.Popen(
+        [str(containerd2_bin() / "ctr"), "-a", d.socket, "images", "import", str(archive)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if phase == "verifying":
+            wait_for(marker.exists)
+        else:
+            wait_for(lambda: any(r.startswith("extract-") for r in rows(d, "snapshots", "ls")))
+        assert d.proc is not None
+        os.kill(d.proc.pid, signal.SIGKILL)
+        d.proc.wait()
+        d.proc = None
+        assert importer.wait(timeout=30) != 0
+        if marker.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(marker.read_text()), signal.SIGKILL)
+            (bin_dir / "slow").unlink()
+        d.start()
+        assert '"event": "transfer_leases_removed"' in d.log()
+        assert_nothing_left(d, client_lease=True)
+        ctr2(d.socket, "images", "import", str(archive))
+        assert len(ctr2(d.socket, "images", "ls", "-q").stdout.split()) == 1
+    finally:
+        if importer.poll() is None:
+            importer.kill()
         d.stop()

@@ -24,6 +24,7 @@ from corral.plugins.streaming import StreamManager
 
 EMPTY_TYPE_URL = "google.protobuf.Empty"
 STREAM_INIT_TYPE_URL = "containerd.services.streaming.v1.StreamInit"
+FLUSH_SECONDS = 10.0
 
 
 def bare_type_url(type_url: str) -> str:
@@ -41,6 +42,8 @@ class GRPCStream:
         send, receive = anyio.create_memory_object_stream[protobuf.Any](math.inf)
         self._send, self.outgoing = send, receive
         self._ended = False
+        self.flushed = anyio.Event()
+        """Set once the call has handed every message sent to the transport, or ended."""
 
     async def send(self, message: AnyValue) -> None:
         try:
@@ -59,7 +62,11 @@ class GRPCStream:
         return AnyValue(bare_type_url(message.type_url), message.value)
 
     async def close(self) -> None:
+        """End the stream once what was sent has gone out (a client reading an export must have
+        all of it before the Transfer call that wrote it returns)."""
         self._send.close()
+        with anyio.move_on_after(FLUSH_SECONDS):
+            await self.flushed.wait()
 
 
 class StreamingGRPC(pb.StreamingBase):
@@ -83,6 +90,7 @@ class StreamingGRPC(pb.StreamingBase):
                 async for message in stream.outgoing:
                     yield message
         finally:
+            stream.flushed.set()
             with anyio.CancelScope(shield=True):
                 await handle.close()
 

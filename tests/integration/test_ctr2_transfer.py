@@ -12,7 +12,7 @@ from containerd2 import Containerd2, containerd2_bin, ctr2
 from harness import Daemon
 from tooling import require_root
 
-from corral.plugins.images.build import build_busybox_image
+from corral.plugins.images.build import Compression, build_busybox_image
 
 NAME = "docker.io/library/busybox:latest"
 
@@ -23,11 +23,15 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     oci = build_busybox_image(base / "busybox-oci.tar")
     docker = build_busybox_image(base / "busybox-docker.tar", archive_format="docker")
     unnamed = build_busybox_image(base / "busybox-unnamed.tar", names=())
+    build_busybox_image(
+        base / "busybox-docker-plain.tar", archive_format="docker", compression=Compression.NONE
+    )
     assert oci.digest == unnamed.digest and docker.digest
     return {
         "oci": base / "busybox-oci.tar",
         "docker": base / "busybox-docker.tar",
         "unnamed": base / "busybox-unnamed.tar",
+        "docker-plain": base / "busybox-docker-plain.tar",
     }
 
 
@@ -198,3 +202,33 @@ def test_progress_reaches_ctr2_with_the_saved_image(corral: Daemon, archives: di
     assert any(NAME in line and "saved" in line for line in out.splitlines())
     events = json.dumps(out)
     assert "unpack" in events
+
+
+def test_a_docker_archives_layer_is_the_compressed_blob_already_stored_as_containerd_names_it(
+    tmp_path: Path, corral: Daemon, archives: dict[str, Path]
+) -> None:
+    cd = Containerd2(tmp_path / "containerd").start()
+    try:
+        for ctr in (lambda *a: ctr2(corral.socket, *a), cd.ctr):
+            ctr("images", "import", str(archives["oci"]))
+            ctr("images", "import", str(archives["docker-plain"]))
+        ours = lines(ctr2(corral.socket, "images", "ls"))[1].split()
+        theirs = lines(cd.ctr("images", "ls"))[1].split()
+        assert ours[:3] == theirs[:3]
+        assert ours[1] == "application/vnd.docker.distribution.manifest.v2+json"
+    finally:
+        cd.stop()
+
+
+def test_compress_blobs_gzips_a_docker_archives_uncompressed_layers(
+    corral: Daemon, archives: dict[str, Path]
+) -> None:
+    ctr2(corral.socket, "images", "import", "--compress-blobs", str(archives["docker-plain"]))
+    (name, target) = lines(ctr2(corral.socket, "images", "ls"))[1].split()[:3:2]
+    assert name == NAME
+    manifest = json.loads(ctr2(corral.socket, "content", "get", target).stdout)
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    labels = content(corral)[layer["digest"]]
+    assert labels.startswith("containerd.io/uncompressed=sha256:")
+    assert ctr2(corral.socket, "images", "check").stdout.rstrip().endswith("true")

@@ -10,6 +10,8 @@ meanwhile leaves a lease the next start removes.
 from __future__ import annotations
 
 import builtins
+import hashlib
+import zlib
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -17,10 +19,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import anyio
+import anyio.to_thread
 import structlog
 
 from corral.kernel import AlreadyExists, CorralError, InvalidArgument, NotFound, PermissionDenied
-from corral.plugins.core import GC_EXPIRE, Descriptor, bound_lease
+from corral.plugins.core import GC_EXPIRE, UNCOMPRESSED, Descriptor, bound_lease
 from corral.plugins.images import archive, oci
 from corral.plugins.metadata import Image, ImageStore, Lease, NamespacedContent, NamespacedSnapshots, Resource
 from corral.plugins.transfer import (
@@ -121,6 +124,10 @@ class Importer:
         async for blob in reader.ablobs(chunks):
             await self._ingest(lease, blob, progress)
         contents = reader.contents(platforms=platforms)
+        if contents.format is archive.ArchiveFormat.DOCKER:
+            compressed = await self._compressed_layers(lease, contents, compress=source.force_compress)
+            if compressed:
+                contents = reader.contents(platforms=platforms, compressed_layers=compressed)
         for digest, data in contents.synthesized.items():
             await self._store_document(lease, digest, data)
         await self._label_children(contents)
@@ -166,6 +173,57 @@ class Importer:
         finally:
             await writer.close()
         progress(Progress("imported", name=blob.name, progress=blob.size, total=blob.size))
+
+    async def _compressed_layers(
+        self, lease: Lease, contents: archive.ArchiveContents, *, compress: bool
+    ) -> dict[str, oci.Descriptor]:
+        """containerd's docker importer names a compressed blob already stored for a layer (found
+        by its ``containerd.io/uncompressed`` label) instead of the archive's; with ``compress`` it
+        gzips each uncompressed layer that has none."""
+        found: dict[str, oci.Descriptor] = {}
+        layers = {layer.digest: layer for m in contents.manifests.values() for layer in m.layers}
+        for digest, layer in layers.items():
+            known = await self.s.content.list([f'labels."{UNCOMPRESSED}"=={digest}'])
+            if known:
+                info = known[0]
+                head = b"".join([chunk async for chunk in await self.s.content.read(info.digest, 0, 10)])
+                media_type = oci.DOCKER_LAYER_GZIP if head.startswith(_COMPRESSED_MAGIC) else oci.DOCKER_LAYER
+                await self.s.leases.add_resource(lease.id, Resource(info.digest, "content"))
+                found[digest] = oci.Descriptor(media_type, info.digest, info.size)
+            elif compress and layer.media_type == oci.DOCKER_LAYER:
+                found[digest] = await self._compress(lease, layer)
+        return found
+
+    async def _compress(self, lease: Lease, layer: oci.Descriptor) -> oci.Descriptor:
+        ref = f"{INGEST_PREFIX}{lease.id}/compress-{layer.digest}"
+        packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        hasher = hashlib.sha256()
+        writer = await self.s.content.writer(ref)
+        size = 0
+        try:
+            async for chunk in await self.s.content.read(layer.digest):
+                packed = await anyio.to_thread.run_sync(packer.compress, chunk)
+                if packed:
+                    hasher.update(packed)
+                    size += len(packed)
+                    await writer.write(packed)
+            tail = packer.flush()
+            hasher.update(tail)
+            size += len(tail)
+            await writer.write(tail)
+            digest = f"sha256:{hasher.hexdigest()}"
+            try:
+                await writer.commit(size, digest, {UNCOMPRESSED: layer.digest})
+            except AlreadyExists:
+                await self.s.leases.add_resource(lease.id, Resource(digest, "content"))
+        except BaseException:
+            with anyio.CancelScope(shield=True), suppress(CorralError):
+                await writer.close()
+                await self.s.content.abort(ref)
+            raise
+        finally:
+            await writer.close()
+        return oci.Descriptor(oci.DOCKER_LAYER_GZIP, digest, size)
 
     async def _store_document(self, lease: Lease, digest: str, data: bytes) -> None:
         ref = f"{INGEST_PREFIX}{lease.id}/{digest}"
@@ -268,6 +326,9 @@ class Importer:
             except NotFound:
                 continue
         raise AlreadyExists(f"image {image.name!r} keeps changing under the import")
+
+
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")
 
 
 def _index_labels(index: oci.Index) -> dict[str, str]:

@@ -232,3 +232,13 @@ def test_compress_blobs_gzips_a_docker_archives_uncompressed_layers(
     labels = content(corral)[layer["digest"]]
     assert labels.startswith("containerd.io/uncompressed=sha256:")
     assert ctr2(corral.socket, "images", "check").stdout.rstrip().endswith("true")
+
+
+def test_a_pull_through_the_transfer_service_is_unimplemented_not_an_unknown_type(corral: Daemon) -> None:
+    result = ctr2(corral.socket, "images", "pull", "docker.io/library/busybox:latest", check=False)
+    assert result.returncode == 1
+    assert (
+        "method Transfer not implemented for containerd.types.transfer.OCIRegistry to "
+        "containerd.types.transfer.ImageStore: not implemented"
+    ) in result.stderr
+    assert images(corral) == []

@@ -249,7 +249,20 @@ class TransferGRPC(pb.TransferBase):
                     for u in store.unpacks
                 ),
             )
+        if url in _KNOWN_ELSEWHERE:
+            return _Unsupported(url)
         raise NotFound(f"type with url {url}: not found")
+
+
+_KNOWN_ELSEWHERE = frozenset(
+    _PREFIX + name for name in ("OCIRegistry", "ReadStream", "WriteStream", "ContainerPath")
+)
+"""containerd's other transfer types: understood, not moved by corral's transferrers (yet)."""
+
+
+class _Unsupported:
+    def __init__(self, url: str) -> None:
+        self.url = url
 
 
 def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -242,3 +242,50 @@ def test_a_pull_through_the_transfer_service_is_unimplemented_not_an_unknown_typ
         "containerd.types.transfer.ImageStore: not implemented"
     ) in result.stderr
     assert images(corral) == []
+
+
+def test_from_a_multi_platform_index_only_the_hosts_manifest_is_unpacked(
+    corral: Daemon, tmp_path: Path
+) -> None:
+    from corral.plugins.images.build import LayerEntry, build_image, build_index, build_layer
+    from corral.plugins.images.oci import Platform, chain_id
+
+    host = build_image([build_layer([LayerEntry.file("etc/which", b"host\n")])])
+    foreign = build_image(
+        [build_layer([LayerEntry.file("etc/which", b"s390x\n")])], platform=Platform("linux", "s390x")
+    )
+    index = build_index([foreign, host])
+    archive = tmp_path / "multi.tar"
+    index.write_oci_archive(archive, ["docker.io/library/multi:1"])
+    ctr2(corral.socket, "images", "import", str(archive))
+    assert snapshots(corral) == [chain_id(host.diff_ids)]
+    row = lines(ctr2(corral.socket, "images", "ls"))[1]
+    assert "linux/amd64" in row or str(Platform.host()) in row
+    assert "linux/s390x" in row
+
+
+def test_concurrent_imports_of_the_same_archive_both_succeed_with_one_chain(
+    corral: Daemon, archives: dict[str, Path]
+) -> None:
+    command = [str(containerd2_bin() / "ctr"), "-a", corral.socket, "images", "import"]
+    running = [
+        subprocess.Popen([*command, str(archives[kind])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for kind in ("oci", "docker", "oci", "docker-plain")
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in running]
+    assert [p.returncode for p in running] == [0, 0, 0, 0], errors
+    assert images(corral) == [NAME]
+    assert len(snapshots(corral)) == 1
+    assert lines(ctr2(corral.socket, "leases", "ls")) == ["ID CREATED AT LABELS"]
+
+
+def test_an_archive_imported_into_two_namespaces_is_whole_in_each(
+    corral: Daemon, archives: dict[str, Path]
+) -> None:
+    ctr2(corral.socket, "images", "import", str(archives["oci"]))
+    ctr2(corral.socket, "images", "import", str(archives["oci"]), namespace="other")
+    for ns in ("default", "other"):
+        check = ctr2(corral.socket, "images", "check", namespace=ns).stdout
+        assert "complete (2/2)" in check and check.rstrip().endswith("true"), ns
+    ctr2(corral.socket, "images", "rm", "--sync", NAME)
+    assert "complete (2/2)" in ctr2(corral.socket, "images", "check", namespace="other").stdout

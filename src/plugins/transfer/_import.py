@@ -157,13 +157,18 @@ class Importer:
             await self.s.leases.add_resource(lease.id, Resource(expected, "content"))
             return  # already stored: the reader reads past it, still checking its digest
         try:
-            written = 0
-            async for chunk in blob.achunks():
-                await writer.write(chunk)
-                written += len(chunk)
-            await writer.commit(blob.size, blob.digest)
+            if expected and blob.size and writer.offset == blob.size:
+                # stored already (for another namespace, or by an import alongside): the commit
+                # records it; the reader still reads the bytes past, checking them against the name
+                await writer.commit(blob.size, expected)
+            else:
+                if writer.offset:
+                    await writer.truncate(0)
+                async for chunk in blob.achunks():
+                    await writer.write(chunk)
+                await writer.commit(blob.size, blob.digest)
         except AlreadyExists:
-            await self.s.leases.add_resource(lease.id, Resource(blob.digest, "content"))
+            await self.s.leases.add_resource(lease.id, Resource(expected or blob.digest, "content"))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await writer.close()
@@ -233,7 +238,10 @@ class Importer:
             await self.s.leases.add_resource(lease.id, Resource(digest, "content"))
             return
         try:
-            await writer.write(data)
+            if writer.offset != len(data):
+                if writer.offset:
+                    await writer.truncate(0)
+                await writer.write(data)
             await writer.commit(len(data), digest)
         except AlreadyExists:
             await self.s.leases.add_resource(lease.id, Resource(digest, "content"))

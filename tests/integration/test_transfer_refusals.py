@@ -101,6 +101,20 @@ def assert_nothing_left(d: Daemon, *, client_lease: bool = False) -> None:
         assert rows(d, "snapshots", "--snapshotter", snapshotter, "ls") == []
 
 
+def assert_disk_clean(d: Daemon) -> None:
+    """Nothing of the interrupted import on disk either: no blob, ingest or snapshot directory."""
+    root = d.base / "root"
+    patterns = (
+        "io.containerd.content.v1.content/blobs/*/*",
+        "io.containerd.content.v1.content/ingest/*",
+        "io.containerd.snapshotter.v1.overlayfs/snapshots/*",
+    )
+    deadline = time.monotonic() + 20
+    while (left := [p for pattern in patterns for p in root.glob(pattern)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
+
+
 # --- image verifiers ---------------------------------------------------------------------
 
 
@@ -313,6 +327,7 @@ def test_corrald_killed_mid_import_leaves_no_half_image_and_the_import_repeats(
     corral.start()
     assert '"count": 1, "event": "transfer_leases_removed"' in corral.log()
     assert_nothing_left(corral)
+    assert_disk_clean(corral)
     ctr2(corral.socket, "images", "import", str(archives["good"]))
     assert ctr2(corral.socket, "images", "ls", "-q").stdout.split() == [NAME]
 
@@ -392,6 +407,7 @@ def test_corrald_killed_while_verifying_or_unpacking_leaves_nothing_after_a_rest
         d.start()
         assert '"event": "transfer_leases_removed"' in d.log()
         assert_nothing_left(d, client_lease=True)
+        assert_disk_clean(d)
         ctr2(d.socket, "images", "import", str(archive))
         assert len(ctr2(d.socket, "images", "ls", "-q").stdout.split()) == 1
     finally:

@@ -213,6 +213,13 @@ class TransferGRPC(pb.TransferBase):
         if url == _PREFIX + "ImageImportStream":
             imp = tt.ImageImportStream.parse(data)
             stream = await self._streams.get(imp.stream)
+
+            async def close_import() -> None:
+                # a transfer that fails before reading ends the client's stream all the same
+                with anyio.CancelScope(shield=True):
+                    await stream.close()
+
+            stack.push_async_callback(close_import)
             return ImageImportStream(receive_bytes(stream), imp.media_type, imp.force_compress)
         if url == _PREFIX + "ImageExportStream":
             exp = tt.ImageExportStream.parse(data)

@@ -137,7 +137,10 @@ class BindirVerifier:
 
         async def stdout() -> str:
             assert proc.stdout is not None
-            kept = await proc.stdout.read(OUTPUT_LIMIT)
+            try:
+                kept = await proc.stdout.readexactly(OUTPUT_LIMIT)
+            except asyncio.IncompleteReadError as short:
+                kept = short.partial
             more = await proc.stdout.read(1)
             while await proc.stdout.read(1 << 16):
                 pass

@@ -312,3 +312,23 @@ def _tree(root: Path) -> Path:
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "hello").write_text("hi\n")
     return root
+
+
+def test_import_and_create_on_the_native_snapshotter_as_in_containerd(
+    both: tuple[Daemon, Containerd], archives: Archives
+) -> None:
+    assert archives.docker.path is not None
+    for d in both:
+        d.ctr("images", "import", "--snapshotter", "native", str(archives.docker.path))
+        d.ctr("containers", "create", "--snapshotter", "native", DOCKER_NAME, "n1")
+    corral, containerd = both
+    native = ("snapshots", "--snapshotter", "native", "ls")
+    assert rows(corral.ctr(*native).stdout) == rows(containerd.ctr(*native).stdout)
+    assert {r[0] for r in rows(corral.ctr(*native).stdout)} == {"n1", archives.docker.image.chain_id}
+    assert rows(corral.ctr("snapshots", "ls").stdout) == []  # nothing on overlayfs
+    assert info(corral, "n1") == info(containerd, "n1")
+    assert info(corral, "n1")["Snapshotter"] == "native"
+    for d in both:
+        d.ctr("containers", "rm", "n1")
+        d.ctr("images", "rm", "--sync", DOCKER_NAME)
+    assert rows(corral.ctr(*native).stdout) == rows(containerd.ctr(*native).stdout) == []

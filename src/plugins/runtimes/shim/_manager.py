@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,6 +91,7 @@ class _Shim:
         self.dead_exit: Exit | None = None
         """Set when the shim went away under a task that was not being deleted."""
         self.close_scope = anyio.CancelScope()
+        self.address = ""
 
     @property
     def id(self) -> str:
@@ -98,6 +101,25 @@ class _Shim:
         if self.conn is None or self.conn.closed:
             raise Unavailable("ttrpc: closed")
         return self.conn
+
+
+def _remove_stale_socket(address: str) -> None:
+    """A shim that died leaves its socket; nothing answers on it any more (start would reuse it)."""
+    path = address.removeprefix("unix://")
+    if not path.startswith("/"):
+        return  # an abstract socket goes with its process
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+    finally:
+        probe.close()
 
 
 async def _state(shim: _Shim, exec_id: str) -> ProcessState:
@@ -367,6 +389,7 @@ class TaskManager:
     ) -> None:
         """Hold the shim's connection; when it ends (not when the daemon stops), clean up after it."""
         connected = False
+        shim.address = address
         try:
             with shim.close_scope:
                 async with protocol.connect(address) as conn:
@@ -388,6 +411,7 @@ class TaskManager:
             exit = next(iter(self._protocols.values())).decode_delete(out) if out else None
         except Exception as exc:
             log.warning("shim_cleanup_failed", namespace=shim.bundle.namespace, id=shim.id, error=str(exc))
+        _remove_stale_socket(shim.address)
         try:
             shim.bundle.delete()
         except OSError as exc:

@@ -18,6 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.kernel import InvalidArgument
 from corral.plugins.core import validate_identifier
 from corral.plugins.metadata import AnyValue
 from corral.plugins.runtimes import SPEC_TYPE_URL
@@ -95,8 +96,6 @@ def new_bundle(root: Path, state: Path, namespace: str, task_id: str, spec: AnyV
 
 
 def _check_spec(value: bytes) -> None:
-    from corral.kernel import InvalidArgument
-
     try:
         json.loads(value)
     except ValueError as exc:

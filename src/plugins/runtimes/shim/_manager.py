@@ -25,8 +25,10 @@ import structlog
 
 from corral.kernel import (
     AlreadyExists,
+    CorralError,
     DeadlineExceeded,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     Unavailable,
     Unimplemented,
@@ -101,6 +103,15 @@ class _Shim:
         if self.conn is None or self.conn.closed:
             raise Unavailable("ttrpc: closed")
         return self.conn
+
+
+def prefixed(exc: CorralError, prefix: str) -> CorralError:
+    """The same kind of error with its message (as sent) after ``prefix``, as Go's %w wrapping."""
+    err = type(exc).__new__(type(exc))
+    message = prefix + str(exc)
+    Exception.__init__(err, message)
+    err.detail = message
+    return err
 
 
 def _remove_stale_socket(address: str) -> None:
@@ -235,10 +246,8 @@ class ShimTask(ShimProcess):
     async def exec(self, exec_id: str, opts: ExecOpts) -> ShimProcess:
         try:
             validate_identifier(exec_id)
-        except Exception as exc:
-            from corral.kernel import InvalidArgument
-
-            raise InvalidArgument(f"invalid exec id {exec_id}: {exc}") from None
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"invalid exec id {exec_id}: {exc.detail}") from None
         await self._shim.connection().exec(self._shim.id, exec_id, opts.io, opts.spec)
         return ShimProcess(self._shim, exec_id)
 
@@ -305,15 +314,21 @@ class TaskManager:
         started = False
         try:
             await self._group().start(self._read_log, shim)
-            protocol_name, address, _version = await shim.binary.start(
-                self._encode_options(options) if options else b""
-            )
-            started = True
-            await self._group().start(self._supervise, shim, self._protocol(protocol_name), address)
+            try:
+                protocol_name, address, _version = await shim.binary.start(
+                    self._encode_options(options) if options else b""
+                )
+                started = True
+                await self._group().start(self._supervise, shim, self._protocol(protocol_name), address)
+            except CorralError as exc:
+                raise prefixed(exc, "failed to start shim: ") from None
             conn = shim.connection()
-            await conn.create(
-                ShimCreate(task_id, str(bundle.path), opts.rootfs, opts.io, opts.checkpoint, options)
-            )
+            try:
+                await conn.create(
+                    ShimCreate(task_id, str(bundle.path), opts.rootfs, opts.io, opts.checkpoint, options)
+                )
+            except CorralError as exc:
+                raise prefixed(exc, "failed to create shim task: ") from None
             shim.task_pid = (await conn.connect(task_id)).task_pid
         except BaseException:
             with anyio.CancelScope(shield=True):

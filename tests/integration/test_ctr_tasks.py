@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import threading
@@ -14,10 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from harness import Daemon
 from tooling import require_root, require_tool
 
+from corral.api.client import connect
 from corral.plugins.images.build import build_busybox_image
 
 pytestmark = pytest.mark.root
@@ -260,9 +263,17 @@ def test_running_tasks_are_found_again_after_a_restart_and_a_kill_9(runtime: Dae
     assert_nothing_left(runtime)
 
 
+def fifo_dirs_of(task_id: str) -> list[Path]:
+    """The directories ctr made for a task's stdio FIFOs (``/run/containerd/fifo/<n>/<id>-stdout``)."""
+    return [p.parent for p in Path("/run/containerd/fifo").glob(f"*/{task_id}-stdout")]
+
+
 def test_a_shim_that_dies_leaves_its_task_stopped_with_an_exit_event(runtime: Daemon) -> None:
+    for stale in fifo_dirs_of("t-dead"):
+        shutil.rmtree(stale)
     runtime.ctr("run", "-d", IMAGE, "t-dead", "sleep", "1000")
     pid = int(tasks(runtime)[0]["PID"])
+    assert len(fifo_dirs_of("t-dead")) == 1
     events = Events(runtime)
     try:
         [shim] = shim_pids(runtime)
@@ -274,6 +285,7 @@ def test_a_shim_that_dies_leaves_its_task_stopped_with_an_exit_event(runtime: Da
     wait_for_status(runtime, "t-dead", "STOPPED")
     assert not alive(pid)  # the cleanup after the shim killed the container
     runtime.ctr("tasks", "delete", "t-dead")
+    assert fifo_dirs_of("t-dead") == []  # ctr found its FIFOs in the STOPPED task and removed them
     runtime.ctr("containers", "rm", "t-dead")
     assert_nothing_left(runtime)
 
@@ -286,6 +298,8 @@ def test_a_dead_shim_found_at_start_up_is_cleaned_up(runtime: Daemon) -> None:
     runtime.start()
     assert tasks(runtime) == []
     runtime.ctr("containers", "rm", "t-gone")
+    for leftover in fifo_dirs_of("t-gone"):  # ctr's, for a task that no longer exists (as with containerd)
+        shutil.rmtree(leftover)
     assert_nothing_left(runtime)
 
 
@@ -297,4 +311,54 @@ def test_twenty_runs_in_a_row_leave_nothing_behind(runtime: Daemon) -> None:
     fifos_after = set(fifo_dir.iterdir()) if fifo_dir.is_dir() else set()
     assert fifos_after - fifos_before == set()
     assert runtime.ctr("containers", "ls", "-q").stdout.split() == []
+    assert_nothing_left(runtime)
+
+
+def read_fifo_until(path: str, text: bytes, timeout: float = 10.0) -> bytes:
+    """Open a task's stdout FIFO as a new reader and read until ``text`` shows up."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while text not in data and time.monotonic() < deadline:
+            try:
+                data += os.read(fd, 65536)
+            except BlockingIOError:
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+    return data
+
+
+def test_ten_tasks_outlive_a_kill_9_with_their_output_fifos_working(runtime: Daemon) -> None:
+    ticker = "i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.2; done"
+    ids = [f"t-k{i}" for i in range(10)]
+    for task_id in ids:
+        runtime.ctr("run", "-d", IMAGE, task_id, "sh", "-c", ticker)
+    before = {t["TASK"]: t["PID"] for t in tasks(runtime)}
+    assert sorted(before) == sorted(ids)
+
+    async def stdout_paths() -> dict[str, str]:
+        async with connect(runtime.socket) as client:
+            return {t.id: t.stdout for t in await client.list_tasks()}
+
+    paths = anyio.run(stdout_paths)
+    assert runtime.proc is not None
+    runtime.proc.send_signal(signal.SIGKILL)
+    runtime.proc.wait()
+    runtime.proc = None
+    runtime.start()
+
+    after = {t["TASK"]: (t["PID"], t["STATUS"]) for t in tasks(runtime)}
+    assert after == {task_id: (pid, "RUNNING") for task_id, pid in before.items()}
+    assert anyio.run(stdout_paths) == paths
+    for task_id in ids:
+        assert b"tick" in read_fifo_until(paths[task_id], b"tick")
+    for task_id in ids:
+        runtime.ctr("tasks", "kill", "-s", "SIGKILL", task_id)
+    for task_id in ids:
+        wait_for_status(runtime, task_id, "STOPPED")
+        runtime.ctr("tasks", "delete", task_id)
+        runtime.ctr("containers", "rm", task_id)
+    assert tasks(runtime) == []
     assert_nothing_left(runtime)

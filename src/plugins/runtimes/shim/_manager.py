@@ -94,6 +94,8 @@ class _Shim:
         """Set when the shim went away under a task that was not being deleted."""
         self.close_scope = anyio.CancelScope()
         self.address = ""
+        self.io = TaskIO()
+        """The init process's stdio, kept for a dead shim's STOPPED state (clients clean up by it)."""
 
     @property
     def id(self) -> str:
@@ -142,7 +144,7 @@ async def _state(shim: _Shim, exec_id: str) -> ProcessState:
             shim.id,
             exit.pid,
             TaskStatus.STOPPED,
-            TaskIO(),
+            shim.io,
             exit.status,
             exit.timestamp,
             str(shim.bundle.path),
@@ -310,6 +312,7 @@ class TaskManager:
             raise AlreadyExists(f"bundle for task {task_id}") from None
         options = opts.task_options if opts.task_options and opts.task_options.value else opts.runtime_options
         shim = _Shim(bundle, self._binary(path, bundle), opts.runtime)
+        shim.io = opts.io
         bundle.write(RUNTIME_FILE, opts.runtime)
         started = False
         try:
@@ -543,6 +546,10 @@ class TaskManager:
         path = (bundle.read(BINARY_FILE) or "").strip()
         runtime = (bundle.read(RUNTIME_FILE) or "").strip()
         bootstrap = read_bootstrap(bundle)
+        if not path and runtime:
+            # A daemon killed while ``start`` ran: the shim may be up (it wrote ``address``).
+            with contextlib.suppress(CorralError):
+                path = resolve_runtime(runtime)
         if not path:
             log.warning("shim_load_failed", reason="no shim binary recorded", **fields)
             with contextlib.suppress(OSError):
@@ -561,6 +568,7 @@ class TaskManager:
                 shim.task_pid = (await conn.connect(bundle.id)).task_pid
                 try:
                     await conn.pids(bundle.id)
+                    shim.io = (await conn.state(bundle.id)).io
                 except NotFound:
                     log.info("shim_leaked", **fields)
                     await self._shutdown(shim)

@@ -304,12 +304,9 @@ def test_a_dead_shim_found_at_start_up_is_cleaned_up(runtime: Daemon) -> None:
 
 
 def test_twenty_runs_in_a_row_leave_nothing_behind(runtime: Daemon) -> None:
-    fifo_dir = Path("/run/containerd/fifo")
-    fifos_before = set(fifo_dir.iterdir()) if fifo_dir.is_dir() else set()
     for i in range(20):
         assert runtime.ctr("run", "--rm", IMAGE, f"t-{i}", "/bin/echo", str(i)).stdout == f"{i}\n"
-    fifos_after = set(fifo_dir.iterdir()) if fifo_dir.is_dir() else set()
-    assert fifos_after - fifos_before == set()
+        assert fifo_dirs_of(f"t-{i}") == []
     assert runtime.ctr("containers", "ls", "-q").stdout.split() == []
     assert_nothing_left(runtime)
 

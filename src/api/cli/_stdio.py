@@ -11,12 +11,15 @@ import shutil
 import signal
 import sys
 import termios
+import threading
 import tty
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
 
 FIFO_ROOT = Path("/run/corral/fifo")
 CHUNK = 32 * 1024
@@ -84,26 +87,40 @@ class ProcessStdio:
         return done
 
     async def copy_input(self, on_eof: Callable[[], Awaitable[None]]) -> None:
-        """Copy our stdin into the process's until it ends, then close it there (``on_eof``)."""
+        """Copy our stdin into the process's until it ends, then close it there (``on_eof``).
+
+        On a daemon thread: stdin may be a file or /dev/null (which the event loop cannot poll),
+        and a read blocked on a terminal must not keep this process from exiting."""
         if self._stdin_fd < 0:
             return
-        source = sys.stdin.fileno()
-        while True:
-            # On a thread: stdin may be a file or /dev/null, which the event loop cannot poll.
-            data = await anyio.to_thread.run_sync(_read_blocking, source, abandon_on_cancel=True)
-            if not data:
-                break
-            await _write_all(self._stdin_fd, data)
-        os.close(self._stdin_fd)
+        fd = self._stdin_fd
+        ended = anyio.Event()
+        token = anyio.lowlevel.current_token()
+
+        def pump() -> None:
+            os.set_blocking(fd, True)
+            source = sys.stdin.fileno()
+            while True:
+                try:
+                    data = os.read(source, CHUNK)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except OSError:
+                    return
+            with contextlib.suppress(Exception):
+                anyio.from_thread.run_sync(ended.set, token=token)
+
+        threading.Thread(target=pump, name="stdin", daemon=True).start()
+        await ended.wait()
+        os.close(fd)
         self._stdin_fd = -1
         await on_eof()
-
-
-def _read_blocking(fd: int) -> bytes:
-    try:
-        return os.read(fd, CHUNK)
-    except OSError:
-        return b""
 
 
 async def _copy_fd(fd: int, target: int) -> None:

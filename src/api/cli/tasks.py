@@ -84,6 +84,10 @@ async def _create_container(
     async def with_spec(mounts: list[containerd_types.Mount]) -> containers_pb.Container:
         async with temporary_mount(mounts_from_wire(mounts)) as rootfs:
             spec = run_spec(namespace, container_id, flags, image=config, rootfs=rootfs)
+        if flags.tty:
+            # The size from the start, not only once the first resize arrives.
+            width, height = terminal_size()
+            spec.setdefault("process", {})["consoleSize"] = {"height": height, "width": width}
         container.spec = protobuf.Any(type_url=SPEC_TYPE_URL, value=spec_json(spec))
         return container
 

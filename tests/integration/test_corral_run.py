@@ -144,3 +144,36 @@ def test_run_t_gives_the_process_this_terminal_and_follows_its_size(runtime: Dae
             proc.kill()
         os.close(leader)
     assert runtime.ctr("containers", "ls", "-q").stdout.split() == []
+
+
+def test_run_with_a_non_contiguous_uid_map_runs_in_that_user_namespace(runtime: Daemon) -> None:
+    # The container's root (host uid 666) must reach its bundle, as under containerd: pytest's
+    # private temporary directories are opened for traversal (corrald's /run/corral already is).
+    for parent in runtime.base.parents:
+        if parent == Path("/tmp"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o111)
+    maps = ("--uidmap", "0:666:1000", "--uidmap", "1000:6666:64536")
+    maps += ("--gidmap", "0:666:1000", "--gidmap", "1000:6666:64536")
+    script = "cat /proc/self/uid_map; id -u; touch /written && echo wrote"
+    result = corral(runtime, "run", "--rm", *maps, IMAGE, "r-u", "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[:2]]
+    assert rows == [["0", "666", "1000"], ["1000", "6666", "64536"]]
+    assert result.stdout.splitlines()[2:] == ["0", "wrote"]  # root inside owns the remapped rootfs
+
+
+def test_a_recursive_read_only_mount_is_read_only_in_its_sub_mounts(runtime: Daemon, tmp_path: Path) -> None:
+    source = tmp_path / "shared"
+    (source / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(source / "sub")], check=True)
+    try:
+        script = "touch /mnt/top || echo top-ro; touch /mnt/sub/f || echo sub-ro"
+        rro = corral(runtime, "run", "--rm", "--mount", f"type=bind,src={source},dst=/mnt,options=rbind:rro",
+                     IMAGE, "r-rro", "sh", "-c", script)  # fmt: skip
+        ro = corral(runtime, "run", "--rm", "--mount", f"type=bind,src={source},dst=/mnt,options=rbind:ro",
+                    IMAGE, "r-ro", "sh", "-c", script)  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(source / "sub")], check=True)
+    assert rro.stdout.split() == ["top-ro", "sub-ro"]
+    assert ro.stdout.split() == ["top-ro"]  # plain ro leaves the sub-mount writable

@@ -113,3 +113,21 @@ def test_loading_bundles_finishes_an_interrupted_delete(tmp_path: Path) -> None:
     (half / "rootfs").mkdir(parents=True)
     assert load_bundles(state) == [keep]
     assert not half.exists()
+
+
+def test_a_user_namespaced_bundle_is_reachable_by_the_containers_root_gid(tmp_path: Path) -> None:
+    from corral.plugins.runtimes.shim._bundle import remapped_gid
+
+    maps = {"linux": {"gidMappings": [{"containerID": 1000, "hostID": 7000, "size": 10},
+                                      {"containerID": 0, "hostID": 666, "size": 1000}]}}  # fmt: skip
+    assert remapped_gid(maps) == 666
+    assert remapped_gid({"linux": {}}) == 0
+    assert remapped_gid({}) == 0
+    if os.geteuid() != 0:
+        return
+    value = AnyValue(SPEC_TYPE_URL, json.dumps(maps).encode())
+    bundle = new_bundle(tmp_path / "root", tmp_path / "state", "ns", "userns", value)
+    st = bundle.path.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o710, 666)
+    plain = new_bundle(tmp_path / "root", tmp_path / "state", "ns", "plain", spec())
+    assert stat.S_IMODE(plain.path.stat().st_mode) == 0o700

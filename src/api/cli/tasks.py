@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import signal as signals
+import stat
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,7 +35,14 @@ from corral.api.types.google import protobuf
 from corral.api.wire import mounts_from_wire
 from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.core.mount import temporary_mount
-from corral.plugins.runtimes.spec import RunFlags, image_stop_signal, run_spec, spec_json
+from corral.plugins.runtimes.spec import (
+    IDMapping,
+    RunFlags,
+    image_stop_signal,
+    parse_id_map,
+    run_spec,
+    spec_json,
+)
 
 PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 OUTPUT_DRAIN_TIMEOUT = 5.0
@@ -84,6 +95,9 @@ async def _create_container(
     async def with_spec(mounts: list[containerd_types.Mount]) -> containers_pb.Container:
         async with temporary_mount(mounts_from_wire(mounts)) as rootfs:
             spec = run_spec(namespace, container_id, flags, image=config, rootfs=rootfs)
+            if flags.uidmap:
+                # As ctr's remapped snapshot: the container's root owns its files in the namespace.
+                remap_tree(rootfs, parse_id_map(flags.uidmap, "uid"), parse_id_map(flags.gidmap, "gid"))
         if flags.tty:
             # The size from the start, not only once the first resize arrives.
             width, height = terminal_size()
@@ -92,6 +106,26 @@ async def _create_container(
         return container
 
     return await client.create_container_with_rootfs(container, chain, with_spec)
+
+
+def _host_id(value: int, mappings: Sequence[IDMapping]) -> int:
+    for m in mappings:
+        if m.container_id <= value < m.container_id + m.size:
+            return m.host_id + value - m.container_id
+    return value
+
+
+def remap_tree(root: Path, uids: Sequence[IDMapping], gids: Sequence[IDMapping]) -> None:
+    """Give every file under ``root`` the host ids its owner has inside the user namespace
+    (any number of ranges); set-id bits, which a chown clears, are put back."""
+    for directory, dirs, files in os.walk(root):
+        for path in [directory, *(os.path.join(directory, name) for name in dirs + files)]:
+            if path != directory and os.path.isdir(path) and not os.path.islink(path):
+                continue  # a directory is remapped as its walk's own ``directory``
+            st = os.lstat(path)
+            os.lchown(path, _host_id(st.st_uid, uids), _host_id(st.st_gid, gids))
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
 async def _remove_container(client: Client, container: containers_pb.Container) -> None:
@@ -176,6 +210,12 @@ PASS_ARGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 @click.option("--read-only", is_flag=True, help="a read-only root filesystem")
 @click.option("--privileged", is_flag=True, help="all capabilities and host devices")
 @click.option("--net-host", is_flag=True, help="the host's network namespace")
+@click.option(
+    "--uidmap", multiple=True, metavar="CONTAINER:HOST:SIZE", help="a user namespace uid range (repeat)"
+)
+@click.option(
+    "--gidmap", multiple=True, metavar="CONTAINER:HOST:SIZE", help="a user namespace gid range (repeat)"
+)
 @click.option("--snapshotter", default="overlayfs", show_default=True, help="where the image is unpacked")
 @click.option("--runtime", default=DEFAULT_RUNTIME, show_default=True, help="the runtime's name or path")
 def run_command(
@@ -194,6 +234,8 @@ def run_command(
     read_only: bool,
     privileged: bool,
     net_host: bool,
+    uidmap: tuple[str, ...],
+    gidmap: tuple[str, ...],
     snapshotter: str,
     runtime: str,
 ) -> None:
@@ -204,9 +246,11 @@ def run_command(
     """
     if remove and detach:
         raise CommandError("--rm and --detach cannot be used together")
+    if bool(uidmap) != bool(gidmap):
+        raise CommandError("--uidmap and --gidmap go together")
     flags = RunFlags(
         args=args, env=env, mounts=mounts, cwd=cwd, user=user, tty=tty, hostname=hostname,
-        read_only=read_only, privileged=privileged, net_host=net_host,
+        read_only=read_only, privileged=privileged, net_host=net_host, uidmap=uidmap, gidmap=gidmap,
         cpu_shares=1024,
     )  # fmt: skip
     parsed_labels = parse_labels(labels)

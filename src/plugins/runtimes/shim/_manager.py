@@ -360,21 +360,22 @@ class TaskManager:
         shim = self._shims.get(key)
         if shim is None:
             raise NotFound(f"task {task_id}")
-        if shim.dead_exit is not None:
-            exit = shim.dead_exit
+        dead = shim.dead_exit
+        if dead is not None:
             self._shims.pop(key, None)
             await self._publish(
-                TaskDelete(task_id, exit.pid, exit.status, exit.timestamp), shim.bundle.namespace
+                TaskDelete(task_id, dead.pid, dead.status, dead.timestamp), shim.bundle.namespace
             )
-            return exit
-        conn = shim.connection()
+            return dead
+        exit: Exit | None = None
         try:
-            exit = await conn.delete(task_id)
+            exit = await shim.connection().delete(task_id)
         except Unavailable:
+            # The shim went away: once the cleanup after it is done the task is a dead one.
             await shim.gone.wait()
             return await self.delete(task_id)
         except NotFound:
-            exit = None  # type: ignore[assignment]
+            pass  # the shim has no such task any more; it is stopped and removed all the same
         shim.deleting = True
         self._shims.pop(key, None)
         with anyio.CancelScope(shield=True):

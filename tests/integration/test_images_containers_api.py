@@ -251,3 +251,27 @@ def test_container_calls_answer_alike(sockets: tuple[str, str]) -> None:
     assert same(sockets, ns, lambda c: c.delete_container("web")) is None
     assert same(sockets, ns, lambda c: c.delete_container("web"))[0] == "NotFound"
     assert same(sockets, ns, lambda c: ids(c)) == ["db"]
+
+
+def test_a_namespace_with_images_and_containers_is_not_removed_alike(sockets: tuple[str, str]) -> None:
+    ns = "holding"
+
+    async def create(c: Client) -> Any:
+        return cshape(await c.create_container(container("c")))
+
+    assert same(sockets, ns, create)[0] == "c"
+    busy = same(sockets, ns, lambda c: c.delete_namespace(ns))
+    assert busy == (
+        "FailedPrecondition",
+        f'namespace "{ns}" must be empty, but it still has containers: failed precondition',
+    )
+
+    async def image(c: Client) -> Any:
+        return shape(await c.create_image("i", target()))
+
+    same(sockets, ns, image)
+    busy = same(sockets, ns, lambda c: c.delete_namespace(ns))
+    assert "still has images, containers" in busy[1]
+    same(sockets, ns, lambda c: c.delete_image("i"))
+    same(sockets, ns, lambda c: c.delete_container("c"))
+    assert same(sockets, ns, lambda c: c.delete_namespace(ns)) is None

@@ -36,11 +36,17 @@ def test_an_import_killed_at_any_point_leaves_no_half_image(tmp_path: Path) -> N
                 ["ctr", "-a", d.socket, "images", "import", str(archive)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )  # fmt: skip
-            time.sleep(rng.uniform(0.05, 1.2))
-            assert d.proc is not None
-            d.proc.send_signal(signal.SIGKILL)
-            d.proc.wait()
-            importer.wait(timeout=60)
+            try:
+                time.sleep(rng.uniform(0.05, 1.2))
+                assert d.proc is not None
+                d.proc.send_signal(signal.SIGKILL)
+                d.proc.wait()
+                importer.wait(timeout=60)
+            finally:
+                # Never leave a ctr behind, whatever happened to the round.
+                if importer.poll() is None:
+                    importer.kill()
+                    importer.wait()
             d.proc = None
             d.start()
             # Whatever is listed is whole: an image record exists only once its content does.

@@ -368,6 +368,8 @@ class ContainerGC:
 
 
 class ContainersKind(ObjectKind):
+    """Containers per namespace; each holds its snapshot against collection."""
+
     name = "containers"
     schema = SCHEMA
 

@@ -256,7 +256,13 @@ def test_running_tasks_are_found_again_after_a_restart_and_a_kill_9(runtime: Dae
     runtime.proc = None
     runtime.start()
     assert tasks(runtime) == [{"TASK": "t-r", "PID": str(pid), "STATUS": "RUNNING"}]
-    runtime.ctr("tasks", "kill", "-s", "SIGKILL", "t-r")
+    events = Events(runtime)
+    try:
+        runtime.ctr("tasks", "kill", "-s", "SIGKILL", "t-r")
+        seen = events.until("/tasks/exit")  # the shim found the new corrald's ttrpc socket
+    finally:
+        events.close()
+    assert seen[-1][2]["container_id"] == "t-r" and seen[-1][2]["exit_status"] == 137
     wait_for_status(runtime, "t-r", "STOPPED")
     runtime.ctr("tasks", "delete", "t-r")
     runtime.ctr("containers", "rm", "t-r")

@@ -19,6 +19,7 @@ from corral.kernel import (
     ConfigError,
     DaemonConfig,
     Kernel,
+    LoadedConfig,
     StartupError,
     configure_logging,
     load_config,
@@ -66,7 +67,7 @@ def finish(config: DaemonConfig) -> DaemonConfig:
     return dataclasses.replace(config, root=os.path.abspath(root), state=os.path.abspath(state), grpc=grpc)
 
 
-def read_config(path: Path | None) -> DaemonConfig:
+def read_config(path: Path | None) -> LoadedConfig:
     """--config PATH must exist; without it the default path is read only if present."""
     default_path, defaults = default_paths()
     if path is None and default_path.exists():
@@ -76,7 +77,8 @@ def read_config(path: Path | None) -> DaemonConfig:
     loaded = load_config(path, defaults=defaults)
     # Plugin migrations run from the oldest version any file declared; containerd skips them for
     # unversioned (version 1) files, which silently drops their plugin sections.
-    return dataclasses.replace(loaded.config, version=min(loaded.config.version, loaded.migrated_from))
+    version = min(loaded.config.version, loaded.migrated_from)
+    return dataclasses.replace(loaded, config=dataclasses.replace(loaded.config, version=version))
 
 
 async def serve(kernel: Kernel) -> None:
@@ -113,8 +115,10 @@ def main(
     config_path: Path | None, address: str | None, root: str | None, state: str | None, log_level: str | None
 ) -> None:
     """Run the corral daemon."""
+    loaded = LoadedConfig(DaemonConfig(), (), DaemonConfig().version)
     try:
-        config = read_config(config_path)
+        loaded = read_config(config_path)
+        config = loaded.config
         overrides: dict[str, object] = {}
         if root:
             overrides["root"] = os.path.abspath(root)
@@ -132,8 +136,8 @@ def main(
     kernel = Kernel(config)
     try:
         anyio.run(serve, kernel)
-    except ConfigError as exc:
-        click.echo(f"corrald: config error: {exc.detail}", err=True)
+    except ConfigError as exc:  # a plugin section, decoded at start: name the file that set the key
+        click.echo(f"corrald: config error: {loaded.attribute(exc).detail}", err=True)
         sys.exit(2)
     except StartupError as exc:
         click.echo(f"corrald: {exc}", err=True)

@@ -114,6 +114,23 @@ class LoadedConfig:
     config: DaemonConfig
     files: tuple[Path, ...]
     migrated_from: int
+    origins: Mapping[str, Path] = field(default_factory=dict, compare=False)
+    """Which file last set each key under ``plugins`` and ``proxy_plugins`` (TOML key paths, as
+    errors name them)."""
+
+    def attribute(self, error: ConfigError) -> ConfigError:
+        """``error`` (from decoding a plugin section after loading) naming the file that set its key:
+        the imported file, not the one that imported it. Without a key, the main file."""
+        if not self.files:
+            return error
+        source = self.files[0]
+        best = ""
+        for path, file in self.origins.items():
+            if len(path) > len(best) and (
+                error.key == path or error.key.startswith((path + ".", path + "["))
+            ):
+                best, source = path, file
+        return ConfigError(f"{source}: {error.detail}", key=error.key)
 
 
 # --- Go durations -------------------------------------------------------------------------------
@@ -242,7 +259,11 @@ def _expected(tp: Any) -> str:
 
 
 def _mismatch(tp: Any, value: object, where: str) -> ConfigError:
-    return ConfigError(f"{where}: expected {_expected(tp)}, got {_describe(value)}")
+    return _key_error(where, f"expected {_expected(tp)}, got {_describe(value)}")
+
+
+def _key_error(where: str, text: str) -> ConfigError:
+    return ConfigError(f"{where}: {text}", key=where)
 
 
 @functools.cache
@@ -263,17 +284,17 @@ def decode(cls: type[T], raw: Mapping[str, Any], path: str = "", *, base: T | No
     for key, value in raw.items():
         where = _join(path, key)
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key")
+            raise _key_error(where, "unknown key")
         current = getattr(base, key) if base is not None else _default_of(fields[key])
         values[key] = _convert(hints[key], value, where, current)
     if base is None:
         for name, f in fields.items():
             if name not in values and _default_of(f) is dataclasses.MISSING:
-                raise ConfigError(f"{_join(path, name)}: missing key")
+                raise _key_error(_join(path, name), "missing key")
     try:
         return cast(T, dataclasses.replace(cast(Any, base), **values)) if base is not None else cls(**values)
     except ValueError as e:  # a __post_init__ rejecting the combination of values
-        raise ConfigError(f"{path or cls.__name__}: {e}") from None
+        raise ConfigError(f"{path or cls.__name__}: {e}", key=path) from None
 
 
 def _default_of(f: dataclasses.Field[Any]) -> Any:
@@ -310,7 +331,7 @@ def _convert(tp: Any, value: Any, where: str, current: Any = None) -> Any:
             raise _mismatch(tp, value, where)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"{where}: expected array of {len(args)} items, got {len(value)}")
+                raise _key_error(where, f"expected array of {len(args)} items, got {len(value)}")
             return tuple(
                 _convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
             )
@@ -334,7 +355,7 @@ def _convert(tp: Any, value: Any, where: str, current: Any = None) -> Any:
         try:
             return parse_duration(value)
         except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise _key_error(where, str(e)) from None
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -436,7 +457,8 @@ def load_config(path: Path | None, *, defaults: DaemonConfig) -> LoadedConfig:
     if path is None:
         return LoadedConfig(defaults, (), defaults.version)
     main = Path(os.path.abspath(path))
-    merged, loaded, oldest = _merge_files(main, encode(defaults))
+    origins: dict[str, Path] = {}
+    merged, loaded, oldest = _merge_files(main, encode(defaults), origins)
     if not merged.get("debug", {}).get("level"):
         merged.setdefault("debug", {})["level"] = defaults.debug.level or "info"
     try:
@@ -444,7 +466,7 @@ def load_config(path: Path | None, *, defaults: DaemonConfig) -> LoadedConfig:
         _validate(config, whole=True)
     except ConfigError as e:
         raise ConfigError(f"{main}: {e.detail}") from None
-    return LoadedConfig(config, tuple(loaded), oldest)
+    return LoadedConfig(config, tuple(loaded), oldest, origins)
 
 
 def load_written(path: Path) -> tuple[dict[str, Any], int]:
@@ -455,7 +477,9 @@ def load_written(path: Path) -> tuple[dict[str, Any], int]:
     return merged, oldest
 
 
-def _merge_files(main: Path, merged: dict[str, Any]) -> tuple[dict[str, Any], list[Path], int]:
+def _merge_files(
+    main: Path, merged: dict[str, Any], origins: dict[str, Path] | None = None
+) -> tuple[dict[str, Any], list[Path], int]:
     pending: deque[Path] = deque([main])
     loaded: list[Path] = []
     oldest: int | None = None
@@ -475,9 +499,26 @@ def _merge_files(main: Path, merged: dict[str, Any]) -> tuple[dict[str, Any], li
         elif version:
             merged["version"] = version
         _merge(merged, raw)
+        if origins is not None:
+            _record_origins(origins, "plugins", raw.get("plugins", {}), file)
+            for name, entry in raw.get("proxy_plugins", {}).items():
+                # a later file's entry replaces the whole entry, so only its keys count
+                entry_path = _join("proxy_plugins", name)
+                for stale in [k for k in origins if k.startswith(entry_path + ".")]:
+                    del origins[stale]
+                origins[entry_path] = file
+                _record_origins(origins, entry_path, entry, file)
         pending.extend(_resolve_imports(file, raw.get("imports", ())))
         loaded.append(file)
     return merged, loaded, oldest if oldest is not None else CONFIG_VERSION
+
+
+def _record_origins(origins: dict[str, Path], path: str, table: Any, file: Path) -> None:
+    """Every key below ``path`` in ``table`` was (last) set by ``file``."""
+    if isinstance(table, Mapping):
+        for key, value in table.items():
+            origins[_join(path, key)] = file
+            _record_origins(origins, _join(path, key), value, file)
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -603,7 +644,6 @@ INERT_KEYS: dict[str, str] = {
     "debug.log_trace_id": "no tracing yet",
     "stream_processors": "no stream processors",
     "timeouts": "no plugin reads these timeouts yet",
-    "proxy_plugins": "proxy plugins are not loaded yet",
 }
 
 

@@ -75,4 +75,11 @@ class DataLoss(CorralError):
 
 
 class ConfigError(InvalidArgument):
-    """A config file that cannot be used; the message names the file and the TOML key path."""
+    """A config file that cannot be used; the message names the file and the TOML key path.
+
+    ``key`` is the TOML key path the error is about, when there is one, so the file that set it can
+    be named (``LoadedConfig.attribute``)."""
+
+    def __init__(self, message: str = "", *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key

@@ -77,3 +77,25 @@ def test_oom_score_temp_and_cgroup_are_applied_to_the_daemon(tmp_path: Path, ctr
     finally:
         d.stop()
         os.rmdir(f"/sys/fs/cgroup/{group}")
+
+
+@pytest.mark.parametrize("where", ["main", "imported"])
+def test_a_bad_plugin_key_names_the_file_that_set_it_in_corrald_and_validate(
+    tmp_path: Path, where: str
+) -> None:
+    bad = '[plugins."io.containerd.snapshotter.v1.native"]\nno_such_key = 1\n'
+    included = tmp_path / "conf.d" / "10-native.toml"
+    included.parent.mkdir()
+    included.write_text("version = 3\n" + (bad if where == "imported" else ""))
+    text = f'version = 3\nimports = ["{included.parent}/*.toml"]\n' + (bad if where == "main" else "")
+    result = run_corrald_once(tmp_path / "corral", text)
+    main = tmp_path / "corral" / "config.toml"
+    culprit = included if where == "imported" else main
+    message = f'{culprit}: plugins."io.containerd.snapshotter.v1.native".no_such_key: unknown key'
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"corrald: config error: {message}"
+    validate = subprocess.run(
+        [CORRAL, "config", "validate", "--config", str(main)], capture_output=True, text=True
+    )
+    assert validate.returncode != 0
+    assert validate.stderr.strip().splitlines()[-1] == f"corral: config error: {message}"

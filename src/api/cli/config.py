@@ -95,11 +95,12 @@ def effective_config(path: Path | None, candidates: Sequence[Candidate] | None =
     """The config corrald would run with: ``path`` (or the default file) merged, migrated and decoded."""
     default_path, _ = default_paths()
     source = path if path is not None else (default_path if default_path.exists() else None)
-    config = finish(read_config(source))
+    loaded = read_config(source)
+    config = finish(loaded.config)
     try:
         return prepare(config, candidates=candidates)
     except ConfigError as exc:  # plugin sections are decoded after loading: say which file they came from
-        raise ConfigError(f"{source}: {exc.detail}" if source else exc.detail) from None
+        raise loaded.attribute(exc) from None
     except StartupError as exc:  # what corrald would refuse before starting any plugin
         raise CommandError(f"{source}: {exc}" if source else str(exc)) from None
 
@@ -162,7 +163,7 @@ def migrated_config(path: Path | None, candidates: Sequence[Candidate] | None = 
         hint = "" if path is not None else " (give one with --config)"
         raise CommandError(f"no config file to migrate: {source} does not exist{hint}")
     written, oldest = load_written(source)
-    config = finish(read_config(source))
+    config = finish(read_config(source).config)
     kernel = Kernel(dataclasses.replace(config, version=oldest), candidates=candidates)
     with kernel_logs_silenced():
         kernel.migrate_config(kernel.load_registrations())

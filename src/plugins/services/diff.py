@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
@@ -29,7 +30,8 @@ class DiffService:
         self._differs = list(differs)
         self._sync_fs = sync_fs
 
-    async def apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
+    async def apply(self, desc: Descriptor, mounts: Sequence[Mount], *, sync_fs: bool = False) -> Descriptor:
+        """``sync_fs`` (ApplyRequest.sync_fs, containerd 2) flushes this layer as the config's does all."""
         check_mounts(mounts)
         error: Exception = Unimplemented("no differ could apply the layer")
         for differ in self._differs:
@@ -38,7 +40,7 @@ class DiffService:
             except Unimplemented as exc:
                 error = exc
                 continue
-            if self._sync_fs:
+            if self._sync_fs or sync_fs:
                 await anyio.to_thread.run_sync(os.sync)
             return applied
         raise error
@@ -51,13 +53,17 @@ class DiffService:
         media_type: str,
         ref: str,
         labels: Mapping[str, str],
+        source_date_epoch: datetime | None = None,
     ) -> Descriptor:
         check_mounts(lower)
         check_mounts(upper)
         error: Exception = Unimplemented("no differ could compare the mounts")
         for differ in self._differs:
             try:
-                return await differ.compare(lower, upper, media_type=media_type, ref=ref, labels=labels)
+                epoch = {"source_date_epoch": source_date_epoch} if source_date_epoch is not None else {}
+                return await differ.compare(
+                    lower, upper, media_type=media_type, ref=ref, labels=labels, **epoch
+                )
             except Unimplemented as exc:
                 error = exc
         raise error

@@ -368,7 +368,8 @@ def test_every_event_record_has_a_topic_under_its_area() -> None:
 
 
 def test_encoded_events_pass_through_byte_for_byte() -> None:
-    raw = RawEvent("containerd.events.TaskExit", b"\n\x02c1\x12\x02c1\x18\x07")
+    # An event no record type is defined for (shims' /tasks/oom), kept encoded.
+    raw = RawEvent("containerd.events.TaskOOM", b"\n\x02c1")
     wire = event_to_any(raw)
     assert (wire.type_url, wire.value) == (raw.type_url, raw.value)
     assert event_from_any(wire) == raw

@@ -20,6 +20,7 @@ from corral.api.client._introspection import IntrospectionCalls
 from corral.api.client._leases import LeaseCalls
 from corral.api.client._namespaces import NamespaceCalls
 from corral.api.client._snapshots import SnapshotCalls
+from corral.api.client._tasks import TaskCalls
 from corral.api.client._transfer import ImportOptions, TransferCalls, TransferProgress
 
 __all__ = [
@@ -46,6 +47,7 @@ class Client(
     ImageCalls,
     ContainerCalls,
     TransferCalls,
+    TaskCalls,
 ):
     """Every service's calls on one connection to a daemon's socket."""
 

@@ -220,3 +220,29 @@ class EventExchange(Publisher, Protocol):
     def subscribe(
         self, filters: Sequence[str] = ()
     ) -> AbstractAsyncContextManager[AsyncIterator[Envelope]]: ...
+
+
+# -- tasks: shims publish their own (forwarded byte for byte); the runtime publishes these when a
+# shim is gone without saying so, as containerd's cleanupAfterDeadShim does.
+@dataclass(frozen=True)
+class TaskExit(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskExit"
+    TOPIC: ClassVar[str] = "/tasks/exit"
+
+    container_id: str
+    id: str
+    pid: int
+    exit_status: int
+    exited_at: datetime
+
+
+@dataclass(frozen=True)
+class TaskDelete(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskDelete"
+    TOPIC: ClassVar[str] = "/tasks/delete"
+
+    container_id: str
+    pid: int
+    exit_status: int
+    exited_at: datetime
+    id: str = ""

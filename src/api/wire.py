@@ -152,17 +152,31 @@ def event_to_any(event: Event) -> protobuf.Any:
     """An Any with containerd's bare type_url (no type.googleapis.com/ prefix, which ctr rejects)."""
     if isinstance(event, RawEvent):
         return protobuf.Any(type_url=event.type_url, value=event.value)
+    return protobuf.Any(type_url=event.TYPE_URL, value=bytes(_message(proto_class(event.TYPE_URL), event)))
+
+
+def _message(cls: type[betterproto2.Message], record: Any) -> betterproto2.Message:
+    """A record (a frozen dataclass named as the proto) as its message, nested records included."""
+    nested: Mapping[str, Any] = getattr(cls, "_betterproto").cls_by_field  # noqa: B009
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
-        values[f.name] = dict(value) if isinstance(value, Mapping) else value
-    return protobuf.Any(type_url=event.TYPE_URL, value=bytes(proto_class(event.TYPE_URL)(**values)))
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, Mapping):
+            value = dict(value)
+        elif dataclasses.is_dataclass(value):
+            value = _message(nested[f.name], value)
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            value = [_message(nested[f.name], item) for item in value]
+        elif isinstance(value, tuple):
+            value = list(value)
+        values[f.name] = value
+    return cls(**values)
 
 
 def event_from_any(value: protobuf.Any) -> Event:
     """The record type for a known type_url, else the encoded event as it came."""
     record = EVENT_TYPES.get(value.type_url)
-    if record is None:
+    if record is None or not record.DECODE:
         return RawEvent(type_url=value.type_url, value=value.value)
     message = proto_class(value.type_url).parse(value.value)
     return _record(record, message)

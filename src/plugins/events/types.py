@@ -22,6 +22,8 @@ class TypedEvent:
 
     TYPE_URL: ClassVar[str]
     TOPIC: ClassVar[str]
+    DECODE: ClassVar[bool] = True
+    """False for events that shims send: one that arrives encoded stays a RawEvent, byte for byte."""
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
@@ -113,6 +115,76 @@ class SnapshotRemove(TypedEvent):
 
     key: str
     snapshotter: str
+
+
+@dataclass(frozen=True)
+class TaskIO:
+    """The stdio a task was created with (FIFO paths), as in containerd's TaskIO."""
+
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+
+@dataclass(frozen=True)
+class TaskMount:
+    """One rootfs mount of a created task, as containerd's types.Mount."""
+
+    type: str
+    source: str
+    target: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskCreate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskCreate"
+    DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
+    TOPIC: ClassVar[str] = "/tasks/create"
+
+    container_id: str
+    bundle: str
+    rootfs: tuple[TaskMount, ...] = ()
+    io: TaskIO | None = None
+    checkpoint: str = ""
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class TaskStart(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskStart"
+    DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
+    TOPIC: ClassVar[str] = "/tasks/start"
+
+    container_id: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class TaskExit(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskExit"
+    DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
+    TOPIC: ClassVar[str] = "/tasks/exit"
+
+    container_id: str
+    id: str
+    pid: int
+    exit_status: int
+    exited_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TaskDelete(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskDelete"
+    DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
+    TOPIC: ClassVar[str] = "/tasks/delete"
+
+    container_id: str
+    pid: int
+    exit_status: int
+    exited_at: datetime | None = None
+    id: str = ""
 
 
 @dataclass(frozen=True)

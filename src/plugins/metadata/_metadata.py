@@ -41,6 +41,11 @@ class SqliteMetadata:
         """What the last collection could not remove from the backends, by kind."""
 
     def view(self, contract: type[V]) -> V:
+        # A view that names its contract as a base wins: contracts with the same method names
+        # (ImageStore, ContainerStore, NamespaceStore) cannot be told apart structurally.
+        for view in self._views:
+            if contract in type(view).__mro__:
+                return view  # type: ignore[return-value]
         for view in self._views:
             if isinstance(view, contract):
                 return view

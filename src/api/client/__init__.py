@@ -20,6 +20,7 @@ from corral.api.client._introspection import IntrospectionCalls
 from corral.api.client._leases import LeaseCalls
 from corral.api.client._namespaces import NamespaceCalls
 from corral.api.client._snapshots import SnapshotCalls
+from corral.api.client._tasks import TaskCalls
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -42,6 +43,7 @@ class Client(
     SnapshotCalls,
     ImageCalls,
     ContainerCalls,
+    TaskCalls,
 ):
     """Every service's calls on one connection to a daemon's socket."""
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from corral.api.edge import error_for
 from corral.api.grpc import GRPCServices
 from corral.api.types.containerd.services.containers import v1 as pb
 from corral.api.types.google import protobuf
 from corral.api.wire import container_from_wire, container_to_wire, field_mask_paths
-from corral.kernel import InitContext, InvalidArgument, Registration
+from corral.kernel import InitContext, Registration
 from corral.plugins import types
 from corral.plugins.metadata import ContainerStore
+
+INVALID_ARGUMENT = 3
 
 
 class ContainersGRPC(pb.ContainersBase):
@@ -35,7 +38,7 @@ class ContainersGRPC(pb.ContainersBase):
 
     async def update(self, message: pb.UpdateContainerRequest) -> pb.UpdateContainerResponse:
         if message.container is None or not message.container.id:
-            raise InvalidArgument("Container.ID required")
+            raise error_for(INVALID_ARGUMENT, "Container.ID required")  # a bare status, as containerd's
         paths = field_mask_paths(message.update_mask)
         updated = await self._local.update(container_from_wire(message.container), paths)
         return pb.UpdateContainerResponse(container=container_to_wire(updated))

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from corral.api.edge import error_for
 from corral.api.grpc import GRPCServices
 from corral.api.types.containerd.services.images import v1 as pb
 from corral.api.types.google import protobuf
 from corral.api.wire import descriptor_from_wire, field_mask_paths, image_from_wire, image_to_wire
-from corral.kernel import InitContext, InvalidArgument, Registration
+from corral.kernel import InitContext, Registration
 from corral.plugins import types
 from corral.plugins.services.images import ImagesService
 
+INVALID_ARGUMENT = 3
+
 
 def _named(image: pb.Image | None) -> pb.Image:
-    """containerd's services check the name before the store sees the request."""
+    """containerd's services check the name before the store sees the request (a bare status,
+    with no error kind appended to its message)."""
     if image is None or not image.name:
-        raise InvalidArgument("Image.Name required")
+        raise error_for(INVALID_ARGUMENT, "Image.Name required")
     return image
 
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from corral.kernel import AlreadyExists, InvalidArgument, NotFound, parse_filters
+from corral.kernel import AlreadyExists, InvalidArgument, NotFound
 from corral.plugins.core import namespace_required, validate_identifier, validate_labels
 from corral.plugins.events.types import (
     ContainerCreate,
@@ -28,6 +28,7 @@ from corral.plugins.events.types import (
 )
 from corral.plugins.metadata import AnyValue, Container, ContainerRuntime, ContainerStore
 from corral.plugins.metadata._gc import Node, ResourceKind, label_references
+from corral.plugins.metadata._images import filters_of
 from corral.plugins.metadata.database import Database, ObjectKind, labels_json, stamp
 
 NODE_KIND = "containers"
@@ -169,10 +170,8 @@ def _apply_paths(current: Container, container: Container, paths: Sequence[str])
             labels[key] = container.labels.get(key, "")
         elif path.startswith("extensions."):
             key = path[len("extensions.") :]
-            if key in container.extensions:
-                extensions[key] = container.extensions[key]
-            else:
-                extensions.pop(key, None)
+            # As containerd: a key the request lacks is kept, with an empty value.
+            extensions[key] = container.extensions.get(key, AnyValue(""))
         elif path == "labels":
             labels = dict(container.labels)
         elif path == "spec":
@@ -247,7 +246,7 @@ class ContainerRecords(ContainerStore):
 
     async def list(self, filters: Sequence[str] = ()) -> builtins.list[Container]:
         ns = namespace_required()
-        match = parse_filters(list(filters))
+        match = filters_of(filters)
 
         def list_(conn: sqlite3.Connection) -> builtins.list[Container]:
             rows = conn.execute(

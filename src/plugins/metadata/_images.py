@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 
-from corral.kernel import AlreadyExists, InvalidArgument, NotFound, parse_filters
+from corral.kernel import AlreadyExists, Filter, InvalidArgument, NotFound, parse_filters
 from corral.plugins.core import (
     GC_EXPIRE,
     Descriptor,
@@ -71,6 +71,15 @@ def _image(row: _Row) -> Image:
     name, labels, media_type, digest, size, annotations, created, updated = row
     target = Descriptor(media_type, digest, size, json.loads(annotations))
     return Image(name, target, json.loads(labels), stamp(created), stamp(updated))
+
+
+def filters_of(filters: Sequence[str]) -> Filter:
+    """containerd's stores wrap a filter's parse error once more (``…: invalid argument: invalid
+    argument``)."""
+    try:
+        return parse_filters(list(filters))
+    except InvalidArgument as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _present(labels: Mapping[str, str]) -> dict[str, str]:
@@ -186,7 +195,7 @@ class ImageRecords(ImageStore):
 
     async def list(self, filters: Sequence[str] = ()) -> builtins.list[Image]:
         ns = namespace_required()
-        match = parse_filters(list(filters))
+        match = filters_of(filters)
 
         def list_(conn: sqlite3.Connection) -> builtins.list[Image]:
             rows = conn.execute(
@@ -326,7 +335,14 @@ class ImagesKind(ObjectKind):
     schema = SCHEMA
 
     def bind(self, db: Database) -> None:
+        self._db = db
         self.records = ImageRecords(db)
+
+    async def collected(self, removed: Mapping[str, Sequence[str]]) -> None:
+        # As containerd: an expired image that a collection removes is deleted like any other.
+        for entry in removed.get(LEASE_RESOURCE, ()):
+            ns, _, name = entry.partition("/")
+            await self._db.publish(ImageDelete(name=name), ns)
 
     def views(self) -> Iterable[object]:
         return (self.records,)

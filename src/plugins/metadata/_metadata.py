@@ -61,6 +61,8 @@ class SqliteMetadata:
     async def garbage_collect(self) -> CollectionResult:
         """Collect unreferenced records in one transaction, then sweep each kind's backend."""
         result = await self.db.run(self.collector.collect)
+        for kind in self.db.kinds:
+            await kind.collected(result.removed)
         started = time.perf_counter()
         for kind in self.db.kinds:
             for name, value in (await kind.sweep()).items():

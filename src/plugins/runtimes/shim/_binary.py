@@ -15,11 +15,19 @@ from pathlib import Path
 
 import anyio
 
-from corral.kernel import FailedPrecondition, InvalidArgument, NotFound
+from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from corral.plugins.runtimes.shim._bundle import BINARY_FILE, BOOTSTRAP_FILE, Bundle
 
 START_TIMEOUT = 60.0
 DELETE_TIMEOUT = 10.0
+
+
+def shim_call_error(message: str) -> CorralError:
+    """A failed shim binary, as containerd's shimCallError: kind unknown, the message as is."""
+    err = CorralError.__new__(CorralError)
+    Exception.__init__(err, message)
+    err.detail = message
+    return err
 
 
 def binary_name(runtime: str) -> str:
@@ -137,10 +145,10 @@ class ShimBinary:
         with anyio.move_on_after(DELETE_TIMEOUT) as scope:
             result = await anyio.run_process(argv, cwd=cwd, env=self._environment(), check=False)
         if scope.cancelled_caught:
-            raise FailedPrecondition(f"{self.path} delete: shim killed after {DELETE_TIMEOUT:g}s")
+            raise shim_call_error(f"shim killed after {DELETE_TIMEOUT:g}s")
         if result.returncode != 0:
             text = result.stderr.decode(errors="replace").strip()
-            raise FailedPrecondition(f"{text}: exit status {result.returncode}")
+            raise shim_call_error(f"{text}: exit status {result.returncode}")
         return result.stdout
 
 
@@ -154,8 +162,6 @@ def parse_start_output(out: bytes) -> tuple[str, str, int]:
     if isinstance(params, dict) and int(params.get("version", 0)) >= 2:
         version = int(params["version"])
         if version > 2:
-            from corral.kernel import Unimplemented
-
             raise Unimplemented(f"unsupported shim version ({version})")
         return str(params.get("protocol", "ttrpc")), str(params.get("address", "")), version
     # A bare address: version 2 over ttrpc. The last line, should a shim print more.

@@ -17,7 +17,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from corral.kernel import InvalidArgument
 from corral.plugins.core import validate_identifier
 from corral.plugins.metadata import AnyValue
 from corral.plugins.runtimes import SPEC_TYPE_URL
@@ -85,7 +87,11 @@ def new_bundle(root: Path, state: Path, namespace: str, task_id: str, spec: AnyV
         (bundle.path / "work").symlink_to(work)
         if spec is not None and spec.value:
             if spec.type_url == SPEC_TYPE_URL:
-                _check_spec(spec.value)
+                gid = remapped_gid(_parse_spec(spec.value))
+                if gid:
+                    # The container's root (a remapped gid) must reach the rootfs inside the bundle.
+                    os.chown(bundle.path, -1, gid)
+                    bundle.path.chmod(0o710)
             (bundle.path / CONFIG_FILE).write_bytes(spec.value)
         os.mkfifo(bundle.path / LOG_FIFO, 0o700)
     except BaseException:
@@ -94,13 +100,21 @@ def new_bundle(root: Path, state: Path, namespace: str, task_id: str, spec: AnyV
     return bundle
 
 
-def _check_spec(value: bytes) -> None:
-    from corral.kernel import InvalidArgument
-
+def _parse_spec(value: bytes) -> Any:
     try:
-        json.loads(value)
+        return json.loads(value)
     except ValueError as exc:
         raise InvalidArgument(f"container spec is not JSON: {exc}") from None
+
+
+def remapped_gid(spec: Any) -> int:
+    """The host gid of the container's gid 0 under a user namespace, else 0 (bundle_linux.go)."""
+    linux = spec.get("linux") if isinstance(spec, dict) else None
+    mappings = linux.get("gidMappings") if isinstance(linux, dict) else None
+    for mapping in mappings or ():
+        if isinstance(mapping, dict) and mapping.get("containerID") == 0:
+            return int(mapping.get("hostID", 0))
+    return 0
 
 
 def load_bundles(state: Path) -> list[Bundle]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,8 +25,10 @@ import structlog
 
 from corral.kernel import (
     AlreadyExists,
+    CorralError,
     DeadlineExceeded,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     Unavailable,
     Unimplemented,
@@ -89,6 +93,9 @@ class _Shim:
         self.dead_exit: Exit | None = None
         """Set when the shim went away under a task that was not being deleted."""
         self.close_scope = anyio.CancelScope()
+        self.address = ""
+        self.io = TaskIO()
+        """The init process's stdio, kept for a dead shim's STOPPED state (clients clean up by it)."""
 
     @property
     def id(self) -> str:
@@ -100,6 +107,34 @@ class _Shim:
         return self.conn
 
 
+def prefixed(exc: CorralError, prefix: str) -> CorralError:
+    """The same kind of error with its message (as sent) after ``prefix``, as Go's %w wrapping."""
+    err = type(exc).__new__(type(exc))
+    message = prefix + str(exc)
+    Exception.__init__(err, message)
+    err.detail = message
+    return err
+
+
+def _remove_stale_socket(address: str) -> None:
+    """A shim that died leaves its socket; nothing answers on it any more (start would reuse it)."""
+    path = address.removeprefix("unix://")
+    if not path.startswith("/"):
+        return  # an abstract socket goes with its process
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+    finally:
+        probe.close()
+
+
 async def _state(shim: _Shim, exec_id: str) -> ProcessState:
     if shim.dead_exit is not None:
         if exec_id:
@@ -109,7 +144,7 @@ async def _state(shim: _Shim, exec_id: str) -> ProcessState:
             shim.id,
             exit.pid,
             TaskStatus.STOPPED,
-            TaskIO(),
+            shim.io,
             exit.status,
             exit.timestamp,
             str(shim.bundle.path),
@@ -213,10 +248,8 @@ class ShimTask(ShimProcess):
     async def exec(self, exec_id: str, opts: ExecOpts) -> ShimProcess:
         try:
             validate_identifier(exec_id)
-        except Exception as exc:
-            from corral.kernel import InvalidArgument
-
-            raise InvalidArgument(f"invalid exec id {exec_id}: {exc}") from None
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"invalid exec id {exec_id}: {exc.detail}") from None
         await self._shim.connection().exec(self._shim.id, exec_id, opts.io, opts.spec)
         return ShimProcess(self._shim, exec_id)
 
@@ -279,19 +312,26 @@ class TaskManager:
             raise AlreadyExists(f"bundle for task {task_id}") from None
         options = opts.task_options if opts.task_options and opts.task_options.value else opts.runtime_options
         shim = _Shim(bundle, self._binary(path, bundle), opts.runtime)
+        shim.io = opts.io
         bundle.write(RUNTIME_FILE, opts.runtime)
         started = False
         try:
             await self._group().start(self._read_log, shim)
-            protocol_name, address, _version = await shim.binary.start(
-                self._encode_options(options) if options else b""
-            )
-            started = True
-            await self._group().start(self._supervise, shim, self._protocol(protocol_name), address)
+            try:
+                protocol_name, address, _version = await shim.binary.start(
+                    self._encode_options(options) if options else b""
+                )
+                started = True
+                await self._group().start(self._supervise, shim, self._protocol(protocol_name), address)
+            except CorralError as exc:
+                raise prefixed(exc, "failed to start shim: ") from None
             conn = shim.connection()
-            await conn.create(
-                ShimCreate(task_id, str(bundle.path), opts.rootfs, opts.io, opts.checkpoint, options)
-            )
+            try:
+                await conn.create(
+                    ShimCreate(task_id, str(bundle.path), opts.rootfs, opts.io, opts.checkpoint, options)
+                )
+            except CorralError as exc:
+                raise prefixed(exc, "failed to create shim task: ") from None
             shim.task_pid = (await conn.connect(task_id)).task_pid
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -367,6 +407,7 @@ class TaskManager:
     ) -> None:
         """Hold the shim's connection; when it ends (not when the daemon stops), clean up after it."""
         connected = False
+        shim.address = address
         try:
             with shim.close_scope:
                 async with protocol.connect(address) as conn:
@@ -388,6 +429,7 @@ class TaskManager:
             exit = next(iter(self._protocols.values())).decode_delete(out) if out else None
         except Exception as exc:
             log.warning("shim_cleanup_failed", namespace=shim.bundle.namespace, id=shim.id, error=str(exc))
+        _remove_stale_socket(shim.address)
         try:
             shim.bundle.delete()
         except OSError as exc:
@@ -504,6 +546,10 @@ class TaskManager:
         path = (bundle.read(BINARY_FILE) or "").strip()
         runtime = (bundle.read(RUNTIME_FILE) or "").strip()
         bootstrap = read_bootstrap(bundle)
+        if not path and runtime:
+            # A daemon killed while ``start`` ran: the shim may be up (it wrote ``address``).
+            with contextlib.suppress(CorralError):
+                path = resolve_runtime(runtime)
         if not path:
             log.warning("shim_load_failed", reason="no shim binary recorded", **fields)
             with contextlib.suppress(OSError):
@@ -522,6 +568,7 @@ class TaskManager:
                 shim.task_pid = (await conn.connect(bundle.id)).task_pid
                 try:
                     await conn.pids(bundle.id)
+                    shim.io = (await conn.state(bundle.id)).io
                 except NotFound:
                     log.info("shim_leaked", **fields)
                     await self._shutdown(shim)

@@ -16,9 +16,11 @@ import pytest
 wasmtime = pytest.importorskip("wasmtime")
 
 from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound  # noqa: E402
+from corral.plugins.core import namespace  # noqa: E402
 from corral.plugins.events.exchange import Exchange  # noqa: E402
-from corral.plugins.events.types import TaskIO  # noqa: E402
-from corral.plugins.runtimes.wasm import Status, WasmRuntime  # noqa: E402
+from corral.plugins.metadata import AnyValue  # noqa: E402
+from corral.plugins.runtimes import SPEC_TYPE_URL, CreateOpts, Task, TaskIO, TaskStatus  # noqa: E402
+from corral.plugins.runtimes.wasm import RUNTIME_NAME, WasmRuntime  # noqa: E402
 from corral.plugins.runtimes.wasm._engine import ModuleCache  # noqa: E402
 
 pytestmark = pytest.mark.anyio
@@ -75,17 +77,29 @@ class Harness:
         def spawn(fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
             tg.start_soon(fn, name=name)
 
-        self.runtime = WasmRuntime(spawn, self.exchange, self.cache)
+        self.runtime = WasmRuntime(tmp / "state", spawn, self.exchange, self.cache)
 
-    def bundle(
-        self, name: str, wasm: bytes, args: list[str] | None = None, env: list[str] | None = None
-    ) -> Path:
-        bundle = self.tmp / name
-        (bundle / "rootfs").mkdir(parents=True)
-        (bundle / "rootfs" / "app.wasm").write_bytes(wasm)
-        spec = {"root": {"path": "rootfs"}, "process": {"args": args or ["/app.wasm"], "env": env or []}}
-        (bundle / "config.json").write_text(json.dumps(spec))
-        return bundle
+    def rootfs(self, name: str, wasm: bytes) -> Path:
+        root = self.tmp / "images" / name
+        root.mkdir(parents=True)
+        (root / "app.wasm").write_bytes(wasm)
+        return root
+
+    def opts(
+        self, name: str, wasm: bytes, args: list[str] | None = None, env: list[str] | None = None, **io: Any
+    ) -> CreateOpts:
+        """A container whose spec's root is a directory holding the module (no snapshot mounts)."""
+        spec = {
+            "root": {"path": str(self.rootfs(name, wasm))},
+            "process": {"args": args or ["/app.wasm"], "env": env or []},
+        }
+        return CreateOpts(
+            spec=AnyValue(SPEC_TYPE_URL, json.dumps(spec).encode()), io=TaskIO(**io), runtime=RUNTIME_NAME
+        )
+
+    async def create(self, task_id: str, opts: CreateOpts) -> Task:
+        with namespace("ns"):
+            return await self.runtime.create(task_id, opts)
 
     def fifo(self, name: str) -> str:
         path = self.tmp / name
@@ -129,16 +143,21 @@ async def read_all(path: str) -> bytes:
 async def test_a_module_writes_to_its_fifo_and_its_exit_code_is_the_tasks(h: Harness) -> None:
     stdout = h.fifo("out")
     reader = os.open(stdout, os.O_RDONLY | os.O_NONBLOCK)  # the client opens its end first, as ctr does
-    bundle = h.bundle("t1", HELLO)
     async with h.exchange.subscribe() as events:
-        task = await h.runtime.create("ns", "t1", bundle, (), TaskIO(stdout=stdout))
-        assert task.status is Status.CREATED
-        pid = await h.runtime.start("ns", "t1")
-        exited = await h.runtime.wait("ns", "t1")
-        assert exited.exit_status == 3 and exited.pid == pid > 0
+        task = await h.create("t1", h.opts("t1", HELLO, stdout=stdout))
+        assert (await task.state()).status is TaskStatus.CREATED
+        bundle = Path((await task.state()).bundle)
+        assert json.loads((bundle / "config.json").read_text())["process"]["args"] == ["/app.wasm"]
+        await task.start()
+        running = await task.state()
+        exited = await task.wait()
+        assert exited.status == 3 and exited.pid == running.pid > 0
         assert os.read(reader, 100) == b"hello\n"
-        deleted = await h.runtime.delete("ns", "t1")
-        assert deleted.exit_status == 3
+        with namespace("ns"):
+            assert [t.id for t in await h.runtime.tasks()] == ["t1"]
+            deleted = await h.runtime.delete("t1")
+        assert deleted.status == 3
+        assert not bundle.exists()
         topics = []
         with anyio.fail_after(5):
             async for envelope in events:
@@ -148,89 +167,96 @@ async def test_a_module_writes_to_its_fifo_and_its_exit_code_is_the_tasks(h: Har
                     break
     os.close(reader)
     assert topics == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
-    with pytest.raises(NotFound):
-        h.runtime.get("ns", "t1")
+    with namespace("ns"), pytest.raises(NotFound):
+        await h.runtime.get("t1")
 
 
 async def test_args_and_env_reach_the_guest(h: Harness) -> None:
     stdout = h.fifo("out")
     reader = os.open(stdout, os.O_RDONLY | os.O_NONBLOCK)
-    bundle = h.bundle("t", COUNTS, args=["/app.wasm", "a", "b"], env=["A=1", "B=2", "C=3", "D"])
-    await h.runtime.create("ns", "t", bundle, (), TaskIO(stdout=stdout))
-    await h.runtime.start("ns", "t")
-    assert (await h.runtime.wait("ns", "t")).exit_status == 0
+    opts = h.opts("t", COUNTS, args=["/app.wasm", "a", "b"], env=["A=1", "B=2", "C=3", "D"], stdout=stdout)
+    task = await h.create("t", opts)
+    await task.start()
+    assert (await task.wait()).status == 0
     assert os.read(reader, 100) == b"34\n"
     os.close(reader)
 
 
 async def test_kill_ends_a_spinning_guest_promptly_and_only_that_one(h: Harness) -> None:
-    await h.runtime.create("ns", "spin1", h.bundle("spin1", SPIN), (), TaskIO())
-    await h.runtime.create("ns", "spin2", h.bundle("spin2", SPIN), (), TaskIO())
-    await h.runtime.start("ns", "spin1")
-    await h.runtime.start("ns", "spin2")
+    spin1 = await h.create("spin1", h.opts("spin1", SPIN))
+    spin2 = await h.create("spin2", h.opts("spin2", SPIN))
+    await spin1.start()
+    await spin2.start()
     await anyio.sleep(0.1)
     began = time.monotonic()
-    await h.runtime.kill("ns", "spin1", signal.SIGTERM)
-    exited = await h.runtime.wait("ns", "spin1")
-    assert exited.exit_status == 128 + signal.SIGTERM
+    await spin1.kill(signal.SIGTERM)
+    assert (await spin1.wait()).status == 128 + signal.SIGTERM
     assert time.monotonic() - began < 2
-    assert h.runtime.get("ns", "spin2").status is Status.RUNNING
-    with pytest.raises(FailedPrecondition):
-        await h.runtime.delete("ns", "spin2")
-    await h.runtime.kill("ns", "spin2", signal.SIGKILL)
-    assert (await h.runtime.wait("ns", "spin2")).exit_status == 137
+    assert (await spin2.state()).status is TaskStatus.RUNNING
+    with namespace("ns"), pytest.raises(FailedPrecondition):
+        await h.runtime.delete("spin2")
+    await spin2.kill(signal.SIGKILL)
+    assert (await spin2.wait()).status == 137
     with pytest.raises(NotFound, match="process already finished"):
-        await h.runtime.kill("ns", "spin2", signal.SIGKILL)
+        await spin2.kill(signal.SIGKILL)
     with pytest.raises(InvalidArgument, match="can only be ended"):
-        await h.runtime.kill("ns", "spin1", signal.SIGUSR1)
+        await spin1.kill(signal.SIGUSR1)
 
 
 async def test_a_trap_is_exit_134_with_the_trap_on_stderr(h: Harness) -> None:
     stderr = h.fifo("err")
     reader = os.open(stderr, os.O_RDONLY | os.O_NONBLOCK)
-    await h.runtime.create("ns", "t", h.bundle("t", TRAP), (), TaskIO(stderr=stderr))
-    await h.runtime.start("ns", "t")
-    assert (await h.runtime.wait("ns", "t")).exit_status == 134
+    task = await h.create("t", h.opts("t", TRAP, stderr=stderr))
+    await task.start()
+    assert (await task.wait()).status == 134
     assert b"wasm trap" in os.read(reader, 1000)
     os.close(reader)
 
 
 async def test_a_module_is_compiled_once_for_many_tasks(h: Harness) -> None:
-    bundle = h.bundle("shared", HELLO)
+    opts = h.opts("shared", HELLO)
     for i in range(20):
-        await h.runtime.create("ns", f"t{i}", bundle, (), TaskIO())
-        await h.runtime.start("ns", f"t{i}")
-        assert (await h.runtime.wait("ns", f"t{i}")).exit_status == 3
-        await h.runtime.delete("ns", f"t{i}")
+        task = await h.create(f"t{i}", opts)
+        await task.start()
+        assert (await task.wait()).status == 3
+        await task.delete()
     assert h.cache.compilations == 1
 
 
 async def test_bad_input_is_refused_and_leaves_nothing(h: Harness) -> None:
-    bundle = h.bundle("b", HELLO, args=["/missing.wasm"])
     with pytest.raises(FailedPrecondition, match="no such module"):
-        await h.runtime.create("ns", "b", bundle, (), TaskIO())
-    assert h.runtime.list("ns") == []
+        await h.create("b", h.opts("b", HELLO, args=["/missing.wasm"]))
     with pytest.raises(InvalidArgument, match="no terminal"):
-        await h.runtime.create("ns", "b", h.bundle("b2", HELLO), (), TaskIO(terminal=True))
-    (h.tmp / "b3").mkdir()
-    with pytest.raises(InvalidArgument, match=r"no config\.json"):
-        await h.runtime.create("ns", "b", h.tmp / "b3", (), TaskIO())
-    bad = h.bundle("b4", b"\0asm not really")
+        await h.create("b", h.opts("b2", HELLO, terminal=True))
+    with pytest.raises(InvalidArgument, match="no spec"):
+        await h.create("b", CreateOpts(runtime=RUNTIME_NAME))
     with pytest.raises(wasmtime.WasmtimeError):
-        await h.runtime.create("ns", "b", bad, (), TaskIO())
-    assert h.runtime.list("ns") == []
-    await h.runtime.create("ns", "ok", h.bundle("ok", HELLO), (), TaskIO())
+        await h.create("b", h.opts("b4", b"\0asm not really"))
+    with pytest.raises(InvalidArgument):
+        await h.create("../escape", h.opts("b5", HELLO))
+    with namespace("ns"):
+        assert await h.runtime.tasks() == []
+    assert list((h.tmp / "state" / "ns").iterdir()) == []
+    await h.create("ok", h.opts("ok", HELLO))
     with pytest.raises(AlreadyExists):
-        await h.runtime.create("ns", "ok", h.bundle("ok2", HELLO), (), TaskIO())
+        await h.create("ok", h.opts("ok2", HELLO))
 
 
 async def test_the_module_path_cannot_leave_the_rootfs(h: Harness) -> None:
     outside = h.tmp / "outside.wasm"
     outside.write_bytes(HELLO)
-    bundle = h.bundle("esc", HELLO, args=["/link.wasm"])
-    (bundle / "rootfs" / "link.wasm").symlink_to(outside)  # absolute: resolved inside the rootfs
+    opts = h.opts("esc", HELLO, args=["/link.wasm"])
+    root = Path(json.loads(opts.spec.value)["root"]["path"]) if opts.spec else h.tmp
+    (root / "link.wasm").symlink_to(outside)  # absolute: resolved inside the rootfs
     with pytest.raises(FailedPrecondition, match="no such module"):
-        await h.runtime.create("ns", "esc", bundle, (), TaskIO())
-    bundle2 = h.bundle("esc2", HELLO, args=["/../../outside.wasm"])
+        await h.create("esc", opts)
     with pytest.raises(FailedPrecondition, match="no such module"):
-        await h.runtime.create("ns", "esc2", bundle2, (), TaskIO())
+        await h.create("esc2", h.opts("esc2", HELLO, args=["/../../outside.wasm"]))
+
+
+async def test_bundles_left_by_a_crash_are_removed_at_start(h: Harness) -> None:
+    await h.create("left", h.opts("left", SPIN))
+    assert (h.tmp / "state" / "ns" / "left" / "config.json").exists()
+    fresh = WasmRuntime(h.tmp / "state", lambda fn, name: None, None, h.cache)
+    await fresh.recover()
+    assert list((h.tmp / "state" / "ns").iterdir()) == []

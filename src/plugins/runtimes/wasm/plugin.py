@@ -11,10 +11,6 @@ from corral.plugins import types
 from corral.plugins.events.types import optional_publisher
 from corral.plugins.runtimes.wasm import WasmRuntime
 
-IN_PROCESS_RUNTIME = "io.corral.runtime.v1"
-"""Runtimes that run tasks inside corrald; each instance names the runtimes it serves in
-``runtime_names``, which the tasks service matches before looking for a shim binary."""
-
 
 async def init(ic: InitContext) -> WasmRuntime:
     try:
@@ -25,13 +21,14 @@ async def init(ic: InitContext) -> WasmRuntime:
     def spawn(fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         ic.start_soon(functools.partial(fn), name)
 
-    runtime = WasmRuntime(spawn, optional_publisher(ic.get_by_type(types.EVENT)), ModuleCache())
+    runtime = WasmRuntime(ic.state, spawn, optional_publisher(ic.get_by_type(types.EVENT)), ModuleCache())
+    await runtime.recover()
     ic.meta.exports["runtimes"] = ",".join(runtime.runtime_names)
     return runtime
 
 
 registration = Registration(
-    type=IN_PROCESS_RUNTIME,
+    type=types.RUNTIME_IN_PROCESS,
     id="wasmtime",
     init=init,
     after=(types.EVENT,),

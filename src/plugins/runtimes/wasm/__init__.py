@@ -66,7 +66,9 @@ Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
 class WasmTask:
     """One container's guest; a ``Task`` of the runtime contract."""
 
-    def __init__(self, runtime: WasmRuntime, namespace: str, task_id: str, bundle: Path, io: ProcessIO) -> None:
+    def __init__(
+        self, runtime: WasmRuntime, namespace: str, task_id: str, bundle: Path, io: ProcessIO
+    ) -> None:
         self._runtime = runtime
         self._namespace = namespace
         self._id = task_id
@@ -197,7 +199,9 @@ class WasmRuntime:
 
             env = [tuple(e.split("=", 1)) if "=" in e else (e, "") for e in process.get("env") or []]
             io = opts.io
-            task.instance = Instance(self._cache, Invocation(module, root, args, env, io.stdin, io.stdout, io.stderr))
+            task.instance = Instance(
+                self._cache, Invocation(module, root, args, env, io.stdin, io.stdout, io.stderr)
+            )
         except BaseException:
             self._tasks.pop((namespace, task_id), None)
             with anyio.CancelScope(shield=True):

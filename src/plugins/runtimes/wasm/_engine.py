@@ -93,13 +93,23 @@ class Instance:
         self._engine.increment_epoch()
 
     def run(self) -> tuple[int, str]:
-        """Blocking: run ``_start`` to the end. The exit status, and what to tell the task's stderr."""
+        """Blocking: run ``_start`` to the end. The exit status, and what to tell the task's stderr.
+
+        The store (and with it the preopened rootfs and the stdio descriptors) is closed before this
+        returns, so the rootfs can be unmounted as soon as the task has exited."""
         if self._killed_by:
             return 128 + self._killed_by, ""
+        store = wasmtime.Store(self._engine)
+        try:
+            status, diagnostic = self._run_in(store)
+        finally:
+            store.close()
+        return (128 + self._killed_by, "") if self._killed_by else (status, diagnostic)
+
+    def _run_in(self, store: wasmtime.Store) -> tuple[int, str]:
         inv = self.invocation
         try:
             module = wasmtime.Module.deserialize(self._engine, self._cache.artefact(inv.module))
-            store = wasmtime.Store(self._engine)
             store.set_epoch_deadline(1)
             store.set_wasi(_wasi_config(inv))
             linker = wasmtime.Linker(self._engine)
@@ -112,15 +122,9 @@ class Instance:
         except wasmtime.ExitTrap as exit_:
             return exit_.code, ""
         except wasmtime.Trap as trap:
-            if self._killed_by:
-                return 128 + self._killed_by, ""
             return EXIT_TRAPPED, f"wasm trap: {trap.message}\n"
         except wasmtime.WasmtimeError as err:
-            if self._killed_by:
-                return 128 + self._killed_by, ""
             return 1, f"wasm: {err}\n"
-        if self._killed_by:
-            return 128 + self._killed_by, ""
         return 0, ""
 
 

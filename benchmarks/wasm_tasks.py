@@ -137,16 +137,19 @@ def main() -> None:
         with CorralDaemon(corrald_binary(), work / "corrald", Ctr(ctr)) as daemon:
             grpc = anyio.run(over_grpc, str(daemon.socket), root, args.tasks, args.concurrency)
         local = anyio.run(in_process, work / "in-process", root, args.tasks, args.concurrency)
-    print(
-        f"| wasm tasks, {args.tasks} (concurrency {args.concurrency}) | tasks/s | vs runwasi {RUNWASI_TASKS_PER_SECOND} |"
-    )
-    print("|---|---|---|")
-    print(
-        f"| through corral's client API (container + task, 6 RPCs each) | {grpc:.0f} | {grpc / RUNWASI_TASKS_PER_SECOND:.2f}x |"
-    )
-    print(
-        f"| the runtime in-process (create, start, wait, delete) | {local:.0f} | {local / RUNWASI_TASKS_PER_SECOND:.2f}x |"
-    )
+    runwasi = RUNWASI_TASKS_PER_SECOND
+    rows = [
+        (f"wasm tasks, {args.tasks} (concurrency {args.concurrency})", "tasks/s", f"vs runwasi {runwasi}"),
+        ("---", "---", "---"),
+        (
+            "through corral's client API (container + task, 6 RPCs each)",
+            f"{grpc:.0f}",
+            f"{grpc / runwasi:.2f}x",
+        ),
+        ("the runtime in-process (create, start, wait, delete)", f"{local:.0f}", f"{local / runwasi:.2f}x"),
+    ]
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 INTERNAL = "io.containerd.internal.v1"
 RUNTIME_V2 = "io.containerd.runtime.v2"
+RUNTIME_IN_PROCESS = "io.corral.runtime.v1"
+"""Runtimes that run tasks inside corrald; an instance names the runtimes it serves (``runtime_names``)."""
 SERVICE = "io.containerd.service.v1"
 GRPC = "io.containerd.grpc.v1"
 TTRPC = "io.containerd.ttrpc.v1"

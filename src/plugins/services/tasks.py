@@ -220,10 +220,46 @@ class TasksService:
         return await process.wait()
 
 
+class Runtimes:
+    """The v2 runtime (shims), and runtimes that run tasks in-process for the names they serve: a
+    task is created by the one its container's runtime name picks, and found in whichever has it."""
+
+    def __init__(self, default: PlatformRuntime, by_name: Mapping[str, PlatformRuntime]) -> None:
+        self._default = default
+        self._by_name = dict(by_name)
+        self._all = [default, *dict.fromkeys(self._by_name.values())]
+
+    async def create(self, task_id: str, opts: CreateOpts) -> Task:
+        return await self._by_name.get(opts.runtime, self._default).create(task_id, opts)
+
+    async def _owner(self, task_id: str) -> PlatformRuntime:
+        for runtime in self._all[1:]:
+            try:
+                await runtime.get(task_id)
+            except NotFound:
+                continue
+            return runtime
+        return self._default
+
+    async def get(self, task_id: str) -> Task:
+        return await (await self._owner(task_id)).get(task_id)
+
+    async def tasks(self, all_namespaces: bool = False) -> Sequence[Task]:
+        return [task for runtime in self._all for task in await runtime.tasks(all_namespaces)]
+
+    async def delete(self, task_id: str) -> Exit:
+        return await (await self._owner(task_id)).delete(task_id)
+
+
 async def init(ic: InitContext) -> TasksService:
     containers = ic.get_single(types.METADATA, Metadata).view(ContainerStore)
     runtime = ic.get_by_id(types.RUNTIME_V2, "task", PlatformRuntime)
-    return TasksService(containers, runtime)
+    in_process = {
+        name: instance
+        for instance in ic.get_by_type(types.RUNTIME_IN_PROCESS, PlatformRuntime).values()
+        for name in getattr(instance, "runtime_names", ())
+    }
+    return TasksService(containers, Runtimes(runtime, in_process) if in_process else runtime)
 
 
 registration = Registration(
@@ -231,5 +267,6 @@ registration = Registration(
     id="tasks-service",
     init=init,
     requires=(types.METADATA, types.RUNTIME_V2),
-    description="containers' tasks through the v2 runtime",
+    after=(types.RUNTIME_IN_PROCESS,),
+    description="containers' tasks through the v2 runtime and the in-process ones",
 )

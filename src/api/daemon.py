@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from corral.api import _lean_imports  # noqa: F401  (first: structlog without rich, see there)
+
+# isort: split
 import dataclasses
 import os
 import signal

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import os
+import selectors
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,45 @@ def test_store_reads_the_same_bytes_with_and_without_the_cached_path(
     (tmp_path / "root").rename(tmp_path / "first")
     slow = anyio.run(main)
     assert fast == slow == [data, data[5 : 5 + 2 * local.READ_CHUNK], b""]
+
+
+def test_spinning_selector_catches_an_event_that_comes_during_the_spin() -> None:
+    import socket
+    import threading
+    import time
+
+    from corral.api import _spin
+
+    a, b = socket.socketpair()
+    selector = _spin.SpinningSelector()
+    try:
+        selector.register(a, selectors.EVENT_READ)
+        assert selector.select(0.01) == []  # idle: blocks for the timeout, nothing to spin after
+        assert not selector._busy
+        b.send(b"x")
+        assert len(selector.select(1.0)) == 1 and selector._busy
+        a.recv(1)
+        # Busy now: the next event, sent while the selector spins, is returned without a sleep.
+        timer = threading.Timer(_spin.SPIN_SECONDS / 4, b.send, (b"y",))
+        timer.start()
+        assert len(selector.select(5.0)) == 1
+        timer.join()
+        a.recv(1)
+        # Nothing comes: after the spin it blocks for the rest, and it is idle again.
+        start = time.perf_counter()
+        assert selector.select(0.05) == []
+        assert time.perf_counter() - start >= 0.05 and not selector._busy
+    finally:
+        selector.close()
+        a.close()
+        b.close()
+
+
+def test_corrald_runs_on_the_spinning_loop() -> None:
+    from corral.api import _spin
+
+    loop = _spin.new_event_loop()
+    try:
+        assert isinstance(loop._selector, _spin.SpinningSelector)  # type: ignore[attr-defined]
+    finally:
+        loop.close()

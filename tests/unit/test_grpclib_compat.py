@@ -181,3 +181,31 @@ def test_corrald_runs_on_the_spinning_loop() -> None:
         assert isinstance(loop._selector, _spin.SpinningSelector)  # type: ignore[attr-defined]
     finally:
         loop.close()
+
+
+def test_a_burst_of_connections_all_wait_in_the_listen_queue(tmp_path: Path) -> None:
+    """300 clients that connect before the server accepts any all get in (grpclib's backlog of
+    100 refused the rest with EAGAIN)."""
+    import socket
+
+    from corral.api.grpc.server import build_mapping, listen_backlog, serve_unix
+
+    assert listen_backlog() >= 128
+    address = str(tmp_path / "s.sock")
+
+    async def main() -> int:
+        async with serve_unix(build_mapping(()), address):
+            clients = []
+            try:
+                for _ in range(300):  # connected synchronously: the loop accepts none meanwhile
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    clients.append(sock)
+                    sock.connect(address)
+                await asyncio.sleep(0.1)
+                return len(clients)
+            finally:
+                for c in clients:
+                    c.close()
+
+    assert asyncio.run(main()) == 300

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+import corral
 from benchmarks import scenarios as _scenarios  # noqa: F401  (registers the scenarios)
 from benchmarks import unpack as _unpack  # noqa: F401  (registers the unpack and snapshot scenarios)
 from benchmarks.daemons import (
@@ -30,6 +32,10 @@ from benchmarks.daemons import (
 from benchmarks.registry import SCENARIOS
 from benchmarks.report import collect_environment, render_markdown, to_json
 from benchmarks.runner import DaemonFactory, Runner
+
+# isort: split
+# Registered last, so the load scenarios' RSS row is read after every other running scenario.
+from benchmarks import load as _load  # noqa: F401
 
 DEFAULT_RUNS = 10
 QUICK_RUNS = 3
@@ -90,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ctr = Ctr(ctr_path)
     corrald = corrald_binary()
+    # As pip does when it installs a package: corral's modules compiled, so that every start of
+    # corrald reads bytecode even where PYTHONDONTWRITEBYTECODE keeps Python from writing it.
+    compileall.compile_dir(str(Path(corral.__file__).parent), quiet=1)
     factories: dict[str, DaemonFactory] = {CORRAL: lambda wd: CorralDaemon(corrald, wd, ctr)}
 
     version: str | None = None

@@ -188,8 +188,20 @@ class Daemon(ABC):
         for d in (self.root, self.state):
             d.mkdir(parents=True, exist_ok=False)
         self.write_config()
-        argv = self.argv()
         self._log = self.log_path.open("wb")
+        self.startup_seconds = self._launch()
+        return self
+
+    def restart(self) -> float:
+        """Start again on the same directories after the process died (a ``kill -9``, say): the
+        seconds from exec to the first answered ``ctr version``."""
+        if self._proc is None:
+            raise DaemonError(f"{self.kind}: not started")
+        self._proc.wait(timeout=STOP_TIMEOUT)
+        return self._launch()
+
+    def _launch(self) -> float:
+        argv = self.argv()
         t0 = time.perf_counter()
         self._proc = subprocess.Popen(
             argv,
@@ -199,9 +211,7 @@ class Daemon(ABC):
             start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it in order
         )
         try:
-            self.startup_seconds = poll_until(
-                self._answers, start=t0, timeout=self.ready_timeout, give_up=self._exited
-            )
+            seconds = poll_until(self._answers, start=t0, timeout=self.ready_timeout, give_up=self._exited)
             self.rss_after_start_kib = self.rss_kib()
         except BaseException as exc:
             self.stop()
@@ -210,7 +220,7 @@ class Daemon(ABC):
                     f"{self.kind} did not answer `ctr version`: {exc}\n$ {' '.join(argv)}\n{self.log_tail()}"
                 ) from None
             raise
-        return self
+        return seconds
 
     def _answers(self) -> bool:
         return _accepts(self.socket) and self.ctr.ok(self.socket, "version")

@@ -6,6 +6,7 @@ Plugins never import the generated types; services, the client and the CLI conve
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -13,9 +14,6 @@ from typing import Any, TypeVar
 import betterproto2
 
 from corral.api.edge import UNKNOWN, code_for
-
-# Imported for its side effect: it registers containerd's event messages in the message pool.
-from corral.api.types.containerd import events as _events  # noqa: F401
 from corral.api.types.containerd import types as ctypes
 from corral.api.types.containerd.services.containers import v1 as containers_pb
 from corral.api.types.containerd.services.content import v1 as content_pb
@@ -209,10 +207,15 @@ _POOL_PREFIX = "type.googleapis.com/"
 
 def proto_class(type_url: str) -> type[betterproto2.Message]:
     """The generated message for a bare containerd type_url such as ``containerd.events.NamespaceCreate``."""
-    try:
-        return default_message_pool.url_to_type[_POOL_PREFIX + type_url]
-    except KeyError:
-        raise LookupError(f"no protobuf message is generated for {type_url}") from None
+    found = default_message_pool.url_to_type.get(_POOL_PREFIX + type_url)
+    if found is None:
+        # containerd's event messages register themselves in the pool when imported: on the
+        # first event, not at start-up, where their hundred-odd classes would cost milliseconds.
+        importlib.import_module("corral.api.types.containerd.events")
+        found = default_message_pool.url_to_type.get(_POOL_PREFIX + type_url)
+    if found is None:
+        raise LookupError(f"no protobuf message is generated for {type_url}")
+    return found
 
 
 def event_to_any(event: Event) -> protobuf.Any:

@@ -41,10 +41,30 @@ class PluginLoadError(Exception):
     """An enabled plugin whose entry point could not be imported or is not a Registration."""
 
 
-def _dist_name(ep: md.EntryPoint) -> tuple[str, str]:
+def _dist_name(ep: md.EntryPoint, seen: dict[int, tuple[str, str]]) -> tuple[str, str]:
+    """The distribution's name and version, read once per distribution (``seen``)."""
     dist = getattr(ep, "dist", None)
     if dist is None:
         return "", ""
+    known = seen.get(id(dist))
+    if known is None:
+        known = seen[id(dist)] = _name_and_version(dist)
+    return known
+
+
+def _name_and_version(dist: md.Distribution) -> tuple[str, str]:
+    # ``dist.metadata`` runs the e-mail parser over the whole file, on every access; the two
+    # headers needed stand at its top, one line each (core metadata never folds them).
+    found: dict[str, str] = {}
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the headers end at the first blank line
+        key, sep, value = line.partition(":")
+        if sep and key in ("Name", "Version") and key not in found:
+            found[key] = value.strip()
+        if len(found) == 2:
+            return found["Name"], found["Version"]
     return str(dist.metadata["Name"] or ""), str(dist.version or "")
 
 
@@ -55,8 +75,9 @@ def _normalise(name: str) -> str:
 def discover(group: str = GROUP) -> list[Candidate]:
     """Every plugin entry point, built-ins first, each group sorted, so the order is stable."""
     found: dict[str, Candidate] = {}
+    seen: dict[int, tuple[str, str]] = {}
     for ep in md.entry_points(group=group):
-        dist, version = _dist_name(ep)
+        dist, version = _dist_name(ep, seen)
         builtin = _normalise(dist) == BUILTIN_DISTRIBUTION
         plugin_type, plugin_id = split_uri(ep.name)
         origin = Origin(dist, version, ep.name, ep.value, builtin)
@@ -86,8 +107,9 @@ class ConfigSource:
 def discover_config_sources(group: str = CONFIG_GROUP) -> list[ConfigSource]:
     """Every provider of config-defined plugins, built-ins first, then by distribution."""
     found: dict[str, ConfigSource] = {}
+    seen: dict[int, tuple[str, str]] = {}
     for ep in md.entry_points(group=group):
-        dist, version = _dist_name(ep)
+        dist, version = _dist_name(ep, seen)
         origin = Origin(dist, version, ep.name, ep.value, _normalise(dist) == BUILTIN_DISTRIBUTION)
         found.setdefault(f"{ep.name}\0{dist}", ConfigSource(ep.name, origin, ep))
     return sorted(found.values(), key=lambda s: (not s.origin.builtin, _normalise(s.origin.distribution)))

@@ -6,6 +6,11 @@
 - grpclib answers an unknown path without a ``content-type`` header, which grpc-go reads as a
   transport error, losing the Unimplemented status that clients (``ctr containers ls``) fall back
   on; the server's private ``_mapping`` is replaced by one that answers as grpc-go does.
+- grpclib writes every frame it makes to the transport at once: a unary call or one 32 KiB
+  ``Content.Read`` (as ``ctr content get`` makes thousands of) costs three to five ``send`` calls
+  (headers, data, trailers, window updates). ``_CorkedTransport`` gathers what one turn of the
+  event loop writes and sends it in one call at the end of that turn (``_protocol_factory`` and
+  ``H2Protocol.connection_made`` are the hooks).
 
 ``tests/unit/test_grpclib_compat.py`` fails when the installed versions differ from ``PINNED``,
 so an upgrade is a conscious step: check both points against the new code, then move the pins.
@@ -13,6 +18,7 @@ so an upgrade is a conscious step: check both points against the new code, then 
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
@@ -20,6 +26,7 @@ from typing import Any
 import hyperframe.frame
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
+from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
 
 from corral.api.grpc.codec import RequestCodec
@@ -69,12 +76,59 @@ class _Mapping(dict[str, Handler]):
         return _unimplemented(f"unknown method {method} for service {service}")
 
 
+class _CorkedTransport:
+    """A transport whose writes within one event-loop turn leave in one ``send``.
+
+    The first write of a turn schedules the flush with ``call_soon``; what follows in the same
+    turn is appended. Everything else (closing, flow control, extra info) is the real transport's;
+    closing flushes first, so nothing written is dropped. At most one turn's frames are held,
+    and grpclib's writers are bounded by HTTP/2 flow control, so the buffer is too.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _CorkedProtocol(H2Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        corked: Any = _CorkedTransport(transport, asyncio.get_running_loop())
+        super().connection_made(corked)
+
+
 class MappedServer(Server):
-    """A grpclib server over a ready path → handler mapping, with grpc-go's unknown-path answers."""
+    """A grpclib server over a ready path → handler mapping, with grpc-go's unknown-path answers
+    and one ``send`` per event-loop turn."""
 
     def __init__(self, mapping: Mapping[str, Handler]) -> None:
         super().__init__([], codec=RequestCodec())
         self._mapping = _Mapping(mapping)
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        protocol.__class__ = _CorkedProtocol
+        return protocol
 
 
 patch_frame_repr()

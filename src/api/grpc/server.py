@@ -151,6 +151,19 @@ def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
     return mapping
 
 
+def listen_backlog() -> int:
+    """The kernel's limit on pending connections (``net.core.somaxconn``), as Go's listeners use.
+
+    grpclib's default of 100 makes a burst of clients (200 ``ctr`` processes started together)
+    find the queue full: their connects fail with EAGAIN and grpc-go retries them after a back-off
+    of a second, past ``ctr``'s dial timeout."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as limit:
+            return max(int(limit.read()), 128)
+    except (OSError, ValueError):
+        return 4096
+
+
 @contextlib.asynccontextmanager
 async def serve_unix(
     mapping: Mapping[str, Handler], address: str, *, mode: int = 0o660, uid: int = -1, gid: int = -1
@@ -165,7 +178,7 @@ async def serve_unix(
     # The socket is the security boundary: never briefly world-accessible.
     old = os.umask(0o777 & ~mode)
     try:
-        await server.start(path=str(path))
+        await server.start(path=str(path), backlog=listen_backlog())
     finally:
         os.umask(old)
     os.chmod(path, mode)

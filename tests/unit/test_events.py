@@ -526,12 +526,13 @@ async def test_a_grpc_subscriber_that_falls_behind_gets_resource_exhausted(tmp_p
 
 def test_a_task_create_is_encoded_with_its_nested_mounts_and_io_and_passed_on_raw_when_forwarded() -> None:
     from corral.api.types.containerd.events import TaskCreate as WireTaskCreate
-    from corral.plugins.events.types import TaskCreate, TaskIO, TaskMount
+    from corral.plugins.core import Mount
+    from corral.plugins.events.types import TaskCreate, TaskIO
 
     event = TaskCreate(
         container_id="c1",
         bundle="/b",
-        rootfs=(TaskMount("overlay", "overlay", options=("lowerdir=/l", "upperdir=/u")),),
+        rootfs=(Mount("overlay", "overlay", options=("lowerdir=/l", "upperdir=/u")),),
         io=TaskIO(stdout="/fifo/out", terminal=True),
         pid=42,
     )

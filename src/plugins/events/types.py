@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from corral.plugins.core.mount import Mount
+
 EVENT_TYPES: dict[str, type[TypedEvent]] = {}
 """Every TypedEvent subclass by its TYPE_URL, so an encoded event can find its record type."""
 
@@ -190,22 +192,13 @@ class ContainerDelete(TypedEvent):
 
 @dataclass(frozen=True)
 class TaskIO:
-    """The stdio a task was created with (FIFO paths), as in containerd's TaskIO."""
+    """Where a process's stdio goes: FIFO paths (or file://, binary:// URIs) made by the client; as
+    containerd's TaskIO, in a task's events and in the runtime contract (``corral.plugins.runtimes``)."""
 
     stdin: str = ""
     stdout: str = ""
     stderr: str = ""
     terminal: bool = False
-
-
-@dataclass(frozen=True)
-class TaskMount:
-    """One rootfs mount of a created task, as containerd's types.Mount."""
-
-    type: str
-    source: str
-    target: str = ""
-    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,7 +209,7 @@ class TaskCreate(TypedEvent):
 
     container_id: str
     bundle: str
-    rootfs: tuple[TaskMount, ...] = ()
+    rootfs: tuple[Mount, ...] = ()
     io: TaskIO | None = None
     checkpoint: str = ""
     pid: int = 0

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from corral.plugins.core import Mount
+from corral.plugins.events.types import TaskIO
 from corral.plugins.metadata import AnyValue
 
 __all__ = [
@@ -46,16 +47,6 @@ class TaskStatus(enum.IntEnum):
     STOPPED = 3
     PAUSED = 4
     PAUSING = 5
-
-
-@dataclass(frozen=True)
-class TaskIO:
-    """Where a process's stdio goes: FIFO paths (or file://, binary:// URIs) made by the client."""
-
-    stdin: str = ""
-    stdout: str = ""
-    stderr: str = ""
-    terminal: bool = False
 
 
 @dataclass(frozen=True)

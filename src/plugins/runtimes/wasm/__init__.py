@@ -39,8 +39,6 @@ from corral.plugins.events.types import (
     TaskCreate,
     TaskDelete,
     TaskExit,
-    TaskIO,
-    TaskMount,
     TaskStart,
 )
 from corral.plugins.metadata import AnyValue
@@ -51,9 +49,9 @@ from corral.plugins.runtimes import (
     Process,
     ProcessInfo,
     ProcessState,
+    TaskIO,
     TaskStatus,
 )
-from corral.plugins.runtimes import TaskIO as ProcessIO
 
 log = structlog.get_logger("corral.runtimes.wasm")
 
@@ -66,9 +64,7 @@ Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
 class WasmTask:
     """One container's guest; a ``Task`` of the runtime contract."""
 
-    def __init__(
-        self, runtime: WasmRuntime, namespace: str, task_id: str, bundle: Path, io: ProcessIO
-    ) -> None:
+    def __init__(self, runtime: WasmRuntime, namespace: str, task_id: str, bundle: Path, io: TaskIO) -> None:
         self._runtime = runtime
         self._namespace = namespace
         self._id = task_id
@@ -211,8 +207,8 @@ class WasmRuntime:
             TaskCreate(
                 container_id=task_id,
                 bundle=str(bundle),
-                rootfs=tuple(TaskMount(m.type, m.source, m.target, tuple(m.options)) for m in opts.rootfs),
-                io=TaskIO(opts.io.stdin, opts.io.stdout, opts.io.stderr, opts.io.terminal),
+                rootfs=tuple(opts.rootfs),
+                io=opts.io,
                 pid=0,
             ),
             namespace,

@@ -26,6 +26,7 @@ import structlog
 from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.core import MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP, UNCOMPRESSED, Descriptor, Mount
 from corral.plugins.core.mount import temporary_mount
+from corral.plugins.core.tracing import span
 from corral.plugins.differs._compression import (
     Compression,
     Compressor,
@@ -233,8 +234,12 @@ class WalkingDiffer:
         started = time.perf_counter()
         try:
             async with apply_target(mounts) as target:
-                work = partial(_apply_blocking, compression, _ThreadSource(chunks), target)
-                applied = await anyio.to_thread.run_sync(work)
+                with span("differ.walking.Apply", {"whiteouts": target.whiteouts.value}) as current:
+                    work = partial(_apply_blocking, compression, _ThreadSource(chunks), target)
+                    applied = await anyio.to_thread.run_sync(work)
+                    current.set_attributes(
+                        {"layer.diff_id": applied.digest, "layer.entries": applied.entries}
+                    )
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
@@ -272,7 +277,9 @@ class WalkingDiffer:
             sink = _ThreadSink(writer, compressor(compression))
             async with AsyncExitStack() as stack:
                 work = await _diff_work(stack, lower, upper, sink)
-                diff_id, _ = await anyio.to_thread.run_sync(work)
+                with span("differ.walking.Compare", {"layer.media.type": media_type}) as current:
+                    diff_id, _ = await anyio.to_thread.run_sync(work)
+                    current.set_attributes({"layer.diff_id": diff_id})
             digest = await anyio.to_thread.run_sync(sink.close)
             all_labels = {**(labels or {}), UNCOMPRESSED: diff_id}
             try:

@@ -12,6 +12,7 @@ import anyio.to_thread
 from corral.kernel import InitContext, InvalidArgument, Registration, Unimplemented
 from corral.plugins import types
 from corral.plugins.core import Descriptor, Mount
+from corral.plugins.core.tracing import span
 from corral.plugins.differs import Differ
 
 
@@ -30,6 +31,17 @@ class DiffService:
         self._sync_fs = sync_fs
 
     async def apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
+        layer = {
+            "layer.media.type": desc.media_type,
+            "layer.media.digest": desc.digest,
+            "layer.media.size": desc.size,
+        }
+        with span("diff.Apply", layer) as current:
+            applied = await self._apply(desc, mounts)
+            current.set_attributes({"layer.diff_id": applied.digest})
+            return applied
+
+    async def _apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
         check_mounts(mounts)
         error: Exception = Unimplemented("no differ could apply the layer")
         for differ in self._differs:
@@ -39,7 +51,8 @@ class DiffService:
                 error = exc
                 continue
             if self._sync_fs:
-                await anyio.to_thread.run_sync(os.sync)
+                with span("diff.sync_fs"):
+                    await anyio.to_thread.run_sync(os.sync)
             return applied
         raise error
 
@@ -55,12 +68,16 @@ class DiffService:
         check_mounts(lower)
         check_mounts(upper)
         error: Exception = Unimplemented("no differ could compare the mounts")
-        for differ in self._differs:
-            try:
-                return await differ.compare(lower, upper, media_type=media_type, ref=ref, labels=labels)
-            except Unimplemented as exc:
-                error = exc
-        raise error
+        with span("diff.Compare", {"layer.media.type": media_type, "content.ref": ref}) as current:
+            for differ in self._differs:
+                try:
+                    made = await differ.compare(lower, upper, media_type=media_type, ref=ref, labels=labels)
+                except Unimplemented as exc:
+                    error = exc
+                    continue
+                current.set_attributes({"layer.media.digest": made.digest, "layer.media.size": made.size})
+                return made
+            raise error
 
 
 def check_mounts(mounts: Sequence[Mount]) -> None:

@@ -38,7 +38,9 @@ def collector() -> Iterator[Collector]:
 
 
 def traced_daemon(base: Path, endpoint: str, extra: str = "", env: dict[str, str] | None = None) -> Daemon:
-    config = f'version = 3\n[plugins."io.containerd.tracing.processor.v1.otlp"]\nendpoint = "{endpoint}"\n{extra}'
+    config = (
+        f'version = 3\n[plugins."io.containerd.tracing.processor.v1.otlp"]\nendpoint = "{endpoint}"\n{extra}'
+    )
     return Daemon(base, config=config, env={**QUICK, **(env or {})}).start()
 
 
@@ -218,7 +220,10 @@ def test_spans_still_batched_at_stop_are_sent_before_corrald_exits(
 
 def test_the_grpc_protocol_exports_to_an_otlp_grpc_collector(tmp_path: Path, ctr: str) -> None:
     for receiver in grpc_collector():
-        extra = 'protocol = "grpc"\ninsecure = true\n[plugins."io.containerd.internal.v1.tracing"]\nservice_name = "grpc-node"\n'
+        extra = (
+            'protocol = "grpc"\ninsecure = true\n'
+            '[plugins."io.containerd.internal.v1.tracing"]\nservice_name = "grpc-node"\n'
+        )
         d = traced_daemon(tmp_path / "corral", receiver.endpoint, extra)
         try:
             d.ctr("version")
@@ -246,7 +251,7 @@ def test_a_sampling_ratio_of_zero_records_no_new_trace_but_follows_a_sampled_cal
 @pytest.mark.parametrize(
     ("section", "key", "value", "why"),
     [
-        ("io.containerd.tracing.processor.v1.otlp", "protocol", '"http/json"', 'expected one of "", "http/protobuf", "grpc"'),
+        ("io.containerd.tracing.processor.v1.otlp", "protocol", '"http/json"', 'one of "", "http/protobuf", "grpc"'),
         ("io.containerd.tracing.processor.v1.otlp", "endpoint", '"ftp://collector:21"', "not an http or https URL"),
         ("io.containerd.internal.v1.tracing", "sampling_ratio", "1.5", "outside 0..1"),
     ],

@@ -3,6 +3,9 @@ request spans at the edges (ttrpc over a real socket), and how the exporter's se
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import os
 import secrets
 import subprocess
@@ -16,6 +19,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
+import structlog
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -34,6 +38,7 @@ from corral.kernel import (
     SkipPlugin,
     Unimplemented,
     builtin_candidate,
+    configure_logging,
 )
 from corral.plugins import types
 from corral.plugins.core import tracing
@@ -83,7 +88,9 @@ def test_the_tracing_plugins_and_the_edges_import_no_opentelemetry_until_an_endp
 
 
 @asynccontextmanager
-async def traced(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Any, InMemorySpanExporter]]:
+async def traced(
+    tmp_path: Path, *, log_trace_id: bool = False, **config: Any
+) -> AsyncIterator[tuple[Any, InMemorySpanExporter]]:
     """A kernel with the tracing plugin and a third-party processor that keeps spans in memory."""
     exporter = InMemorySpanExporter()
 
@@ -96,6 +103,7 @@ async def traced(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Any, InMe
         state=str(tmp_path / "state"),
         plugins={"io.containerd.internal.v1.tracing": config},
     )
+    daemon = dataclasses.replace(daemon, debug=dataclasses.replace(daemon.debug, log_trace_id=log_trace_id))
     kernel = Kernel(
         daemon, candidates=[builtin_candidate(processor), builtin_candidate(tracer_plugin.registration)]
     )
@@ -305,6 +313,35 @@ def test_ttrpc_requests_are_spans_named_and_coded_as_otelttrpc_names_them(tmp_pa
     assert (spans["corral.test.v1.Probe/Missing"].attributes or {})["rpc.ttrpc.status_code"] == 5
     assert spans["corral.test.v1.Probe/Missing"].status.status_code == StatusCode.UNSET
     assert spans["corral.test.v1.Probe/Broken"].status.status_code == StatusCode.ERROR
+
+
+@pytest.mark.usefixtures("no_otel_env")
+def test_log_entries_inside_a_span_become_its_events_and_carry_its_trace_id(tmp_path: Path) -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    log = structlog.get_logger("corral.test")
+
+    async def main() -> tuple[ReadableSpan, ...]:
+        async with traced(tmp_path, log_trace_id=True) as (_, exporter):
+            log.info("outside_any_span")
+            with span("differ.walking.Apply"):
+                log.info("differ_applied", digest="sha256:abc", entries=3)
+                log.debug("below_the_level")
+            return tuple(exporter.get_finished_spans())
+
+    try:
+        (applied,) = anyio.run(main)
+        entries = {e["event"]: e for e in map(json.loads, out.getvalue().splitlines())}
+    finally:
+        configure_logging("info")
+    (event,) = applied.events
+    assert event.name == "differ_applied"
+    assert dict(event.attributes or {}) == {"digest": "sha256:abc", "entries": 3, "level": "info"}
+    assert entries["differ_applied"]["trace_id"] == format(applied.context.trace_id, "032x")
+    assert "trace_id" not in entries["outside_any_span"]
+    assert "below_the_level" not in entries
+    # At stop the bridge leaves the logging set-up as it found it.
+    assert not any(type(p).__name__ == "LogBridge" for p in structlog.get_config()["processors"])
 
 
 # --- the exporter's settings: config keys, then OpenTelemetry's variables over them -------------

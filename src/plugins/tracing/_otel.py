@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio.to_thread
+import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -174,12 +175,47 @@ PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePro
 """containerd's: W3C trace context and baggage."""
 
 
+class LogBridge:
+    """A structlog processor, as containerd's logrus hook: a log entry written inside a recording
+    span becomes an event of that span (its fields as attributes), and with ``trace_ids`` the entry
+    gains the ``trace_id`` of the span it was written in."""
+
+    def __init__(self, *, trace_ids: bool) -> None:
+        self.trace_ids = trace_ids
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        current = trace.get_current_span()
+        ctx = current.get_span_context()
+        if not ctx.is_valid:
+            return event
+        if self.trace_ids:
+            event["trace_id"] = format(ctx.trace_id, "032x")
+        if current.is_recording():
+            fields = {k: v for k, v in event.items() if k not in ("event", "timestamp", "trace_id")}
+            fields.setdefault("level", method)
+            current.add_event(str(event.get("event", "")), attributes(None, fields))
+        return event
+
+    def install(self) -> None:
+        """Run before the renderer, so the entry's level and bound fields are there."""
+        processors = list(structlog.get_config()["processors"])
+        processors.insert(max(len(processors) - 1, 0), self)
+        structlog.configure(processors=processors)
+
+    def uninstall(self) -> None:
+        processors = [p for p in structlog.get_config()["processors"] if p is not self]
+        structlog.configure(processors=processors)
+
+
 class OpenTelemetryTracer:
     """Spans for plugins (``start_span``) and for edges (``request_span``) from one TracerProvider."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, logs: LogBridge | None = None) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer(SCOPE)
+        self._logs = logs
+        if logs is not None:
+            logs.install()
 
     def start_span(self, name: str, attrs: Mapping[str, object]) -> _SpanScope:
         return _SpanScope(self._tracer, name, attrs)
@@ -196,6 +232,8 @@ class OpenTelemetryTracer:
     async def aclose(self) -> None:
         """Stop tracing and send what is left (at daemon stop, the exporters' last batch)."""
         tracing.uninstall(self)
+        if self._logs is not None:
+            self._logs.uninstall()
         await anyio.to_thread.run_sync(self.provider.shutdown, abandon_on_cancel=True)
 
 
@@ -205,6 +243,7 @@ def build_tracer(
     service_name: str | None,
     sampling_ratio: float | None,
     version: str,
+    log_trace_ids: bool = False,
 ) -> OpenTelemetryTracer:
     """A provider over ``processors``; ``None`` leaves the service name or the sampler to the
     OpenTelemetry variables (``OTEL_SERVICE_NAME``, ``OTEL_TRACES_SAMPLER``)."""
@@ -219,4 +258,4 @@ def build_tracer(
     )
     for processor in processors:
         provider.add_span_processor(processor)
-    return OpenTelemetryTracer(provider)
+    return OpenTelemetryTracer(provider, LogBridge(trace_ids=log_trace_ids))

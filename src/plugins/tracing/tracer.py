@@ -4,7 +4,9 @@ Built from every ``io.containerd.tracing.processor.v1`` plugin (OTLP's, or a thi
 serves each gRPC and ttrpc request in a span whose parent is the caller's W3C ``traceparent``, and
 is installed behind ``corral.plugins.core.tracing.span`` so plugin calls nest under it.
 ``service_name`` and ``sampling_ratio`` apply unless ``OTEL_SERVICE_NAME`` or ``OTEL_TRACES_SAMPLER``
-say otherwise. Skipped with its processors, so without an endpoint requests are not wrapped at all.
+say otherwise. Log entries written inside a span become its events, and with ``[debug]
+log_trace_id`` they carry its ``trace_id``, as containerd's logrus hook does. Skipped with its
+processors, so without an endpoint requests are not wrapped at all.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral import __version__
-from corral.kernel import InitContext, Registration, SkipPlugin
+from corral.kernel import PROPERTY_LOG_TRACE_ID, InitContext, Registration, SkipPlugin
 from corral.plugins import types
 from corral.plugins.core import tracing
 from corral.plugins.tracing import SpanProcessor
@@ -49,6 +51,7 @@ async def init(ic: InitContext) -> Any:
         service_name=None if os.environ.get("OTEL_SERVICE_NAME") else config.service_name,
         sampling_ratio=None if os.environ.get("OTEL_TRACES_SAMPLER") else config.sampling_ratio,
         version=__version__,
+        log_trace_ids=ic.properties.get(PROPERTY_LOG_TRACE_ID) == "true",
     )
     tracing.install(tracer)
     ic.meta.exports["processors"] = ",".join(sorted(processors))

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import secrets
+import socket
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -270,3 +271,22 @@ def test_a_bad_tracing_key_is_a_config_error_naming_the_file_and_the_key(
     assert key in line
     assert why in line
     assert len(line.splitlines()) == 1
+
+
+def test_a_collector_that_is_down_fails_no_request_and_corrald_still_stops_cleanly(
+    tmp_path: Path, ctr: str
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    # The exporter gives up on a batch after OTEL_EXPORTER_OTLP_TIMEOUT (10 s unless set).
+    d = traced_daemon(tmp_path / "corral", closed, env={"OTEL_EXPORTER_OTLP_TIMEOUT": "2"})
+    try:
+        for _ in range(3):
+            assert "Server:" in d.ctr("version").stdout
+        d.ctr("namespaces", "create", "still-served")
+        assert "still-served" in d.ctr("namespaces", "ls", "-q").stdout.split()
+    finally:
+        assert d.stop() == 0
+    # The SDK's complaint is a structured event in corrald's log, not a bare line.
+    assert '"event": "tracing_sdk_message"' in d.log()

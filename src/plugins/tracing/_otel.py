@@ -8,6 +8,7 @@ with the span marked failed only for the codes a server is to blame for.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -207,6 +208,28 @@ class LogBridge:
         structlog.configure(processors=processors)
 
 
+class SDKLogs(logging.Handler):
+    """The SDK's own log records (an export that failed, a collector that is down) as corral's
+    structured log events rather than bare lines on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = structlog.get_logger("corral.tracing")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._log.log(record.levelno, "tracing_sdk_message", logger=record.name, message=record.getMessage())
+
+    def install(self) -> None:
+        sdk = logging.getLogger("opentelemetry")
+        sdk.addHandler(self)
+        sdk.propagate = False
+
+    def uninstall(self) -> None:
+        sdk = logging.getLogger("opentelemetry")
+        sdk.removeHandler(self)
+        sdk.propagate = True
+
+
 class OpenTelemetryTracer:
     """Spans for plugins (``start_span``) and for edges (``request_span``) from one TracerProvider."""
 
@@ -216,6 +239,8 @@ class OpenTelemetryTracer:
         self._logs = logs
         if logs is not None:
             logs.install()
+        self._sdk_logs = SDKLogs()
+        self._sdk_logs.install()
 
     def start_span(self, name: str, attrs: Mapping[str, object]) -> _SpanScope:
         return _SpanScope(self._tracer, name, attrs)
@@ -234,7 +259,10 @@ class OpenTelemetryTracer:
         tracing.uninstall(self)
         if self._logs is not None:
             self._logs.uninstall()
-        await anyio.to_thread.run_sync(self.provider.shutdown, abandon_on_cancel=True)
+        try:
+            await anyio.to_thread.run_sync(self.provider.shutdown, abandon_on_cancel=True)
+        finally:
+            self._sdk_logs.uninstall()
 
 
 def build_tracer(

@@ -17,12 +17,16 @@ import anyio
 import pytest
 from harness import Daemon, run_corrald_once
 from otlp_collector import Collector, ReceivedSpan, grpc_collector, http_collector
+from registry_fixture import Registry
 
 from corral.api.client import connect
 from corral.api.types.containerd import types as ctypes
 from corral.api.types.containerd.services.diff import v1 as diff_pb
 from corral.api.types.containerd.services.snapshots import v1 as snap_pb
 from corral.api.types.containerd.services.version import v1 as version_pb
+from corral.plugins.core import tracing
+from corral.plugins.core.tracing import span
+from corral.plugins.remotes import Descriptor, RegistryClient
 
 SERVER = 2  # OTLP SpanKind
 STATUS_UNSET, STATUS_ERROR = 0, 2
@@ -290,3 +294,42 @@ def test_a_collector_that_is_down_fails_no_request_and_corrald_still_stops_clean
         assert d.stop() == 0
     # The SDK's complaint is a structured event in corrald's log, not a bare line.
     assert '"event": "tracing_sdk_message"' in d.log()
+
+
+def test_registry_round_trips_nest_under_the_span_that_makes_them(registry: Registry) -> None:
+    """The fetch end of a pull: every HTTP request to the registry is a span of containerd's name
+    under whatever span the caller is in (here a pull's fetch)."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from corral.plugins.tracing._otel import build_tracer
+
+    blob = b"a blob fetched under a traced pull\n"
+    desc = Descriptor("application/octet-stream", "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob))
+    ref = f"{registry.host}/corral/traced:1"
+    exporter = InMemorySpanExporter()
+    tracer = build_tracer([SimpleSpanProcessor(exporter)], service_name="t", sampling_ratio=1.0, version="0")
+
+    async def pull() -> bytes:
+        async with RegistryClient(plain_http=True) as client:
+            await client.push_blob(ref, desc, blob)
+            tracing.install(tracer)
+            try:
+                with span("pull.Pull", {"image.ref": ref}), span("pull.fetch"):
+                    return await client.fetch_bytes(ref, desc)
+            finally:
+                await tracer.aclose()
+
+    assert anyio.run(pull) == blob
+    spans = {s.context.span_id: s for s in exporter.get_finished_spans()}
+    requests = [s for s in spans.values() if s.name == "remotes.docker.resolver.HTTPRequest"]
+    assert requests, [s.name for s in spans.values()]
+    fetch = next(s for s in spans.values() if s.name == "pull.fetch")
+    assert spans[fetch.parent.span_id].name == "pull.Pull"  # type: ignore[union-attr]
+    for request in requests:
+        assert request.parent is not None and request.parent.span_id == fetch.context.span_id
+        attrs = dict(request.attributes or {})
+        assert attrs["http.request.method"] == "GET"
+        assert attrs["url.full"] == f"http://{registry.host}/v2/corral/traced/blobs/{desc.digest}"
+        assert attrs["http.response.status_code"] == 200
+    assert not tracing.enabled()

@@ -1,4 +1,4 @@
-"""Spans any plugin can open: ``with span("snapshots.prepare", key=key): ...``.
+"""Spans any plugin can open: ``with span("pull.fetch", {"layer.media.digest": digest}): ...``.
 
 A span nests under whatever span is current — the RPC being served, or a plugin call further up
 (pull → fetch → unpack → apply) — and is exported by the tracing plugin

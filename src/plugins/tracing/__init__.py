@@ -12,9 +12,31 @@ Any ``io.containerd.tracing.processor.v1`` plugin's instance is an OpenTelemetry
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["SpanProcessor"]
+from corral.kernel import InvalidArgument, SkipPlugin
+
+__all__ = ["SpanProcessor", "check_sdk_enabled", "parse_bool"]
+
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """Go's strconv.ParseBool, which containerd reads OpenTelemetry's variables with."""
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidArgument(f'invalid value for {name}: "{value}" is not a boolean')
+
+
+def check_sdk_enabled(env: Mapping[str, str]) -> None:
+    """Skip (both tracing plugins, as containerd's) when ``OTEL_SDK_DISABLED`` is true."""
+    disabled = env.get("OTEL_SDK_DISABLED", "")
+    if disabled and parse_bool("OTEL_SDK_DISABLED", disabled):
+        raise SkipPlugin(f"tracing disabled by env OTEL_SDK_DISABLED={disabled}")
 
 
 @runtime_checkable

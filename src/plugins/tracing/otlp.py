@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from corral.kernel import InitContext, InvalidArgument, Registration, SkipPlugin, Unimplemented
 from corral.plugins import types
+from corral.plugins.tracing import check_sdk_enabled, parse_bool
 
 PROTOCOLS = ("http/protobuf", "grpc")
 TRACES_PATH = "/v1/traces"
@@ -48,19 +49,6 @@ class ExporterSettings:
     insecure: bool
 
 
-_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-_FALSE = ("0", "f", "F", "FALSE", "false", "False")
-
-
-def parse_bool(name: str, value: str) -> bool:
-    """Go's strconv.ParseBool, which containerd reads these variables with."""
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise InvalidArgument(f'invalid value for {name}: "{value}" is not a boolean')
-
-
 def _first(env: Mapping[str, str], *names: str) -> tuple[str, str]:
     for name in names:
         if env.get(name):
@@ -70,9 +58,7 @@ def _first(env: Mapping[str, str], *names: str) -> tuple[str, str]:
 
 def check_enabled(endpoint: str, env: Mapping[str, str]) -> None:
     """Skip (tracing off) when disabled by ``OTEL_SDK_DISABLED`` or when no endpoint is set anywhere."""
-    disabled = env.get("OTEL_SDK_DISABLED", "")
-    if disabled and parse_bool("OTEL_SDK_DISABLED", disabled):
-        raise SkipPlugin(f"tracing disabled by env OTEL_SDK_DISABLED={disabled}")
+    check_sdk_enabled(env)
     if (
         not endpoint
         and not _first(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")[1]

@@ -19,8 +19,7 @@ from corral import __version__
 from corral.kernel import PROPERTY_LOG_TRACE_ID, InitContext, Registration, SkipPlugin
 from corral.plugins import types
 from corral.plugins.core import tracing
-from corral.plugins.tracing import SpanProcessor
-from corral.plugins.tracing.otlp import parse_bool
+from corral.plugins.tracing import SpanProcessor, check_sdk_enabled
 
 
 @dataclass(frozen=True)
@@ -38,9 +37,7 @@ class TracingConfig:  # [plugins."io.containerd.internal.v1.tracing"]
 
 async def init(ic: InitContext) -> Any:
     config: TracingConfig = ic.config
-    disabled = os.environ.get("OTEL_SDK_DISABLED", "")
-    if disabled and parse_bool("OTEL_SDK_DISABLED", disabled):
-        raise SkipPlugin(f"tracing disabled by env OTEL_SDK_DISABLED={disabled}")
+    check_sdk_enabled(os.environ)
     processors = ic.get_by_type(types.TRACING_PROCESSOR, SpanProcessor)
     if not processors:
         raise SkipPlugin("no span processor")

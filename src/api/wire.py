@@ -6,8 +6,9 @@ Plugins never import the generated types; services, the client and the CLI conve
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import betterproto2
 
@@ -16,7 +17,9 @@ from corral.api.edge import UNKNOWN, code_for
 # Imported for its side effect: it registers containerd's event messages in the message pool.
 from corral.api.types.containerd import events as _events  # noqa: F401
 from corral.api.types.containerd import types as ctypes
+from corral.api.types.containerd.services.containers import v1 as containers_pb
 from corral.api.types.containerd.services.content import v1 as content_pb
+from corral.api.types.containerd.services.images import v1 as images_pb
 from corral.api.types.containerd.services.introspection import v1 as introspection
 from corral.api.types.containerd.services.leases import v1 as leases_pb
 from corral.api.types.containerd.services.namespaces import v1 as namespaces_pb
@@ -26,10 +29,12 @@ from corral.api.types.message_pool import default_message_pool
 from corral.kernel import InvalidArgument, PluginRecord, Status
 from corral.plugins.content import Info, IngestStatus
 from corral.plugins.core import Descriptor, Mount
-from corral.plugins.events.types import EVENT_TYPES, Envelope, Event, RawEvent, TypedEvent
-from corral.plugins.metadata import Lease, Namespace
+from corral.plugins.events.types import EVENT_TYPES, Envelope, Event, RawEvent
+from corral.plugins.metadata import AnyValue, Container, ContainerRuntime, Image, Lease, Namespace
 from corral.plugins.snapshots import Info as SnapshotInfo
 from corral.plugins.snapshots import Kind
+
+T = TypeVar("T")
 
 
 # -- mounts and descriptors ---------------------------------------------------------------------
@@ -102,6 +107,68 @@ def namespace(ns: Namespace) -> namespaces_pb.Namespace:
     return namespaces_pb.Namespace(name=ns.name, labels=dict(ns.labels))
 
 
+def image_to_wire(image: Image) -> images_pb.Image:
+    return images_pb.Image(
+        name=image.name,
+        labels=dict(image.labels),
+        target=descriptor_to_wire(image.target),
+        created_at=image.created_at,
+        updated_at=image.updated_at,
+    )
+
+
+def image_from_wire(image: images_pb.Image | None) -> Image:
+    """An image as a request sends it; a missing target is an empty one (the store refuses it)."""
+    if image is None:
+        raise InvalidArgument("image is required")
+    target = image.target
+    desc = Descriptor("", "", 0) if target is None else descriptor_from_wire(target)
+    return Image(image.name, desc, dict(image.labels))
+
+
+def any_to_wire(value: AnyValue | None) -> protobuf.Any | None:
+    return None if value is None else protobuf.Any(type_url=value.type_url, value=value.value)
+
+
+def any_from_wire(value: protobuf.Any | None) -> AnyValue | None:
+    return None if value is None else AnyValue(value.type_url, bytes(value.value))
+
+
+def container_to_wire(c: Container) -> containers_pb.Container:
+    return containers_pb.Container(
+        id=c.id,
+        labels=dict(c.labels),
+        image=c.image,
+        runtime=containers_pb.ContainerRuntime(name=c.runtime.name, options=any_to_wire(c.runtime.options)),
+        spec=any_to_wire(c.spec),
+        snapshotter=c.snapshotter,
+        snapshot_key=c.snapshot_key,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+        extensions={k: protobuf.Any(type_url=v.type_url, value=v.value) for k, v in c.extensions.items()},
+        sandbox=c.sandbox,
+    )
+
+
+def container_from_wire(c: containers_pb.Container | None) -> Container:
+    if c is None:
+        raise InvalidArgument("container is required")
+    runtime = c.runtime
+    return Container(
+        id=c.id,
+        runtime=ContainerRuntime(
+            runtime.name if runtime else "", any_from_wire(runtime.options if runtime else None)
+        ),
+        labels=dict(c.labels),
+        image=c.image,
+        spec=any_from_wire(c.spec),
+        snapshotter=c.snapshotter,
+        snapshot_key=c.snapshot_key,
+        extensions={k: AnyValue(v.type_url, bytes(v.value)) for k, v in c.extensions.items()},
+        sandbox=c.sandbox,
+    )
+
+
 def field_mask_paths(mask: protobuf.FieldMask | None) -> list[str]:
     return list(mask.paths) if mask else []
 
@@ -152,11 +219,24 @@ def event_to_any(event: Event) -> protobuf.Any:
     """An Any with containerd's bare type_url (no type.googleapis.com/ prefix, which ctr rejects)."""
     if isinstance(event, RawEvent):
         return protobuf.Any(type_url=event.type_url, value=event.value)
+    return protobuf.Any(type_url=event.TYPE_URL, value=bytes(_message(proto_class(event.TYPE_URL), event)))
+
+
+def _message(cls: type[betterproto2.Message], record: object) -> betterproto2.Message:
+    """A record (an event or a part of one) as the message ``cls``; nested records become nested
+    messages, and anything with ``type_url`` and ``value`` in an Any field a protobuf Any."""
+    if cls is protobuf.Any:
+        return protobuf.Any(type_url=getattr(record, "type_url", ""), value=getattr(record, "value", b""))
+    field_classes: Mapping[str, Any] = cls._betterproto.cls_by_field  # type: ignore[arg-type]
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
-        values[f.name] = dict(value) if isinstance(value, Mapping) else value
-    return protobuf.Any(type_url=event.TYPE_URL, value=bytes(proto_class(event.TYPE_URL)(**values)))
+    for f in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, f.name)
+        if isinstance(value, Mapping):
+            value = dict(value)
+        elif value is not None and (dataclasses.is_dataclass(value) or hasattr(value, "type_url")):
+            value = _message(field_classes[f.name], value)
+        values[f.name] = value
+    return cls(**values)
 
 
 def event_from_any(value: protobuf.Any) -> Event:
@@ -168,8 +248,26 @@ def event_from_any(value: protobuf.Any) -> Event:
     return _record(record, message)
 
 
-def _record(record: type[TypedEvent], message: betterproto2.Message) -> TypedEvent:
-    return record(**{f.name: getattr(message, f.name) for f in dataclasses.fields(record)})
+def _record(record: type[T], message: betterproto2.Message) -> T:
+    """The record for a message; a nested message becomes the nested record its field names
+    (a protobuf Any is kept: it has the ``type_url`` and ``value`` a TypedValue needs)."""
+    hints = typing.get_type_hints(record)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(message, f.name)
+        if isinstance(value, betterproto2.Message) and not isinstance(value, protobuf.Any):
+            nested = next(
+                (
+                    t
+                    for t in typing.get_args(hints[f.name]) or (hints[f.name],)
+                    if isinstance(t, type) and dataclasses.is_dataclass(t)
+                ),
+                None,
+            )
+            if nested is not None:
+                value = _record(nested, value)
+        values[f.name] = value
+    return record(**values)
 
 
 def envelope_to_wire(envelope: Envelope) -> ctypes.Envelope:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from pathlib import Path
 
 from harness import Daemon
 
@@ -91,9 +92,14 @@ def test_namespaces_survive_a_restart(daemon: Daemon) -> None:
     assert "x=y" in daemon.ctr("namespaces", "ls").stdout
 
 
-def test_unknown_service_is_unimplemented_not_a_transport_error(daemon: Daemon) -> None:
+def test_unknown_service_is_unimplemented_not_a_transport_error(tmp_path: Path, ctr: str) -> None:
     # ctr falls back from Containers/ListStream to List on Unimplemented; both are unknown here.
-    result = daemon.ctr("containers", "ls", check=False)
+    config = 'version = 3\ndisabled_plugins = ["io.containerd.grpc.v1.containers"]\n'
+    daemon = Daemon(tmp_path / "corral", config).start()
+    try:
+        result = daemon.ctr("containers", "ls", check=False)
+    finally:
+        daemon.stop()
     assert result.returncode == 1
     assert "unknown service containerd.services.containers.v1.Containers: not implemented" in result.stderr
     assert "transport" not in result.stderr

@@ -172,7 +172,14 @@ def test_a_kinds_schema_is_versioned_on_its_own(tmp_path: Path) -> None:
         with namespace("ns"):
             assert await upgraded.view(WidgetStore).names() == ["w1"]
         rows = await upgraded.db.run(lambda c: c.execute("SELECT kind, version FROM kind_schema").fetchall())
-        assert dict(rows) == {"content": 1, "snapshots": 2, "leases": 1, "widgets": 2}
+        assert dict(rows) == {
+            "images": 1,
+            "content": 1,
+            "containers": 1,
+            "snapshots": 2,
+            "leases": 1,
+            "widgets": 2,
+        }
         colours = await upgraded.db.run(lambda c: c.execute("SELECT colour FROM widgets").fetchall())
         assert colours == [("blue",)]
 

@@ -9,6 +9,7 @@ import platform
 import shutil
 import sqlite3
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,16 +47,22 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def corral_mounts() -> list[str]:
+def mounts_under(base: Path) -> list[str]:
     with open("/proc/mounts") as mounts:
-        return [line for line in mounts if "corral" in line]
+        return [line for line in mounts if f"{base}/" in line or f"{base} " in line]
 
 
 @pytest.fixture(autouse=True)
-def no_mounts_are_left_behind() -> Iterator[None]:
-    before = corral_mounts()
+def no_mounts_are_left_behind(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Nothing this test mounted stays mounted. Temporary mounts go under the test's own directory
+    (not the shared /tmp), so suites running beside this one on the machine cannot be mistaken for
+    its leaks."""
+    scratch = tmp_path_factory.mktemp("mounts")
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     yield
-    assert corral_mounts() == before
+    assert mounts_under(tmp_path) + mounts_under(scratch) == []
 
 
 def open_backend(backend: str, root: Path) -> DirectoryBackend:

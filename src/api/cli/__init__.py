@@ -9,8 +9,10 @@ import click
 from corral import __version__
 from corral.api.cli._session import Settings, one_line_errors
 from corral.api.cli.config import config_group
+from corral.api.cli.containers import containers_group
 from corral.api.cli.content import content_group
 from corral.api.cli.events import events_command
+from corral.api.cli.images import images_group
 from corral.api.cli.leases import leases_group
 from corral.api.cli.namespaces import namespaces_group
 from corral.api.cli.plugins import plugins_group
@@ -24,7 +26,14 @@ __all__ = ["cli", "main"]
 class CorralGroup(click.Group):
     """The root group: parse errors and expected failures leave as one line, never a traceback."""
 
-    aliases = {"ns": "namespaces", "snapshot": "snapshots"}
+    aliases = {
+        "ns": "namespaces",
+        "snapshot": "snapshots",
+        "image": "images",
+        "container": "containers",
+        "i": "images",
+        "c": "containers",
+    }
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
@@ -69,6 +78,8 @@ cli.add_command(config_group)
 cli.add_command(content_group)
 cli.add_command(leases_group)
 cli.add_command(snapshots_group)
+cli.add_command(images_group)
+cli.add_command(containers_group)
 cli.add_command(events_command)
 cli.add_command(version_command)
 

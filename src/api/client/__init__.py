@@ -12,8 +12,10 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 
 from corral.api.client._connection import DEFAULT_NAMESPACE, Connection, default_address, rfc3339
+from corral.api.client._containers import ContainerCalls
 from corral.api.client._content import WRITE_CHUNK, ContentCalls, IngestSource
 from corral.api.client._events import EventCalls
+from corral.api.client._images import ImageCalls
 from corral.api.client._introspection import IntrospectionCalls
 from corral.api.client._leases import LeaseCalls
 from corral.api.client._namespaces import NamespaceCalls
@@ -31,7 +33,16 @@ __all__ = [
 ]
 
 
-class Client(IntrospectionCalls, NamespaceCalls, ContentCalls, LeaseCalls, EventCalls, SnapshotCalls):
+class Client(
+    IntrospectionCalls,
+    NamespaceCalls,
+    ContentCalls,
+    LeaseCalls,
+    EventCalls,
+    SnapshotCalls,
+    ImageCalls,
+    ContainerCalls,
+):
     """Every service's calls on one connection to a daemon's socket."""
 
     async def __aenter__(self) -> Client:

@@ -115,6 +115,77 @@ class SnapshotRemove(TypedEvent):
     snapshotter: str
 
 
+class TypedValue(Protocol):
+    """A protobuf Any as events carry it (a runtime's options): ``AnyValue`` is one."""
+
+    @property
+    def type_url(self) -> str: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ImageCreate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.services.images.v1.ImageCreate"
+    TOPIC: ClassVar[str] = "/images/create"
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageUpdate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.services.images.v1.ImageUpdate"
+    TOPIC: ClassVar[str] = "/images/update"
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageDelete(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.services.images.v1.ImageDelete"
+    TOPIC: ClassVar[str] = "/images/delete"
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ContainerCreateRuntime:
+    name: str
+    options: TypedValue | None = None
+
+
+@dataclass(frozen=True)
+class ContainerCreate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.ContainerCreate"
+    TOPIC: ClassVar[str] = "/containers/create"
+
+    id: str
+    image: str
+    runtime: ContainerCreateRuntime | None = None
+
+
+@dataclass(frozen=True)
+class ContainerUpdate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.ContainerUpdate"
+    TOPIC: ClassVar[str] = "/containers/update"
+
+    id: str
+    image: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    snapshot_key: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerDelete(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.ContainerDelete"
+    TOPIC: ClassVar[str] = "/containers/delete"
+
+    id: str
+
+
 @dataclass(frozen=True)
 class Envelope:
     """One published event: when (aware, UTC), in which namespace, under which topic."""

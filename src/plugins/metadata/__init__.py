@@ -178,7 +178,10 @@ class AnyValue:
 
 @dataclass(frozen=True)
 class Image:
-    """A named image: its target (an index or a manifest) and labels."""
+    """A named image: its target (an index or a manifest) and labels.
+
+    As containerd stores it, the target keeps only its media type, digest, size and annotations;
+    labels and annotations never hold an empty value (setting one to "" removes it)."""
 
     name: str
     target: Descriptor
@@ -189,27 +192,37 @@ class Image:
 
 @runtime_checkable
 class ImageStore(Protocol):
-    """Images of the request's namespace; GC roots whose target and ``gc.ref`` labels stay alive.
+    """Images of the request's namespace; GC roots whose target and ``gc.ref`` labels stay alive
+    (an image labelled ``containerd.io/gc.expire`` stops being a root once that time has passed,
+    and is held meanwhile by the request's lease, as in containerd).
 
-    Changes publish containerd's ``/images/create``, ``/images/update`` and ``/images/delete``."""
+    Changes publish containerd's ``/images/create``, ``/images/update`` and ``/images/delete``.
+    Errors are containerd's: NotFound ``image "NAME"``, AlreadyExists, InvalidArgument."""
 
     async def get(self, name: str) -> Image: ...
 
     async def list(self, filters: Sequence[str] = ()) -> builtins.list[Image]:
-        """Fields: name, target.digest, target.mediatype, labels.KEY; filters are OR'ed."""
+        """Sorted by name. Fields: name, target.digest, target.mediatype, labels.KEY,
+        annotations.KEY; filters are OR'ed."""
         ...
 
-    async def create(self, image: Image) -> Image:
-        """AlreadyExists for a name taken; InvalidArgument without a name or a valid target."""
+    async def create(self, image: Image, *, epoch: datetime | None = None) -> Image:
+        """One transaction. AlreadyExists for a name taken; InvalidArgument without a name or a
+        valid target (digest, size > 0, media type). The image's own times are ignored: both are
+        now, or ``epoch`` (a source date epoch) when given."""
         ...
 
-    async def update(self, image: Image, paths: Sequence[str] = ()) -> Image:
-        """Field-mask paths as containerd's (``labels``, ``labels.KEY``, ``target``); no paths
-        replaces labels and target. NotFound when absent."""
+    async def update(
+        self, image: Image, paths: Sequence[str] = (), *, epoch: datetime | None = None
+    ) -> Image:
+        """Field-mask paths as containerd's (``labels``, ``labels.KEY``, ``annotations``,
+        ``annotations.KEY``, ``target``); no paths replaces labels and target. NotFound when
+        absent, InvalidArgument for another path. The update time is now, or ``epoch``."""
         ...
 
     async def delete(self, name: str, *, target: Descriptor | None = None) -> None:
-        """NotFound when absent; FailedPrecondition when ``target`` is given and differs."""
+        """NotFound when absent, or (as containerd) when ``target`` is given and its digest differs.
+        The blobs go with the next collection (the images service's ``sync`` waits for it)."""
         ...
 
 
@@ -238,17 +251,26 @@ class Container:
 
 @runtime_checkable
 class ContainerStore(Protocol):
-    """Containers of the request's namespace; each holds its snapshot and image against GC.
+    """Containers of the request's namespace; each is a GC root holding its snapshot (as in
+    containerd, not its image: an image removed under a container takes its blobs with it, while
+    the container's snapshot and that snapshot's parents stay).
 
-    Changes publish ``/containers/create``, ``/containers/update`` and ``/containers/delete``."""
+    Changes publish ``/containers/create``, ``/containers/update`` and ``/containers/delete``.
+    Validation is containerd's: an identifier id, a runtime name, a spec, a snapshotter when there
+    is a snapshot key; the runtime name and the snapshotter never change."""
 
     async def get(self, container_id: str) -> Container: ...
 
-    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Container]: ...
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Container]:
+        """Sorted by id. Fields: id, runtime.name, image, labels.KEY."""
+        ...
 
     async def create(self, container: Container) -> Container: ...
 
-    async def update(self, container: Container, paths: Sequence[str] = ()) -> Container: ...
+    async def update(self, container: Container, paths: Sequence[str] = ()) -> Container:
+        """Paths: ``labels[.KEY]``, ``extensions[.KEY]``, ``spec``, ``image``, ``snapshotkey``; no
+        paths replaces all of those (and refuses a changed snapshotter or runtime name)."""
+        ...
 
     async def delete(self, container_id: str) -> None: ...
 

@@ -39,11 +39,19 @@ class ResourceKind(Protocol):
     def remove(self, conn: sqlite3.Connection, node: Node) -> None: ...
 
 
+GC_REF_IMAGE = "containerd.io/gc.ref.image"
+"""``containerd.io/gc.ref.image[.name|/name]`` holds the image named by its value."""
+
+
 def label_references(namespace: str, labels: Mapping[str, str]) -> Iterator[Node]:
-    """containerd's reference labels: ``gc.ref.content*`` and ``gc.ref.snapshot.<snapshotter>*``."""
+    """containerd's reference labels: ``gc.ref.content*``, ``gc.ref.image*`` and
+    ``gc.ref.snapshot.<snapshotter>*``."""
     for key, value in labels.items():
         if key.startswith(GC_REF_CONTENT):
             yield Node("content", namespace, value)
+        elif key.startswith(GC_REF_IMAGE):
+            if key == GC_REF_IMAGE or key[len(GC_REF_IMAGE)] in "./":
+                yield Node("images", namespace, value)
         elif key.startswith(GC_REF_SNAPSHOT):
             snapshotter = key[len(GC_REF_SNAPSHOT) :].split("/", 1)[0]
             yield Node(f"snapshots/{snapshotter}", namespace, value)

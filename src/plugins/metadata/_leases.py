@@ -159,7 +159,7 @@ def _check_resource(resource: Resource, db: Database) -> Resource:
     if not resource.id:
         raise InvalidArgument("resource id must not be empty")
     kind = resource.type.split("/")
-    if kind[0] in ("content", "ingests") and len(kind) != 1:
+    if kind[0] in ("content", "ingests", "images") and len(kind) != 1:
         raise InvalidArgument(f"invalid resource type {resource.type}")
     if kind[0] == "snapshots" and (len(kind) != 2 or not kind[1]):
         raise InvalidArgument(f"invalid snapshot resource type {resource.type}")

@@ -41,6 +41,11 @@ class SqliteMetadata:
         """What the last collection could not remove from the backends, by kind."""
 
     def view(self, contract: type[V]) -> V:
+        # A view that names its contract as a base wins: contracts with the same method names
+        # (ImageStore, ContainerStore, NamespaceStore) cannot be told apart structurally.
+        for view in self._views:
+            if contract in type(view).__mro__:
+                return view  # type: ignore[return-value]
         for view in self._views:
             if isinstance(view, contract):
                 return view
@@ -56,6 +61,8 @@ class SqliteMetadata:
     async def garbage_collect(self) -> CollectionResult:
         """Collect unreferenced records in one transaction, then sweep each kind's backend."""
         result = await self.db.run(self.collector.collect)
+        for kind in self.db.kinds:
+            await kind.collected(result.removed)
         started = time.perf_counter()
         for kind in self.db.kinds:
             for name, value in (await kind.sweep()).items():

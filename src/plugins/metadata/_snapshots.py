@@ -256,7 +256,7 @@ class NamespacedSnapshotter:
 
         def check(db: sqlite3.Connection) -> str:
             if self._row(db, ns, key) is not None:
-                raise AlreadyExists(f"snapshot {key}")
+                raise AlreadyExists(f'snapshot "{key}"')
             parent_backend = ""
             if parent:
                 row = self._row(db, ns, parent)
@@ -317,7 +317,7 @@ class NamespacedSnapshotter:
                      labels_json(labels), now, now),
                 )  # fmt: skip
             except sqlite3.IntegrityError:
-                raise AlreadyExists(f"snapshot {key}") from None
+                raise AlreadyExists(f'snapshot "{key}"') from None
             attach_to_lease(db, ns, self.kind, key)
 
         try:
@@ -353,7 +353,7 @@ class NamespacedSnapshotter:
             if Kind(row[3]) is not Kind.ACTIVE:
                 raise FailedPrecondition(f"snapshot {key} is not active")
             if self._row(db, ns, name) is not None:
-                raise AlreadyExists(f"snapshot {name}")
+                raise AlreadyExists(f'snapshot "{name}"')
             return row
 
         row = await self._store.read(check)

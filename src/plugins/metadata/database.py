@@ -100,6 +100,10 @@ class ObjectKind:
         """Garbage-collection node kinds, marked and swept inside one transaction."""
         return ()
 
+    async def collected(self, removed: Mapping[str, Sequence[str]]) -> None:
+        """After a collection's transaction: the records it removed (``namespace/id`` by node
+        kind), for a kind that publishes events for them, as containerd's collector does."""
+
     async def sweep(self) -> Mapping[str, int | list[str]]:
         """After a collection: remove backend objects no record names. Returns counts by name,
         and under ``failed:<name>`` what could not be removed (kept for the next collection)."""

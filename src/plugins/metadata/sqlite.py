@@ -10,7 +10,9 @@ from corral.kernel import InitContext, Registration
 from corral.plugins import types
 from corral.plugins.content import ContentStore
 from corral.plugins.events.types import Publisher, optional_publisher
+from corral.plugins.metadata._containers import ContainersKind
 from corral.plugins.metadata._content import ContentKind
+from corral.plugins.metadata._images import ImagesKind
 from corral.plugins.metadata._leases import LeasesKind
 from corral.plugins.metadata._metadata import SqliteMetadata
 from corral.plugins.metadata._snapshots import SnapshotsKind
@@ -37,10 +39,10 @@ def build_kinds(
 ) -> list[ObjectKind]:
     """The kinds of object the built-in store keeps, in the order containerd reports what a
     namespace still holds. A new kind is one module and one line here."""
-    kinds: list[ObjectKind] = []
+    kinds: list[ObjectKind] = [ImagesKind()]
     if content is not None:
         kinds.append(ContentKind(content, policy))
-    kinds += [SnapshotsKind(snapshotters), LeasesKind()]
+    kinds += [ContainersKind(), SnapshotsKind(snapshotters), LeasesKind()]
     return kinds
 
 
@@ -70,7 +72,7 @@ registration = Registration(
     after=(types.CONTENT, types.EVENT, types.SNAPSHOTTER),
     config=SqliteConfig,
     config_aliases=(f"{types.METADATA}.bolt",),  # a containerd config's section configures this store
-    description="namespaced metadata (namespaces, content, snapshots, leases, references) in one sqlite file",
+    description="namespaced metadata (namespaces, images, content, containers, snapshots, leases) in one sqlite file",
 )
 
 

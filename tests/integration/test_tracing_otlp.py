@@ -333,3 +333,35 @@ def test_registry_round_trips_nest_under_the_span_that_makes_them(registry: Regi
         assert attrs["url.full"] == f"http://{registry.host}/v2/corral/traced/blobs/{desc.digest}"
         assert attrs["http.response.status_code"] == 200
     assert not tracing.enabled()
+
+
+async def create_and_delete_container(address: str, container_id: str) -> None:
+    from corral.api.types.containerd.services.containers import v1 as containers_pb
+    from corral.api.types.google import protobuf
+
+    async with connect(address) as client:
+        spec = protobuf.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Spec", value=b"{}")
+        await client.create_container(
+            containers_pb.Container(
+                id=container_id,
+                runtime=containers_pb.ContainerRuntime(name="io.containerd.runc.v2"),
+                spec=spec,
+            )
+        )
+        stub = containers_pb.ContainersStub(client.channel, metadata={"containerd-namespace": "default"})
+        await stub.delete(containers_pb.DeleteContainerRequest(id=container_id))
+
+
+def test_container_records_have_containerds_metadata_spans(tmp_path: Path, collector: Collector) -> None:
+    d = traced_daemon(tmp_path / "corral", collector.endpoint)
+    try:
+        anyio.run(create_and_delete_container, d.socket, "traced-box")
+        spans = collector.wait_for(lambda got: any(s.name == "metadata.containers.Delete" for s in got))
+    finally:
+        d.stop()
+    create = one(spans, "metadata.containers.Create")
+    rpc = one(spans, "containerd.services.containers.v1.Containers/Create")
+    assert create.parent_span_id == rpc.span_id
+    assert create.attributes["container.id"] == "traced-box"
+    assert create.attributes["container.createdAt"].endswith("Z")
+    assert one(spans, "metadata.containers.Delete").attributes == {"container.id": "traced-box"}

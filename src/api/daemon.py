@@ -14,6 +14,7 @@ import structlog
 
 from corral import __version__
 from corral.api.grpc.server import build_mapping, serve_unix
+from corral.api.ttrpc.services import build_ttrpc_server
 from corral.kernel import (
     ConfigError,
     DaemonConfig,
@@ -87,7 +88,14 @@ async def serve(kernel: Kernel) -> None:
         mapping = build_mapping(kernel.records())
         uid = grpc.uid if grpc.uid != os.geteuid() else -1
         gid = grpc.gid if grpc.gid != os.getegid() else -1
-        async with serve_unix(mapping, grpc.address, mode=grpc.mode, uid=uid, gid=gid):
+        ttrpc = build_ttrpc_server(kernel.records())
+        ttrpc_address = config.ttrpc.address or f"{grpc.address}.ttrpc"
+        ttrpc_uid = config.ttrpc.uid if config.ttrpc.uid != os.geteuid() else -1
+        ttrpc_gid = config.ttrpc.gid if config.ttrpc.gid != os.getegid() else -1
+        async with (
+            ttrpc.serve(ttrpc_address, mode=0o660, uid=ttrpc_uid, gid=ttrpc_gid),
+            serve_unix(mapping, grpc.address, mode=grpc.mode, uid=uid, gid=gid),
+        ):
             ok = sum(1 for r in kernel.records() if r.ok)
             log.info("corrald_ready", version=__version__, address=grpc.address, plugins_ok=ok)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

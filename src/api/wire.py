@@ -235,6 +235,10 @@ def _message(cls: type[betterproto2.Message], record: object) -> betterproto2.Me
             value = dict(value)
         elif value is not None and (dataclasses.is_dataclass(value) or hasattr(value, "type_url")):
             value = _message(field_classes[f.name], value)
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            value = [_message(field_classes[f.name], item) for item in value]
+        elif isinstance(value, tuple):
+            value = list(value)
         values[f.name] = value
     return cls(**values)
 
@@ -242,7 +246,7 @@ def _message(cls: type[betterproto2.Message], record: object) -> betterproto2.Me
 def event_from_any(value: protobuf.Any) -> Event:
     """The record type for a known type_url, else the encoded event as it came."""
     record = EVENT_TYPES.get(value.type_url)
-    if record is None:
+    if record is None or not record.DECODE:
         return RawEvent(type_url=value.type_url, value=value.value)
     message = proto_class(value.type_url).parse(value.value)
     return _record(record, message)

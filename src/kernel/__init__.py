@@ -85,10 +85,16 @@ if TYPE_CHECKING:
         UndeclaredDependency as UndeclaredDependency,
     )
     from corral.kernel._discovery import (
+        CONFIG_GROUP as CONFIG_GROUP,
+    )
+    from corral.kernel._discovery import (
         GROUP as GROUP,
     )
     from corral.kernel._discovery import (
         Candidate as Candidate,
+    )
+    from corral.kernel._discovery import (
+        ConfigSource as ConfigSource,
     )
     from corral.kernel._discovery import (
         builtin_candidate as builtin_candidate,
@@ -219,7 +225,9 @@ _SOURCES: dict[str, str] = {
     "builtin_candidate": "corral.kernel._discovery",
     "Canceled": "corral.kernel._errors",
     "Candidate": "corral.kernel._discovery",
+    "CONFIG_GROUP": "corral.kernel._discovery",
     "ConfigError": "corral.kernel._errors",
+    "ConfigSource": "corral.kernel._discovery",
     "configure_logging": "corral.kernel._logging",
     "CorralError": "corral.kernel._errors",
     "DaemonConfig": "corral.kernel._config",

@@ -115,7 +115,8 @@ class LoadedConfig:
     files: tuple[Path, ...]
     migrated_from: int
     origins: Mapping[str, Path] = field(default_factory=dict, compare=False)
-    """Which file last set each key under ``plugins`` (TOML key paths, as errors name them)."""
+    """Which file last set each key under ``plugins`` and ``proxy_plugins`` (TOML key paths, as
+    errors name them)."""
 
     def attribute(self, error: ConfigError) -> ConfigError:
         """``error`` (from decoding a plugin section after loading) naming the file that set its key:
@@ -500,6 +501,13 @@ def _merge_files(
         _merge(merged, raw)
         if origins is not None:
             _record_origins(origins, "plugins", raw.get("plugins", {}), file)
+            for name, entry in raw.get("proxy_plugins", {}).items():
+                # a later file's entry replaces the whole entry, so only its keys count
+                entry_path = _join("proxy_plugins", name)
+                for stale in [k for k in origins if k.startswith(entry_path + ".")]:
+                    del origins[stale]
+                origins[entry_path] = file
+                _record_origins(origins, entry_path, entry, file)
         pending.extend(_resolve_imports(file, raw.get("imports", ())))
         loaded.append(file)
     return merged, loaded, oldest if oldest is not None else CONFIG_VERSION
@@ -635,7 +643,6 @@ INERT_KEYS: dict[str, str] = {
     "debug.gid": "no debug (pprof) socket",
     "stream_processors": "no stream processors",
     "timeouts": "no plugin reads these timeouts yet",
-    "proxy_plugins": "proxy plugins are not loaded yet",
 }
 
 

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 from corral.kernel._records import Origin, split_uri
 from corral.kernel._registration import Registration
 
 GROUP = "corral.plugins"
+CONFIG_GROUP = "corral.config_plugins"
+"""Entry points named by a top-level config key (``proxy_plugins``): each is a callable that turns
+the table the config sets under that key into plugins, ``provide(table) -> Sequence[Candidate]``.
+Called only when the config sets the key; a bad entry raises ConfigError naming its TOML key."""
 BUILTIN_DISTRIBUTION = "corral"
 WILDCARD = "*"
 
@@ -62,6 +67,47 @@ def discover(group: str = GROUP) -> list[Candidate]:
     return sorted(
         found.values(), key=lambda c: (not c.origin.builtin, _normalise(c.origin.distribution), c.uri)
     )
+
+
+ConfigProvider = Callable[[Mapping[str, Any]], Sequence[Candidate]]
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """An installed provider of plugins defined in config, known by its entry point only."""
+
+    key: str
+    origin: Origin
+    entry_point: md.EntryPoint | None = None
+    provider: ConfigProvider | None = None
+    """Set for providers handed to the kernel directly (tests, embedding) instead of by entry point."""
+
+
+def discover_config_sources(group: str = CONFIG_GROUP) -> list[ConfigSource]:
+    """Every provider of config-defined plugins, built-ins first, then by distribution."""
+    found: dict[str, ConfigSource] = {}
+    for ep in md.entry_points(group=group):
+        dist, version = _dist_name(ep)
+        origin = Origin(dist, version, ep.name, ep.value, _normalise(dist) == BUILTIN_DISTRIBUTION)
+        found.setdefault(f"{ep.name}\0{dist}", ConfigSource(ep.name, origin, ep))
+    return sorted(found.values(), key=lambda s: (not s.origin.builtin, _normalise(s.origin.distribution)))
+
+
+def load_config_source(source: ConfigSource) -> ConfigProvider:
+    """Import a provider's entry point; a broken one is reported like a broken plugin."""
+    if source.provider is not None:
+        return source.provider
+    assert source.entry_point is not None
+    try:
+        obj = source.entry_point.load()
+    except Exception as exc:
+        raise PluginLoadError(
+            f"importing {source.origin.value} from distribution {source.origin.distribution or '?'} "
+            f"(reads config key {source.key}): {type(exc).__name__}: {exc}"
+        ) from exc
+    if not callable(obj):
+        raise PluginLoadError(f"config entry point {source.key} = {source.origin.value} is not callable")
+    return cast(ConfigProvider, obj)
 
 
 def builtin_candidate(reg: Registration, distribution: str = "(embedded)") -> Candidate:

@@ -30,7 +30,17 @@ from corral.kernel._context import (
     dependency_problem,
     ensure_directory,
 )
-from corral.kernel._discovery import Candidate, PluginLoadError, discover, duplicates, is_enabled, load
+from corral.kernel._discovery import (
+    Candidate,
+    ConfigSource,
+    PluginLoadError,
+    discover,
+    discover_config_sources,
+    duplicates,
+    is_enabled,
+    load,
+    load_config_source,
+)
 from corral.kernel._errors import ConfigError
 from corral.kernel._graph import DependencyCycleError, resolve_order
 from corral.kernel._hookspecs import PROJECT, CorralHooks
@@ -55,10 +65,12 @@ class Kernel:
         config: _config.DaemonConfig,
         *,
         candidates: Sequence[Candidate] | None = None,
+        config_sources: Sequence[ConfigSource] | None = None,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
         self.config = config
         self.candidates = list(discover() if candidates is None else candidates)
+        self.config_sources = list(discover_config_sources() if config_sources is None else config_sources)
         self.close_timeout = close_timeout
         self.hooks = pluggy.PluginManager(PROJECT)
         self.hooks.add_hookspecs(CorralHooks)
@@ -70,6 +82,7 @@ class Kernel:
         self._started: list[str] = []
         self._graph = resolve_order(())
         self._by_type: dict[str, list[str]] = {}
+        self._unread_keys: dict[str, str] = {}
         self.ready = anyio.Event()
 
     # -- PluginSet -------------------------------------------------------------------------
@@ -90,13 +103,16 @@ class Kernel:
         """Import what is enabled; record everything else with the reason it is not running."""
         disabled = set(self.config.disabled_plugins)
         regs: list[Registration] = []
+        defined = self.config_candidates()
+        defined_uris = {c.uri for c in defined}
+        candidates = [*self.candidates, *defined]
         for uri, cands in duplicates(self.candidates).items():
             dists = ", ".join(c.origin.distribution for c in cands)
             self._records[uri] = PluginRecord(
                 uri, cands[0].type, cands[0].id, cands[0].origin, Status.ERROR,
                 reason=f"plugin {uri} is declared by more than one distribution: {dists}",
             )  # fmt: skip
-        for cand in self.candidates:
+        for cand in candidates:
             if cand.uri in self._records:
                 continue
             base = PluginRecord(cand.uri, cand.type, cand.id, cand.origin, Status.PENDING)
@@ -106,7 +122,10 @@ class Kernel:
                     base, status=Status.DISABLED, reason="listed in disabled_plugins"
                 )
                 continue
-            if not is_enabled(cand, self.config.enabled_plugins, self.config.enabled_distributions):
+            enabled = cand.uri in defined_uris  # defining a plugin in config enables it
+            if not enabled and not is_enabled(
+                cand, self.config.enabled_plugins, self.config.enabled_distributions
+            ):
                 self._records[cand.uri] = dataclasses.replace(
                     base,
                     status=Status.NOT_ENABLED,
@@ -128,6 +147,39 @@ class Kernel:
             self._records[cand.uri] = dataclasses.replace(base, registration=reg)
             regs.append(reg)
         return regs
+
+    def config_candidates(self) -> list[Candidate]:
+        """Plugins the config itself defines (``[proxy_plugins.NAME]``), from the providers of the
+        top-level keys it sets; registered after every installed plugin, as containerd does."""
+        taken = {c.uri: c for c in self.candidates}
+        defined: list[Candidate] = []
+        for source in self.config_sources:
+            table = getattr(self.config, source.key, None)
+            if not table:
+                continue
+            if not self._source_enabled(source):
+                self._unread_keys[source.key] = source.origin.distribution
+                continue
+            try:
+                provide = load_config_source(source)
+            except PluginLoadError as exc:
+                raise StartupError(str(exc)) from exc
+            for cand in provide(table):
+                other = taken.get(cand.uri)
+                if other is not None:
+                    key = cand.origin.entry_point or source.key
+                    by = other.origin.distribution or "another definition"
+                    raise ConfigError(f"{key}: plugin {cand.uri} is already provided by {by}", key=key)
+                taken[cand.uri] = cand
+                defined.append(cand)
+        return defined
+
+    def _source_enabled(self, source: ConfigSource) -> bool:
+        """As for plugins: corral's own providers are on, a third-party one only once enabled."""
+        if source.origin.builtin or source.provider is not None:
+            return True
+        as_plugin = Candidate(source.key, "", "", source.origin)
+        return is_enabled(as_plugin, self.config.enabled_plugins, self.config.enabled_distributions)
 
     def _order_plugins(self, regs: list[Registration]) -> list[Registration]:
         """Resolve the start order; plugins caught in a cycle fail, naming the cycle, the rest go on."""
@@ -196,6 +248,11 @@ class Kernel:
                 notes.append(f'plugins."{uri}": no installed plugin has this URI; section ignored')
             elif rec.status is Status.NOT_ENABLED:
                 notes.append(f'plugins."{uri}": plugin not enabled; section not checked')
+        for key, distribution in self._unread_keys.items():
+            notes.append(
+                f"{key}: read only by {distribution}, which is not enabled; "
+                f'enable it with enabled_distributions = ["{distribution}"]'
+            )
         for key, reason in _config.inert_settings(self.config):
             notes.append(f"{key}: accepted, but has no effect in corral ({reason})")
         for uri, decoded in self._decoded.items():

@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import tarfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -126,3 +127,86 @@ def test_diff_then_apply_reproduces_the_tree(daemon: Daemon, snapshotter: str, t
     got: dict[str, tuple[object, ...]] = {}
     with_mounted(daemon, snapshotter, "fresh", tmp_path / "m", lambda root: got.update(tree(root)))
     assert got == expected
+
+
+def opaque_root_layer() -> bytes:
+    """A layer that hides everything below at the top: ``.wh..wh..opq`` and one new file."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in ((".wh..wh..opq", b""), ("new", b"only this")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1_600_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(out.getvalue(), mtime=0)
+
+
+def upperdir(daemon: Daemon, snapshotter: str, key: str) -> Path:
+    line = daemon.ctr("snapshots", "--snapshotter", snapshotter, "mounts", "/unused", key).stdout
+    options = line.split(" -o ", 1)[1].split()[0].split(",")
+    return Path(next(o for o in options if o.startswith("upperdir=")).split("=", 1)[1])
+
+
+def test_a_top_level_opaque_whiteout_hides_the_parent_snapshot(
+    daemon: Daemon, snapshotter: str, tmp_path: Path
+) -> None:
+    s = ("snapshots", "--snapshotter", snapshotter)
+    daemon.ctr(*s, "prepare", "base")
+    with_mounted(daemon, snapshotter, "base", tmp_path / "m", build_base)
+    daemon.ctr(*s, "commit", "base-c", "base")
+    daemon.ctr(*s, "prepare", "child", "base-c")
+    layer = opaque_root_layer()
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    subprocess.run(
+        ["ctr", "-a", daemon.socket, "content", "ingest", "--expected-digest", digest, "opaque-root"],
+        input=layer,
+        check=True,
+    )
+    anyio.run(apply_layer, daemon.socket, snapshotter, "child", digest, len(layer))
+    if snapshotter == "overlayfs":
+        # containerd's overlay whiteout converter marks the upper directory itself opaque.
+        upper = upperdir(daemon, snapshotter, "child")
+        assert os.getxattr(upper, "trusted.overlay.opaque") == b"y"
+        assert sorted(p.name for p in upper.iterdir()) == ["new"]
+    else:
+        got: dict[str, tuple[object, ...]] = {}
+        with_mounted(daemon, snapshotter, "child", tmp_path / "m", lambda root: got.update(tree(root)))
+        assert sorted(got) == ["new"]
+
+
+def test_diff_over_grpc_bounds_mtimes_by_the_source_date_epoch(daemon: Daemon, tmp_path: Path) -> None:
+    require_root()
+    s = ("snapshots", "--snapshotter", "native")
+    daemon.ctr(*s, "prepare", "base")
+    with_mounted(daemon, "native", "base", tmp_path / "m", build_base)
+    daemon.ctr(*s, "commit", "base-c", "base")
+    daemon.ctr(*s, "view", "base-v", "base-c")
+    daemon.ctr(*s, "prepare", "child", "base-c")
+    with_mounted(daemon, "native", "child", tmp_path / "m", build_upper)
+    epoch = datetime(2020, 1, 1, tzinfo=UTC)
+
+    async def diff() -> str:
+        async with connect(daemon.socket) as client:
+            md = {"containerd-namespace": "default"}
+            snaps = snap_pb.SnapshotsStub(client.channel, metadata=md)
+            left = (await snaps.mounts(snap_pb.MountsRequest(snapshotter="native", key="base-v"))).mounts
+            right = (await snaps.mounts(snap_pb.MountsRequest(snapshotter="native", key="child"))).mounts
+            reply = await diff_pb.DiffStub(client.channel, metadata=md).diff(
+                diff_pb.DiffRequest(
+                    left=left,
+                    right=right,
+                    media_type="application/vnd.oci.image.layer.v1.tar",
+                    source_date_epoch=epoch,
+                    labels={"containerd.io/gc.root": "now"},
+                )
+            )
+            assert reply.diff is not None
+            return reply.diff.digest
+
+    digest = anyio.run(diff)
+    layer = subprocess.run(
+        ["ctr", "-a", daemon.socket, "content", "get", digest], capture_output=True, check=True
+    )
+    with tarfile.open(fileobj=io.BytesIO(layer.stdout)) as tar:
+        mtimes = {m.name: m.mtime for m in tar.getmembers()}
+    assert mtimes[".wh.removed"] == 0 and mtimes["added"] == int(epoch.timestamp())
+    assert max(mtimes.values()) == int(epoch.timestamp())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 NAMESPACES = ("rel-a", "rel-b")
 """Where content, snapshots and leases live; namespace churn uses ``relns-<n>``."""
-SNAPSHOTTERS = ("overlayfs", "native")
+SNAPSHOTTERS = ("overlayfs", "native", "erofs")
 ROOT = {"containerd.io/gc.root": "reliability"}
 """Objects that nothing else holds carry this, so a collection keeps them."""
 

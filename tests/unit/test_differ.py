@@ -8,13 +8,16 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import stat
+import struct
 import subprocess
 import tarfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -43,9 +46,10 @@ from corral.plugins.core import (
     Mount,
     namespace,
 )
+from corral.plugins.core.tar import encode_header, parse_number, parse_pax_records
 from corral.plugins.differs import Differ
 from corral.plugins.differs._compression import Compression, layer_compression
-from corral.plugins.differs._tar import TarReader, encode_header, parse_number, parse_pax_records
+from corral.plugins.differs._tar import TarReader
 from corral.plugins.differs._whiteouts import Kind, classify
 from corral.plugins.differs.apply import WhiteoutMode, apply_layer
 from corral.plugins.differs.differ import WalkingDiffer, readonly
@@ -53,6 +57,7 @@ from corral.plugins.differs.walking import registration as walking
 from corral.plugins.metadata import NamespacedContent
 from corral.plugins.metadata.sqlite import SqliteMetadata, open_metadata
 from corral.plugins.metadata.sqlite import registration as sqlite_metadata
+from corral.plugins.services.diff import DiffService
 
 pytestmark = pytest.mark.anyio
 
@@ -161,15 +166,16 @@ def sha(data: bytes) -> str:
 
 
 def xattrs(path: Path) -> dict[str, bytes]:
+    """The xattrs a diff carries, as containerd's: file capabilities only."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return {}
-    return {
-        n: os.getxattr(path, n, follow_symlinks=False)
-        for n in names
-        if not n.startswith(("trusted.overlay.", "security.selinux"))
-    }
+    return {n: os.getxattr(path, n, follow_symlinks=False) for n in names if n == "security.capability"}
+
+
+CAP_NET_BIND_SERVICE = struct.pack("<5I", 0x02000001, 1 << 10, 0, 0, 0)
+"""A version 2 ``security.capability`` value: effective, permitted cap_net_bind_service."""
 
 
 def tree(root: Path) -> dict[str, tuple[object, ...]]:
@@ -465,6 +471,25 @@ async def test_an_opaque_directory_keeps_only_what_its_own_layer_adds(env: Env) 
     ]
 
 
+async def test_a_top_level_opaque_marker_empties_the_root_of_what_the_layer_does_not_add(env: Env) -> None:
+    target = env.dir("t")
+    await apply(env, target, M("old"), M("d/"), M("d/x"), M(".hidden"))
+    await apply(env, target, M("new"), M(".wh..wh..opq"), M("d/"), M("d/y"))
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["d", "d/y", "new"]
+
+
+async def test_a_top_level_opaque_marker_makes_the_overlay_upper_root_opaque(env: Env) -> None:
+    require_root()
+    lower, upper, work = env.dir("lower"), env.dir("upper"), env.dir("work")
+    (lower / "old").write_text("o")
+    raw = tar_of(M(".wh..wh..opq"), M("new", data=b"n"))
+    desc = Descriptor(MEDIA_TYPE_LAYER, await env.ingest(raw), len(raw))
+    mount = Mount("overlay", "overlay", (f"workdir={work}", f"upperdir={upper}", f"lowerdir={lower}"))
+    await env.differ.apply(desc, [mount])
+    assert os.getxattr(upper, "trusted.overlay.opaque") == b"y"
+    assert sorted(p.name for p in upper.iterdir()) == ["new"]
+
+
 async def test_overlay_upper_directory_gets_overlay_whiteouts(env: Env) -> None:
     require_root()
     lower, upper, work = env.dir("lower"), env.dir("upper"), env.dir("work")
@@ -564,14 +589,15 @@ def mutate_upper(root: Path) -> None:
     (root / "becomes-dir/inside").write_text("i")
     shutil.rmtree(root / "becomes-file")
     (root / "becomes-file").write_text("now a file")
-    os.setxattr(root / "usr/bin/tool", "user.origin", b"changed")
+    os.setxattr(root / "usr/bin/tool", "user.origin", b"changed")  # not a change to containerd
+    (root / "usr/bin/tool").chmod(0o750)
 
 
 def mutate_upper_as_root(root: Path) -> None:
     os.chown(root / "etc/passwd", 0, 42)
     os.mknod(root / "etc/new.d/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     os.chown(root / "etc/new.d", 1000, 1000)
-    os.setxattr(root / "usr/bin/tool", "trusted.cap", b"x")
+    os.setxattr(root / "etc/new.d/nested/conf", "security.capability", CAP_NET_BIND_SERVICE)
 
 
 def copy_tree(src: Path, dst: Path) -> None:
@@ -606,7 +632,7 @@ async def test_compare_then_apply_on_the_same_parent_reproduces_the_upper_tree(
     names = members(raw)
     assert "etc/.wh.gone" in names and "etc/.wh.dir-gone" in names
     assert "var/cache/old" not in names  # unchanged, though its directory changed
-    # The xattr changed on the inode both names share: the second name is a link to the first.
+    # The mode changed on the inode both names share: the second name is a link to the first.
     with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
         alias = archive.getmember("usr/bin/tool-alias")
     assert alias.islnk() and alias.linkname == "usr/bin/tool"
@@ -615,6 +641,65 @@ async def test_compare_then_apply_on_the_same_parent_reproduces_the_upper_tree(
     applied = await env.differ.apply(desc, bind(target))
     assert applied.digest == sha(raw)
     assert tree(target) == tree(upper)
+
+
+async def test_an_unchanged_name_of_an_inode_linked_anew_goes_in_as_a_hard_link(env: Env) -> None:
+    lower, upper = env.dir("lower"), env.dir("upper")
+    (lower / "a").write_bytes(b"shared")
+    copy_tree(lower, upper)
+    os.link(upper / "a", upper / "b")
+    desc = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    with tarfile.open(fileobj=io.BytesIO(await env.blob(desc.digest))) as archive:
+        entries = {m.name: m for m in archive.getmembers()}
+    # containerd: "a" is unmodified, but its inode's new name "b" carries it, so "a" links to "b".
+    assert sorted(entries) == ["a", "b"]
+    assert entries["b"].isfile() and entries["a"].islnk() and entries["a"].linkname == "b"
+    target = env.dir("target")
+    copy_tree(lower, target)
+    await env.differ.apply(desc, bind(target))
+    assert (target / "a").stat().st_ino == (target / "b").stat().st_ino
+    assert tree(target) == tree(upper)
+
+
+async def test_a_diff_carries_file_capabilities_and_no_other_xattr(env: Env) -> None:
+    require_root()
+    lower, upper = env.dir("lower"), env.dir("upper")
+    (upper / "ping").write_bytes(b"\x7fELF")
+    os.setxattr(upper / "ping", "security.capability", CAP_NET_BIND_SERVICE)
+    os.setxattr(upper / "ping", "user.note", b"host-local")
+    os.setxattr(upper / "ping", "trusted.note", b"host-local")
+    desc = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    with tarfile.open(fileobj=io.BytesIO(await env.blob(desc.digest))) as archive:
+        ping = archive.getmember("ping")
+    assert {k: v for k, v in ping.pax_headers.items() if k.startswith("SCHILY.xattr.")} == {
+        "SCHILY.xattr.security.capability": CAP_NET_BIND_SERVICE.decode("utf-8", "surrogateescape")
+    }
+    # A capability changed is a change (continuity compares it); other xattrs are not.
+    copy_tree(upper, lower)
+    os.setxattr(upper / "ping", "user.note", b"changed")
+    unchanged = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    assert members(await env.blob(unchanged.digest)) == []
+    os.setxattr(upper / "ping", "security.capability", struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0))
+    changed = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    assert members(await env.blob(changed.digest)) == ["ping"]
+
+
+async def test_whiteouts_are_empty_files_owned_by_root_at_the_epoch(
+    env: Env, trees: tuple[Path, Path]
+) -> None:
+    lower, upper = trees
+    desc = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER)
+    with tarfile.open(fileobj=io.BytesIO(await env.blob(desc.digest))) as archive:
+        gone = archive.getmember("etc/.wh.gone")
+    assert (gone.type, gone.size, gone.mode, gone.uid, gone.gid, gone.mtime) == (
+        tarfile.REGTYPE,
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
+    assert (gone.uname, gone.gname) == ("", "")
 
 
 async def test_compare_labels_the_blob_with_its_diff_id_and_the_callers_labels(
@@ -634,7 +719,6 @@ async def test_compare_labels_the_blob_with_its_diff_id_and_the_callers_labels(
     [
         ("", b"\x1f\x8b"),
         (MEDIA_TYPE_LAYER_GZIP, b"\x1f\x8b"),
-        (DOCKER_GZIP, b"\x1f\x8b"),
         (MEDIA_TYPE_LAYER_ZSTD, b"\x28\xb5\x2f\xfd"),
         (MEDIA_TYPE_LAYER, b""),
     ],
@@ -655,10 +739,38 @@ async def test_compare_compresses_as_asked(
     assert tree(target) == tree(upper)
 
 
-async def test_compare_refuses_unknown_media_types(env: Env, trees: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(
+    "media_type",
+    ["application/x-tar+lz4", DOCKER_GZIP, "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"],
+)
+async def test_compare_refuses_what_containerd_does_not_write(
+    env: Env, trees: tuple[Path, Path], media_type: str
+) -> None:
     lower, upper = trees
-    with pytest.raises(Unimplemented):
-        await env.differ.compare(bind(lower), bind(upper), media_type="application/x-tar+lz4")
+    with pytest.raises(Unimplemented, match=re.escape(f"unsupported diff media type: {media_type}")):
+        await env.differ.compare(bind(lower), bind(upper), media_type=media_type)
+    assert await env.md.view(NamespacedContent).list_statuses() == []
+
+
+async def test_an_uncompressed_diff_is_not_labelled_with_its_own_digest(
+    env: Env, trees: tuple[Path, Path]
+) -> None:
+    lower, upper = trees
+    desc = await env.differ.compare(bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER, labels={"a": "b"})
+    info = await env.md.view(NamespacedContent).info(desc.digest)
+    assert info.labels == {"a": "b"}  # containerd labels only compressed layers with the diffID
+
+
+async def test_a_callers_ref_is_written_from_the_start_whatever_it_held(
+    env: Env, trees: tuple[Path, Path]
+) -> None:
+    lower, upper = trees
+    stale = await env.md.view(NamespacedContent).writer("my-ref")
+    await stale.write(b"left over by an earlier attempt")
+    await stale.close()
+    desc = await env.differ.compare(bind(lower), bind(upper), ref="my-ref", media_type=MEDIA_TYPE_LAYER)
+    blob = await env.blob(desc.digest)
+    assert blob[257:263] == b"ustar\0" and desc.digest == sha(blob)
 
 
 async def test_compare_against_nothing_adds_everything(env: Env, trees: tuple[Path, Path]) -> None:
@@ -780,3 +892,86 @@ def test_the_package_exports_the_contract_and_nothing_else() -> None:
     assert sorted(contract.__all__) == ["Differ"]
     assert all(getattr(contract, name) is not None for name in contract.__all__)
     assert isinstance(WalkingDiffer(None), Differ)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dev", [(1 << 32, 0), (0, 1 << 40)])
+async def test_a_device_number_no_device_can_have_is_invalid(env: Env, dev: tuple[int, int]) -> None:
+    require_root()
+    raw = tar_of(M("dev/bad", tarfile.CHRTYPE, dev=dev), fmt=tarfile.GNU_FORMAT)  # base-256 numbers
+    desc = Descriptor(MEDIA_TYPE_LAYER, await env.ingest(raw), len(raw))
+    with pytest.raises(InvalidArgument, match="out of range"):
+        await env.differ.apply(desc, bind(env.dir("t")))
+
+
+class CountingWriter:
+    def __init__(self, inner: object, counts: list[int]) -> None:
+        self._inner = inner
+        self._counts = counts
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def write(self, data: bytes) -> int:
+        self._counts[0] += len(data)
+        return await self._inner.write(data)  # type: ignore[attr-defined, no-any-return]
+
+
+class CountingContent:
+    """The namespaced content store, counting what the differ writes."""
+
+    def __init__(self, inner: NamespacedContent) -> None:
+        self._inner = inner
+        self.written = [0]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def writer(self, ref: str, total: int = 0, expected: str = "") -> CountingWriter:
+        return CountingWriter(await self._inner.writer(ref, total, expected), self.written)
+
+
+async def test_a_cancelled_diff_stops_writing_within_a_chunk(env: Env) -> None:
+    lower, upper = env.dir("lower"), env.dir("upper")
+    with (upper / "big").open("wb") as big:
+        big.truncate(8 << 30)  # sparse: reading it costs no disk, compressing it takes seconds
+    content = CountingContent(env.md.view(NamespacedContent))
+    differ = WalkingDiffer(content)  # type: ignore[arg-type]
+    with anyio.move_on_after(0.3) as scope:
+        await differ.compare(bind(lower), bind(upper))
+    at_cancel = content.written[0]
+    await anyio.sleep(0.5)
+    assert scope.cancelled_caught
+    # compare returned only once its thread had stopped: nothing was written after.
+    assert content.written[0] - at_cancel == 0
+    assert await env.md.view(NamespacedContent).list_statuses() == []
+
+
+async def test_a_source_date_epoch_bounds_every_mtime_in_the_diff(env: Env) -> None:
+    lower, upper = env.dir("lower"), env.dir("upper")
+    (lower / "gone").write_text("g")
+    (upper / "old").write_text("o")
+    os.utime(upper / "old", (1_000_000_000, 1_000_000_000))
+    (upper / "dir").mkdir()
+    (upper / "dir/new").write_text("n")  # now: later than the epoch
+    epoch = datetime(2020, 1, 1, tzinfo=UTC)
+    service = DiffService([env.differ])
+    desc = await service.compare(
+        bind(lower), bind(upper), media_type=MEDIA_TYPE_LAYER, ref="", labels={}, source_date_epoch=epoch
+    )
+    with tarfile.open(fileobj=io.BytesIO(await env.blob(desc.digest))) as archive:
+        mtimes = {m.name: m.mtime for m in archive.getmembers()}
+    assert mtimes == {"dir": 1_577_836_800, "dir/new": 1_577_836_800, "old": 1_000_000_000, ".wh.gone": 0}
+
+
+async def test_an_apply_asking_for_sync_fs_flushes_what_it_wrote(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[bool] = []
+    monkeypatch.setattr("corral.plugins.services.diff.os.sync", lambda: synced.append(True))
+    raw = tar_of(M("f", data=b"x"))
+    desc = Descriptor(MEDIA_TYPE_LAYER, await env.ingest(raw), len(raw))
+    service = DiffService([env.differ])
+    await service.apply(desc, bind(env.dir("a")))
+    assert synced == []
+    await service.apply(desc, bind(env.dir("b")), sync_fs=True)
+    assert synced == [True]

@@ -164,7 +164,7 @@ async def test_an_async_source_reads_the_same() -> None:
 
 
 def test_a_large_blob_streams_through_without_being_held_in_memory() -> None:
-    from corral.plugins.images._tar import END_OF_ARCHIVE, encode_header
+    from corral.plugins.core.tar import END_OF_ARCHIVE, encode_header
 
     size, chunk = 48 << 20, bytes(1 << 20)
     hasher = hashlib.sha256()

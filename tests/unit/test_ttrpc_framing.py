@@ -142,7 +142,7 @@ def test_the_ttrpc_facade_exports_exactly_its_all() -> None:
     import corral.api.ttrpc as facade
 
     public = {name for name in vars(facade) if not name.startswith("_")}
-    modules = {"client", "envelope", "framing", "protowire", "server"}
+    modules = {"client", "envelope", "framing", "protowire", "server", "services", "shim"}
     assert public - modules == set(facade.__all__)
     for name in facade.__all__:
         assert getattr(facade, name) is not None

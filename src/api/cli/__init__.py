@@ -17,6 +17,8 @@ from corral.api.cli.leases import leases_group
 from corral.api.cli.namespaces import namespaces_group
 from corral.api.cli.plugins import plugins_group
 from corral.api.cli.snapshots import snapshots_group
+from corral.api.cli.tasks import run_command, tasks_group
+from corral.api.cli.transfer import add_transfer_commands
 from corral.api.cli.version import version_command
 from corral.api.client import DEFAULT_NAMESPACE, default_address
 
@@ -33,6 +35,8 @@ class CorralGroup(click.Group):
         "container": "containers",
         "i": "images",
         "c": "containers",
+        "task": "tasks",
+        "t": "tasks",
     }
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -79,7 +83,10 @@ cli.add_command(content_group)
 cli.add_command(leases_group)
 cli.add_command(snapshots_group)
 cli.add_command(images_group)
+add_transfer_commands(images_group)
 cli.add_command(containers_group)
+cli.add_command(run_command)
+cli.add_command(tasks_group)
 cli.add_command(events_command)
 cli.add_command(version_command)
 

@@ -173,7 +173,8 @@ def explain(uri: str, details: Sequence[PluginDetail]) -> str:
     by_uri = {plugin_uri(d): d for d in details}
     detail = by_uri[uri]
     if detail.status == OK:
-        return f"{uri} is ok\n"
+        # an ok plugin with a reason is registered but unusable now (a proxy whose process is down)
+        return f"{uri} is ok, but {detail.reason}\n" if detail.reason else f"{uri} is ok\n"
     lines = [_state(uri, detail)]
     if not detail.blocked_by:
         lines.extend(_hint(detail))

@@ -20,13 +20,17 @@ from corral.api.client._introspection import IntrospectionCalls
 from corral.api.client._leases import LeaseCalls
 from corral.api.client._namespaces import NamespaceCalls
 from corral.api.client._snapshots import SnapshotCalls
+from corral.api.client._tasks import TaskCalls
+from corral.api.client._transfer import ImportOptions, TransferCalls, TransferProgress
 
 __all__ = [
     "DEFAULT_NAMESPACE",
     "WRITE_CHUNK",
     "Client",
     "Connection",
+    "ImportOptions",
     "IngestSource",
+    "TransferProgress",
     "connect",
     "default_address",
     "rfc3339",
@@ -42,6 +46,8 @@ class Client(
     SnapshotCalls,
     ImageCalls,
     ContainerCalls,
+    TransferCalls,
+    TaskCalls,
 ):
     """Every service's calls on one connection to a daemon's socket."""
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
 
 from corral.api import wire
 from corral.api.grpc import GRPCServices
@@ -55,6 +57,33 @@ def detail(rec: PluginRecord, dependents: tuple[str, ...]) -> pb.PluginDetail:
     )
 
 
+CONDITION_TIMEOUT = 2.0
+
+
+@runtime_checkable
+class ReportsCondition(Protocol):
+    """A plugin instance that can be ok yet unusable right now (a proxy whose process is down):
+    ``condition()`` is "" while usable, else why not. Shown as the reason of an ok plugin."""
+
+    async def condition(self) -> str: ...
+
+
+async def _conditions(records: list[PluginRecord]) -> dict[str, str]:
+    found: dict[str, str] = {}
+
+    async def ask(rec: PluginRecord, instance: ReportsCondition) -> None:
+        with anyio.move_on_after(CONDITION_TIMEOUT):
+            found[rec.uri] = await instance.condition()
+            return
+        found[rec.uri] = f"did not report its condition within {CONDITION_TIMEOUT:g}s"
+
+    async with anyio.create_task_group() as tg:
+        for rec in records:
+            if rec.ok and isinstance(rec.instance, ReportsCondition):
+                tg.start_soon(ask, rec, rec.instance)
+    return {uri: why for uri, why in found.items() if why}
+
+
 class CorralIntrospection(pb.IntrospectionBase):
     def __init__(self, local: Introspection, plugins: PluginSet) -> None:
         self._local = local
@@ -64,6 +93,10 @@ class CorralIntrospection(pb.IntrospectionBase):
         records = self._local.plugins(message.filters, include_not_started=True)
         if not message.all:
             records = [r for r in records if r.status is not Status.DISABLED]
+        conditions = await _conditions(list(records))
+        records = [
+            dataclasses.replace(r, reason=conditions[r.uri]) if r.uri in conditions else r for r in records
+        ]
         return pb.PluginsResponse(plugins=[detail(r, self._plugins.dependents(r.uri)) for r in records])
 
 

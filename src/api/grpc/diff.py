@@ -16,7 +16,7 @@ class DiffGRPC(pb.DiffBase):
 
     async def apply(self, message: pb.ApplyRequest) -> pb.ApplyResponse:
         desc = descriptor_from_wire(message.diff, "diff descriptor")
-        applied = await self._local.apply(desc, mounts_from_wire(message.mounts))
+        applied = await self._local.apply(desc, mounts_from_wire(message.mounts), sync_fs=message.sync_fs)
         return pb.ApplyResponse(applied=descriptor_to_wire(applied))
 
     async def diff(self, message: pb.DiffRequest) -> pb.DiffResponse:
@@ -26,6 +26,7 @@ class DiffGRPC(pb.DiffBase):
             media_type=message.media_type,
             ref=message.ref,
             labels=dict(message.labels),
+            source_date_epoch=message.source_date_epoch,
         )
         return pb.DiffResponse(diff=descriptor_to_wire(made))
 

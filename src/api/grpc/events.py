@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from corral.api.grpc import GRPCServices
+from corral.api.ttrpc import TTRPCContext, TTRPCServer
 from corral.api.types.containerd import types as ctypes
 from corral.api.types.containerd.services.events import v1 as pb
+from corral.api.types.containerd.services.events.ttrpc import v1 as ttrpc_pb
 from corral.api.types.google import protobuf
 from corral.api.wire import envelope_from_wire, envelope_to_wire
 from corral.kernel import InitContext, InvalidArgument, Registration
@@ -38,8 +41,30 @@ class EventsGRPC(pb.EventsBase):
                 yield envelope_to_wire(envelope)
 
 
-async def init(ic: InitContext) -> GRPCServices:
-    return GRPCServices((EventsGRPC(ic.get_single(types.EVENT, EventExchange)),))
+TTRPC_SERVICE = "containerd.services.events.ttrpc.v1.Events"
+
+
+@dataclass(frozen=True)
+class EventsServices(GRPCServices):
+    """Events over gRPC, and Forward over ttrpc at ``<grpc address>.ttrpc`` for shims."""
+
+    exchange: EventExchange | None = None
+
+    def register_ttrpc(self, server: TTRPCServer) -> None:
+        server.register_unary(TTRPC_SERVICE, "Forward", ttrpc_pb.ForwardRequest, self._forward)
+
+    async def _forward(self, message: ttrpc_pb.ForwardRequest, ctx: TTRPCContext) -> protobuf.Empty:
+        # The envelope's namespace and topic are the shim's, kept as sent (containerd does the same).
+        if message.envelope is None:
+            raise InvalidArgument("envelope must be set")
+        assert self.exchange is not None
+        await self.exchange.forward(envelope_from_wire(message.envelope))
+        return protobuf.Empty()
+
+
+async def init(ic: InitContext) -> EventsServices:
+    exchange = ic.get_single(types.EVENT, EventExchange)
+    return EventsServices((EventsGRPC(exchange),), exchange)
 
 
 registration = Registration(type=types.GRPC, id="events", init=init, requires=(types.EVENT,))

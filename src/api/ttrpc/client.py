@@ -51,6 +51,7 @@ class TTRPCClient:
         self._pending: dict[int, _Pending] = {}
         self._next_stream_id = 1
         self._closed = False
+        self._closed_event = anyio.Event()
 
     @classmethod
     @asynccontextmanager
@@ -81,6 +82,10 @@ class TTRPCClient:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def wait_closed(self) -> None:
+        """Return once the connection has ended (the peer hung up, or ``close`` was called)."""
+        await self._closed_event.wait()
 
     async def call(
         self,
@@ -165,6 +170,7 @@ class TTRPCClient:
 
     def _fail_pending(self) -> None:
         self._closed = True
+        self._closed_event.set()
         for pending in self._pending.values():
             if not pending.done.is_set():
                 pending.error = Unavailable(CLOSED_MESSAGE)

@@ -1,4 +1,4 @@
-"""The vocabulary every plugin shares: namespaces, leases, labels, identifiers, digests, mounts, descriptors.
+"""The vocabulary every plugin shares: namespaces, leases, labels, digests, mounts, descriptors, tar.
 
 Not a plugin and not the kernel (which knows nothing of containers): the words that content,
 snapshots, images, containers, tasks and CRI all speak, kept in one place so no plugin type's

@@ -8,6 +8,7 @@ store. ``apply`` returns the uncompressed layer's descriptor (its digest is the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from corral.plugins.core import Descriptor, Mount
@@ -35,10 +36,12 @@ class Differ(Protocol):
         media_type: str = "",
         ref: str = "",
         labels: Mapping[str, str] | None = None,
+        source_date_epoch: datetime | None = None,
     ) -> Descriptor:
         """Store the layer that turns ``lower`` into ``upper`` and return its descriptor.
 
         ``media_type`` picks the compression ("" is gzip); the blob is labelled with its
-        uncompressed digest (``containerd.io/uncompressed``) and ``labels``.
+        uncompressed digest (``containerd.io/uncompressed``) and ``labels``. With
+        ``source_date_epoch`` no entry's mtime is later than it (reproducible layers).
         """
         ...

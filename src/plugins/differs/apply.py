@@ -15,8 +15,8 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import shutil
 import stat
+import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -33,8 +33,7 @@ from corral.kernel import (
     PermissionDenied,
     ResourceExhausted,
 )
-from corral.plugins.differs._root import O_DIR, Key, RootDir, clean_components, display, resolve_in_root
-from corral.plugins.differs._tar import (
+from corral.plugins.core.tar import (
     BLOCKDEV,
     CHAR,
     DIRECTORY,
@@ -42,13 +41,14 @@ from corral.plugins.differs._tar import (
     HARDLINK,
     REGULAR,
     SYMLINK,
-    Readable,
-    ReadAhead,
     TarEntry,
-    TarReader,
 )
+from corral.plugins.core.trees import remove_tree_at
+from corral.plugins.differs._root import Key, RootDir, clean_components, display, resolve_in_root
+from corral.plugins.differs._tar import Readable, ReadAhead, TarReader, check_stop
 from corral.plugins.differs._whiteouts import (
     META_PREFIX,
+    OPAQUE,
     OVERLAY_XATTR_PREFIX,
     Kind,
     classify,
@@ -90,21 +90,25 @@ def apply_layer(
     whiteouts: WhiteoutMode = WhiteoutMode.REMOVE,
     parents: Sequence[str | os.PathLike[str]] = (),
     overlay_xattr_prefix: str = OVERLAY_XATTR_PREFIX,
+    stop: threading.Event | None = None,
 ) -> AppliedLayer:
     """Apply the uncompressed tar ``source`` to the directory ``root``.
 
     ``parents`` are an overlay's lower directories, top first: a directory the layer needs but
     the upper directory lacks is created with the attributes it has below, so the merged view
-    does not change underneath the layer.
+    does not change underneath the layer. Once ``stop`` is set the apply raises ``Stopped`` before
+    its next entry or chunk of data.
     """
     with ExitStack() as stack:
-        ahead = ReadAhead(source)
+        ahead = ReadAhead(source, stop=stop)
         stack.callback(ahead.close)
         reader = TarReader(ahead, digest=False)
         tree = stack.enter_context(RootDir(root))
-        lowers = [stack.enter_context(RootDir(p)) for p in parents]
+        # One set of names for the upper directory and its lowers: a key means the same path in each.
+        lowers = [stack.enter_context(RootDir(p, names=tree.names)) for p in parents]
         applier = _Applier(tree, whiteouts, lowers, overlay_xattr_prefix)
         while (entry := reader.next()) is not None:
+            check_stop(stop)
             try:
                 applier.apply(entry, reader)
             except CorralError as err:
@@ -157,8 +161,11 @@ class _Applier:
         self.owner = (os.geteuid(), os.getegid())
         self.umask = _umask()
         self.proc = b"/proc/self/fd/%d/"
+        self.names = tree.names
         self.unpacked: set[Key] = set()
         self.dirs: dict[Key, tuple[int, int, int | None]] = {}
+        self.not_below: set[Key] = set()
+        """Directories made in the upper directory that no lower has: nor has any lower what is in them."""
         self.entries = 0
         if lowers:
             tree.on_mkdir = self._copy_parent
@@ -168,8 +175,10 @@ class _Applier:
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
         self.entries += 1
         parts = clean_components(entry.name)
-        if not parts or parts[0].startswith(META_PREFIX):
-            # The root itself is the snapshot's, not the layer's (containerd ignores it).
+        if not parts or (parts[0].startswith(META_PREFIX) and parts != [OPAQUE]):
+            # The root itself is the snapshot's, not the layer's (containerd ignores it); AUFS
+            # bookkeeping at the top is no file either. A top-level opaque marker is a whiteout of
+            # everything below (containerd applies it to the root as to any directory).
             return
         base = parts.pop()
         pfd, pkey = self.tree.directory(parts, create=True)
@@ -185,7 +194,7 @@ class _Applier:
                     os.setxattr(pfd, opaque_xattr(self.xattr_prefix), b"y")
                     self.tree.changed(pkey)
                 else:
-                    self._clear(pfd, pkey)
+                    self._clear(pkey)
             return
         kind_of = entry.type
         if kind_of == REGULAR:
@@ -202,18 +211,25 @@ class _Applier:
         else:
             raise InvalidArgument(f"unsupported tar member type {kind_of!r}")
         if not self.overlay:
-            self.unpacked.add((*pkey, base))
+            self.unpacked.add(self.names.child(pkey, base))
 
     def finish(self) -> None:
-        """Directory times (and modes held back) last, deepest first: their contents are done."""
-        for key, (atime, mtime, mode) in reversed(self.dirs.items()):
+        """Directory times last, their contents being done; then the modes held back, deepest first."""
+        live = self.names.live()
+        held: list[tuple[Key, int]] = []
+        for key, (atime, mtime, mode) in self.dirs.items():
+            if not live[key]:
+                continue  # removed or replaced later in the layer
             try:
                 fd, _ = self.tree.directory(key, follow=False)
             except (NotFound, InvalidArgument):
-                continue  # removed or replaced later in the layer
-            if mode is not None:
-                os.fchmod(fd, mode)
+                continue
             os.utime(fd, ns=(atime, mtime))
+            if mode is not None:
+                held.append((key, mode))
+        for key, mode in reversed(held):
+            fd, _ = self.tree.directory(key, follow=False)
+            os.fchmod(fd, mode)
 
     # -- entries ----------------------------------------------------------------------------
 
@@ -243,15 +259,15 @@ class _Applier:
             os.close(fd)
 
     def _directory(self, pfd: int, pkey: Key, base: bytes, entry: TarEntry) -> None:
-        key = (*pkey, base)
         try:
             os.mkdir(base, 0o700, dir_fd=pfd)
         except FileExistsError:
             st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 # Anything but a directory is replaced; a directory is merged into.
-                self._remove(pfd, key, base, st)
+                self._remove(pfd, self.names.find(pkey, base), base, st)
                 os.mkdir(base, 0o700, dir_fd=pfd)
+        key = self.names.child(pkey, base)
         fd, _ = self.tree.directory(key, follow=False)
         if self.privileged:
             os.fchown(fd, entry.uid, entry.gid)
@@ -345,7 +361,7 @@ class _Applier:
                 log.debug("differ_device_skipped", name=os.fsdecode(base), reason="not root")
                 return False
             kind = stat.S_IFCHR if entry.type == CHAR else stat.S_IFBLK
-            device = os.makedev(entry.devmajor, entry.devminor)
+            device = _device_number(entry)
             make = partial(os.mknod, base, kind | 0o600, device, dir_fd=pfd)
         try:
             make()
@@ -388,39 +404,51 @@ class _Applier:
             st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
             return
-        self._remove(pfd, (*pkey, base), base, st)
+        self._remove(pfd, self.names.find(pkey, base), base, st)
 
-    def _remove(self, pfd: int, key: Key, base: bytes, st: os.stat_result) -> None:
+    def _remove(self, pfd: int, key: Key | None, base: bytes, st: os.stat_result) -> None:
         if stat.S_ISDIR(st.st_mode):
-            self.tree.forget(key)
-            n = len(key)
-            for gone in [k for k in self.dirs if k[:n] == key]:
-                del self.dirs[gone]
-            # rmtree with dir_fd walks by file descriptors and never follows symlinks.
-            shutil.rmtree(base, dir_fd=pfd)
+            if key is not None:
+                self.tree.forget(key)  # and what was recorded below it is no longer live
+            # Iterative, by file descriptors (a bounded number at any depth), never following symlinks.
+            remove_tree_at(pfd, os.fsdecode(base))
         else:
             os.unlink(base, dir_fd=pfd)
 
-    def _clear(self, dfd: int, dkey: Key) -> None:
-        """Opaque directory, plain-directory style: remove everything this layer did not add."""
-        with os.scandir(dfd) as it:
-            children = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
-        for name, is_dir in children:
-            key = (*dkey, name)
-            if key in self.unpacked:
-                if is_dir:
-                    child = os.open(name, O_DIR, dir_fd=dfd)
-                    try:
-                        self._clear(child, key)
-                    finally:
-                        os.close(child)
+    def _clear(self, dkey: Key) -> None:
+        """Opaque directory, plain-directory style: remove everything this layer did not add.
+
+        Depth first without recursion; a directory is reopened by key when its turn comes back."""
+        pending: list[tuple[Key, list[tuple[bytes, bool]] | None]] = [(dkey, None)]
+        while pending:
+            key, children = pending[-1]
+            dfd, _ = self.tree.directory(key, follow=False)
+            if children is None:
+                with os.scandir(dfd) as it:
+                    children = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
+                pending[-1] = (key, children)
+            if not children:
+                pending.pop()
                 continue
-            self._remove(dfd, key, name, os.stat(name, dir_fd=dfd, follow_symlinks=False))
+            name, is_dir = children.pop()
+            child = self.names.find(key, name)
+            if child is not None and child in self.unpacked:
+                if is_dir:
+                    pending.append((child, None))
+                continue
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            self._remove(dfd, child, name, st)
 
     # -- overlay parents --------------------------------------------------------------------
 
     def _copy_parent(self, fd: int, key: Key) -> None:
         """A directory made in the upper directory takes the attributes it has in the lowers."""
+        if self.names.parent[key] in self.not_below:
+            self.not_below.add(key)
+            return
         for lower in self.lowers:
             try:
                 lfd, _ = lower.directory(key, follow=False)
@@ -438,7 +466,19 @@ class _Applier:
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             self.tree.changed(key)
             return
-        log.debug("differ_parent_not_in_lowers", path=display(key))
+        self.not_below.add(key)
+        log.debug("differ_parent_not_in_lowers", path=display(self.names.parts(key)))
+
+
+def _device_number(entry: TarEntry) -> int:
+    """The header's device number; one that no device can have is refused (containerd's check)."""
+    major, minor = entry.devmajor, entry.devminor
+    try:
+        if major < 0 or minor < 0:
+            raise OverflowError
+        return os.makedev(major, minor)
+    except OverflowError:
+        raise InvalidArgument(f"device number {major}:{minor} is out of range") from None
 
 
 def _umask() -> int:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -23,8 +25,15 @@ import anyio.lowlevel
 import anyio.to_thread
 import structlog
 
-from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from corral.plugins.core import MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP, UNCOMPRESSED, Descriptor, Mount
+from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from corral.plugins.core import (
+    MEDIA_TYPE_LAYER,
+    MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_LAYER_ZSTD,
+    UNCOMPRESSED,
+    Descriptor,
+    Mount,
+)
 from corral.plugins.core.mount import temporary_mount
 from corral.plugins.core.tracing import span
 from corral.plugins.differs._compression import (
@@ -34,6 +43,7 @@ from corral.plugins.differs._compression import (
     decompressed,
     layer_compression,
 )
+from corral.plugins.differs._tar import check_stop
 from corral.plugins.differs._whiteouts import OVERLAY_XATTR_PREFIX, overlay_xattr_prefix
 from corral.plugins.differs.apply import AppliedLayer, WhiteoutMode, apply_layer
 from corral.plugins.differs.compare import directory_changes, overlay_changes, write_layer
@@ -41,6 +51,12 @@ from corral.plugins.differs.compare import directory_changes, overlay_changes, w
 log = structlog.get_logger("corral.differ")
 
 CHUNK = 1 << 20
+DIFF_MEDIA_TYPES = {
+    MEDIA_TYPE_LAYER: Compression.NONE,
+    MEDIA_TYPE_LAYER_GZIP: Compression.GZIP,
+    MEDIA_TYPE_LAYER_ZSTD: Compression.ZSTD,
+}
+"""What Diff writes, as containerd's walking differ: OCI layers only, anything else Unimplemented."""
 
 
 class BlobInfo(Protocol):
@@ -53,6 +69,8 @@ class BlobInfo(Protocol):
 
 class BlobWriter(Protocol):
     async def write(self, data: bytes) -> int: ...
+
+    async def truncate(self, size: int) -> None: ...
 
     async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> BlobInfo: ...
 
@@ -156,11 +174,39 @@ async def readonly_tree(mounts: Sequence[Mount]) -> AsyncIterator[str]:
         yield str(where)
 
 
+T = TypeVar("T")
+
+
+async def run_stoppable(work: Callable[[threading.Event], T]) -> T:
+    """``work(stop)`` on a worker thread; if the caller is cancelled (a client's deadline or
+    disconnect), ``stop`` is set and the thread waited for, so nothing is written afterwards.
+
+    The thread is abandoned to anyio (the await ends at once) but not to us: a temporary mount
+    must not be unmounted, nor a content writer closed, under a thread still using it."""
+    stop = threading.Event()
+    finished = threading.Event()
+
+    def body() -> T:
+        try:
+            return work(stop)
+        finally:
+            finished.set()
+
+    try:
+        return await anyio.to_thread.run_sync(body, abandon_on_cancel=True)
+    except BaseException:
+        stop.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(finished.wait)
+        raise
+
+
 class _ThreadSource:
     """A blocking ``read`` for the worker thread over the content store's async chunks."""
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
+        self.stop: threading.Event | None = None
         self._pending = b""
         self._done = False
         # Any thread may read (the apply reads ahead on one of its own), so carry the loop's token.
@@ -174,6 +220,7 @@ class _ThreadSource:
 
     def read(self, size: int = -1, /) -> bytes:
         while not self._pending and not self._done:
+            check_stop(self.stop)
             self._pending = anyio.from_thread.run(self._next, token=self._token)
             self._done = not self._pending
         if size < 0 or size >= len(self._pending):
@@ -189,10 +236,12 @@ class _ThreadSink:
 
     writer: BlobWriter
     compressor: Compressor
+    stop: threading.Event | None = None
     size: int = 0
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def __call__(self, data: bytes) -> None:
+        check_stop(self.stop)
         self._emit(self.compressor.compress(data))
 
     def _emit(self, data: bytes) -> None:
@@ -206,13 +255,17 @@ class _ThreadSink:
         return "sha256:" + self._hash.hexdigest()
 
 
-def _apply_blocking(compression: Compression, source: _ThreadSource, target: ApplyTarget) -> AppliedLayer:
+def _apply_blocking(
+    compression: Compression, source: _ThreadSource, target: ApplyTarget, stop: threading.Event
+) -> AppliedLayer:
+    source.stop = stop
     return apply_layer(
         decompressed(compression, source),
         target.root,
         whiteouts=target.whiteouts,
         parents=target.parents,
         overlay_xattr_prefix=target.xattr_prefix,
+        stop=stop,
     )
 
 
@@ -235,15 +288,17 @@ class WalkingDiffer:
         try:
             async with apply_target(mounts) as target:
                 with span("differ.walking.Apply", {"whiteouts": target.whiteouts.value}) as current:
-                    work = partial(_apply_blocking, compression, _ThreadSource(chunks), target)
-                    applied = await anyio.to_thread.run_sync(work)
+                    applied = await run_stoppable(
+                        partial(_apply_blocking, compression, _ThreadSource(chunks), target)
+                    )
                     current.set_attributes(
                         {"layer.diff_id": applied.digest, "layer.entries": applied.entries}
                     )
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
-                await close()
+                with anyio.CancelScope(shield=True):
+                    await close()
         log.info(
             "differ_applied",
             digest=desc.digest,
@@ -266,43 +321,76 @@ class WalkingDiffer:
         media_type: str = "",
         ref: str = "",
         labels: Mapping[str, str] | None = None,
+        source_date_epoch: datetime | None = None,
     ) -> Descriptor:
         media_type = media_type or MEDIA_TYPE_LAYER_GZIP
-        compression = layer_compression(media_type)
+        # containerd's WithModTimeUpperBound: later mtimes become the epoch (whiteouts stay at 0).
+        mtime_bound = _epoch_ns(source_date_epoch) if source_date_epoch is not None else None
+        compression = DIFF_MEDIA_TYPES.get(media_type)
+        if compression is None:
+            raise Unimplemented(f"unsupported diff media type: {media_type}")
         if not upper:
             raise InvalidArgument("no upper mounts to compare")
+        # A caller's ref is resumed from nothing (containerd truncates it) and kept on failure.
+        generated = not ref
         ref = ref or _unique_ref()
         writer = await self.content.writer(ref)
         try:
+            if not generated:
+                await writer.truncate(0)
             sink = _ThreadSink(writer, compressor(compression))
             async with AsyncExitStack() as stack:
-                work = await _diff_work(stack, lower, upper, sink)
+                work = await _diff_work(stack, lower, upper, sink, mtime_bound)
                 with span("differ.walking.Compare", {"layer.media.type": media_type}) as current:
-                    diff_id, _ = await anyio.to_thread.run_sync(work)
+                    diff_id, _ = await run_stoppable(work)
                     current.set_attributes({"layer.diff_id": diff_id})
             digest = await anyio.to_thread.run_sync(sink.close)
-            all_labels = {**(labels or {}), UNCOMPRESSED: diff_id}
+            # Only a compressed layer is labelled with its diffID: an uncompressed one's digest is it.
+            compressed = compression is not Compression.NONE
+            all_labels = {**(labels or {}), **({UNCOMPRESSED: diff_id} if compressed else {})}
             try:
                 await writer.commit(sink.size, digest, all_labels)
             except AlreadyExists:
                 # The namespace has this very layer already; make sure it says what it holds.
                 info = await self.content.info(digest)
-                if UNCOMPRESSED not in info.labels:
+                if compressed and UNCOMPRESSED not in info.labels:
                     await self.content.update(digest, {UNCOMPRESSED: diff_id}, [f"labels.{UNCOMPRESSED}"])
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await writer.close()
-                with suppress(NotFound):
-                    await self.content.abort(ref)
+                if generated:
+                    with suppress(NotFound):
+                        await self.content.abort(ref)
             raise
         await writer.close()
         log.info("differ_compared", digest=digest, diff_id=diff_id, media_type=media_type, size=sink.size)
         return Descriptor(media_type, digest, sink.size)
 
 
+def _with_stop(
+    sink: _ThreadSink, work: partial[tuple[str, int]]
+) -> Callable[[threading.Event], tuple[str, int]]:
+    def run(stop: threading.Event) -> tuple[str, int]:
+        sink.stop = stop
+        return work(stop=stop)
+
+    return run
+
+
+def _epoch_ns(when: datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
 async def _diff_work(
-    stack: AsyncExitStack, lower: Sequence[Mount], upper: Sequence[Mount], sink: _ThreadSink
-) -> partial[tuple[str, int]]:
+    stack: AsyncExitStack,
+    lower: Sequence[Mount],
+    upper: Sequence[Mount],
+    sink: _ThreadSink,
+    mtime_bound: int | None = None,
+) -> Callable[[threading.Event], tuple[str, int]]:
     """The blocking diff to run: the overlay upper directory alone when it is exactly the change set."""
     below = layer_dirs(lower)
     if len(upper) == 1 and upper[0].type == "overlay":
@@ -312,7 +400,9 @@ async def _diff_work(
         if upperdir and below and lowers == below:
             prefix = overlay_xattr_prefix(upper[0].options)
             changes = overlay_changes(upperdir, xattr_prefix=prefix)
-            return partial(write_layer, changes, upperdir, sink, xattr_prefix=prefix)
+            return _with_stop(sink, partial(write_layer, changes, sink, mtime_bound=mtime_bound))
     lower_root = await stack.enter_async_context(readonly_tree(lower)) if lower else None
     upper_root = await stack.enter_async_context(readonly_tree(upper))
-    return partial(write_layer, directory_changes(lower_root, upper_root), upper_root, sink)
+    return _with_stop(
+        sink, partial(write_layer, directory_changes(lower_root, upper_root), sink, mtime_bound=mtime_bound)
+    )

@@ -22,6 +22,8 @@ class TypedEvent:
 
     TYPE_URL: ClassVar[str]
     TOPIC: ClassVar[str]
+    DECODE: ClassVar[bool] = True
+    """False for events that shims send: one that arrives encoded stays a RawEvent, byte for byte."""
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
@@ -187,6 +189,50 @@ class ContainerDelete(TypedEvent):
 
 
 @dataclass(frozen=True)
+class TaskIO:
+    """The stdio a task was created with (FIFO paths), as in containerd's TaskIO."""
+
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+
+@dataclass(frozen=True)
+class TaskMount:
+    """One rootfs mount of a created task, as containerd's types.Mount."""
+
+    type: str
+    source: str
+    target: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskCreate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskCreate"
+    DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
+    TOPIC: ClassVar[str] = "/tasks/create"
+
+    container_id: str
+    bundle: str
+    rootfs: tuple[TaskMount, ...] = ()
+    io: TaskIO | None = None
+    checkpoint: str = ""
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class TaskStart(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskStart"
+    DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
+    TOPIC: ClassVar[str] = "/tasks/start"
+
+    container_id: str
+    pid: int
+
+
+@dataclass(frozen=True)
 class Envelope:
     """One published event: when (aware, UTC), in which namespace, under which topic."""
 
@@ -220,3 +266,31 @@ class EventExchange(Publisher, Protocol):
     def subscribe(
         self, filters: Sequence[str] = ()
     ) -> AbstractAsyncContextManager[AsyncIterator[Envelope]]: ...
+
+
+# -- tasks: shims publish their own (forwarded byte for byte); the runtime publishes these when a
+# shim is gone without saying so, as containerd's cleanupAfterDeadShim does.
+@dataclass(frozen=True)
+class TaskExit(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskExit"
+    DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
+    TOPIC: ClassVar[str] = "/tasks/exit"
+
+    container_id: str
+    id: str
+    pid: int
+    exit_status: int
+    exited_at: datetime
+
+
+@dataclass(frozen=True)
+class TaskDelete(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.TaskDelete"
+    DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
+    TOPIC: ClassVar[str] = "/tasks/delete"
+
+    container_id: str
+    pid: int
+    exit_status: int
+    exited_at: datetime
+    id: str = ""

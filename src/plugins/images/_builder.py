@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.kernel import InvalidArgument
+from corral.plugins.core.tar import DIRECTORY, END_OF_ARCHIVE, REGULAR, encode_header, padding
 from corral.plugins.images import _mediatypes as mt
 from corral.plugins.images._digest import chain_id, chain_ids, digest_of
 from corral.plugins.images._documents import (
@@ -23,7 +24,6 @@ from corral.plugins.images._json import go_json
 from corral.plugins.images._layers import Layer
 from corral.plugins.images._platforms import Platform
 from corral.plugins.images._reference import familiar_reference
-from corral.plugins.images._tar import DIRECTORY, END_OF_ARCHIVE, REGULAR, encode_header, padding
 from corral.plugins.images._writer import ExportImage, plan_oci_archive
 
 EPOCH = "1970-01-01T00:00:00Z"

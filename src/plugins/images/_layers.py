@@ -18,10 +18,7 @@ import zstandard
 from isal import isal_zlib
 
 from corral.kernel import InvalidArgument
-from corral.plugins.images import _mediatypes as mt
-from corral.plugins.images._digest import digest_of
-from corral.plugins.images._documents import Descriptor
-from corral.plugins.images._tar import (
+from corral.plugins.core.tar import (
     DIRECTORY,
     END_OF_ARCHIVE,
     FIFO,
@@ -30,6 +27,9 @@ from corral.plugins.images._tar import (
     SYMLINK,
     encode_header,
 )
+from corral.plugins.images import _mediatypes as mt
+from corral.plugins.images._digest import digest_of
+from corral.plugins.images._documents import Descriptor
 
 GZIP_LEVEL = isal_zlib.ISAL_DEFAULT_COMPRESSION
 ZSTD_LEVEL = 3

@@ -19,12 +19,13 @@ from typing import Protocol, runtime_checkable
 import structlog
 
 from corral.kernel import FailedPrecondition, InvalidArgument
+from corral.plugins.core.tar import DIRECTORY, REGULAR, SYMLINK
 from corral.plugins.images._digest import CANONICAL, parse_digest
 from corral.plugins.images._documents import Descriptor
 from corral.plugins.images._json import JSON_LIMIT
 from corral.plugins.images._platforms import PlatformMatcher
 from corral.plugins.images._resolve import ArchiveContents, Member, resolve_contents
-from corral.plugins.images._tar import DIRECTORY, REGULAR, SYMLINK, Event, TarEvent, TarHeader, TarParser
+from corral.plugins.images._tar import Event, TarEvent, TarHeader, TarParser
 
 log = structlog.get_logger("corral.images")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from corral.kernel import DataLoss, InvalidArgument, NotFound
+from corral.plugins.core.tar import DIRECTORY, END_OF_ARCHIVE, REGULAR, encode_header, padding
 from corral.plugins.images import _mediatypes as mt
 from corral.plugins.images._digest import parse_digest
 from corral.plugins.images._documents import (
@@ -41,7 +42,6 @@ from corral.plugins.images._platforms import PlatformMatcher, by_preference
 from corral.plugins.images._reader import AsyncReadable, Readable
 from corral.plugins.images._reference import familiar_reference, oci_ref_name
 from corral.plugins.images._resolve import OCI_LAYOUT_VERSION
-from corral.plugins.images._tar import DIRECTORY, END_OF_ARCHIVE, REGULAR, encode_header, padding
 
 COPY_SIZE = 1 << 20
 

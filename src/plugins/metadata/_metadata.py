@@ -65,7 +65,12 @@ class SqliteMetadata:
             await kind.collected(result.removed)
         started = time.perf_counter()
         for kind in self.db.kinds:
-            for name, value in (await kind.sweep()).items():
+            try:
+                swept = await kind.sweep()
+            except Exception as exc:  # a backend out of reach (a proxy): the other kinds still go
+                log.warning("gc_sweep_failed", kind=kind.name, error=str(exc))
+                swept = {f"failed:{kind.name}": [f"sweep: {exc}"]}
+            for name, value in swept.items():
                 if isinstance(value, list):
                     if value:
                         result.failed[name.removeprefix("failed:")] = value

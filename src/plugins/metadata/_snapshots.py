@@ -21,9 +21,11 @@ import structlog
 
 from corral.kernel import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
     adapt_mapping,
     parse_filters,
 )
@@ -77,6 +79,15 @@ SCHEMA = (
 
 # Labels under this prefix are passed on to the backend (as containerd does); others stay here.
 BACKEND_LABEL_PREFIX = "containerd.io/snapshot/"
+SNAPSHOT_REF_LABEL = "containerd.io/snapshot.ref"
+"""The remote-snapshotter handshake: set on an unpack's Prepare to the layer's chain ID (also passed
+on). A backend that answers AlreadyExists has that layer committed already (lazily, remotely)."""
+
+
+def backend_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels a backend sees: containerd's FilterInheritedLabels."""
+    return {k: v for k, v in labels.items() if k == SNAPSHOT_REF_LABEL or k.startswith(BACKEND_LABEL_PREFIX)}
+
 
 _COLUMNS = "key, backend_key, parent, kind, labels, created_at, updated_at"
 _DRAWS = 16
@@ -254,7 +265,11 @@ class NamespacedSnapshotter:
         await self._recover()
         validate_labels(labels)
 
+        target = labels.get(SNAPSHOT_REF_LABEL, "")
+
         def check(db: sqlite3.Connection) -> str:
+            if target and self._row(db, ns, target) is not None:
+                raise AlreadyExists(f'target snapshot "{target}"')
             if self._row(db, ns, key) is not None:
                 raise AlreadyExists(f'snapshot "{key}"')
             parent_backend = ""
@@ -267,7 +282,12 @@ class NamespacedSnapshotter:
                 parent_backend = row[1]
             return parent_backend
 
-        parent_backend = await self._store.read(check)
+        try:
+            parent_backend = await self._store.read(check)
+        except AlreadyExists:
+            if target:  # as containerd: the request's lease holds the target it was told exists
+                await self._store.run(lambda db: self._hold_existing(db, ns, target))
+            raise
         # A backend key drawn before a crash may name a snapshot the collector has not swept yet.
         for _ in range(_DRAWS):
             backend_key, seq = self._new_backend_key(ns, key)
@@ -299,12 +319,16 @@ class NamespacedSnapshotter:
         seq: int,
         parent_backend: str,
     ) -> builtins.list[Mount]:
-        backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
         create = self.backend.prepare if kind is Kind.ACTIVE else self.backend.view
         try:
-            mounts = await create(backend_key, parent_backend, backend_labels)
+            mounts = await create(backend_key, parent_backend, backend_labels(labels))
         except AlreadyExists:
-            raise _BackendKeyTaken from None
+            target = labels.get(SNAPSHOT_REF_LABEL, "")
+            found = await self._backend_target(target, parent_backend) if target else None
+            if found is None:
+                raise _BackendKeyTaken from None
+            await self._record_target(ns, target, parent, labels, found)
+            raise AlreadyExists(f'target snapshot "{target}" from snapshotter') from None
         now = time.time()
 
         def record(db: sqlite3.Connection) -> None:
@@ -329,6 +353,55 @@ class NamespacedSnapshotter:
         if kind is Kind.ACTIVE:
             await self._store.publish(SnapshotPrepare(key=key, parent=parent, snapshotter=self.name), ns)
         return mounts
+
+    async def _backend_has(self, backend_key: str) -> bool | None:
+        """Whether the backend has ``backend_key``; None when it cannot be asked."""
+        try:
+            await self.backend.stat(backend_key)
+        except NotFound:
+            return False
+        except Exception:
+            return None
+        return True
+
+    def _hold_existing(self, db: sqlite3.Connection, ns: str, key: str) -> None:
+        if self._row(db, ns, key) is not None:
+            attach_to_lease(db, ns, self.kind, key)
+
+    async def _backend_target(self, target: str, parent_backend: str) -> Info | None:
+        """The committed backend snapshot a remote snapshotter made for ``target`` on this parent."""
+        wanted = f'labels."{SNAPSHOT_REF_LABEL}"=={target},parent=="{parent_backend}"'
+        async for info in self.backend.walk([wanted]):
+            # a backend whose walk ignores filters must not hand over another layer
+            if (
+                info.kind is Kind.COMMITTED
+                and info.labels.get(SNAPSHOT_REF_LABEL) == target
+                and info.parent == parent_backend
+            ):
+                return info
+        return None
+
+    async def _record_target(
+        self, ns: str, target: str, parent: str, labels: Mapping[str, str], found: Info
+    ) -> None:
+        """Record the remote's committed snapshot as ``target`` in this namespace, with the request's
+        labels over the remote's, and its times (containerd's createSnapshot)."""
+        merged = {**found.labels, **labels}
+        created = found.created_at.timestamp() if found.created_at else time.time()
+        updated = found.updated_at.timestamp() if found.updated_at else created
+
+        def record(db: sqlite3.Connection) -> None:
+            self._store.ensure_namespace(db, ns)
+            if self._row(db, ns, target) is None:
+                db.execute(
+                    f"INSERT INTO snapshots(namespace, snapshotter, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (ns, self.name, target, found.name, parent, Kind.COMMITTED.value,
+                     labels_json(merged), created, updated),
+                )  # fmt: skip
+            attach_to_lease(db, ns, self.kind, target)
+
+        await self._store.run(record)
+        self._store.mutated()
 
     async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
         """As containerd's: the committed snapshot carries only the labels given here, and its
@@ -377,8 +450,6 @@ class NamespacedSnapshotter:
         backend_name: str,
         seq: int,
     ) -> None:
-        backend_labels = {k: v for k, v in labels.items() if k.startswith(BACKEND_LABEL_PREFIX)}
-
         def intend(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT OR REPLACE INTO snapshot_commits VALUES (?, ?, ?, ?, ?, ?)",
@@ -388,7 +459,19 @@ class NamespacedSnapshotter:
 
         await self._store.run(intend)
         try:
-            await self.backend.commit(backend_name, row[1], backend_labels)
+            await self.backend.commit(backend_name, row[1], backend_labels(labels))
+        except (Unavailable, DeadlineExceeded) as exc:
+            # A backend in another process (a proxy) may have committed before the reply was
+            # lost: ask it; while it cannot say, the intent stays for recovery to settle.
+            with anyio.CancelScope(shield=True):
+                committed = await self._backend_has(backend_name)
+                if committed is None:
+                    self._recovered = False
+                    raise
+                if not committed:
+                    await self._store.run(lambda db: self._forget_commit(db, ns, key))
+                    raise
+            log.info("snapshot_commit_confirmed", snapshotter=self.name, key=key, name=name, error=str(exc))
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._store.run(lambda db: self._forget_commit(db, ns, key))
@@ -434,11 +517,17 @@ class NamespacedSnapshotter:
                 "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 (ns, self.name, key),
             )
-            return row[1]
+            # a remote snapshot found through the handshake may be another namespace's too
+            shared = db.execute(
+                "SELECT 1 FROM snapshots WHERE snapshotter = ? AND backend_key = ? LIMIT 1",
+                (self.name, row[1]),
+            ).fetchone()
+            return "" if shared else row[1]
 
         backend_key = await self._store.run(remove)
         with contextlib.suppress(NotFound):
-            await self.backend.remove(backend_key)
+            if backend_key:
+                await self.backend.remove(backend_key)
         self._store.mutated(deleted=True)
         await self._store.publish(SnapshotRemove(key=key, snapshotter=self.name), ns)
 
@@ -596,7 +685,13 @@ class SnapshotsKind(ObjectKind):
     async def sweep(self) -> Mapping[str, int | builtins.list[str]]:
         out: dict[str, int | builtins.list[str]] = {}
         for name, snapshotter in self.snapshotters.items():
-            removed, failed = await snapshotter.sweep()
+            try:
+                removed, failed = await snapshotter.sweep()
+            except Exception as exc:
+                # as containerd: one snapshotter that cannot be swept (a proxy whose process is
+                # down) is logged and tried again next time; the collection goes on
+                log.warning("gc_snapshotter_sweep_failed", snapshotter=name, error=str(exc))
+                removed, failed = 0, [f"sweep: {exc}"]
             out[f"snapshots/{name}"] = removed
             out[f"failed:snapshots/{name}"] = failed
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
@@ -30,18 +31,19 @@ class DiffService:
         self._differs = list(differs)
         self._sync_fs = sync_fs
 
-    async def apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
+    async def apply(self, desc: Descriptor, mounts: Sequence[Mount], *, sync_fs: bool = False) -> Descriptor:
+        """``sync_fs`` (ApplyRequest.sync_fs, containerd 2) flushes this layer as the config's does all."""
         layer = {
             "layer.media.type": desc.media_type,
             "layer.media.digest": desc.digest,
             "layer.media.size": desc.size,
         }
         with span("diff.Apply", layer) as current:
-            applied = await self._apply(desc, mounts)
+            applied = await self._apply(desc, mounts, sync_fs)
             current.set_attributes({"layer.diff_id": applied.digest})
             return applied
 
-    async def _apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
+    async def _apply(self, desc: Descriptor, mounts: Sequence[Mount], sync_fs: bool) -> Descriptor:
         check_mounts(mounts)
         error: Exception = Unimplemented("no differ could apply the layer")
         for differ in self._differs:
@@ -50,7 +52,7 @@ class DiffService:
             except Unimplemented as exc:
                 error = exc
                 continue
-            if self._sync_fs:
+            if self._sync_fs or sync_fs:
                 with span("diff.sync_fs"):
                     await anyio.to_thread.run_sync(os.sync)
             return applied
@@ -64,6 +66,7 @@ class DiffService:
         media_type: str,
         ref: str,
         labels: Mapping[str, str],
+        source_date_epoch: datetime | None = None,
     ) -> Descriptor:
         check_mounts(lower)
         check_mounts(upper)
@@ -71,7 +74,10 @@ class DiffService:
         with span("diff.Compare", {"layer.media.type": media_type, "content.ref": ref}) as current:
             for differ in self._differs:
                 try:
-                    made = await differ.compare(lower, upper, media_type=media_type, ref=ref, labels=labels)
+                    epoch = {"source_date_epoch": source_date_epoch} if source_date_epoch is not None else {}
+                    made = await differ.compare(
+                        lower, upper, media_type=media_type, ref=ref, labels=labels, **epoch
+                    )
                 except Unimplemented as exc:
                     error = exc
                     continue

@@ -365,3 +365,42 @@ def test_container_records_have_containerds_metadata_spans(tmp_path: Path, colle
     assert create.attributes["container.id"] == "traced-box"
     assert create.attributes["container.createdAt"].endswith("Z")
     assert one(spans, "metadata.containers.Delete").attributes == {"container.id": "traced-box"}
+
+
+async def forward_over_ttrpc(address: str, header: str) -> None:
+    from datetime import UTC, datetime
+
+    from corral.api.ttrpc import TTRPCClient
+    from corral.api.types.containerd.services.events.ttrpc import v1 as ttrpc_pb
+    from corral.api.types.google import protobuf
+
+    event = protobuf.Any(type_url="containerd.events.TaskExit", value=b"")
+    envelope = ctypes.Envelope(
+        timestamp=datetime.now(UTC), namespace="default", topic="/tasks/exit", event=event
+    )
+    async with TTRPCClient.connect(address) as client:
+        await client.call(
+            "containerd.services.events.ttrpc.v1.Events",
+            "Forward",
+            bytes(ttrpc_pb.ForwardRequest(envelope=envelope)),
+            metadata={"traceparent": header},
+        )
+
+
+def test_a_shims_ttrpc_call_to_corrald_is_a_ttrpc_server_span(tmp_path: Path, collector: Collector) -> None:
+    header, trace_id, caller = traceparent()
+    d = traced_daemon(tmp_path / "corral", collector.endpoint)
+    try:
+        anyio.run(forward_over_ttrpc, d.socket + ".ttrpc", header)
+        spans = collector.wait_for(lambda got: any(s.trace_id == trace_id for s in got))
+    finally:
+        d.stop()
+    forward = one(spans, "containerd.services.events.ttrpc.v1.Events/Forward", trace_id)
+    assert forward.parent_span_id == caller
+    assert forward.kind == SERVER
+    assert forward.attributes == {
+        "rpc.system": "ttrpc",
+        "rpc.service": "containerd.services.events.ttrpc.v1.Events",
+        "rpc.method": "Forward",
+        "rpc.ttrpc.status_code": 0,
+    }

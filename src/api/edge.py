@@ -8,7 +8,7 @@ containerd's errdefs table, with the codes gRPC and ttrpc share. Nothing here kn
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol, runtime_checkable
 
 import structlog
@@ -128,6 +128,26 @@ class RequestObserver(Protocol):
     def request_finished(
         self, method: str, kind: str, code: int, seconds: float, received: int, sent: int
     ) -> None: ...
+
+
+class RequestSpan(Protocol):
+    """The span a request is served in; the edge says how the request ended before the span closes."""
+
+    def finish(self, code: int, message: str) -> None: ...
+
+
+@runtime_checkable
+class RequestTracer(Protocol):
+    """A plugin instance that serves every request an edge serves inside a span of its own (tracing).
+
+    ``system`` is ``grpc`` or ``ttrpc``; ``method`` the full path ``/package.Service/Method``;
+    ``metadata`` the request's, whose W3C ``traceparent`` and ``tracestate`` name the caller's span.
+    The handler runs inside the returned context, so the spans it opens are the request span's
+    children. Only ok plugins are asked, so with none configured requests are not wrapped at all."""
+
+    def request_span(
+        self, system: str, method: str, metadata: Mapping[str, object]
+    ) -> AbstractContextManager[RequestSpan]: ...
 
 
 def error_for(code: int, message: str) -> Exception:

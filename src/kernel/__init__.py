@@ -55,6 +55,9 @@ if TYPE_CHECKING:
         PROPERTY_GRPC_ADDRESS as PROPERTY_GRPC_ADDRESS,
     )
     from corral.kernel._context import (
+        PROPERTY_LOG_TRACE_ID as PROPERTY_LOG_TRACE_ID,
+    )
+    from corral.kernel._context import (
         PROPERTY_METRICS_ADDRESS as PROPERTY_METRICS_ADDRESS,
     )
     from corral.kernel._context import (
@@ -265,6 +268,7 @@ _SOURCES: dict[str, str] = {
     "PluginSet": "corral.kernel._context",
     "PluginUnavailable": "corral.kernel._context",
     "PROPERTY_GRPC_ADDRESS": "corral.kernel._context",
+    "PROPERTY_LOG_TRACE_ID": "corral.kernel._context",
     "PROPERTY_METRICS_ADDRESS": "corral.kernel._context",
     "PROPERTY_METRICS_HISTOGRAM": "corral.kernel._context",
     "PROPERTY_ROOT": "corral.kernel._context",

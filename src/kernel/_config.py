@@ -641,7 +641,6 @@ INERT_KEYS: dict[str, str] = {
     "debug.address": "no debug (pprof) socket",
     "debug.uid": "no debug (pprof) socket",
     "debug.gid": "no debug (pprof) socket",
-    "debug.log_trace_id": "no tracing yet",
     "stream_processors": "no stream processors",
     "timeouts": "no plugin reads these timeouts yet",
 }

@@ -23,6 +23,8 @@ PROPERTY_METRICS_ADDRESS = "io.corral.plugin.metrics.address"
 """``[metrics] address``: where the metrics plugin listens (empty: no listener)."""
 PROPERTY_METRICS_HISTOGRAM = "io.corral.plugin.metrics.grpc_histogram"
 """``[metrics] grpc_histogram``, as "true" or "false"."""
+PROPERTY_LOG_TRACE_ID = "io.corral.plugin.debug.log_trace_id"
+"""``[debug] log_trace_id``, as "true" or "false": log entries carry the current ``trace_id``."""
 
 T = TypeVar("T")
 

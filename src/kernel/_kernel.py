@@ -17,6 +17,7 @@ import structlog
 from corral.kernel import _config
 from corral.kernel._context import (
     PROPERTY_GRPC_ADDRESS,
+    PROPERTY_LOG_TRACE_ID,
     PROPERTY_METRICS_ADDRESS,
     PROPERTY_METRICS_HISTOGRAM,
     PROPERTY_ROOT,
@@ -389,6 +390,7 @@ class Kernel:
             PROPERTY_TTRPC_ADDRESS: self.config.ttrpc.address or (f"{grpc}.ttrpc" if grpc else ""),
             PROPERTY_METRICS_ADDRESS: self.config.metrics.address,
             PROPERTY_METRICS_HISTOGRAM: "true" if self.config.metrics.grpc_histogram else "false",
+            PROPERTY_LOG_TRACE_ID: "true" if self.config.debug.log_trace_id else "false",
         }
 
     def _check_required(self) -> None:

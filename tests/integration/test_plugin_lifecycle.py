@@ -143,11 +143,13 @@ def test_disabled_plugins_are_absent_and_their_dependents_explain_why(tmp_path: 
         # "error"), and each one's explanation ends at the same root cause.
         statuses = {f"{r[0]}.{r[1]}": r[3] for r in rows[1:]}
         # (The metrics plugin is skipped for its own reason: no [metrics] address; so are the btrfs
-        # snapshotter off btrfs and the erofs one without EROFS or mkfs.erofs.)
+        # snapshotter off btrfs, the erofs one without EROFS or mkfs.erofs, and tracing without an endpoint.)
         own_reasons = {
             "io.corral.metrics.v1.prometheus",
             "io.containerd.snapshotter.v1.btrfs",
             "io.containerd.snapshotter.v1.erofs",
+            "io.containerd.tracing.processor.v1.otlp",
+            "io.containerd.internal.v1.tracing",
         }
         held = [u for u, status in statuses.items() if status != "ok" and u not in own_reasons]
         assert "io.containerd.grpc.v1.content" in held and "io.containerd.grpc.v1.snapshots" in held

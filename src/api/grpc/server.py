@@ -19,7 +19,7 @@ from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
-from corral.api.edge import RequestObserver, bound_request, status_of
+from corral.api.edge import RequestObserver, RequestTracer, bound_request, status_of
 from corral.api.grpc._grpclib import MappedServer, StreamHandler
 from corral.api.grpc.codec import UndecodableRequest
 from corral.kernel import PluginRecord
@@ -115,6 +115,24 @@ def _observed(
     return handle
 
 
+def _traced(path: str, func: StreamHandler, tracer: RequestTracer) -> StreamHandler:
+    async def handle(stream: Stream[Any, Any]) -> None:
+        with tracer.request_span("grpc", path, stream.metadata or {}) as span:
+            code, message = 0, ""
+            try:
+                await func(stream)
+            except GRPCError as exc:
+                code, message = exc.status.value, exc.message or ""
+                raise
+            except BaseException:
+                code, message = 1, "context canceled"  # the client went away
+                raise
+            finally:
+                span.finish(code, message)
+
+    return handle
+
+
 def _require_message(stream: Stream[Any, Any]) -> None:
     """A unary request must bring its message: a stream ended without one is Internal, not a crash."""
     receive = stream.recv_message
@@ -131,9 +149,11 @@ def _require_message(stream: Stream[Any, Any]) -> None:
 def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
     """Collect the handlers of every ok gRPC plugin, in start order; a path served twice is an error.
 
-    Every ok plugin that is a ``RequestObserver`` sees each request (metrics, tracing)."""
+    Every ok plugin that is a ``RequestObserver`` sees each request (metrics), and every ok
+    ``RequestTracer`` serves each request in a span of its own (tracing)."""
     records = list(records)
     observers = [r.instance for r in records if r.ok and isinstance(r.instance, RequestObserver)]
+    tracers = [r.instance for r in records if r.ok and isinstance(r.instance, RequestTracer)]
     mapping: dict[str, Handler] = {}
     owner: dict[str, str] = {}
     for rec in records:
@@ -147,6 +167,8 @@ def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
                 func = _wrap(path, handler.func, handler.cardinality)
                 if observers:
                     func = _observed(path, _KINDS[handler.cardinality], func, observers)
+                for tracer in tracers:
+                    func = _traced(path, func, tracer)
                 mapping[path] = handler._replace(func=func)
     return mapping
 

@@ -11,7 +11,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ import anyio.abc
 import grpclib.const
 import structlog
 
-from corral.api.edge import bound_request, status_of
+from corral.api.edge import RequestTracer, bound_request, status_of
 from corral.api.ttrpc import envelope
 from corral.api.ttrpc._socket import FrameSocket
 from corral.api.ttrpc.framing import MAX_PAYLOAD, FrameDecoder, FrameTooLarge, MessageType, encode_frame
@@ -163,12 +163,39 @@ class _Connection:
 
     async def _handle(self, stream_id: int, request: envelope.Request, handler: Handler) -> None:
         try:
-            response = await self._run(stream_id, request, handler)
+            if self.server._tracers:
+                response = await self._traced(self.server._tracers, stream_id, request, handler)
+            else:
+                response = await self._run(stream_id, request, handler)
             await self._send_response(stream_id, response)
         finally:
             self.active -= 1
             if not self.active:
                 self.idle.set()
+
+    async def _traced(
+        self,
+        tracers: Sequence[RequestTracer],
+        stream_id: int,
+        request: envelope.Request,
+        handler: Handler,
+    ) -> envelope.Response:
+        metadata: dict[str, str] = {}
+        for key, value in request.metadata:
+            metadata.setdefault(key, value)
+        path = f"/{request.service}/{request.method}"
+        with tracers[0].request_span("ttrpc", path, metadata) as span:
+            try:
+                if len(tracers) > 1:
+                    response = await self._traced(tracers[1:], stream_id, request, handler)
+                else:
+                    response = await self._run(stream_id, request, handler)
+            except BaseException:
+                span.finish(_Code.CANCELLED.value, "context canceled")
+                raise
+            status = response.status
+            span.finish(status.code if status else 0, status.message if status else "")
+            return response
 
     async def _run(self, stream_id: int, request: envelope.Request, handler: Handler) -> envelope.Response:
         metadata: dict[str, str] = {}
@@ -216,10 +243,19 @@ class _Connection:
 
 
 class TTRPCServer:
-    """Unary ttrpc handlers served on a unix socket (``async with server.serve(path)``)."""
+    """Unary ttrpc handlers served on a unix socket (``async with server.serve(path)``).
 
-    def __init__(self, *, require_same_user: bool = True, shutdown_timeout: float = 10.0) -> None:
+    Each ``tracers`` entry (an ok tracing plugin's instance) serves every request in a span."""
+
+    def __init__(
+        self,
+        *,
+        require_same_user: bool = True,
+        shutdown_timeout: float = 10.0,
+        tracers: Sequence[RequestTracer] = (),
+    ) -> None:
         self._services: dict[str, dict[str, Handler]] = {}
+        self._tracers = tuple(tracers)
         self._require_same_user = require_same_user
         self._shutdown_timeout = shutdown_timeout
         self._connections: set[_Connection] = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
+from corral.api.edge import RequestTracer
 from corral.api.ttrpc.server import TTRPCServer
 from corral.kernel import PluginRecord
 
@@ -21,8 +22,12 @@ class TTRPCServicePlugin(Protocol):
 
 
 def build_ttrpc_server(records: Iterable[PluginRecord]) -> TTRPCServer:
-    """A server with the handlers of every ok plugin that registers some, in start order."""
-    server = TTRPCServer()
+    """A server with the handlers of every ok plugin that registers some, in start order; every ok
+    ``RequestTracer`` (tracing) serves each request in a span."""
+    records = list(records)
+    server = TTRPCServer(
+        tracers=[r.instance for r in records if r.ok and isinstance(r.instance, RequestTracer)]
+    )
     for rec in records:
         if rec.ok and isinstance(rec.instance, TTRPCServicePlugin):
             rec.instance.register_ttrpc(server)

@@ -35,6 +35,7 @@ from corral.plugins.core import (
     Mount,
 )
 from corral.plugins.core.mount import temporary_mount
+from corral.plugins.core.tracing import span
 from corral.plugins.differs._compression import (
     Compression,
     Compressor,
@@ -286,9 +287,13 @@ class WalkingDiffer:
         started = time.perf_counter()
         try:
             async with apply_target(mounts) as target:
-                applied = await run_stoppable(
-                    partial(_apply_blocking, compression, _ThreadSource(chunks), target)
-                )
+                with span("differ.walking.Apply", {"whiteouts": target.whiteouts.value}) as current:
+                    applied = await run_stoppable(
+                        partial(_apply_blocking, compression, _ThreadSource(chunks), target)
+                    )
+                    current.set_attributes(
+                        {"layer.diff_id": applied.digest, "layer.entries": applied.entries}
+                    )
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
@@ -336,7 +341,9 @@ class WalkingDiffer:
             sink = _ThreadSink(writer, compressor(compression))
             async with AsyncExitStack() as stack:
                 work = await _diff_work(stack, lower, upper, sink, mtime_bound)
-                diff_id, _ = await run_stoppable(work)
+                with span("differ.walking.Compare", {"layer.media.type": media_type}) as current:
+                    diff_id, _ = await run_stoppable(work)
+                    current.set_attributes({"layer.diff_id": diff_id})
             digest = await anyio.to_thread.run_sync(sink.close)
             # Only a compressed layer is labelled with its diffID: an uncompressed one's digest is it.
             compressed = compression is not Compression.NONE

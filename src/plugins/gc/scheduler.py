@@ -18,6 +18,7 @@ import structlog
 
 from corral.kernel import InitContext, Registration, format_duration
 from corral.plugins import types
+from corral.plugins.core.tracing import span
 from corral.plugins.metadata import CollectionResult, Metadata
 
 log = structlog.get_logger("corral.gc")
@@ -87,7 +88,10 @@ class Scheduler:
             self._deletions = self._mutations = 0
             self._due = None
             started = time.monotonic()
-            result = await self._metadata.garbage_collect()
+            with span("gc.Collect") as current:
+                result = await self._metadata.garbage_collect()
+                if current.recording:
+                    current.set_attributes(_span_attributes(result))
             elapsed = time.monotonic() - started
             self._earliest = time.monotonic() + elapsed / self._config.pause_threshold - elapsed
             self.last = result
@@ -121,6 +125,16 @@ class Scheduler:
             except Exception as exc:
                 log.error("gc_failed", error=str(exc), exc_info=exc)
                 self._due = None
+
+
+def _span_attributes(result: CollectionResult) -> dict[str, object]:
+    return {
+        "gc.marked": result.marked,
+        "gc.removed": sum(len(v) for v in result.removed.values()),
+        "gc.swept": sum(result.swept.values()),
+        "gc.failed": sum(len(v) for v in result.failed.values()),
+        "gc.pause_seconds": result.seconds,
+    }
 
 
 async def init(ic: InitContext) -> Scheduler:

@@ -20,6 +20,7 @@ from typing import Any
 
 from corral.kernel import AlreadyExists, InvalidArgument, NotFound
 from corral.plugins.core import namespace_required, validate_identifier, validate_labels
+from corral.plugins.core.tracing import span
 from corral.plugins.events.types import (
     ContainerCreate,
     ContainerCreateRuntime,
@@ -257,7 +258,29 @@ class ContainerRecords(ContainerStore):
         found = await self._store.read(list_)
         return [c for c in found if match.match(partial(container_fields, c))]
 
+    # containerd's core/metadata spans: metadata.containers.Create|Update|Delete with container.id.
     async def create(self, container: Container) -> Container:
+        with span("metadata.containers.Create", {"container.id": container.id}) as current:
+            created = await self._create(container)
+            current.set_attributes({"container.createdAt": _rfc3339(created.created_at)})
+            return created
+
+    async def update(self, container: Container, paths: Sequence[str] = ()) -> Container:
+        with span("metadata.containers.Update", {"container.id": container.id}) as current:
+            updated = await self._update(container, paths)
+            current.set_attributes(
+                {
+                    "container.createdAt": _rfc3339(updated.created_at),
+                    "container.updatedAt": _rfc3339(updated.updated_at),
+                }
+            )
+            return updated
+
+    async def delete(self, container_id: str) -> None:
+        with span("metadata.containers.Delete", {"container.id": container_id}):
+            await self._delete(container_id)
+
+    async def _create(self, container: Container) -> Container:
         ns = namespace_required()
         _validated(container, "create container failed validation")
         now = time.time()
@@ -280,7 +303,7 @@ class ContainerRecords(ContainerStore):
         await self._store.publish(ContainerCreate(id=created.id, image=created.image, runtime=runtime), ns)
         return created
 
-    async def update(self, container: Container, paths: Sequence[str] = ()) -> Container:
+    async def _update(self, container: Container, paths: Sequence[str]) -> Container:
         if not container.id:
             raise InvalidArgument("must specify a container id")
         ns = namespace_required()
@@ -327,7 +350,7 @@ class ContainerRecords(ContainerStore):
         await self._store.publish(event, ns)
         return updated
 
-    async def delete(self, container_id: str) -> None:
+    async def _delete(self, container_id: str) -> None:
         ns = namespace_required()
 
         def delete(conn: sqlite3.Connection) -> None:
@@ -338,6 +361,10 @@ class ContainerRecords(ContainerStore):
         await self._store.run(delete)
         self._store.mutated(deleted=True)
         await self._store.publish(ContainerDelete(id=container_id), ns)
+
+
+def _rfc3339(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else ""
 
 
 class ContainerGC:

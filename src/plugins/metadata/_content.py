@@ -32,6 +32,7 @@ from corral.kernel import (
 )
 from corral.plugins.content import ContentStore, Info, IngestStatus, Writer
 from corral.plugins.core import GC_ROOT, namespace_required, update_labels, validate_digest, validate_labels
+from corral.plugins.core.tracing import span
 from corral.plugins.events.types import ContentCreate, ContentDelete
 from corral.plugins.metadata._gc import Node, ResourceKind, label_references
 from corral.plugins.metadata.database import (
@@ -167,6 +168,10 @@ class ContentRecords:
         return self.backend.read(digest, offset, size)
 
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> NamespacedWriter:
+        with span("metadata.content.Writer", {"content.ref": ref, "content.total": total}):
+            return await self._writer(ref, total, expected)
+
+    async def _writer(self, ref: str, total: int, expected: str) -> NamespacedWriter:
         ns = namespace_required()
         if not ref:
             raise InvalidArgument("ref must not be empty")
@@ -310,6 +315,13 @@ class NamespacedWriter:
         await (await self._materialise(copy=False)).truncate(size)
 
     async def commit(self, size: int, expected: str, labels: Mapping[str, str] | None = None) -> Info:
+        attributes = {"content.ref": self.ref, "content.size": size, "content.expected": expected}
+        with span("metadata.content.Commit", attributes) as current:
+            info = await self._commit(size, expected, labels)
+            current.set_attributes({"content.digest": info.digest})
+            return info
+
+    async def _commit(self, size: int, expected: str, labels: Mapping[str, str] | None) -> Info:
         validate_labels(labels or {})
         expected = expected or self.expected
         if expected:

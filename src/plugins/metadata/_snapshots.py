@@ -30,6 +30,7 @@ from corral.kernel import (
     parse_filters,
 )
 from corral.plugins.core import GC_ROOT, Mount, namespace_required, update_labels, validate_labels
+from corral.plugins.core.tracing import span
 from corral.plugins.events.types import SnapshotCommit, SnapshotPrepare, SnapshotRemove
 from corral.plugins.metadata._gc import Node, ResourceKind, label_references
 from corral.plugins.metadata.database import (
@@ -242,12 +243,18 @@ class NamespacedSnapshotter:
     async def prepare(
         self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
     ) -> builtins.list[Mount]:
-        return await self._create(Kind.ACTIVE, key, parent, labels or {})
+        with span("metadata.snapshots.Prepare", self._span(key=key, parent=parent)):
+            return await self._create(Kind.ACTIVE, key, parent, labels or {})
 
     async def view(
         self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
     ) -> builtins.list[Mount]:
-        return await self._create(Kind.VIEW, key, parent, labels or {})
+        with span("metadata.snapshots.View", self._span(key=key, parent=parent)):
+            return await self._create(Kind.VIEW, key, parent, labels or {})
+
+    def _span(self, **names: str) -> dict[str, str]:
+        """A snapshot span's attributes: ``snapshotter``, and ``snapshot.key`` and the like."""
+        return {"snapshotter": self.name, **{f"snapshot.{k}": v for k, v in names.items()}}
 
     async def _create(
         self, kind: Kind, key: str, parent: str, labels: Mapping[str, str]
@@ -399,6 +406,10 @@ class NamespacedSnapshotter:
     async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
         """As containerd's: the committed snapshot carries only the labels given here, and its
         created and updated times are both the commit's."""
+        with span("metadata.snapshots.Commit", self._span(name=name, key=key)):
+            await self._commit(name, key, labels)
+
+    async def _commit(self, name: str, key: str, labels: Mapping[str, str] | None) -> None:
         ns = namespace_required()
         if not name:
             raise InvalidArgument("snapshot name must not be empty")
@@ -485,6 +496,10 @@ class NamespacedSnapshotter:
         await self._store.publish(SnapshotCommit(key=key, name=name, snapshotter=self.name), ns)
 
     async def remove(self, key: str) -> None:
+        with span("metadata.snapshots.Remove", self._span(key=key)):
+            await self._remove(key)
+
+    async def _remove(self, key: str) -> None:
         ns = namespace_required()
         await self._recover()
 

@@ -19,6 +19,7 @@ import httpx
 import structlog
 
 from corral.kernel import InvalidArgument
+from corral.plugins.core.tracing import span
 from corral.plugins.remotes import _errors
 from corral.plugins.remotes.auth import Authorizer
 from corral.plugins.remotes.hosts import RegistryHost
@@ -178,7 +179,12 @@ class Session:
                 request.headers["Authorization"] = authorization
             final = attempt == MAX_ATTEMPTS
             try:
-                response = await client.send(request, stream=True, follow_redirects=method in ("GET", "HEAD"))
+                # containerd's name for each round trip to a registry (its otelhttp transport).
+                with span(HTTP_SPAN, _request_attributes(request, host, attempt)) as current:
+                    response = await client.send(
+                        request, stream=True, follow_redirects=method in ("GET", "HEAD")
+                    )
+                    current.set_attributes({"http.response.status_code": response.status_code})
             except _errors.TRANSPORT_ERRORS as exc:
                 if final or not last_host or not replayable or not _transient(exc):
                     raise _errors.transport_error(host.host, request, exc) from exc
@@ -218,6 +224,20 @@ class Session:
         for name, value in extra.items():
             headers[name] = value
         return headers
+
+
+HTTP_SPAN = "remotes.docker.resolver.HTTPRequest"
+
+
+def _request_attributes(request: httpx.Request, host: RegistryHost, attempt: int) -> dict[str, object]:
+    """OpenTelemetry's HTTP client attributes; the URL without its query (signed redirects carry
+    credentials there)."""
+    return {
+        "http.request.method": request.method,
+        "url.full": str(request.url.copy_with(query=None)),
+        "server.address": host.host,
+        "http.request.resend_count": attempt - 1,
+    }
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -13,6 +13,7 @@ import anyio.to_thread
 from corral.kernel import InitContext, InvalidArgument, Registration, Unimplemented
 from corral.plugins import types
 from corral.plugins.core import Descriptor, Mount
+from corral.plugins.core.tracing import span
 from corral.plugins.differs import Differ
 
 
@@ -32,6 +33,17 @@ class DiffService:
 
     async def apply(self, desc: Descriptor, mounts: Sequence[Mount], *, sync_fs: bool = False) -> Descriptor:
         """``sync_fs`` (ApplyRequest.sync_fs, containerd 2) flushes this layer as the config's does all."""
+        layer = {
+            "layer.media.type": desc.media_type,
+            "layer.media.digest": desc.digest,
+            "layer.media.size": desc.size,
+        }
+        with span("diff.Apply", layer) as current:
+            applied = await self._apply(desc, mounts, sync_fs)
+            current.set_attributes({"layer.diff_id": applied.digest})
+            return applied
+
+    async def _apply(self, desc: Descriptor, mounts: Sequence[Mount], sync_fs: bool) -> Descriptor:
         check_mounts(mounts)
         error: Exception = Unimplemented("no differ could apply the layer")
         for differ in self._differs:
@@ -41,7 +53,8 @@ class DiffService:
                 error = exc
                 continue
             if self._sync_fs or sync_fs:
-                await anyio.to_thread.run_sync(os.sync)
+                with span("diff.sync_fs"):
+                    await anyio.to_thread.run_sync(os.sync)
             return applied
         raise error
 
@@ -58,15 +71,19 @@ class DiffService:
         check_mounts(lower)
         check_mounts(upper)
         error: Exception = Unimplemented("no differ could compare the mounts")
-        for differ in self._differs:
-            try:
-                epoch = {"source_date_epoch": source_date_epoch} if source_date_epoch is not None else {}
-                return await differ.compare(
-                    lower, upper, media_type=media_type, ref=ref, labels=labels, **epoch
-                )
-            except Unimplemented as exc:
-                error = exc
-        raise error
+        with span("diff.Compare", {"layer.media.type": media_type, "content.ref": ref}) as current:
+            for differ in self._differs:
+                try:
+                    epoch = {"source_date_epoch": source_date_epoch} if source_date_epoch is not None else {}
+                    made = await differ.compare(
+                        lower, upper, media_type=media_type, ref=ref, labels=labels, **epoch
+                    )
+                except Unimplemented as exc:
+                    error = exc
+                    continue
+                current.set_attributes({"layer.media.digest": made.digest, "layer.media.size": made.size})
+                return made
+            raise error
 
 
 def check_mounts(mounts: Sequence[Mount]) -> None:

@@ -301,6 +301,11 @@ def test_a_multi_platform_index_lists_and_checks_as_in_containerd(
     assert listed[0][1] == "application/vnd.oci.image.index.v1+json"
     assert {f"linux/{host.architecture}", f"linux/{other.architecture}"} <= set(listed[0][5].split(","))
     assert rows(corral.ctr("images", "check").stdout) == rows(containerd.ctr("images", "check").stdout)
+    # what the imports' leases held goes at the next collection, which each daemon runs in its own
+    # time after ctr returns: compare after one that both have finished
+    for d in both:
+        d.ctr("leases", "create", "--id", "collect-now")
+        d.ctr("leases", "rm", "--sync", "collect-now")
     assert rows(corral.ctr("content", "ls", "-q").stdout) == rows(
         containerd.ctr("content", "ls", "-q").stdout
     )

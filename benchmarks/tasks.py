@@ -1,0 +1,66 @@
+"""Running containers: `ctr run --rm busybox /bin/true` through runc's shim, one at a time and four
+at a time, against each daemon (the image imported once per daemon, by the same `ctr`)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.daemons import Ctr, Daemon
+from benchmarks.registry import Metric, Sample, Target, scenario
+
+IMAGE = "docker.io/library/busybox:latest"
+PARALLEL = 4
+PARALLEL_RUNS = 8
+MS = 1000.0
+
+_imported: set[str] = set()
+_serial = itertools.count()
+
+
+def _busybox(target: Target) -> Path:
+    archive = target.workdir / "busybox.tar"
+    if not archive.exists():
+        from corral.plugins.images.build import build_busybox_image
+
+        build_busybox_image(archive)
+    return archive
+
+
+def _ensure_image(target: Target, daemon: Daemon) -> None:
+    key = str(daemon.socket)
+    if key not in _imported:
+        target.ctr.check(daemon.socket, "images", "import", str(_busybox(target)))
+        _imported.add(key)
+
+
+def _run(ctr: Ctr, daemon: Daemon) -> float:
+    return ctr.time(daemon.socket, "run", "--rm", IMAGE, f"bench-{next(_serial)}", "/bin/true")
+
+
+@scenario(
+    "ctr-run",
+    needs="running",
+    warmup=1,
+    metrics=(
+        Metric("run-latency", f"`ctr run --rm {IMAGE} ID /bin/true` (runc shim)", "ms"),
+        Metric(
+            "run-parallel",
+            f"{PARALLEL_RUNS} `ctr run --rm … /bin/true`, {PARALLEL} at a time: tasks per second",
+            "tasks/s",
+            higher_is_better=True,
+        ),
+    ),
+)
+def ctr_run(target: Target) -> Sample:
+    """One container run to its end, then a burst of them four at a time; nothing is left after."""
+    daemon, ctr = target.daemon(), target.ctr
+    _ensure_image(target, daemon)
+    latency = _run(ctr, daemon)
+    began = time.perf_counter()
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        list(pool.map(lambda _: _run(ctr, daemon), range(PARALLEL_RUNS)))
+    rate = PARALLEL_RUNS / (time.perf_counter() - began)
+    return {"run-latency": latency * MS, "run-parallel": rate}

@@ -201,8 +201,9 @@ async def run_stoppable(work: Callable[[threading.Event], T]) -> T:
         raise
 
 
-class _ThreadSource:
-    """A blocking ``read`` for the worker thread over the content store's async chunks."""
+class ThreadSource:
+    """A blocking ``read`` for a worker thread over the content store's async chunks (stopped by
+    ``stop`` when one is set)."""
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
@@ -256,7 +257,7 @@ class _ThreadSink:
 
 
 def _apply_blocking(
-    compression: Compression, source: _ThreadSource, target: ApplyTarget, stop: threading.Event
+    compression: Compression, source: ThreadSource, target: ApplyTarget, stop: threading.Event
 ) -> AppliedLayer:
     source.stop = stop
     return apply_layer(
@@ -289,7 +290,7 @@ class WalkingDiffer:
             async with apply_target(mounts) as target:
                 with span("differ.walking.Apply", {"whiteouts": target.whiteouts.value}) as current:
                     applied = await run_stoppable(
-                        partial(_apply_blocking, compression, _ThreadSource(chunks), target)
+                        partial(_apply_blocking, compression, ThreadSource(chunks), target)
                     )
                     current.set_attributes(
                         {"layer.diff_id": applied.digest, "layer.entries": applied.entries}

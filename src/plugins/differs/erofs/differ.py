@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -31,7 +31,7 @@ from corral.kernel import FailedPrecondition, Internal, InvalidArgument, Unimple
 from corral.plugins.core import MEDIA_TYPE_LAYER, UNCOMPRESSED, Descriptor, Mount
 from corral.plugins.core.trees import remove_tree
 from corral.plugins.differs._compression import Compression, decompressed, layer_compression
-from corral.plugins.differs.differ import LayerContent, WalkingDiffer
+from corral.plugins.differs.differ import LayerContent, ThreadSource, WalkingDiffer
 from corral.plugins.snapshots.erofs import (
     APPLY_SCRATCH,
     UPPER,
@@ -60,32 +60,6 @@ def is_erofs_media_type(media_type: str) -> bool:
     """containerd's rule: an EROFS-native layer's media type ends in ``.erofs``, with no ``+`` suffix."""
     base, plus, _ = media_type.partition("+")
     return not plus and base.endswith(".erofs")
-
-
-class _ThreadSource:
-    """A blocking ``read`` for a worker thread over the content store's async chunks."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks
-        self._pending = b""
-        self._done = False
-        self._token = anyio.lowlevel.current_token()
-
-    async def _next(self) -> bytes:
-        try:
-            return await anext(self._chunks)
-        except StopAsyncIteration:
-            return b""
-
-    def read(self, size: int = -1, /) -> bytes:
-        while not self._pending and not self._done:
-            self._pending = anyio.from_thread.run(self._next, token=self._token)
-            self._done = not self._pending
-        if size < 0 or size >= len(self._pending):
-            data, self._pending = self._pending, b""
-        else:
-            data, self._pending = self._pending[:size], self._pending[size:]
-        return data
 
 
 class ErofsDiffer:
@@ -212,7 +186,7 @@ class ErofsDiffer:
         try:
             try:
                 digest, size = await anyio.to_thread.run_sync(
-                    _stream_into_mkfs, argv, decompressed(compression, _ThreadSource(chunks))
+                    _stream_into_mkfs, argv, decompressed(compression, ThreadSource(chunks))
                 )
             except Internal as exc:
                 raise Unimplemented(f"mkfs.erofs could not make the layer image: {exc.detail}") from None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -162,38 +163,55 @@ def create_container(
     the image must be unpacked in --snapshotter (ctr images import does that).
     """
     parsed = parse_labels(labels)
-    namespace = settings().namespace
 
     async def create(client: Client) -> pb.Container:
-        name, labels_of_image, config, chain = await _image_config(client, image)
-        options = protobuf.Any(type_url=RUNC_OPTIONS_TYPE_URL) if runtime == DEFAULT_RUNTIME else None
-        container = pb.Container(
-            id=container_id,
-            # As ctr: the config's labels, then the image's, then the command line's.
-            labels={
-                **(config.get("config") or {}).get("Labels", {}),
-                **labels_of_image,
-                **parsed,
-                STOP_SIGNAL_LABEL: image_stop_signal(config),
-            },
-            image=name,
-            runtime=pb.ContainerRuntime(name=runtime, options=options),
-            snapshotter=snapshotter,
-            snapshot_key=container_id,
-        )
-
-        async def with_spec(mounts: list[containerd_types.Mount]) -> pb.Container:
-            # As containerd: the user and groups are looked up in the image's own files.
-            async with temporary_mount(mounts_from_wire(mounts)) as rootfs:
-                spec = run_spec(
-                    namespace, container_id, RunFlags(args=args, env=env), image=config, rootfs=rootfs
-                )
-            container.spec = protobuf.Any(type_url=SPEC_TYPE_URL, value=spec_json(spec))
-            return container
-
-        return await client.create_container_with_rootfs(container, chain, with_spec)
+        flags = RunFlags(args=args, env=env)
+        return await create_from_image(client, image, container_id, flags, snapshotter, runtime, parsed)
 
     click.echo(call(create).id)
+
+
+async def create_from_image(
+    client: Client,
+    image: str,
+    container_id: str,
+    flags: RunFlags,
+    snapshotter: str,
+    runtime: str,
+    labels: dict[str, str],
+    adjust: Callable[[dict[str, Any], Path], None] | None = None,
+) -> pb.Container:
+    """Container ``container_id`` from the unpacked ``image``, as ctr makes it: the image's config
+    and ctr's default spec, its writable snapshot prepared under a short lease. ``adjust`` may change
+    the spec while the rootfs is mounted (``corral run``'s user namespaces and terminal)."""
+    namespace = settings().namespace
+    name, labels_of_image, config, chain = await _image_config(client, image)
+    options = protobuf.Any(type_url=RUNC_OPTIONS_TYPE_URL) if runtime == DEFAULT_RUNTIME else None
+    container = pb.Container(
+        id=container_id,
+        # As ctr: the config's labels, then the image's, then the command line's.
+        labels={
+            **(config.get("config") or {}).get("Labels", {}),
+            **labels_of_image,
+            **labels,
+            STOP_SIGNAL_LABEL: image_stop_signal(config),
+        },
+        image=name,
+        runtime=pb.ContainerRuntime(name=runtime, options=options),
+        snapshotter=snapshotter,
+        snapshot_key=container_id,
+    )
+
+    async def with_spec(mounts: list[containerd_types.Mount]) -> pb.Container:
+        # As containerd: the user and groups are looked up in the image's own files.
+        async with temporary_mount(mounts_from_wire(mounts)) as rootfs:
+            spec = run_spec(namespace, container_id, flags, image=config, rootfs=rootfs)
+            if adjust is not None:
+                adjust(spec, rootfs)
+        container.spec = protobuf.Any(type_url=SPEC_TYPE_URL, value=spec_json(spec))
+        return container
+
+    return await client.create_container_with_rootfs(container, chain, with_spec)
 
 
 @containers_group.command("rm")

@@ -18,30 +18,19 @@ import anyio.lowlevel
 import click
 
 from corral.api.cli._output import emit, format_option, table, timestamp, to_json
-from corral.api.cli._session import CommandError, call, parse_labels, report_failures, settings
+from corral.api.cli._session import CommandError, call, parse_labels, report_failures
 from corral.api.cli._stdio import ProcessStdio, follow_resizes, forward_signals, raw_terminal, terminal_size
-from corral.api.cli.containers import (
-    DEFAULT_RUNTIME,
-    RUNC_OPTIONS_TYPE_URL,
-    SPEC_TYPE_URL,
-    STOP_SIGNAL_LABEL,
-    _image_config,
-)
+from corral.api.cli.containers import DEFAULT_RUNTIME, STOP_SIGNAL_LABEL, create_from_image
 from corral.api.client import Client
 from corral.api.types.containerd import types as containerd_types
 from corral.api.types.containerd.services.containers import v1 as containers_pb
 from corral.api.types.containerd.v1 import types as task_types
 from corral.api.types.google import protobuf
-from corral.api.wire import mounts_from_wire
 from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
-from corral.plugins.core.mount import temporary_mount
 from corral.plugins.runtimes.spec import (
     IDMapping,
     RunFlags,
-    image_stop_signal,
     parse_id_map,
-    run_spec,
-    spec_json,
 )
 
 PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
@@ -74,38 +63,19 @@ async def _create_container(
     runtime: str,
     labels: dict[str, str],
 ) -> containers_pb.Container:
-    """The container ``corral containers create`` makes: the image's config, ctr's default spec."""
-    namespace = settings().namespace
-    name, labels_of_image, config, chain = await _image_config(client, image)
-    options = protobuf.Any(type_url=RUNC_OPTIONS_TYPE_URL) if runtime == DEFAULT_RUNTIME else None
-    container = containers_pb.Container(
-        id=container_id,
-        labels={
-            **(config.get("config") or {}).get("Labels", {}),
-            **labels_of_image,
-            **labels,
-            STOP_SIGNAL_LABEL: image_stop_signal(config),
-        },
-        image=name,
-        runtime=containers_pb.ContainerRuntime(name=runtime, options=options),
-        snapshotter=snapshotter,
-        snapshot_key=container_id,
-    )
+    """The container ``corral containers create`` makes, with ``corral run``'s user namespaces and
+    terminal size."""
 
-    async def with_spec(mounts: list[containerd_types.Mount]) -> containers_pb.Container:
-        async with temporary_mount(mounts_from_wire(mounts)) as rootfs:
-            spec = run_spec(namespace, container_id, flags, image=config, rootfs=rootfs)
-            if flags.uidmap:
-                # As ctr's remapped snapshot: the container's root owns its files in the namespace.
-                remap_tree(rootfs, parse_id_map(flags.uidmap, "uid"), parse_id_map(flags.gidmap, "gid"))
+    def adjust(spec: dict[str, Any], rootfs: Path) -> None:
+        if flags.uidmap:
+            # As ctr's remapped snapshot: the container's root owns its files in the namespace.
+            remap_tree(rootfs, parse_id_map(flags.uidmap, "uid"), parse_id_map(flags.gidmap, "gid"))
         if flags.tty:
             # The size from the start, not only once the first resize arrives.
             width, height = terminal_size()
             spec.setdefault("process", {})["consoleSize"] = {"height": height, "width": width}
-        container.spec = protobuf.Any(type_url=SPEC_TYPE_URL, value=spec_json(spec))
-        return container
 
-    return await client.create_container_with_rootfs(container, chain, with_spec)
+    return await create_from_image(client, image, container_id, flags, snapshotter, runtime, labels, adjust)
 
 
 def _host_id(value: int, mappings: Sequence[IDMapping]) -> int:

@@ -27,8 +27,10 @@ from corral.plugins.differs.apply import WhiteoutMode, apply_layer
 from corral.plugins.differs.compare import directory_changes, overlay_changes, write_layer
 
 DEPTH = 10_000
-SPARE_DESCRIPTORS = 64
-"""Descriptors the work may open beyond those open before it (the trees keep a few dozen)."""
+SPARE_DESCRIPTORS = 64 + 32
+"""Descriptors the work may open beyond those open before it: a tree's cache of 64 open directories,
+its root and a walk's own, with room for what other threads of the test process open meanwhile
+(a depth-proportional leak would need thousands)."""
 MEMORY_LIMIT = 24 << 20
 """Peak allocations allowed: the names of one deep path are 20 KB; a copy per level would be 100 MB."""
 

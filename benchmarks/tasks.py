@@ -64,3 +64,40 @@ def ctr_run(target: Target) -> Sample:
         list(pool.map(lambda _: _run(ctr, daemon), range(PARALLEL_RUNS)))
     rate = PARALLEL_RUNS / (time.perf_counter() - began)
     return {"run-latency": latency * MS, "run-parallel": rate}
+
+
+IDLE_CONTAINERS = 20
+SETTLE_SECONDS = 2.0
+
+
+@scenario(
+    "idle-rss",
+    needs="fresh",
+    runs_divisor=3,
+    metrics=(
+        Metric("rss-idle-0", "RSS of a fresh daemon with the image imported, no containers", "MiB"),
+        Metric(
+            "rss-idle-20",
+            f"RSS with {IDLE_CONTAINERS} running containers (`ctr run -d … sleep`), the daemon alone",
+            "MiB",
+        ),
+    ),
+)
+def idle_rss(target: Target) -> Sample:
+    """A fresh daemon runs twenty idle containers; its own VmRSS (not the shims') before and after."""
+    ctr = target.ctr
+    with target.spawn() as daemon:
+        ctr.check(daemon.socket, "images", "import", str(_busybox(target)))
+        time.sleep(SETTLE_SECONDS)
+        before = daemon.rss_kib()
+        ids = [f"idle-{n}" for n in range(IDLE_CONTAINERS)]
+        try:
+            for cid in ids:
+                ctr.check(daemon.socket, "run", "-d", IMAGE, cid, "sleep", "1000")
+            time.sleep(SETTLE_SECONDS)
+            after = daemon.rss_kib()
+        finally:
+            for cid in ids:
+                ctr.ok(daemon.socket, "tasks", "delete", "--force", cid)
+                ctr.ok(daemon.socket, "containers", "rm", cid)
+    return {"rss-idle-0": before / 1024.0, "rss-idle-20": after / 1024.0}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from containerd_daemon import Containerd
 from harness import Daemon, run_corrald_once
 from tooling import require_tool
 
@@ -296,50 +297,6 @@ def test_the_handshake_through_corrald_records_a_layer_the_remote_provides(
 # -- the same process, served to Debian's containerd ---------------------------------------------------
 
 
-@dataclass
-class Containerd:
-    base: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def socket(self) -> str:
-        return str(self.base / "containerd.sock")
-
-    def start(self, proxies: str) -> Containerd:
-        self.base.mkdir(parents=True, exist_ok=True)
-        config = self.base / "config.toml"
-        config.write_text(
-            "version = 2\n"
-            f'root = "{self.base / "root"}"\nstate = "{self.base / "state"}"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{self.socket}"\n[ttrpc]\n  address = "{self.socket}.ttrpc"\n'
-            '[debug]\n  address = ""\n[metrics]\n  address = ""\n'
-            f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{self.base / "opt"}"\n' + proxies
-        )
-        with (self.base / "containerd.log").open("ab") as log:
-            self.proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while subprocess.run(["ctr", "-a", self.socket, "version"], capture_output=True).returncode != 0:
-            assert self.proc.poll() is None, (self.base / "containerd.log").read_text()
-            assert time.monotonic() < deadline, "containerd did not answer"
-            time.sleep(0.1)
-        return self
-
-    def ctr(self, *args: str) -> str:
-        result = subprocess.run(["ctr", "-a", self.socket, *args], capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, f"ctr {' '.join(args)}: {result.stderr}"
-        return result.stdout
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def test_debian_containerd_drives_the_served_corral_snapshotter(
     tmp_path: Path, sockets: Path, remote: ProxyProcess
 ) -> None:
@@ -350,10 +307,10 @@ def test_debian_containerd_drives_the_served_corral_snapshotter(
         f'[proxy_plugins.corral]\n  type = "snapshot"\n  address = "{remote.address}"\n'
     )
     try:
-        assert "io.containerd.snapshotter.v1    corral" in containerd.ctr("plugins", "ls")
+        assert "io.containerd.snapshotter.v1    corral" in containerd.ctr("plugins", "ls").stdout
 
         def snap(*args: str) -> str:
-            return containerd.ctr("snapshots", "--snapshotter", "corral", *args)
+            return containerd.ctr("snapshots", "--snapshotter", "corral", *args).stdout
 
         snap("prepare", "base")
         (mount,) = snap("mounts", "/mnt", "base").splitlines()

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from containerd_daemon import Containerd
 from tooling import require_root, require_tool
 
 from corral.plugins.runtimes import spec as oci
@@ -129,63 +129,6 @@ USER_IMAGE = image_config(Env=["PATH=/bin"], Cmd=["/bin/sh"], User="app")
 
 
 @dataclass
-class Containerd:
-    """Debian's containerd on a private root, state and socket, CRI off."""
-
-    base: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def socket(self) -> str:
-        return str(self.base / "containerd.sock")
-
-    def start(self) -> Containerd:
-        config = self.base / "config.toml"
-        config.write_text(
-            "\n".join([
-                "version = 2",
-                f'root = "{self.base / "root"}"',
-                f'state = "{self.base / "state"}"',
-                'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-                "[grpc]", f'  address = "{self.socket}"',
-                "[ttrpc]", f'  address = "{self.socket}.ttrpc"',
-                "[debug]", '  address = ""',
-                "[metrics]", '  address = ""',
-                '[plugins."io.containerd.internal.v1.opt"]', f'  path = "{self.base / "opt"}"',
-            ]) + "\n"
-        )  # fmt: skip
-        log = (self.base / "containerd.log").open("ab")
-        self.proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
-        while self.ctr("version", check=False).returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(
-                    f"containerd did not start:\n{(self.base / 'containerd.log').read_text()}"
-                )
-            time.sleep(0.1)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["ctr", "-a", self.socket, "-n", CTR_NAMESPACE, *args], capture_output=True, text=True, timeout=60
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"ctr {' '.join(args)} failed: {result.stderr}")
-        return result
-
-
-@dataclass
 class Images:
     containerd: Containerd
     rootfs: dict[str, Path]
@@ -206,7 +149,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
         "user": build_rootfs(base / "user-rootfs", PASSWD, GROUP),
     }
     config = {"plain": PLAIN_IMAGE, "user": USER_IMAGE}
-    daemon = Containerd(base).start()
+    daemon = Containerd(base, namespace=CTR_NAMESPACE).start()
     try:
         for key in rootfs:
             archive = base / f"{key}.tar"

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import stat
-import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from containerd_daemon import Containerd
 from tooling import require_root, require_tool
 
 from corral.kernel import FailedPrecondition, InvalidArgument, NotFound
@@ -339,84 +339,10 @@ def test_the_busybox_image_is_byte_identical_when_built_twice(tmp_path: Path, bu
 # --- a real containerd ---------------------------------------------------------------------
 
 
-class Containerd:
-    """Debian's containerd on a private root, state and socket."""
-
-    def __init__(self, base: Path) -> None:
-        self.binary = require_tool("containerd")
-        self.ctr_binary = require_tool("ctr")
-        self.base = base
-        self.socket = base / "c.sock"
-        self.log = base / "containerd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        root, state = self.base / "root", self.base / "state"
-        config = self.base / "config.toml"
-        config.write_text(
-            "\n".join(
-                [
-                    "version = 2",
-                    f'root = "{root}"',
-                    f'state = "{state}"',
-                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-                    "[grpc]",
-                    f'  address = "{self.socket}"',
-                    "[ttrpc]",
-                    f'  address = "{self.socket}.ttrpc"',
-                    "[debug]",
-                    '  address = ""',
-                    "[metrics]",
-                    '  address = ""',
-                    '[plugins."io.containerd.internal.v1.opt"]',
-                    f'  path = "{root / "opt"}"',
-                    "",
-                ]
-            )
-        )
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [self.binary, "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"containerd exited: {self.log.read_text()[-2000:]}")
-            if self.socket.exists() and self.run_ctr("version", check=False).returncode == 0:
-                return
-            time.sleep(0.2)
-        pytest.fail(f"containerd did not answer: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def run_ctr(
-        self, *args: str, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.ctr_binary, "-a", str(self.socket), *args], capture_output=True, text=True, timeout=timeout
-        )
-        if check:
-            assert result.returncode == 0, f"ctr {' '.join(args)}: {result.stderr}"
-        return result
-
-
 @pytest.fixture
 def containerd(tmp_path: Path) -> Iterator[Containerd]:
     require_root()
-    daemon = Containerd(tmp_path / "ctrd")
-    daemon.base.mkdir()
-    daemon.start()
+    daemon = Containerd(tmp_path / "ctrd").start()
     try:
         yield daemon
     finally:
@@ -429,19 +355,19 @@ def test_containerd_imports_runs_and_exports_the_busybox_image(
 ) -> None:
     require_tool("runc")
     built = build.build_busybox_image(tmp_path / "busybox.tar")
-    containerd.run_ctr("images", "import", "--base-name", "docker.io/library/busybox", str(built.path))
-    listing = containerd.run_ctr("images", "ls").stdout
+    containerd.ctr("images", "import", "--base-name", "docker.io/library/busybox", str(built.path))
+    listing = containerd.ctr("images", "ls").stdout
     row = next(line.split() for line in listing.splitlines() if line.startswith(build.BUSYBOX_IMAGE_NAME))
     assert row[1] == oci.OCI_MANIFEST and row[2] == built.digest
-    snapshots = containerd.run_ctr("snapshots", "ls").stdout
+    snapshots = containerd.ctr("snapshots", "ls").stdout
     assert built.image.chain_id in snapshots
 
-    run = containerd.run_ctr("run", "--rm", build.BUSYBOX_IMAGE_NAME, "t1", "/bin/echo", "hello", check=False)
+    run = containerd.ctr("run", "--rm", build.BUSYBOX_IMAGE_NAME, "t1", "/bin/echo", "hello", check=False)
     assert run.returncode == 0, f"ctr run failed (machine?): {run.stderr}"
     assert run.stdout.strip() == "hello"
 
     exported = tmp_path / "export.tar"
-    containerd.run_ctr("images", "export", str(exported), build.BUSYBOX_IMAGE_NAME)
+    containerd.ctr("images", "export", str(exported), build.BUSYBOX_IMAGE_NAME)
     reader = archive.ArchiveReader()
     with exported.open("rb") as file:
         for blob in reader.blobs(file):
@@ -464,8 +390,8 @@ def test_containerd_synthesises_the_same_manifest_for_a_docker_archive(
     assert built.path is not None
     contents, _ = archive.read_archive(built.path.open("rb"))
     (entry,) = contents.index.manifests
-    containerd.run_ctr("-n", "docker-check", "images", "import", "--index-name", "idx", str(built.path))
-    listing = containerd.run_ctr("-n", "docker-check", "images", "ls").stdout
+    containerd.ctr("images", "import", "--index-name", "idx", str(built.path), namespace="docker-check")
+    listing = containerd.ctr("images", "ls", namespace="docker-check").stdout
     rows = {line.split()[0]: line.split() for line in listing.splitlines()[1:]}
     assert rows[build.BUSYBOX_IMAGE_NAME][1:3] == [oci.DOCKER_MANIFEST, entry.digest]
     assert rows["idx"][2] == contents.index_descriptor.digest
@@ -484,10 +410,10 @@ def test_containerd_applies_a_whiteout_layer_and_keys_snapshots_by_our_chain_ids
     image = build.build_image([base, top], cmd=["sh"])
     name = "docker.io/library/two-layers:1"
     path = image.write_oci_archive(tmp_path / "two.tar", [name])
-    containerd.run_ctr("images", "import", str(path))
-    snapshots = containerd.run_ctr("snapshots", "ls").stdout
+    containerd.ctr("images", "import", str(path))
+    snapshots = containerd.ctr("snapshots", "ls").stdout
     assert image.chain_ids[1] in snapshots and image.chain_ids[0] in snapshots
     script = "cat /hello; test -e /bin/ls && echo ls-present || echo ls-gone"
-    run = containerd.run_ctr("run", "--rm", name, "t2", "/bin/sh", "-c", script, check=False)
+    run = containerd.ctr("run", "--rm", name, "t2", "/bin/sh", "-c", script, check=False)
     assert run.returncode == 0, f"ctr run failed (machine?): {run.stderr}"
     assert run.stdout.split("\n")[:2] == ["from the top layer", "ls-gone"]

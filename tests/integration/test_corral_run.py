@@ -177,3 +177,42 @@ def test_a_recursive_read_only_mount_is_read_only_in_its_sub_mounts(runtime: Dae
         subprocess.run(["umount", str(source / "sub")], check=True)
     assert rro.stdout.split() == ["top-ro", "sub-ro"]
     assert ro.stdout.split() == ["top-ro"]  # plain ro leaves the sub-mount writable
+
+
+def test_run_log_file_gets_the_output_detached_or_not(runtime: Daemon, tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "r-log.log"
+    ran = corral(
+        runtime,
+        "run",
+        "--rm",
+        "--log-file",
+        str(log),
+        IMAGE,
+        "r-log",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    )
+    assert (ran.returncode, ran.stdout, ran.stderr) == (3, "", "")
+    assert sorted(log.read_text().splitlines()) == ["err", "out"]
+    detached = tmp_path / "d.log"
+    started = corral(
+        runtime, "run", "-d", "--log-file", str(detached), IMAGE, "r-dlog", "sh", "-c", "echo bg; sleep 1000"
+    )
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 10
+    while not (detached.exists() and detached.read_text() == "bg\n"):
+        assert time.monotonic() < deadline, detached.read_text() if detached.exists() else "no log"
+        time.sleep(0.1)
+    assert corral(runtime, "tasks", "rm", "--force", "r-dlog").returncode == 0
+    # the same for a task started on its own, appended to the same file
+    assert corral(runtime, "containers", "create", IMAGE, "r-tlog", "echo", "again").returncode == 0
+    assert corral(runtime, "tasks", "start", "--log-file", str(detached), "r-tlog").returncode == 0
+    deadline = time.monotonic() + 10
+    while detached.read_text() != "bg\nagain\n":
+        assert time.monotonic() < deadline, detached.read_text()
+        time.sleep(0.1)
+    refused = corral(runtime, "run", "-t", "--log-file", str(log), IMAGE, "r-tty", "true")
+    assert refused.returncode != 0 and refused.stderr.count("\n") == 1
+    assert "--log-file and --tty" in refused.stderr
+    assert "r-tty" not in runtime.ctr("containers", "ls", "-q").stdout.split()

@@ -95,3 +95,26 @@ def test_a_detached_wasm_task_is_listed_killed_and_deleted(daemon_with_image: Da
         assert str(d.base) not in mounts
     finally:
         d.stop()
+
+
+def test_ctr_run_log_uri_file_gets_the_modules_output_and_binary_is_refused(
+    daemon_with_image: Daemon, tmp_path: Path
+) -> None:
+    d = daemon_with_image
+    log = tmp_path / "logs" / "w3.log"
+    try:
+        result = d.ctr(
+            "run", "--rm", "--log-uri", f"file://{log}", "--runtime", RUNTIME, IMAGE, "w3", check=False
+        )
+        assert (result.returncode, result.stdout) == (7, ""), result.stderr
+        assert log.read_text() == "hello from wasm\n"
+        refused = d.ctr(
+            "run", "--rm", "--log-uri", "binary:///bin/logger", "--runtime", RUNTIME, IMAGE, "w4", check=False
+        )
+        assert refused.returncode != 0
+        assert "InvalidArgument" in refused.stderr or "invalid argument" in refused.stderr, refused.stderr
+        assert "binary://" in refused.stderr
+        assert d.ctr("tasks", "ls", "-q").stdout.split() == []
+        assert d.ctr("containers", "ls", "-q").stdout.split() == []
+    finally:
+        d.stop()

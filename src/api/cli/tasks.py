@@ -126,15 +126,17 @@ async def _force_delete(client: Client, container_id: str) -> None:
 async def attach_and_wait(
     client: Client,
     container_id: str,
-    stdio: ProcessStdio,
+    stdio: ProcessStdio | None,
     start: Any,
     *,
     exec_id: str = "",
 ) -> int:
-    """Copy stdio while the process runs: Wait is asked before ``start``, as ctr does; the exit status."""
+    """Copy stdio while the process runs: Wait is asked before ``start``, as ctr does; the exit status.
+
+    With no ``stdio`` (the output goes to a log file) only signals are forwarded."""
     exit_status = -1
     async with anyio.create_task_group() as tg:
-        output_done = await stdio.copy_output(tg)
+        output_done = await stdio.copy_output(tg) if stdio is not None else None
         waited = anyio.Event()
 
         async def wait() -> None:
@@ -149,14 +151,16 @@ async def attach_and_wait(
         except BaseException:
             tg.cancel_scope.cancel()
             raise
-        if stdio.terminal:
+        if stdio is not None and stdio.terminal:
             tg.start_soon(follow_resizes, lambda w, h: client.resize_pty(container_id, w, h, exec_id))
         else:
             tg.start_soon(forward_signals, lambda s: client.kill_task(container_id, s, exec_id=exec_id))
-        tg.start_soon(stdio.copy_input, lambda: client.close_stdin(container_id, exec_id))
+        if stdio is not None:
+            tg.start_soon(stdio.copy_input, lambda: client.close_stdin(container_id, exec_id))
         await waited.wait()
-        with anyio.move_on_after(OUTPUT_DRAIN_TIMEOUT):
-            await output_done.wait()
+        if output_done is not None:
+            with anyio.move_on_after(OUTPUT_DRAIN_TIMEOUT):
+                await output_done.wait()
         tg.cancel_scope.cancel()
     return exit_status
 
@@ -169,7 +173,15 @@ PASS_ARGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 @click.argument("container_id", metavar="ID")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--rm", "remove", is_flag=True, help="remove the container (and its snapshot) when it exits")
-@click.option("-d", "--detach", is_flag=True, help="start the task and return; its stdio goes nowhere")
+@click.option(
+    "-d", "--detach", is_flag=True, help="start the task and return (its output: --log-file, else nowhere)"
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="append the process's stdout and stderr to this file (the shim writes it), as ctr's --log-uri",
+)
 @click.option("-t", "--tty", is_flag=True, help="give the process a terminal (this one, in raw mode)")
 @click.option("--env", multiple=True, metavar="KEY=VALUE", help="set an environment variable")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="label the container")
@@ -194,6 +206,7 @@ def run_command(
     args: tuple[str, ...],
     remove: bool,
     detach: bool,
+    log_file: Path | None,
     tty: bool,
     env: tuple[str, ...],
     labels: tuple[str, ...],
@@ -216,6 +229,9 @@ def run_command(
     """
     if remove and detach:
         raise CommandError("--rm and --detach cannot be used together")
+    if log_file is not None and tty:
+        raise CommandError("--log-file and --tty cannot be used together")
+    log_uri = f"file://{log_file.absolute()}" if log_file is not None else ""
     if bool(uidmap) != bool(gidmap):
         raise CommandError("--uidmap and --gidmap go together")
     flags = RunFlags(
@@ -233,18 +249,23 @@ def run_command(
         try:
             rootfs = await client.snapshot_mounts(snapshotter, container_id)
             if detach:
-                await client.create_task(container_id, rootfs=rootfs, terminal=tty)
+                await client.create_task(
+                    container_id, rootfs=rootfs, stdout=log_uri, stderr=log_uri, terminal=tty
+                )
                 await client.start_task(container_id)
                 return 0
-            stdio = ProcessStdio(container_id, stdin=True, terminal=tty)
-            await client.create_task(
-                container_id,
-                rootfs=rootfs,
-                stdin=stdio.stdin,
-                stdout=stdio.stdout,
-                stderr=stdio.stderr,
-                terminal=tty,
-            )
+            if log_uri:
+                await client.create_task(container_id, rootfs=rootfs, stdout=log_uri, stderr=log_uri)
+            else:
+                stdio = ProcessStdio(container_id, stdin=True, terminal=tty)
+                await client.create_task(
+                    container_id,
+                    rootfs=rootfs,
+                    stdin=stdio.stdin,
+                    stdout=stdio.stdout,
+                    stderr=stdio.stderr,
+                    terminal=tty,
+                )
             try:
                 with raw_terminal(tty):
                     status = await attach_and_wait(
@@ -322,13 +343,20 @@ def list_pids(container_id: str, output_format: str) -> None:
 
 @tasks_group.command("start")
 @click.argument("container_id", metavar="ID")
-def start_task(container_id: str) -> None:
-    """Create and start container ID's task, detached (its stdio goes nowhere)."""
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="append the process's stdout and stderr to this file",
+)
+def start_task(container_id: str, log_file: Path | None) -> None:
+    """Create and start container ID's task, detached (its output: --log-file, else nowhere)."""
+    log_uri = f"file://{log_file.absolute()}" if log_file is not None else ""
 
     async def start(client: Client) -> int:
         container = await client.get_container(container_id)
         rootfs = await client.snapshot_mounts(container.snapshotter, container.snapshot_key)
-        await client.create_task(container_id, rootfs=rootfs)
+        await client.create_task(container_id, rootfs=rootfs, stdout=log_uri, stderr=log_uri)
         return await client.start_task(container_id)
 
     click.echo(call(start))

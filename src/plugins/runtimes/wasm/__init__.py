@@ -170,6 +170,15 @@ class WasmRuntime:
             raise AlreadyExists(f"task {task_id}")
         if opts.io.terminal:
             raise InvalidArgument("a wasm task has no terminal: run it without -t/--tty")
+        from corral.plugins.runtimes.wasm._engine import stdio_file
+
+        for uri in (opts.io.stdout, opts.io.stderr):
+            try:
+                stdio_file(uri)
+            except ValueError as err:
+                raise InvalidArgument(str(err)) from None
+        if opts.io.stdin.startswith("file://"):
+            raise InvalidArgument(f"{opts.io.stdin}: stdin cannot be a file:// log")
         spec = _parse_spec(opts.spec)
         process = spec.get("process") or {}
         args = [str(a) for a in process.get("args") or []]

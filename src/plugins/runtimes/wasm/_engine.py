@@ -145,7 +145,7 @@ def _wasi_config(inv: Invocation) -> wasmtime.WasiConfig:
         ):
             if not path:
                 continue
-            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_stdio(path)
             held.append(fd)
             setattr(wasi, setter, f"/proc/self/fd/{fd}")
     finally:
@@ -154,13 +154,42 @@ def _wasi_config(inv: Invocation) -> wasmtime.WasiConfig:
     return wasi
 
 
+def stdio_file(uri: str) -> str | None:
+    """The path of a ``file://`` stdio URI (a log file, as runc's shim takes it), else None (a FIFO).
+
+    Raises ValueError for a URI this runtime cannot serve (``binary://`` logging drivers, or a file
+    URI without an absolute path)."""
+    if "://" not in uri:
+        return None
+    scheme, _, rest = uri.partition("://")
+    if scheme != "file":
+        raise ValueError(f"{uri}: the wasm runtime takes FIFOs and file:// logs, not {scheme}://")
+    if not rest.startswith("/"):
+        raise ValueError(f"{uri}: a file:// log needs an absolute path")
+    return rest
+
+
+def open_stdio(uri: str) -> int:
+    """A descriptor for one of the task's stdio: a FIFO opened read-write (never blocks), or a
+    ``file://`` log opened for appending (made, with its directory, if missing)."""
+    path = stdio_file(uri)
+    if path is None:
+        return os.open(uri, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
 def write_diagnostic(path: str, text: str) -> None:
     """A line for the task's stderr (a trap, a missing module), if it has one and anyone listens."""
     if not path or not text:
         return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        fd = (
+            os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            if stdio_file(path) is None
+            else open_stdio(path)
+        )
+    except (OSError, ValueError):
         return
     try:
         os.write(fd, text.encode())

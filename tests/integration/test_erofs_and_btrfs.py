@@ -29,6 +29,7 @@ from corral.plugins.images.build import (
     EntryKind,
     Layer,
     LayerEntry,
+    build_image,
     build_layer,
     busybox_rootfs,
     compress,
@@ -224,6 +225,58 @@ def test_busybox_layers_give_the_same_tree_on_erofs_btrfs_and_overlayfs(
                     p: (want.get(p), got.get(p)) for p in set(got) | set(want) if got.get(p) != want.get(p)
                 }
                 assert not differences, f"{name}, {what}: {json.dumps(differences, default=str)[:3000]}"
+    finally:
+        d.stop()
+    assert not [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(d.base) in line]
+
+
+def test_an_image_imported_into_erofs_and_btrfs_gives_containers_the_rootfs_overlayfs_gives(
+    tmp_path: Path, ctr: str, no_loop_device_left: None, btrfs_root: Path
+) -> None:
+    """`ctr images import --snapshotter X` then `ctr containers create --snapshotter X`: the
+    container's rootfs has the same files, owners, modes and times on all three."""
+    require_root()
+    require_tool("mkfs.erofs")
+    image_name = "docker.io/library/layered:1"
+    archive = tmp_path / "layered.tar"
+    build_image(list(busybox_layers(tmp_path)), entrypoint=["/bin/sh"]).write_oci_archive(
+        archive, [image_name]
+    )
+    config = f"""
+        version = 3
+        [plugins."io.containerd.service.v1.diff-service"]
+          default = ["erofs", "walking"]
+        [plugins."io.containerd.snapshotter.v1.btrfs"]
+          root_path = "{btrfs_root}"
+    """
+    d = Daemon(tmp_path / "corral", config=config).start()
+    try:
+        seen: dict[str, dict[str, tuple[object, ...]]] = {}
+        for name in SNAPSHOTTERS:
+            images_before = erofs_active_with_image(d)
+            d.ctr("images", "import", "--snapshotter", name, str(archive))
+            if name == "erofs":
+                assert len(erofs_active_with_image(d) - images_before) == 3  # one EROFS blob a layer
+            d.ctr("containers", "create", "--snapshotter", name, image_name, f"c-{name}")
+            info = json.loads(d.ctr("containers", "info", f"c-{name}").stdout)
+            assert (info["Snapshotter"], info["SnapshotKey"]) == (name, f"c-{name}")
+            seen[name] = read_through_ctr(d, name, f"c-{name}", tmp_path / "m")
+        expected = seen["overlayfs"]
+        assert expected["home/user/notes"][1] == b"only this remains\n"
+        assert "tmp/sticky-note" not in expected and "home/user/.profile" not in expected
+        for name in ("erofs", "btrfs"):
+            got = seen[name]
+            differences = {
+                p: (expected.get(p), got.get(p))
+                for p in set(got) | set(expected)
+                if got.get(p) != expected.get(p)
+            }
+            assert not differences, f"{name}: {json.dumps(differences, default=str)[:3000]}"
+        for name in SNAPSHOTTERS:
+            d.ctr("containers", "rm", f"c-{name}")
+        d.ctr("images", "rm", "--sync", image_name)
+        for name in SNAPSHOTTERS:
+            assert d.ctr("snapshots", "--snapshotter", name, "ls").stdout.splitlines()[1:] == [], name
     finally:
         d.stop()
     assert not [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(d.base) in line]

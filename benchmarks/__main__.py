@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 import corral
+from benchmarks import images as _images  # noqa: F401  (registers the import and export scenarios)
 from benchmarks import scenarios as _scenarios  # noqa: F401  (registers the scenarios)
 from benchmarks import tasks as _tasks  # noqa: F401  (registers the container-run scenario)
 from benchmarks import unpack as _unpack  # noqa: F401  (registers the unpack and snapshot scenarios)

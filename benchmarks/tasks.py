@@ -20,7 +20,8 @@ _imported: set[str] = set()
 _serial = itertools.count()
 
 
-def _busybox(target: Target) -> Path:
+def busybox_archive(target: Target) -> Path:
+    """The busybox image's OCI archive in the work dir, built on first use."""
     archive = target.workdir / "busybox.tar"
     if not archive.exists():
         from corral.plugins.images.build import build_busybox_image
@@ -32,7 +33,7 @@ def _busybox(target: Target) -> Path:
 def _ensure_image(target: Target, daemon: Daemon) -> None:
     key = str(daemon.socket)
     if key not in _imported:
-        target.ctr.check(daemon.socket, "images", "import", str(_busybox(target)))
+        target.ctr.check(daemon.socket, "images", "import", str(busybox_archive(target)))
         _imported.add(key)
 
 
@@ -87,7 +88,7 @@ def idle_rss(target: Target) -> Sample:
     """A fresh daemon runs twenty idle containers; its own VmRSS (not the shims') before and after."""
     ctr = target.ctr
     with target.spawn() as daemon:
-        ctr.check(daemon.socket, "images", "import", str(_busybox(target)))
+        ctr.check(daemon.socket, "images", "import", str(busybox_archive(target)))
         time.sleep(SETTLE_SECONDS)
         before = daemon.rss_kib()
         ids = [f"idle-{n}" for n in range(IDLE_CONTAINERS)]

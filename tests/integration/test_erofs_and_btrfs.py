@@ -154,6 +154,18 @@ def erofs_active_with_image(d: Daemon) -> set[str]:
     )
 
 
+def all_three(btrfs_root: Path, extra: str = "") -> str:
+    """A config where the erofs differ makes erofs layers and btrfs keeps its root on ``btrfs_root``."""
+    return f"""
+        version = 3
+        [plugins."io.containerd.service.v1.diff-service"]
+          default = ["erofs", "walking"]
+        [plugins."io.containerd.snapshotter.v1.btrfs"]
+          root_path = "{btrfs_root}"
+        {extra}
+    """
+
+
 @pytest.fixture
 def btrfs_root(tmp_path: Path) -> Iterator[Path]:
     with loop_btrfs(tmp_path / "btrfs") as mounted:
@@ -172,15 +184,7 @@ def test_busybox_layers_give_the_same_tree_on_erofs_btrfs_and_overlayfs(
     require_root()
     require_tool("mkfs.erofs")
     first, second, third = busybox_layers(tmp_path)
-    config = f"""
-        version = 3
-        [plugins."io.containerd.service.v1.diff-service"]
-          default = ["erofs", "walking"]
-        [plugins."io.containerd.snapshotter.v1.btrfs"]
-          root_path = "{btrfs_root}"
-        {NO_COLLECTIONS}
-    """
-    d = Daemon(tmp_path / "corral", config=config).start()
+    d = Daemon(tmp_path / "corral", config=all_three(btrfs_root, NO_COLLECTIONS)).start()
     try:
         for layer in (first, second, third):
             d_ingest(d, layer)
@@ -242,14 +246,7 @@ def test_an_image_imported_into_erofs_and_btrfs_gives_containers_the_rootfs_over
     build_image(list(busybox_layers(tmp_path)), entrypoint=["/bin/sh"]).write_oci_archive(
         archive, [image_name]
     )
-    config = f"""
-        version = 3
-        [plugins."io.containerd.service.v1.diff-service"]
-          default = ["erofs", "walking"]
-        [plugins."io.containerd.snapshotter.v1.btrfs"]
-          root_path = "{btrfs_root}"
-    """
-    d = Daemon(tmp_path / "corral", config=config).start()
+    d = Daemon(tmp_path / "corral", config=all_three(btrfs_root)).start()
     try:
         seen: dict[str, dict[str, tuple[object, ...]]] = {}
         for name in SNAPSHOTTERS:
@@ -362,15 +359,7 @@ def test_ctr_snapshots_diff_then_apply_reproduces_the_tree(
 ) -> None:
     require_root()
     require_tool("mkfs.erofs")
-    config = f"""
-        version = 3
-        [plugins."io.containerd.service.v1.diff-service"]
-          default = ["erofs", "walking"]
-        [plugins."io.containerd.snapshotter.v1.btrfs"]
-          root_path = "{btrfs_root}"
-        {NO_COLLECTIONS}
-    """
-    d = Daemon(tmp_path / "corral", config=config).start()
+    d = Daemon(tmp_path / "corral", config=all_three(btrfs_root, NO_COLLECTIONS)).start()
     try:
         s = ("snapshots", "--snapshotter", name)
         d.ctr(*s, "prepare", "base")

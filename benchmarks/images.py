@@ -65,13 +65,15 @@ def large_archive(workdir: Path) -> Archive:
     layers = [
         unpack.build_layer(
             workdir / f"image-layer-{n}.tar.gz",
-            files=LARGE_LAYER_FILES,
-            file_bytes=LARGE_LAYER_FILE_BYTES + n,  # a distinct plan (and so distinct bytes) per layer
+            files=LARGE_LAYER_FILES + n,  # a distinct plan (and so distinct bytes) per layer
+            file_bytes=LARGE_LAYER_FILE_BYTES,
             dirs=60,
             top_dirs=6,
         )
         for n in range(LARGE_LAYERS)
     ]
+    if len({layer.digest for layer in layers}) != LARGE_LAYERS:
+        raise RuntimeError("the generated layers are not distinct")
     config = json.dumps(
         {
             "architecture": "amd64",

@@ -7,6 +7,7 @@ An upgrade of grpclib, h2 or hyperframe fails the first test: check every workar
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.metadata
 import os
 import selectors
@@ -35,6 +36,34 @@ def test_hooks_still_exist() -> None:
     assert hasattr(hyperframe.frame, "_raw_data_repr")
     assert callable(getattr(Server, "_protocol_factory", None))
     assert callable(getattr(H2Protocol, "connection_made", None))
+    assert pb.ContentBase._call_rpc_handler_server_stream is _grpclib._closing_server_stream
+
+
+def test_a_streaming_handler_is_closed_as_soon_as_sending_its_response_fails() -> None:
+    """Its ``finally`` (an ingest's ref lock) runs in the call, not when the collector finds it."""
+    closed: list[str] = []
+
+    class GoneClient:
+        async def send_message(self, message: Any) -> None:
+            raise ConnectionResetError("the client went away")
+
+    async def handler(request: Any) -> Any:
+        try:
+            yield pb.WriteContentResponse(offset=1)
+            yield pb.WriteContentResponse(offset=2)
+        finally:
+            closed.append("released")
+
+    async def main() -> None:
+        with pytest.raises(ConnectionResetError):
+            await pb.ContentBase._call_rpc_handler_server_stream(object(), handler, GoneClient(), None)
+        assert closed == ["released"]
+
+    gc.disable()
+    try:
+        anyio.run(main)
+    finally:
+        gc.enable()
 
 
 class _Transport(asyncio.Transport):

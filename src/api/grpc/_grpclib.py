@@ -12,6 +12,13 @@
   event loop writes and sends it in one call at the end of that turn (``_protocol_factory`` and
   ``H2Protocol.connection_made`` are the hooks).
 
+- betterproto2's service base drives a streaming handler's async generator with a bare
+  ``async for``: when sending a response fails (the client went away), the generator is left
+  suspended at its ``yield`` and its ``finally`` (which releases an ingest's ref lock, a lease,
+  a subscription) runs only when the garbage collector finds it, seconds or minutes later; a
+  retried ``ctr content ingest`` waits on the lock all that time. ``_closing_server_stream``
+  closes the generator as the call ends, whatever ended it.
+
 ``tests/unit/test_grpclib_compat.py`` fails when the installed versions differ from ``PINNED``,
 so an upgrade is a conscious step: check both points against the new code, then move the pins.
 """
@@ -20,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-from collections.abc import Callable, Coroutine, Mapping
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Coroutine, Mapping
 from typing import Any
 
 import hyperframe.frame
+from betterproto2.grpclib.grpclib_server import ServiceBase
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
@@ -32,7 +41,7 @@ from grpclib.server import Server, Stream
 from corral.api.grpc.codec import RequestCodec
 from corral.api.types.google import protobuf
 
-PINNED = {"grpclib": "0.4.9", "h2": "4.4.1", "hyperframe": "6.1.0"}
+PINNED = {"grpclib": "0.4.9", "h2": "4.4.1", "hyperframe": "6.1.0", "betterproto2": "0.10.0"}
 
 StreamHandler = Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]]
 
@@ -131,4 +140,27 @@ class MappedServer(Server):
         return protocol
 
 
+async def _closing_server_stream(self: Any, handler: Callable[..., Any], stream: Any, request: Any) -> None:
+    responses = handler(request)
+    if not isinstance(responses, AsyncIterable):
+        responses.close()  # a coroutine: the handler returned without yielding
+        return
+    if not isinstance(responses, AsyncGenerator):
+        async for message in responses:
+            await stream.send_message(message)
+        return
+    async with contextlib.aclosing(responses):
+        async for message in responses:
+            await stream.send_message(message)
+
+
+def patch_server_streams() -> bool:
+    """Install ``_closing_server_stream`` on betterproto2's service base; False without the hook."""
+    if not hasattr(ServiceBase, "_call_rpc_handler_server_stream"):
+        return False
+    setattr(ServiceBase, "_call_rpc_handler_server_stream", _closing_server_stream)  # noqa: B010
+    return True
+
+
 patch_frame_repr()
+patch_server_streams()

@@ -194,7 +194,11 @@ def test_run_log_file_gets_the_output_detached_or_not(runtime: Daemon, tmp_path:
         "echo out; echo err >&2; exit 3",
     )
     assert (ran.returncode, ran.stdout, ran.stderr) == (3, "", "")
-    assert sorted(log.read_text().splitlines()) == ["err", "out"]
+    # The shim copies stdout and stderr into the file on their own; the exit does not wait for both.
+    deadline = time.monotonic() + 10
+    while sorted(log.read_text().splitlines()) != ["err", "out"]:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
     detached = tmp_path / "d.log"
     started = corral(
         runtime, "run", "-d", "--log-file", str(detached), IMAGE, "r-dlog", "sh", "-c", "echo bg; sleep 1000"

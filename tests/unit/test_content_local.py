@@ -11,6 +11,7 @@ import signal
 import stat
 import sys
 import textwrap
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -98,6 +99,33 @@ async def test_failed_commits_put_nothing_under_blobs(tmp_path: Path) -> None:
         await writer.commit(0, cf.digest_of(b"promised"))
     assert os.listdir(tmp_path / "blobs" / "sha256") == []
     assert (ingest_dir(tmp_path, "bad") / "data").read_bytes() == b"not what was promised"
+
+
+async def test_an_abort_while_the_expiry_sweep_looks_at_its_ingest_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's abort is not refused (Unavailable) for the store's own housekeeping."""
+    from corral.plugins.content import local
+
+    store = LocalContentStore(tmp_path)
+    writer = await store.writer("swept")
+    await writer.write(b"partial")
+    await writer.close()
+    looked = anyio.Event()
+    real = local._remove_if_stale
+
+    def slow_look(directory: Path, cutoff: datetime | None) -> bool:
+        anyio.from_thread.run_sync(looked.set)
+        time.sleep(0.2)
+        return real(directory, cutoff)
+
+    monkeypatch.setattr(local, "_remove_if_stale", slow_look)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.expire_ingests)
+        await looked.wait()
+        await store.abort("swept")  # the sweep keeps it (not stale); the abort then removes it
+    with pytest.raises(NotFound):
+        await store.status("swept")
 
 
 async def test_a_dropped_store_leaves_an_ingest_a_new_store_resumes(tmp_path: Path) -> None:

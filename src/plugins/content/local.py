@@ -70,6 +70,8 @@ class LocalContentStore:
         fsync_dir(root)
         # Ingest key -> its open writer, or None while abort or expiry removes the ingest.
         self._holders: dict[str, LocalWriter | None] = {}
+        # Ingest key -> set when the removal holding it (None above) lets go.
+        self._removals: dict[str, anyio.Event] = {}
         self._publish_lock = anyio.Lock()
 
     # -- blobs -------------------------------------------------------------------------------
@@ -165,13 +167,21 @@ class LocalContentStore:
 
     def _release(self, key: str) -> None:
         self._holders.pop(key, None)
+        removal = self._removals.pop(key, None)
+        if removal is not None:
+            removal.set()
 
     def _claim(self, ref: str, writer: LocalWriter | None) -> str:
         key = ingest_key(ref)
         if key in self._holders:
             raise Unavailable(f"ref {ref} locked")
-        self._holders[key] = writer
+        self._claim_key(key, writer)
         return key
+
+    def _claim_key(self, key: str, writer: LocalWriter | None) -> None:
+        self._holders[key] = writer
+        if writer is None:
+            self._removals[key] = anyio.Event()
 
     async def writer(self, ref: str, total: int = 0, expected: str = "") -> LocalWriter:
         """Open or resume ``ref``. Unavailable while another writer holds it.
@@ -223,7 +233,12 @@ class LocalContentStore:
         return sorted(statuses, key=lambda status: status.ref)
 
     async def abort(self, ref: str) -> None:
-        """Remove the ingest. Unavailable while a writer holds it: close that writer first."""
+        """Remove the ingest. Unavailable while a writer holds it: close that writer first.
+
+        While the expiry sweep (or another abort) is deciding about the same ingest, wait for its
+        verdict instead: a client's abort is never refused for the store's own housekeeping."""
+        while (removal := self._removals.get(ingest_key(ref))) is not None:
+            await removal.wait()
         with self._hold(ref):
             if not await anyio.to_thread.run_sync(remove_ingest, self._ingest_dir(ref)):
                 raise NotFound(f'ingest ref "{ref}"')
@@ -240,14 +255,14 @@ class LocalContentStore:
         for key in await anyio.to_thread.run_sync(os.listdir, self._ingests):
             if key in self._holders:
                 continue
-            self._holders[key] = None
+            self._claim_key(key, None)
             try:
                 directory = self._ingests / key
                 if await anyio.to_thread.run_sync(_remove_if_stale, directory, cutoff):
                     removed += 1
                     log.info("ingest_expired", ingest=key)
             finally:
-                self._holders.pop(key, None)
+                self._release(key)
         return removed
 
     async def run_expiry(self) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -249,11 +250,22 @@ def test_a_dead_shim_found_at_start_up_is_cleaned_up(runtime: Daemon) -> None:
     assert_nothing_left(runtime)
 
 
-def test_twenty_runs_in_a_row_leave_nothing_behind(runtime: Daemon) -> None:
-    for i in range(20):
+def test_a_hundred_runs_in_a_row_and_forty_four_at_a_time_leave_nothing_behind(runtime: Daemon) -> None:
+    for i in range(100):
         assert runtime.ctr("run", "--rm", IMAGE, f"t-{i}", "/bin/echo", str(i)).stdout == f"{i}\n"
         assert fifo_dirs_of(f"t-{i}") == []
     assert runtime.ctr("containers", "ls", "-q").stdout.split() == []
+    assert_nothing_left(runtime)
+
+    def run(i: int) -> str:
+        return runtime.ctr("run", "--rm", IMAGE, f"t-p{i}", "/bin/echo", f"p{i}").stdout
+
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(run, range(40)))
+    assert outputs == [f"p{i}\n" for i in range(40)]
+    assert [p for i in range(40) for p in fifo_dirs_of(f"t-p{i}")] == []
+    assert runtime.ctr("containers", "ls", "-q").stdout.split() == []
+    assert runtime.ctr("snapshots", "ls").stdout.count("Active") == 0
     assert_nothing_left(runtime)
 
 

@@ -73,9 +73,7 @@ def parse_conflist(data: bytes | str, source: str = "") -> NetworkConfigList:
         parsed = tuple(_plugin(p, where) for p in plugins)
     else:
         parsed = (_plugin(doc, where),)
-    return NetworkConfigList(
-        name, version, parsed, source, bool(doc.get("disableCheck", False)), doc
-    )
+    return NetworkConfigList(name, version, parsed, source, bool(doc.get("disableCheck", False)), doc)
 
 
 def conf_files(conf_dir: Path) -> list[Path]:

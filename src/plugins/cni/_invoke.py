@@ -59,9 +59,7 @@ async def run_plugin(
     path = find_plugin(kind, invocation.bin_dirs)
     verb = invocation.command.lower()
     with anyio.fail_after(PLUGIN_TIMEOUT):
-        done = await anyio.run_process(
-            [str(path)], input=stdin, env=invocation.environ(), check=False
-        )
+        done = await anyio.run_process([str(path)], input=stdin, env=invocation.environ(), check=False)
     out = done.stdout.decode(errors="replace")
     if done.returncode != 0:
         message = out.strip() or done.stderr.decode(errors="replace").strip()
@@ -82,7 +80,9 @@ async def run_plugin(
             f'plugin type="{kind}" name="{network}" failed ({verb}): invalid result: {out[:200]!r}'
         ) from None
     if not isinstance(result, dict):
-        raise FailedPrecondition(f'plugin type="{kind}" name="{network}" failed ({verb}): result is not an object')
+        raise FailedPrecondition(
+            f'plugin type="{kind}" name="{network}" failed ({verb}): result is not an object'
+        )
     return result
 
 

@@ -20,7 +20,13 @@ import anyio
 import structlog
 
 from corral.kernel import CorralError, FailedPrecondition, InvalidArgument
-from corral.plugins.cni._config import LOOPBACK_CONFLIST, NetworkConfigList, load_networks, parse_conflist, plugin_stdin
+from corral.plugins.cni._config import (
+    LOOPBACK_CONFLIST,
+    NetworkConfigList,
+    load_networks,
+    parse_conflist,
+    plugin_stdin,
+)
 from corral.plugins.cni._invoke import Invocation, run_plugin, version_tuple
 
 log = structlog.get_logger("corral.cni")
@@ -284,7 +290,9 @@ class CNI:
         if netns and not os.path.exists(netns):
             netns = ""
         args = tuple((str(k), str(v)) for k, v in entry.get("cniArgs", []))
-        invocation = Invocation("DEL", entry["containerId"], netns, entry["ifName"], args, self.settings.bin_dirs)
+        invocation = Invocation(
+            "DEL", entry["containerId"], netns, entry["ifName"], args, self.settings.bin_dirs
+        )
         result = entry.get("result")
         # libcni hands DEL the cached result from spec 0.4.0 on.
         prev = result if result is not None and version_tuple(net.cni_version) >= (0, 4) else None
@@ -302,7 +310,9 @@ class CNI:
             if entry.get("result") is None:
                 raise FailedPrecondition(f"network {net.name} of {container_id} was never set up")
             args = tuple((str(k), str(v)) for k, v in entry.get("cniArgs", []))
-            invocation = Invocation("CHECK", container_id, netns, entry["ifName"], args, self.settings.bin_dirs)
+            invocation = Invocation(
+                "CHECK", container_id, netns, entry["ifName"], args, self.settings.bin_dirs
+            )
             for plugin in net.plugins:
                 stdin = plugin_stdin(net, plugin, entry["result"], entry.get("runtimeConfig", {}))
                 await run_plugin(plugin.type, net.name, invocation, stdin)
@@ -327,6 +337,4 @@ class CNI:
         entries = self._entries(container_id)
         if not entries or any(e.get("result") is None for _, e in entries):
             return None
-        return SetupResult(
-            tuple(Attachment(e["networkName"], e["ifName"], e["result"]) for _, e in entries)
-        )
+        return SetupResult(tuple(Attachment(e["networkName"], e["ifName"], e["result"]) for _, e in entries))

@@ -169,7 +169,9 @@ class SandboxRecords(SandboxStore):
 
     @staticmethod
     def _had_sandboxes(conn: sqlite3.Connection, ns: str) -> bool:
-        return conn.execute("SELECT 1 FROM sandbox_namespaces WHERE namespace = ?", (ns,)).fetchone() is not None
+        return (
+            conn.execute("SELECT 1 FROM sandbox_namespaces WHERE namespace = ?", (ns,)).fetchone() is not None
+        )
 
     def _read(self, conn: sqlite3.Connection, ns: str, sandbox_id: str) -> Sandbox:
         if not self._had_sandboxes(conn, ns):
@@ -209,7 +211,9 @@ class SandboxRecords(SandboxStore):
                         (ns, *_values(sandbox, now, now)),
                     )
                 except sqlite3.IntegrityError:
-                    raise AlreadyExists(f'write error: sandbox bucket "{sandbox.id}" already exists') from None
+                    raise AlreadyExists(
+                        f'write error: sandbox bucket "{sandbox.id}" already exists'
+                    ) from None
                 row = self._row(conn, ns, sandbox.id)
                 assert row is not None
                 return _sandbox(row)

@@ -73,7 +73,7 @@ registration = Registration(
     after=(types.CONTENT, types.EVENT, types.SNAPSHOTTER),
     config=SqliteConfig,
     config_aliases=(f"{types.METADATA}.bolt",),  # a containerd config's section configures this store
-    description="namespaced metadata (namespaces, images, content, containers, snapshots, leases, sandboxes) in one sqlite file",
+    description="namespaced metadata (namespaces, images, content, containers, snapshots, leases, sandboxes)",
 )
 
 

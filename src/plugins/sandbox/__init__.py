@@ -13,10 +13,11 @@ record's ``sandboxer``) and publishes ``/sandboxes/create``, ``/sandboxes/start`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from corral.plugins.core import Mount
 from corral.plugins.images.oci import Platform
@@ -33,6 +34,8 @@ __all__ = [
     "CreateOptions",
     "ExitStatus",
     "Metric",
+    "PodPortMapping",
+    "PodSandboxSpec",
 ]
 
 POD_SANDBOX_CONFIG_TYPE_URL = "runtime.v1.PodSandboxConfig"
@@ -45,14 +48,73 @@ STATE_UNKNOWN = "SANDBOX_UNKNOWN"
 
 
 @dataclass(frozen=True)
+class PodPortMapping:
+    """A CRI PortMapping: ``protocol`` is "TCP", "UDP" or "SCTP"."""
+
+    container_port: int
+    host_port: int = 0
+    protocol: str = "TCP"
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
+class PodSandboxSpec:
+    """What a pod sandbox controller needs of a CRI ``PodSandboxConfig``, as a plain record
+    (decoded at the wire's edge; namespace modes are "POD", "CONTAINER", "NODE" or "TARGET")."""
+
+    name: str = ""
+    uid: str = ""
+    namespace: str = ""
+    attempt: int = 0
+    hostname: str = ""
+    log_directory: str = ""
+    dns_servers: tuple[str, ...] = ()
+    dns_searches: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    port_mappings: tuple[PodPortMapping, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    cgroup_parent: str = ""
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    network_mode: str = "POD"
+    pid_mode: str = "POD"
+    ipc_mode: str = "POD"
+    privileged: bool = False
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    supplemental_groups: tuple[int, ...] = ()
+    has_dns_config: bool = False
+
+    @property
+    def host_network(self) -> bool:
+        return self.network_mode == "NODE"
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["port_mappings"] = [dataclasses.asdict(p) for p in self.port_mappings]
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> PodSandboxSpec:
+        values = dict(obj)
+        values["port_mappings"] = tuple(PodPortMapping(**p) for p in values.get("port_mappings", ()))
+        for key in ("dns_servers", "dns_searches", "dns_options", "supplemental_groups"):
+            values[key] = tuple(values.get(key, ()))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True)
 class CreateOptions:
     """containerd's ``sandbox.CreateOptions``: rootfs mounts, opaque options (CRI: the
-    PodSandboxConfig), a network namespace made by the caller, annotations."""
+    PodSandboxConfig), a network namespace made by the caller, annotations. ``pod`` is the
+    PodSandboxConfig the options carry, decoded by the edge that received them."""
 
     rootfs: tuple[Mount, ...] = ()
     options: AnyValue | None = None
     netns_path: str = ""
     annotations: Mapping[str, str] = field(default_factory=dict)
+    pod: PodSandboxSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +166,7 @@ class Controller(Protocol):
 
     async def platform(self, sandbox_id: str) -> Platform: ...
 
-    async def stop(self, sandbox_id: str, timeout: float | None = None) -> None: ...
+    async def stop(self, sandbox_id: str, grace: float | None = None) -> None: ...
 
     async def wait(self, sandbox_id: str) -> ExitStatus: ...
 

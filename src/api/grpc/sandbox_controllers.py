@@ -12,11 +12,18 @@ from corral.api.types.containerd.services.sandbox import v1 as pb
 from corral.api.types.google import protobuf
 from corral.api.types.runtime import v1 as cri
 from corral.api.wire import any_from_wire, any_to_wire, mounts_from_wire
-from corral.kernel import InitContext, InvalidArgument, Registration
+from corral.kernel import InitContext, InvalidArgument, Registration, SkipPlugin
 from corral.plugins import types
+from corral.plugins.events.types import optional_publisher
 from corral.plugins.metadata import AnyValue, Sandbox
-from corral.plugins.sandbox import POD_SANDBOX_CONFIG_TYPE_URL, CreateOptions, PodPortMapping, PodSandboxSpec
-from corral.plugins.services.sandbox_controllers import SandboxControllers
+from corral.plugins.sandbox import (
+    POD_SANDBOX_CONFIG_TYPE_URL,
+    Controller,
+    CreateOptions,
+    PodPortMapping,
+    PodSandboxSpec,
+)
+from corral.plugins.sandbox.controllers import SandboxControllers
 
 _PREFIX = "type.googleapis.com/"
 
@@ -141,8 +148,18 @@ class SandboxControllerGRPC(pb.ControllerBase):
 
 
 async def init(ic: InitContext) -> GRPCServices:
-    local = ic.get_by_id(types.SERVICE, "sandbox-controllers-service", SandboxControllers)
+    controllers: dict[str, Controller] = {}
+    controllers.update(ic.get_by_type(types.POD_SANDBOX, Controller))
+    controllers.update(ic.get_by_type(types.SANDBOX_CONTROLLER, Controller))
+    if not controllers:
+        raise SkipPlugin("no sandbox controllers initialized")
+    local = SandboxControllers(controllers, optional_publisher(ic.get_by_type(types.EVENT)))
     return GRPCServices((SandboxControllerGRPC(local),))
 
 
-registration = Registration(type=types.GRPC, id="sandbox-controllers", init=init, requires=(types.SERVICE,))
+registration = Registration(
+    type=types.GRPC,
+    id="sandbox-controllers",
+    init=init,
+    after=(types.POD_SANDBOX, types.SANDBOX_CONTROLLER, types.EVENT),
+)

@@ -466,6 +466,7 @@ class PodSandboxController:
         if p.owns_netns and p.netns_path:
             remove_netns(Path(p.netns_path))
             p.owns_netns = False
+            p.netns_path = ""
             self._save(p)
         await _unmount(self._shm_dir(p))
 

@@ -90,8 +90,17 @@ def pause_spec(
         )
     )
     spec = specs.generate_spec(namespace, sandbox_id, *opts)
-    spec["process"]["oomScoreAdj"] = DEFAULT_SANDBOX_OOM_ADJ
+    spec["process"]["oomScoreAdj"] = max(DEFAULT_SANDBOX_OOM_ADJ, current_oom_score_adj())
     return spec
+
+
+def current_oom_score_adj() -> int:
+    """The daemon's own score: a pod may not go below it (containerd's ``restrict_oom_score_adj``;
+    lowering a score needs CAP_SYS_RESOURCE, which a daemon in a container often lacks)."""
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def resolv_conf(pod: PodSandboxSpec, host: Path = Path(RESOLV_CONF)) -> str:

@@ -1,20 +1,21 @@
-"""io.containerd.service.v1.sandbox-controllers-service — every sandbox controller by name, with
-containerd's controller-service rules: the name must be given and known, and Create, Start and
-Wait publish ``/sandboxes/create``, ``/sandboxes/start`` and ``/sandboxes/exit``."""
+"""The sandbox controller service's logic: every sandbox controller by name, with containerd's
+rules (``plugins/services/sandbox/controller_service.go``): the name must be given and known, and
+Create, Start and Wait publish ``/sandboxes/create``, ``/sandboxes/start`` and ``/sandboxes/exit``.
+The gRPC plugin ``io.containerd.grpc.v1.sandbox-controllers`` serves it, as containerd's does
+(a service plugin would sit in a cycle: the transfer service needs every service, a pod sandbox
+controller needs the transfer service to import its pause image)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from corral.kernel import CorralError, InitContext, InvalidArgument, NotFound, Registration, SkipPlugin
-from corral.plugins import types
+from corral.kernel import CorralError, InvalidArgument, NotFound
 from corral.plugins.core import namespace_required
 from corral.plugins.events.types import (
     Publisher,
     SandboxCreate,
     SandboxExit,
     SandboxStart,
-    optional_publisher,
 )
 from corral.plugins.images.oci import Platform
 from corral.plugins.metadata import Sandbox
@@ -98,22 +99,3 @@ class SandboxControllers:
 
     async def update(self, sandboxer: str, sandbox_id: str, sandbox: Sandbox, fields: Sequence[str]) -> None:
         await self.controller(sandboxer).update(sandbox_id, sandbox, fields)
-
-
-async def init(ic: InitContext) -> SandboxControllers:
-    controllers: dict[str, Controller] = {}
-    controllers.update(ic.get_by_type(types.POD_SANDBOX, Controller))
-    controllers.update(ic.get_by_type(types.SANDBOX_CONTROLLER, Controller))
-    if not controllers:
-        raise SkipPlugin("no sandbox controllers initialized")
-    publisher = optional_publisher(ic.get_by_type(types.EVENT))
-    return SandboxControllers(controllers, publisher)
-
-
-registration = Registration(
-    type=types.SERVICE,
-    id="sandbox-controllers-service",
-    init=init,
-    after=(types.POD_SANDBOX, types.SANDBOX_CONTROLLER, types.EVENT),
-    description="sandbox controllers by name, publishing containerd's sandbox events",
-)

@@ -13,7 +13,14 @@ import pytest
 from corral.kernel import AlreadyExists, InvalidArgument, NotFound
 from corral.plugins.content.memory import MemoryContentStore
 from corral.plugins.core import namespace
-from corral.plugins.metadata import AnyValue, NamespacedContent, NamespaceStore, Sandbox, SandboxRuntime, SandboxStore
+from corral.plugins.metadata import (
+    AnyValue,
+    NamespacedContent,
+    NamespaceStore,
+    Sandbox,
+    SandboxRuntime,
+    SandboxStore,
+)
 from corral.plugins.metadata.sqlite import SqliteMetadata, open_metadata
 
 RUNC = SandboxRuntime("io.containerd.runc.v2", AnyValue("runc.Options", b"\x01"))
@@ -52,30 +59,35 @@ def test_create_sets_both_times_and_get_returns_every_field(tmp_path: Path) -> N
 
 def test_errors_are_containerds(tmp_path: Path) -> None:
     async def body(md: SqliteMetadata, store: SandboxStore) -> None:
-        with pytest.raises(NotFound, match="^no sandbox buckets: not found$"):
+        with pytest.raises(NotFound, match=r"^no sandbox buckets: not found$"):
             await store.get("x")
-        with pytest.raises(NotFound, match="^no sandbox buckets: not found$"):
+        with pytest.raises(NotFound, match=r"^no sandbox buckets: not found$"):
             await store.delete("x")
-        with pytest.raises(InvalidArgument, match="^failed to validate sandbox: invalid sandbox ID: identifier must not be empty"):
+        with pytest.raises(
+            InvalidArgument,
+            match=r"^failed to validate sandbox: invalid sandbox ID: identifier must",
+        ):
             await store.create(Sandbox(""))
-        with pytest.raises(InvalidArgument, match="invalid sandbox ID"):
+        with pytest.raises(InvalidArgument, match=r"invalid sandbox ID"):
             await store.create(Sandbox("bad/id"))
         await store.create(Sandbox("a", RUNC))
-        with pytest.raises(AlreadyExists, match='^write error: sandbox bucket "a" already exists: already exists$'):
+        with pytest.raises(
+            AlreadyExists, match=r'^write error: sandbox bucket "a" already exists: already exists$'
+        ):
             await store.create(Sandbox("a", RUNC))
-        with pytest.raises(NotFound, match='^bucket "x" not found: not found$'):
+        with pytest.raises(NotFound, match=r'^bucket "x" not found: not found$'):
             await store.get("x")
-        with pytest.raises(NotFound, match='^failed to delete sandbox "x": not found$'):
+        with pytest.raises(NotFound, match=r'^failed to delete sandbox "x": not found$'):
             await store.delete("x")
-        with pytest.raises(InvalidArgument, match='cannot update "sandboxer" field on sandbox "a"'):
+        with pytest.raises(InvalidArgument, match=r'cannot update "sandboxer" field on sandbox "a"'):
             await store.update(Sandbox("a", RUNC, sandboxer="other"), ["sandboxer"])
-        with pytest.raises(InvalidArgument, match="sandbox.Runtime.Name field is immutable"):
+        with pytest.raises(InvalidArgument, match=r"sandbox.Runtime.Name field is immutable"):
             await store.update(Sandbox("a", SandboxRuntime("other")))
         with pytest.raises(InvalidArgument):
             await store.list(["labels.a=="])
         # The bucket outlives its sandboxes: a namespace that had one words a miss by the id.
         await store.delete("a")
-        with pytest.raises(NotFound, match='^bucket "a" not found'):
+        with pytest.raises(NotFound, match=r'^bucket "a" not found'):
             await store.get("a")
 
     run(tmp_path, body)
@@ -87,7 +99,10 @@ def test_update_paths_merge_as_bolt_does(tmp_path: Path) -> None:
             Sandbox("s", RUNC, {"keep": "1", "drop": "2"}, SPEC, "podsandbox", {"e1": AnyValue("t", b"1")})
         )
         await anyio.sleep(0.01)
-        one = await store.update(Sandbox("s", labels={"drop": ""}, extensions={"e2": AnyValue("t", b"2")}), ["labels.drop", "extensions"])
+        one = await store.update(
+            Sandbox("s", labels={"drop": ""}, extensions={"e2": AnyValue("t", b"2")}),
+            ["labels.drop", "extensions"],
+        )
         assert one.labels == {"keep": "1"}
         # Extensions are put into the existing bucket: none goes away.
         assert set(one.extensions) == {"e1", "e2"}
@@ -139,7 +154,7 @@ def test_a_namespace_with_sandboxes_can_be_deleted_and_takes_them_along(tmp_path
         with namespace("pods"):
             await store.create(Sandbox("p", RUNC))
         await md.view(NamespaceStore).delete("pods")
-        with namespace("pods"), pytest.raises(NotFound, match="no sandbox buckets"):
+        with namespace("pods"), pytest.raises(NotFound, match=r"no sandbox buckets"):
             await store.get("p")
 
     run(tmp_path, body)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
@@ -28,6 +29,7 @@ from harness import Daemon
 from tooling import require_root, require_tool
 
 from corral.api.types.containerd import types as ctypes
+from corral.api.types.containerd.services.events import v1 as events_pb
 from corral.api.types.containerd.services.sandbox import v1 as pb
 from corral.api.types.google import protobuf
 from corral.api.types.runtime import v1 as cri
@@ -328,14 +330,29 @@ def test_two_pods_get_ips_reach_each_other_and_a_host_port_answers_on_localhost(
     daemon = start_daemon(tmp_path, node, network)
     server: subprocess.Popen[bytes] | None = None
     try:
+        topics: list[tuple[str, str]] = []
 
         async def start(pods: Pods) -> tuple[pb.ControllerStatusResponse, pb.ControllerStatusResponse]:
-            await pods.run(sid("pod-a"), pod_config(sid("pod-a")))
-            await pods.run(sid("pod-b"), pod_config(sid("pod-b"), ports=((18080, 80),)))
+            events = events_pb.EventsStub(pods.channel)
+
+            async def watch(task_status: anyio.abc.TaskStatus[None]) -> None:
+                stream = events.subscribe(events_pb.SubscribeRequest(filters=['topic~="/sandboxes/"']))
+                task_status.started()
+                async for envelope in stream:
+                    topics.append((envelope.namespace, envelope.topic))
+
+            async with anyio.create_task_group() as tg:
+                await tg.start(watch)
+                await anyio.sleep(0.2)
+                await pods.run(sid("pod-a"), pod_config(sid("pod-a")))
+                await pods.run(sid("pod-b"), pod_config(sid("pod-b"), ports=((18080, 80),)))
+                await anyio.sleep(0.3)
+                tg.cancel_scope.cancel()
             return await pods.status(sid("pod-a"), verbose=True), await pods.status(sid("pod-b"))
 
         a, b = with_pods(daemon.socket, start)
         assert a.state == b.state == "SANDBOX_READY"
+        assert topics == [(NS, "/sandboxes/create"), (NS, "/sandboxes/start")] * 2
         ip_a, ip_b = a.info["ip"], b.info["ip"]
         assert ip_a.startswith(network.subnet_prefix + ".") and ip_b.startswith(network.subnet_prefix + ".")
         assert ip_a != ip_b
@@ -372,6 +389,16 @@ def test_two_pods_get_ips_reach_each_other_and_a_host_port_answers_on_localhost(
         server.kill()
         server.wait()
         server = None
+
+        async def measure(pods: Pods) -> tuple[pb.ControllerMetricsResponse, pb.ControllerPlatformResponse]:
+            request = pb.ControllerMetricsRequest(sandbox_id=sid("pod-a"), sandboxer=CONTROLLER)
+            platform = pb.ControllerPlatformRequest(sandbox_id=sid("pod-a"), sandboxer=CONTROLLER)
+            return await pods.ctl.metrics(request), await pods.ctl.platform(platform)
+
+        metrics, platform = with_pods(daemon.socket, measure)
+        assert metrics.metrics is not None and metrics.metrics.id == sid("pod-a")
+        assert metrics.metrics.data is not None and "io.containerd.cgroups" in metrics.metrics.data.type_url
+        assert platform.platform is not None and platform.platform.os == "linux"
 
         async def remove(pods: Pods) -> pb.ControllerStatusResponse:
             await pods.ctl.stop(pb.ControllerStopRequest(sandbox_id=sid("pod-a"), sandboxer=CONTROLLER))

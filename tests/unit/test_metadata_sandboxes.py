@@ -93,27 +93,28 @@ def test_errors_are_containerds(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
-def test_update_paths_merge_as_bolt_does(tmp_path: Path) -> None:
+def test_an_update_answers_the_record_as_asked_and_stores_it_merged_as_bolt_does(tmp_path: Path) -> None:
     async def body(md: SqliteMetadata, store: SandboxStore) -> None:
         created = await store.create(
             Sandbox("s", RUNC, {"keep": "1", "drop": "2"}, SPEC, "podsandbox", {"e1": AnyValue("t", b"1")})
         )
         await anyio.sleep(0.01)
-        one = await store.update(
-            Sandbox("s", labels={"drop": ""}, extensions={"e2": AnyValue("t", b"2")}),
-            ["labels.drop", "extensions"],
-        )
-        assert one.labels == {"keep": "1"}
-        # Extensions are put into the existing bucket: none goes away.
-        assert set(one.extensions) == {"e1", "e2"}
+        change = Sandbox("s", labels={"drop": ""}, extensions={"e2": AnyValue("t", b"2")})
+        one = await store.update(change, ["labels.drop", "extensions"])
+        assert one.labels == {"keep": "1"} and set(one.extensions) == {"e2"}
         assert one.created_at == created.created_at and one.updated_at is not None
         assert created.updated_at is not None and one.updated_at > created.updated_at
         assert one.sandboxer == "podsandbox" and one.spec == SPEC
-        # A full replace: labels replaced, a missing spec and runtime options kept.
+        # What is stored keeps every extension: the bucket overwrite removes none.
+        assert set((await store.get("s")).extensions) == {"e1", "e2"}
+        # A full replace: labels replaced; the answer has no spec, the store keeps it.
         two = await store.update(Sandbox("s", SandboxRuntime("io.containerd.runc.v2"), {"new": "x"}))
-        assert two.labels == {"new": "x"} and two.spec == SPEC and two.runtime == RUNC
+        assert two.labels == {"new": "x"} and two.spec is None and two.runtime.options is None
+        stored = await store.get("s")
+        assert stored.spec == SPEC and stored.runtime == RUNC and stored.labels == {"new": "x"}
         three = await store.update(Sandbox("s", SandboxRuntime("io.containerd.kata.v2")), ["runtime"])
-        assert three.runtime.name == "io.containerd.kata.v2" and three.runtime.options == RUNC.options
+        assert three.runtime == SandboxRuntime("io.containerd.kata.v2")
+        assert (await store.get("s")).runtime == SandboxRuntime("io.containerd.kata.v2", RUNC.options)
 
     run(tmp_path, body)
 

@@ -314,8 +314,9 @@ class SandboxStore(Protocol):
 
     async def update(self, sandbox: Sandbox, paths: Sequence[str] = ()) -> Sandbox:
         """Paths ``labels[.KEY]``, ``extensions[.KEY]``, ``spec``, ``runtime``; none means all four
-        (and refuses a changed runtime name). As containerd's, extensions and a missing spec or
-        runtime options are merged over what is stored, never removed."""
+        (and refuses a changed runtime name). As containerd's, the answer is the record as asked,
+        while what is stored keeps every extension and a spec or runtime options the update
+        left empty (bolt's bucket overwrite removes none of them)."""
         ...
 
     async def get(self, sandbox_id: str) -> Sandbox: ...

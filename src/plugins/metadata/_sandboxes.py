@@ -11,6 +11,7 @@ labels name against collection and are never collected themselves; the store pub
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import sqlite3
 import time
@@ -116,38 +117,39 @@ def _validate(sandbox: Sandbox) -> None:
         raise InvalidArgument(f"failed to validate sandbox: invalid sandbox ID: {exc.detail}") from None
 
 
-def _apply_paths(current: Sandbox, sandbox: Sandbox, paths: Sequence[str]) -> Sandbox:
+def _apply_paths(current: Sandbox, sandbox: Sandbox, paths: Sequence[str]) -> tuple[Sandbox, Sandbox]:
+    """The updated sandbox as containerd answers it, and as its bolt bucket then holds it: the
+    overwrite puts each given extension into the existing bucket (none goes away) and writes no
+    empty spec or runtime options (the stored ones stay), while the answer is the record as asked."""
     labels, extensions = dict(current.labels), dict(current.extensions)
+    kept_extensions = dict(current.extensions)
     runtime, spec = current.runtime, current.spec
+    kept_runtime, kept_spec = current.runtime, current.spec
     for path in paths:
         if path.startswith("labels."):
             key = path[len("labels.") :]
             labels[key] = sandbox.labels.get(key, "")
         elif path.startswith("extensions."):
             key = path[len("extensions.") :]
-            extensions[key] = sandbox.extensions.get(key, AnyValue(""))
+            extensions[key] = kept_extensions[key] = sandbox.extensions.get(key, AnyValue(""))
         elif path == "labels":
             labels = dict(sandbox.labels)
         elif path == "extensions":
-            # bolt's overwrite puts each given key into the existing bucket: none is removed.
-            extensions.update(sandbox.extensions)
+            extensions = dict(sandbox.extensions)
+            kept_extensions.update(sandbox.extensions)
         elif path == "runtime":
-            # A runtime without options keeps the stored ones (bolt writes no empty Any).
-            options = sandbox.runtime.options if sandbox.runtime.options is not None else runtime.options
-            runtime = SandboxRuntime(sandbox.runtime.name, options)
+            runtime = sandbox.runtime
+            options = sandbox.runtime.options if sandbox.runtime.options is not None else kept_runtime.options
+            kept_runtime = SandboxRuntime(sandbox.runtime.name, options)
         elif path == "spec":
-            spec = sandbox.spec if sandbox.spec is not None else spec
+            spec = sandbox.spec
+            kept_spec = sandbox.spec if sandbox.spec is not None else kept_spec
         else:
             raise InvalidArgument(f'cannot update "{path}" field on sandbox "{sandbox.id}"')
-    return Sandbox(
-        id=current.id,
-        runtime=runtime,
-        labels={k: v for k, v in labels.items() if v},
-        spec=spec,
-        sandboxer=current.sandboxer,
-        extensions=extensions,
-        created_at=current.created_at,
-    )
+    present = {k: v for k, v in labels.items() if v}
+    reply = Sandbox(current.id, runtime, present, spec, current.sandboxer, extensions, current.created_at)
+    stored = Sandbox(current.id, kept_runtime, present, kept_spec, current.sandboxer, kept_extensions)
+    return reply, stored
 
 
 def _rfc3339(moment: datetime | None) -> str:
@@ -235,18 +237,16 @@ class SandboxRecords(SandboxStore):
                     fieldpaths = list(_FULL_UPDATE)
                     if stored.runtime.name != sandbox.runtime.name:
                         raise InvalidArgument("sandbox.Runtime.Name field is immutable")
-                updated = _apply_paths(stored, sandbox, fieldpaths)
+                reply, kept = _apply_paths(stored, sandbox, fieldpaths)
                 created: float = conn.execute(
                     "SELECT created_at FROM sandboxes WHERE namespace = ? AND id = ?", (ns, sandbox.id)
                 ).fetchone()[0]
                 conn.execute("DELETE FROM sandboxes WHERE namespace = ? AND id = ?", (ns, sandbox.id))
                 conn.execute(
                     f"INSERT INTO sandboxes(namespace, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (ns, *_values(updated, created, now)),
+                    (ns, *_values(kept, created, now)),
                 )
-                row = self._row(conn, ns, sandbox.id)
-                assert row is not None
-                return _sandbox(row)
+                return dataclasses.replace(reply, created_at=stamp(created), updated_at=stamp(now))
 
             updated = await self._store.run(update)
             self._store.mutated()

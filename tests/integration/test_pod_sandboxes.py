@@ -458,6 +458,10 @@ def test_corrald_killed_with_a_pod_running_finds_it_ready_after_a_restart_and_st
             before.created_at,
         )
         assert record.sandbox is not None and record.sandbox.sandboxer == CONTROLLER
+        # A clean stop leaves the pod running too, and the next start finds it again.
+        daemon.restart()
+        after_clean_stop, _ = with_pods(daemon.socket, after_restart)
+        assert (after_clean_stop.state, after_clean_stop.pid) == ("SANDBOX_READY", before.pid)
 
         async def wait_and_stop(pods: Pods) -> pb.ControllerWaitResponse:
             async with anyio.create_task_group() as tg:

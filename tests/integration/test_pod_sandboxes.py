@@ -592,6 +592,7 @@ def test_controller_requests_get_containerds_errors(tmp_path: Path, node: Node) 
                 pods.ctl.status(pb.ControllerStatusRequest(sandbox_id="x", sandboxer=CONTROLLER)),
                 pods.ctl.start(pb.ControllerStartRequest(sandbox_id="x", sandboxer=CONTROLLER)),
                 pods.ctl.create(pb.ControllerCreateRequest(sandbox_id="x", sandboxer=CONTROLLER)),
+                pods.ctl.stop(pb.ControllerStopRequest(sandbox_id="x", sandboxer=CONTROLLER)),
             ]
             out = []
             for call in calls:
@@ -615,6 +616,7 @@ def test_controller_requests_get_containerds_errors(tmp_path: Path, node: Node) 
         assert got[3] == (5, 'unable to find sandbox "x": not found')
         assert got[4] == (5, 'failed to start sandbox "x": unable to find pod sandbox with id "x": not found')
         assert got[5][0] == 3 and "PodSandboxConfig" in got[5][1]
+        assert got[6] == (5, "not found")
     finally:
         stop_all(daemon)
         daemon.stop()

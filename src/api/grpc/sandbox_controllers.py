@@ -161,5 +161,6 @@ registration = Registration(
     type=types.GRPC,
     id="sandbox-controllers",
     init=init,
-    after=(types.POD_SANDBOX, types.SANDBOX_CONTROLLER, types.EVENT),
+    requires=(types.POD_SANDBOX,),
+    after=(types.SANDBOX_CONTROLLER, types.EVENT),
 )

@@ -437,7 +437,7 @@ class PodSandboxController:
         return oci.Platform.host().normalized()
 
     async def stop(self, sandbox_id: str, grace: float | None = None) -> None:
-        p = self._pod(sandbox_id, "not found")
+        p = self._pod(sandbox_id, "")  # containerd answers a bare ErrNotFound
         async with p.lock:
             await self._stop(p)
 

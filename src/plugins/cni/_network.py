@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import structlog
 
-from corral.kernel import CorralError, FailedPrecondition, InvalidArgument
+from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.cni._config import (
     LOOPBACK_CONFLIST,
     NetworkConfigList,
@@ -296,9 +296,20 @@ class CNI:
         result = entry.get("result")
         # libcni hands DEL the cached result from spec 0.4.0 on.
         prev = result if result is not None and version_tuple(net.cni_version) >= (0, 4) else None
+        # Every plugin gets its DEL even when one before it failed (libcni stops at the first
+        # failure, which leaves the bridge's IP allocated behind a plugin that broke); a plugin
+        # whose binary is gone has nothing of its own to release.
+        errors: list[str] = []
         for plugin in reversed(net.plugins):
             stdin = plugin_stdin(net, plugin, prev, entry.get("runtimeConfig", {}))
-            await run_plugin(plugin.type, net.name, invocation, stdin)
+            try:
+                await run_plugin(plugin.type, net.name, invocation, stdin)
+            except NotFound as exc:
+                log.warning("cni_plugin_missing_on_del", plugin=plugin.type, network=net.name, error=str(exc))
+            except CorralError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise FailedPrecondition("; ".join(errors))
 
     async def check(self, container_id: str, netns: str) -> None:
         """CHECK every network with its cached result (networks before spec 0.4.0 are skipped,

@@ -344,7 +344,11 @@ def test_two_pods_get_ips_reach_each_other_and_a_host_port_answers_on_localhost(
             async with anyio.create_task_group() as tg:
                 await tg.start(watch)
                 await anyio.sleep(0.2)
-                await pods.run(sid("pod-a"), pod_config(sid("pod-a")))
+                config_a = pod_config(sid("pod-a"))
+                config_a.dns_config = cri.DnsConfig(
+                    servers=["10.96.0.10"], searches=["svc.local"], options=["ndots:5"]
+                )
+                await pods.run(sid("pod-a"), config_a)
                 await pods.run(sid("pod-b"), pod_config(sid("pod-b"), ports=((18080, 80),)))
                 await anyio.sleep(0.3)
                 tg.cancel_scope.cancel()
@@ -367,6 +371,12 @@ def test_two_pods_get_ips_reach_each_other_and_a_host_port_answers_on_localhost(
             ["nsenter", "-t", str(a.pid), "-u", "hostname"], capture_output=True, text=True
         )
         assert hostname.stdout.strip() == sid("pod-a")
+        resolv = subprocess.run(
+            ["nsenter", "-t", str(a.pid), "-m", "/bin/busybox", "cat", "/etc/resolv.conf"],
+            capture_output=True,
+            text=True,
+        )
+        assert resolv.stdout == "search svc.local\nnameserver 10.96.0.10\noptions ndots:5\n"
         cgroups = pod_cgroups(a.pid, sid("pod-a"))
         assert cgroups and all(d.is_dir() for d in cgroups)
 
@@ -574,6 +584,35 @@ def test_a_failed_start_is_rolled_back_completely(tmp_path: Path, node: Node) ->
         )
         assert status.state == "SANDBOX_UNKNOWN" and status.info["ip"] == ""
         assert_nothing_left(daemon, node, network, [sid("broken")], [f"{network.subnet_prefix}."])
+    finally:
+        stop_all(daemon)
+        daemon.stop()
+
+
+def test_a_pod_on_the_nodes_network_gets_no_namespace_and_no_cni(tmp_path: Path, node: Node) -> None:
+    network = write_network(tmp_path)
+    daemon = start_daemon(tmp_path, node, network)
+    try:
+        config = pod_config(sid("hostnet"))
+        config.linux = cri.LinuxPodSandboxConfig(
+            security_context=cri.LinuxSandboxSecurityContext(
+                namespace_options=cri.NamespaceOption(network=cri.NamespaceMode.NODE)
+            )
+        )
+
+        async def start(pods: Pods) -> pb.ControllerStatusResponse:
+            await pods.run(sid("hostnet"), config)
+            return await pods.status(sid("hostnet"))
+
+        status = with_pods(daemon.socket, start)
+        assert status.state == "SANDBOX_READY"
+        assert (status.info["ip"], status.info["netns_path"]) == ("", "")
+        assert os.stat(f"/proc/{status.pid}/ns/net").st_ino == os.stat(node.netns).st_ino
+        assert os.stat(f"/proc/{status.pid}/ns/uts").st_ino == os.stat("/proc/self/ns/uts").st_ino
+        assert "veth" not in node.run("ip", "-o", "link").stdout
+        cgroups = pod_cgroups(status.pid, sid("hostnet"))
+        with_pods(daemon.socket, lambda pods: pods.remove(sid("hostnet")))
+        assert_nothing_left(daemon, node, network, [sid("hostnet")], [], cgroups)
     finally:
         stop_all(daemon)
         daemon.stop()

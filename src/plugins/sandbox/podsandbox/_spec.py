@@ -42,7 +42,6 @@ def pause_spec(
         specs.without_run_mount,
         specs.with_env(list(image.env)),
         specs.with_readonly_rootfs,
-        specs.with_hostname(pod.hostname),
         specs.with_process_args(*image.entrypoint, *image.cmd),
     ]
     if image.working_dir:
@@ -50,9 +49,11 @@ def pause_spec(
     if pod.cgroup_parent:
         opts.append(specs.with_cgroup(f"{pod.cgroup_parent.rstrip('/')}/{sandbox_id}"))
     if pod.host_network:
+        # The node's UTS namespace too; its hostname is the node's (runc refuses to set one there,
+        # and the kubelet sends none for such a pod).
         opts += [specs.with_host_namespace("network"), specs.with_host_namespace("uts")]
     else:
-        opts.append(specs.with_linux_namespace("network", netns_path))
+        opts += [specs.with_linux_namespace("network", netns_path), specs.with_hostname(pod.hostname)]
     if pod.pid_mode == "NODE":
         opts.append(specs.with_host_namespace("pid"))
     if pod.ipc_mode == "NODE":

@@ -589,6 +589,38 @@ def test_a_failed_start_is_rolled_back_completely(tmp_path: Path, node: Node) ->
         daemon.stop()
 
 
+def test_four_pods_started_and_removed_at_once_get_distinct_ips_and_leave_nothing(
+    tmp_path: Path, node: Node
+) -> None:
+    network = write_network(tmp_path)
+    daemon = start_daemon(tmp_path, node, network)
+    ids = [sid(f"many-{i}") for i in range(4)]
+    try:
+
+        async def start(pods: Pods) -> list[pb.ControllerStatusResponse]:
+            async with anyio.create_task_group() as tg:
+                for i in ids:
+                    tg.start_soon(pods.run, i, pod_config(i, ports=((18090 + ids.index(i), 80),)))
+            return [await pods.status(i) for i in ids]
+
+        statuses = with_pods(daemon.socket, start)
+        assert [s.state for s in statuses] == ["SANDBOX_READY"] * 4
+        ips = [s.info["ip"] for s in statuses]
+        assert len(set(ips)) == 4 and all(ip.startswith(network.subnet_prefix + ".") for ip in ips)
+        cgroups = [c for s, i in zip(statuses, ids, strict=True) for c in pod_cgroups(s.pid, i)]
+
+        async def remove(pods: Pods) -> None:
+            async with anyio.create_task_group() as tg:
+                for i in ids:
+                    tg.start_soon(pods.remove, i)
+
+        with_pods(daemon.socket, remove)
+        assert_nothing_left(daemon, node, network, ids, ips, cgroups)
+    finally:
+        stop_all(daemon)
+        daemon.stop()
+
+
 def test_a_pod_on_the_nodes_network_gets_no_namespace_and_no_cni(tmp_path: Path, node: Node) -> None:
     network = write_network(tmp_path)
     daemon = start_daemon(tmp_path, node, network)

@@ -1,78 +1,22 @@
 """io.containerd.grpc.v1.sandbox-controllers — containerd.services.sandbox.v1.Controller.
 
-The CRI's PodSandboxConfig that a Create carries in its options is decoded here, at the edge, into
-the record a pod sandbox controller reads (``pod_spec_from_config``, which CRI uses too)."""
+The CRI's PodSandboxConfig that a Create carries in its options is decoded at this edge
+(``corral.api.sandbox_wire``) into the record a pod sandbox controller reads."""
 
 from __future__ import annotations
 
 from corral.api.grpc import GRPCServices
-from corral.api.grpc.sandboxes import sandbox_from_wire
+from corral.api.sandbox_wire import pod_spec_from_any, sandbox_from_wire
 from corral.api.types.containerd import types as ctypes
 from corral.api.types.containerd.services.sandbox import v1 as pb
 from corral.api.types.google import protobuf
-from corral.api.types.runtime import v1 as cri
 from corral.api.wire import any_from_wire, any_to_wire, mounts_from_wire
 from corral.kernel import InitContext, InvalidArgument, Registration, SkipPlugin
 from corral.plugins import types
 from corral.plugins.events.types import optional_publisher
-from corral.plugins.metadata import AnyValue, Sandbox
-from corral.plugins.sandbox import (
-    POD_SANDBOX_CONFIG_TYPE_URL,
-    Controller,
-    CreateOptions,
-    PodPortMapping,
-    PodSandboxSpec,
-)
+from corral.plugins.metadata import Sandbox
+from corral.plugins.sandbox import Controller, CreateOptions
 from corral.plugins.sandbox.controllers import SandboxControllers
-
-_PREFIX = "type.googleapis.com/"
-
-
-def pod_spec_from_config(config: cri.PodSandboxConfig) -> PodSandboxSpec:
-    """The record of a CRI PodSandboxConfig that a pod sandbox controller works from."""
-    meta = config.metadata or cri.PodSandboxMetadata()
-    linux = config.linux or cri.LinuxPodSandboxConfig()
-    security = linux.security_context or cri.LinuxSandboxSecurityContext()
-    modes = security.namespace_options or cri.NamespaceOption()
-    dns = config.dns_config
-    return PodSandboxSpec(
-        name=meta.name,
-        uid=meta.uid,
-        namespace=meta.namespace,
-        attempt=meta.attempt,
-        hostname=config.hostname,
-        log_directory=config.log_directory,
-        dns_servers=tuple(dns.servers) if dns else (),
-        dns_searches=tuple(dns.searches) if dns else (),
-        dns_options=tuple(dns.options) if dns else (),
-        has_dns_config=dns is not None,
-        port_mappings=tuple(
-            PodPortMapping(p.container_port, p.host_port, cri.Protocol(p.protocol).name, p.host_ip)
-            for p in config.port_mappings
-        ),
-        labels=dict(config.labels),
-        annotations=dict(config.annotations),
-        cgroup_parent=linux.cgroup_parent,
-        sysctls=dict(linux.sysctls),
-        network_mode=cri.NamespaceMode(modes.network).name,
-        pid_mode=cri.NamespaceMode(modes.pid).name,
-        ipc_mode=cri.NamespaceMode(modes.ipc).name,
-        privileged=security.privileged,
-        run_as_user=security.run_as_user.value if security.run_as_user is not None else None,
-        run_as_group=security.run_as_group.value if security.run_as_group is not None else None,
-        supplemental_groups=tuple(security.supplemental_groups),
-    )
-
-
-def pod_spec_from_any(options: AnyValue | None) -> PodSandboxSpec | None:
-    """The PodSandboxConfig in a Create's options (typeurl's name, with or without the
-    ``type.googleapis.com/`` prefix); None for other options; InvalidArgument if it does not decode."""
-    if options is None or options.type_url.removeprefix(_PREFIX) != POD_SANDBOX_CONFIG_TYPE_URL:
-        return None
-    try:
-        return pod_spec_from_config(cri.PodSandboxConfig.parse(options.value))
-    except Exception as exc:
-        raise InvalidArgument(f"failed to unmarshal PodSandboxConfig: {exc}") from None
 
 
 class SandboxControllerGRPC(pb.ControllerBase):

@@ -3,46 +3,11 @@
 from __future__ import annotations
 
 from corral.api.grpc import GRPCServices
-from corral.api.types.containerd import types as ctypes
+from corral.api.sandbox_wire import sandbox_from_wire, sandbox_to_wire
 from corral.api.types.containerd.services.sandbox import v1 as pb
-from corral.api.types.google import protobuf
-from corral.api.wire import any_from_wire, any_to_wire
-from corral.kernel import InitContext, InvalidArgument, Registration
+from corral.kernel import InitContext, Registration
 from corral.plugins import types
-from corral.plugins.metadata import AnyValue, Sandbox, SandboxRuntime, SandboxStore
-
-
-def sandbox_to_wire(s: Sandbox) -> ctypes.Sandbox:
-    """containerd's sandbox.ToProto."""
-    return ctypes.Sandbox(
-        sandbox_id=s.id,
-        runtime=ctypes.SandboxRuntime(name=s.runtime.name, options=any_to_wire(s.runtime.options)),
-        spec=any_to_wire(s.spec),
-        labels=dict(s.labels),
-        created_at=s.created_at,
-        updated_at=s.updated_at,
-        extensions={k: protobuf.Any(type_url=v.type_url, value=v.value) for k, v in s.extensions.items()},
-        sandboxer=s.sandboxer,
-    )
-
-
-def sandbox_from_wire(s: ctypes.Sandbox | None) -> Sandbox:
-    """containerd's sandbox.FromProto (which a request without a sandbox would crash)."""
-    if s is None:
-        raise InvalidArgument("sandbox is required")
-    runtime = s.runtime
-    return Sandbox(
-        id=s.sandbox_id,
-        runtime=SandboxRuntime(
-            runtime.name if runtime else "", any_from_wire(runtime.options if runtime else None)
-        ),
-        labels=dict(s.labels),
-        spec=any_from_wire(s.spec),
-        sandboxer=s.sandboxer,
-        extensions={k: AnyValue(v.type_url, bytes(v.value)) for k, v in s.extensions.items()},
-        created_at=s.created_at,
-        updated_at=s.updated_at,
-    )
+from corral.plugins.metadata import SandboxStore
 
 
 class SandboxStoreGRPC(pb.StoreBase):

@@ -75,6 +75,8 @@ _Undo = tuple[str, Callable[[], Awaitable[None]]]
 UNKNOWN_EXIT = 255
 KIND_LABEL = "io.cri-containerd.kind"
 ROOTFS_LEASE = timedelta(minutes=10)
+STOP_TIMEOUT = 30.0
+"""How long a stop waits for the killed pause process's exit before deleting its task itself."""
 SHM_SIZE = 64 * 1024 * 1024
 
 
@@ -446,8 +448,11 @@ class PodSandboxController:
         if task is not None:
             with contextlib.suppress(NotFound):
                 await task.kill(signal.SIGKILL)
-            await p.exited.wait()
-        elif p.phase == "ready":
+            with anyio.move_on_after(STOP_TIMEOUT):
+                await p.exited.wait()
+        if not p.exited.is_set() and p.phase == "ready":
+            # No watcher saw the exit (a shim gone silent): delete the task here.
+            p.task = None
             await self._delete_task(p)
             p.phase, p.exit_status, p.exited_at = "stopped", UNKNOWN_EXIT, datetime.now(UTC)
             p.exited.set()

@@ -83,10 +83,13 @@ def node() -> Iterator[Node]:
         pytest.fail("containernetworking-plugins is not installed (./dev installs it)")
     holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
     n = Node(holder)
+    # Until unshare has run, the holder is still in this namespace: wait for its own.
     deadline = time.monotonic() + 5
-    while n.run("ip", "link", "set", "lo", "up", check=False).returncode != 0:
+    while os.stat(n.netns).st_ino == os.stat("/proc/self/ns/net").st_ino:
         assert time.monotonic() < deadline, "the node namespace did not come up"
-        time.sleep(0.05)
+        time.sleep(0.02)
+    n.run("ip", "link", "set", "lo", "up")
+    assert "LOOPBACK,UP" in n.run("ip", "link", "show", "lo").stdout
     try:
         yield n
     finally:
@@ -409,6 +412,8 @@ def test_two_pods_get_ips_reach_each_other_and_a_host_port_answers_on_localhost(
         assert metrics.metrics is not None and metrics.metrics.id == sid("pod-a")
         assert metrics.metrics.data is not None and "io.containerd.cgroups" in metrics.metrics.data.type_url
         assert platform.platform is not None and platform.platform.os == "linux"
+        images = daemon.ctr("images", "ls", namespace=NS).stdout
+        assert "localhost/corral/pause:3.10" in images and "io.cri-containerd.pinned=pinned" in images
 
         async def remove(pods: Pods) -> pb.ControllerStatusResponse:
             await pods.ctl.stop(pb.ControllerStopRequest(sandbox_id=sid("pod-a"), sandboxer=CONTROLLER))

@@ -6,6 +6,7 @@ from corral.plugins.sandbox.podsandbox._controller import KIND_LABEL, PodSandbox
 from corral.plugins.sandbox.podsandbox._pause import (
     PAUSE_ARGS,
     PAUSE_IMAGE,
+    PINNED_LABELS,
     PauseImage,
     build_pause_image,
     ensure_pause_image,
@@ -16,6 +17,7 @@ __all__ = [
     "KIND_LABEL",
     "PAUSE_ARGS",
     "PAUSE_IMAGE",
+    "PINNED_LABELS",
     "PauseImage",
     "PodSandboxController",
     "Settings",

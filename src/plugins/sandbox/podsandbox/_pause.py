@@ -19,6 +19,9 @@ from corral.plugins.unpack import select_manifest
 
 PAUSE_IMAGE = "localhost/corral/pause:3.10"
 PAUSE_ARGS = ("/bin/sleep", "infinity")
+PINNED_LABELS = {"io.cri-containerd.image": "managed", "io.cri-containerd.pinned": "pinned"}
+"""What containerd's CRI labels its sandbox image with: managed by CRI, pinned (never garbage-collected
+by the kubelet's image GC)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,9 @@ async def ensure_pause_image(
         if not build or transferrer is None:
             raise FailedPrecondition(f'sandbox image "{name}" is not in the image store') from None
         built = build_pause_image(busybox or None)
-        target = ImageStoreTarget(name=name, unpacks=(UnpackRequest(snapshotter=snapshotter),))
+        target = ImageStoreTarget(
+            name=name, labels=PINNED_LABELS, unpacks=(UnpackRequest(snapshotter=snapshotter),)
+        )
         await transferrer.transfer(ImageImportStream(_chunks(built.oci_archive([name]))), target)
         image = await images.get(name)
     desc = oci.Descriptor(image.target.media_type, image.target.digest, image.target.size)

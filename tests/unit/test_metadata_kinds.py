@@ -178,6 +178,7 @@ def test_a_kinds_schema_is_versioned_on_its_own(tmp_path: Path) -> None:
             "containers": 1,
             "snapshots": 2,
             "leases": 1,
+            "sandboxes": 1,
             "widgets": 2,
         }
         colours = await upgraded.db.run(lambda c: c.execute("SELECT colour FROM widgets").fetchall())

@@ -287,3 +287,30 @@ class TaskDelete(TypedEvent):
     exit_status: int
     exited_at: datetime
     id: str = ""
+
+
+# -- sandboxes: published by the sandbox controller service, as containerd's.
+@dataclass(frozen=True)
+class SandboxCreate(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.SandboxCreate"
+    TOPIC: ClassVar[str] = "/sandboxes/create"
+
+    sandbox_id: str
+
+
+@dataclass(frozen=True)
+class SandboxStart(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.SandboxStart"
+    TOPIC: ClassVar[str] = "/sandboxes/start"
+
+    sandbox_id: str
+
+
+@dataclass(frozen=True)
+class SandboxExit(TypedEvent):
+    TYPE_URL: ClassVar[str] = "containerd.events.SandboxExit"
+    TOPIC: ClassVar[str] = "/sandboxes/exit"
+
+    sandbox_id: str
+    exit_status: int
+    exited_at: datetime

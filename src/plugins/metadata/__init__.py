@@ -40,6 +40,9 @@ __all__ = [
     "NamespacedSnapshotter",
     "NamespacedWriter",
     "Resource",
+    "Sandbox",
+    "SandboxRuntime",
+    "SandboxStore",
 ]
 
 
@@ -273,6 +276,56 @@ class ContainerStore(Protocol):
         ...
 
     async def delete(self, container_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class SandboxRuntime:
+    name: str
+    options: AnyValue | None = None
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """containerd's sandbox record (``core/sandbox.Sandbox``): what a sandbox controller
+    (``sandboxer``) runs a pod from; it carries no runtime state."""
+
+    id: str
+    runtime: SandboxRuntime = field(default_factory=lambda: SandboxRuntime(""))
+    labels: Mapping[str, str] = field(default_factory=dict)
+    spec: AnyValue | None = None
+    sandboxer: str = ""
+    extensions: Mapping[str, AnyValue] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@runtime_checkable
+class SandboxStore(Protocol):
+    """Sandboxes of the request's namespace (containerd's ``core/metadata/sandbox.go``).
+
+    A sandbox is a garbage-collection root for what its ``gc.ref`` labels name; it is never
+    collected itself. The store publishes no events (the controller service does). Errors are
+    containerd's: InvalidArgument ``failed to validate sandbox: invalid sandbox ID: …``,
+    AlreadyExists, NotFound (``no sandbox buckets`` in a namespace that never had one)."""
+
+    async def create(self, sandbox: Sandbox) -> Sandbox:
+        """Both times are now, whatever the record says."""
+        ...
+
+    async def update(self, sandbox: Sandbox, paths: Sequence[str] = ()) -> Sandbox:
+        """Paths ``labels[.KEY]``, ``extensions[.KEY]``, ``spec``, ``runtime``; none means all four
+        (and refuses a changed runtime name). As containerd's, the answer is the record as asked,
+        while what is stored keeps every extension and a spec or runtime options the update
+        left empty (bolt's bucket overwrite removes none of them)."""
+        ...
+
+    async def get(self, sandbox_id: str) -> Sandbox: ...
+
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Sandbox]:
+        """Sorted by id. Fields: id, labels.KEY; filters are OR'ed."""
+        ...
+
+    async def delete(self, sandbox_id: str) -> None: ...
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ from corral.plugins.metadata._content import ContentKind
 from corral.plugins.metadata._images import ImagesKind
 from corral.plugins.metadata._leases import LeasesKind
 from corral.plugins.metadata._metadata import SqliteMetadata
+from corral.plugins.metadata._sandboxes import SandboxesKind
 from corral.plugins.metadata._snapshots import SnapshotsKind
 from corral.plugins.metadata.database import ObjectKind
 from corral.plugins.snapshots import Snapshotter
@@ -42,7 +43,7 @@ def build_kinds(
     kinds: list[ObjectKind] = [ImagesKind()]
     if content is not None:
         kinds.append(ContentKind(content, policy))
-    kinds += [ContainersKind(), SnapshotsKind(snapshotters), LeasesKind()]
+    kinds += [ContainersKind(), SnapshotsKind(snapshotters), LeasesKind(), SandboxesKind()]
     return kinds
 
 
@@ -72,7 +73,7 @@ registration = Registration(
     after=(types.CONTENT, types.EVENT, types.SNAPSHOTTER),
     config=SqliteConfig,
     config_aliases=(f"{types.METADATA}.bolt",),  # a containerd config's section configures this store
-    description="namespaced metadata (namespaces, images, content, containers, snapshots, leases) in one sqlite file",
+    description="namespaced metadata (namespaces, images, content, containers, snapshots, leases, sandboxes)",
 )
 
 

@@ -1,0 +1,93 @@
+"""io.containerd.podsandbox.controller.v1.podsandbox — pods as pause containers on the shim runtime.
+
+Its section configures the pause image (built from busybox-static and imported when missing),
+the snapshotter and runtime the pause container uses, and CNI: where network configurations and
+plugin binaries are (containerd's CRI defaults, then Debian's ``/usr/lib/cni``). Network
+namespaces are kept under the plugin's state directory (``netns/cni-…``), CNI attachments in
+``cni/``. Needs root: without it the plugin is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import anyio
+
+from corral.kernel import InitContext, Registration, SkipPlugin
+from corral.plugins import types
+from corral.plugins.cni import CNI, DEFAULT_BIN_DIRS, DEFAULT_CONF_DIR, CNISettings
+from corral.plugins.metadata import Metadata
+from corral.plugins.runtimes import PlatformRuntime
+from corral.plugins.sandbox.podsandbox import PAUSE_IMAGE, PodSandboxController, Settings
+from corral.plugins.transfer import Transferrer
+
+
+@dataclass(frozen=True)
+class PodSandboxPluginConfig:
+    sandbox_image: str = PAUSE_IMAGE
+    """The pause image, looked up in the sandbox's namespace."""
+    build_sandbox_image: bool = True
+    """Build the pause image from busybox-static and import it when the namespace lacks it."""
+    busybox: str = ""
+    """The static busybox the pause image is built from ("": Debian's busybox-static)."""
+    snapshotter: str = "overlayfs"
+    runtime_type: str = "io.containerd.runc.v2"
+    """The runtime of a sandbox whose record names none."""
+    cni_conf_dir: str = DEFAULT_CONF_DIR
+    cni_bin_dirs: tuple[str, ...] = field(default_factory=lambda: DEFAULT_BIN_DIRS)
+    cni_max_conf_num: int = 1
+    """How many networks of the configuration directory a pod joins (0: all)."""
+
+
+async def init(ic: InitContext) -> PodSandboxController:
+    if os.geteuid() != 0:
+        raise SkipPlugin("pod sandboxes need root (network namespaces, mounts, runc)")
+    config: PodSandboxPluginConfig = ic.config
+    runtime = ic.get_by_id(types.RUNTIME_V2, "task", PlatformRuntime)
+    metadata = ic.get_single(types.METADATA, Metadata)
+    transferrers = ic.get_by_type(types.TRANSFER, Transferrer)
+    cni = CNI(
+        CNISettings(
+            conf_dir=Path(config.cni_conf_dir),
+            bin_dirs=tuple(config.cni_bin_dirs),
+            max_conf_num=config.cni_max_conf_num,
+            cache_dir=ic.state / "cni",
+        )
+    )
+    settings = Settings(
+        sandbox_image=config.sandbox_image,
+        build_sandbox_image=config.build_sandbox_image,
+        busybox=config.busybox,
+        snapshotter=config.snapshotter,
+        runtime_type=config.runtime_type,
+        root=ic.root,
+        state=ic.state,
+        netns_dir=ic.state / "netns",
+    )
+    controller = PodSandboxController(
+        settings,
+        metadata=metadata,
+        runtime=runtime,
+        cni=cni,
+        transferrer=next(iter(transferrers.values()), None),
+    )
+    ready = anyio.Event()
+    ic.start_soon(partial(controller.serve, ready), name="sandboxes")
+    await ready.wait()
+    await controller.recover()
+    ic.meta.exports.update({"netns_dir": str(settings.netns_dir), "cni_conf_dir": config.cni_conf_dir})
+    return controller
+
+
+registration = Registration(
+    type=types.POD_SANDBOX,
+    id="podsandbox",
+    init=init,
+    requires=(types.METADATA, types.RUNTIME_V2),
+    after=(types.TRANSFER, types.SNAPSHOTTER, types.EVENT),
+    config=PodSandboxPluginConfig,
+    description="pod sandboxes: a pause container per pod holding its network (CNI), IPC and UTS namespaces",
+)

@@ -79,6 +79,25 @@ class TTRPCClient:
         if error is not None:
             raise error
 
+    @classmethod
+    @asynccontextmanager
+    async def over(cls, stream: anyio.abc.SocketStream) -> AsyncIterator[TTRPCClient]:
+        """Calls over an already-connected unix stream (a socketpair's end, one logical connection
+        of a multiplexed socket), replies read until the block ends."""
+        client = cls(stream)
+        error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client._receive_loop)
+            try:
+                yield client
+            except Exception as exc:
+                error = exc
+            finally:
+                await client.close()
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
     @property
     def closed(self) -> bool:
         return self._closed

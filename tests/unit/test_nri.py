@@ -20,6 +20,7 @@ from corral.kernel import FailedPrecondition
 from corral.plugins.nri import (
     NRI,
     Conflict,
+    CreateResult,
     MuxDecoder,
     Settings,
     Timeouts,
@@ -80,9 +81,9 @@ def start_plugin(settings: Settings, log: Path, *args: str) -> subprocess.Popen[
     )
 
 
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
+async def until(predicate: Any, limit: float = 10.0) -> None:
+    with anyio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110 -- polls another process's progress
             await anyio.sleep(0.02)
 
 
@@ -292,12 +293,9 @@ async def test_updates_and_evictions_a_plugin_asks_for_reach_the_domain_of_the_c
         await nri.register_hooks(hooks, "rebalancer", "30")
         assert hooks.synced == ["other"]
         await nri.create_container(None, container_from_spec("new", spec_of([])))
-        with pytest.raises(FailedPrecondition, match="asked update of"):
-            bad = api.ContainerUpdate(container_id="new")
-            from corral.plugins.nri import CreateResult
-
-            result = CreateResult(api.CreateContainerRequest(container=api.Container(id="new")))
-            result.update([bad], "30-rebalancer")
+    result = CreateResult(api.CreateContainerRequest(container=api.Container(id="new")))
+    with pytest.raises(FailedPrecondition, match='plugin "30-rebalancer" asked update of "new" during creation'):
+        result.update([api.ContainerUpdate(container_id="new")], "30-rebalancer")
     assert domain.evicted == ["other"]
     [update] = domain.updates
     assert update.linux is not None and update.linux.resources is not None

@@ -184,7 +184,9 @@ async def test_a_plugin_that_never_registers_is_closed_after_the_registration_ti
         assert nri.plugins == []
 
 
-async def test_preinstalled_plugins_are_launched_with_a_connected_socket_and_their_config(tmp_path: Path) -> None:
+async def test_preinstalled_plugins_are_launched_with_a_connected_socket_and_their_config(
+    tmp_path: Path,
+) -> None:
     settings = _settings(tmp_path)
     log = tmp_path / "plugin.log"
     plugins = Path(settings.plugin_path)
@@ -210,7 +212,9 @@ class EnvHook:
         self.key, self.value, self.seen = key, value, seen
 
     @hookimpl
-    async def nri_create_container(self, pod: api.PodSandbox, container: api.Container) -> api.ContainerAdjustment:
+    async def nri_create_container(
+        self, pod: api.PodSandbox, container: api.Container
+    ) -> api.ContainerAdjustment:
         if self.seen is not None:
             self.seen.append(f"{self.key}={self.value} saw {sorted(container.env)}")
         return api.ContainerAdjustment(env=[api.KeyValue(key=self.key, value=self.value)])
@@ -271,10 +275,14 @@ class Rebalancer:
         self.synced.extend(c.id for c in containers)
 
     @hookimpl
-    def nri_create_container(self, pod: api.PodSandbox, container: api.Container) -> api.CreateContainerResponse:
+    def nri_create_container(
+        self, pod: api.PodSandbox, container: api.Container
+    ) -> api.CreateContainerResponse:
         limit = api.LinuxResources(memory=api.LinuxMemory(limit=api.OptionalInt64(value=1 << 26)))
         return api.CreateContainerResponse(
-            update=[api.ContainerUpdate(container_id="other", linux=api.LinuxContainerUpdate(resources=limit))],
+            update=[
+                api.ContainerUpdate(container_id="other", linux=api.LinuxContainerUpdate(resources=limit))
+            ],
             evict=[api.ContainerEviction(container_id="other", reason="make room")],
         )
 
@@ -283,7 +291,9 @@ class Rebalancer:
         raise AssertionError
 
 
-async def test_updates_and_evictions_a_plugin_asks_for_reach_the_domain_of_the_container(tmp_path: Path) -> None:
+async def test_updates_and_evictions_a_plugin_asks_for_reach_the_domain_of_the_container(
+    tmp_path: Path,
+) -> None:
     settings = _settings(tmp_path)
     settings.disable_connections = True
     domain = Domain()
@@ -294,7 +304,9 @@ async def test_updates_and_evictions_a_plugin_asks_for_reach_the_domain_of_the_c
         assert hooks.synced == ["other"]
         await nri.create_container(None, container_from_spec("new", spec_of([])))
     result = CreateResult(api.CreateContainerRequest(container=api.Container(id="new")))
-    with pytest.raises(FailedPrecondition, match='plugin "30-rebalancer" asked update of "new" during creation'):
+    with pytest.raises(
+        FailedPrecondition, match='plugin "30-rebalancer" asked update of "new" during creation'
+    ):
         result.update([api.ContainerUpdate(container_id="new")], "30-rebalancer")
     assert domain.evicted == ["other"]
     [update] = domain.updates
@@ -315,7 +327,10 @@ def test_adjustments_are_written_into_the_spec_as_nri_runtime_tools_does() -> No
         hooks=api.Hooks(prestart=[api.Hook(path="/bin/true", args=["true"])]),
         rlimits=[api.PosixRlimit(type="RLIMIT_NOFILE", hard=64, soft=32)],
         linux=api.LinuxContainerAdjustment(
-            devices=[api.LinuxDevice(path="/dev/new", type="c", major=1, minor=3), api.LinuxDevice(path="-/dev/old")],
+            devices=[
+                api.LinuxDevice(path="/dev/new", type="c", major=1, minor=3),
+                api.LinuxDevice(path="-/dev/old"),
+            ],
             resources=api.LinuxResources(
                 cpu=api.LinuxCpu(shares=api.OptionalUInt64(value=512), cpus="0"),
                 memory=api.LinuxMemory(limit=api.OptionalInt64(value=1 << 20)),

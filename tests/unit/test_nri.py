@@ -16,8 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from corral.kernel import FailedPrecondition
-from corral.plugins.nri import (
+from corral.api.nri import (
     NRI,
     Conflict,
     CreateResult,
@@ -30,6 +29,7 @@ from corral.plugins.nri import (
     encode_frames,
     hookimpl,
 )
+from corral.kernel import FailedPrecondition
 
 PLUGIN = Path(__file__).parent.parent / "nri_test_plugin.py"
 

@@ -34,7 +34,7 @@ from corral.plugins.cdi import DeviceInjector
 from corral.plugins.core import Mount
 from corral.plugins.core.namespaces import namespace_required
 from corral.plugins.metadata import AnyValue, Container, ContainerStore, Metadata
-from corral.plugins.nri import TaskLifecycle
+from corral.plugins.nri import NRIService, TaskEvents
 from corral.plugins.runtimes import (
     SPEC_TYPE_URL,
     CreateOpts,
@@ -76,7 +76,7 @@ class TasksService:
         runtime: PlatformRuntime,
         *,
         cdi: DeviceInjector | None = None,
-        nri: TaskLifecycle | None = None,
+        nri: TaskEvents | None = None,
     ) -> None:
         self._containers = containers
         self._runtime = runtime
@@ -96,7 +96,9 @@ class TasksService:
         if self._cdi is not None:
             self._cdi.inject_annotated(document)
         if self._nri is not None:
-            document = await self._nri.create(namespace_required(), container, document)
+            document = await self._nri.create(
+                namespace_required(), container.id, container.labels, container.image, document
+            )
         return AnyValue(spec.type_url, json.dumps(document).encode())
 
     async def _container(self, container_id: str) -> Container:
@@ -313,7 +315,7 @@ async def init(ic: InitContext) -> TasksService:
         for name in getattr(instance, "runtime_names", ())
     }
     cdi = next(iter(ic.get_by_type(types.CDI, DeviceInjector).values()), None)
-    nri = next(iter(ic.get_by_type(types.NRI).values()), None)
+    nri = next(iter(ic.get_by_type(types.NRI, NRIService).values()), None)
     return TasksService(
         containers,
         Runtimes(runtime, in_process) if in_process else runtime,

@@ -1,7 +1,7 @@
 """NRI's events as pluggy hooks (project ``corral.nri``): a Python package adjusts containers in
 process, with no socket and no separate program — something containerd cannot offer.
 
-Implement any of these on an object marked with ``corral.plugins.nri.hookimpl``; each takes the
+Implement any of these on an object marked with ``corral.api.nri.hookimpl``; each takes the
 same messages an external NRI plugin receives (``corral.api.types.nri.pkg.api.v1alpha1``) and may
 return the same reply, or a coroutine that yields it. The hooks an object implements are the
 events it subscribes to. It is ordered among external plugins by its two-digit index.

@@ -12,17 +12,18 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from corral.api.nri._adaptation import NRI
+from corral.api.nri._oci import CDIInjector, Spec, apply_adjustment, container_from_spec, resources_to_oci
+from corral.api.nri._result import copy
 from corral.api.types.nri.pkg.api import v1alpha1 as api
 from corral.plugins.core.namespaces import namespace as bound_namespace
-from corral.plugins.metadata import AnyValue, Container
-from corral.plugins.nri._adaptation import NRI
-from corral.plugins.nri._oci import CDIInjector, Spec, apply_adjustment, container_from_spec, resources_to_oci
-from corral.plugins.nri._result import copy
+from corral.plugins.metadata import AnyValue
 from corral.plugins.runtimes import PlatformRuntime
 
 log = structlog.get_logger("corral.nri")
@@ -75,30 +76,26 @@ class TaskLifecycle:
             await task.kill(int(signal.SIGKILL), True)
 
     # -- events ------------------------------------------------------------------------------
-    async def create(self, namespace: str, container: Container, spec: Spec) -> Spec:
+    async def create(
+        self, namespace: str, container_id: str, labels: Mapping[str, str], image: str, spec: Spec
+    ) -> Spec:
         """``spec`` with every plugin's adjustment applied (a conflict or a plugin's error fails)."""
+        created_at = int(time.time() * 1e9)
         nri_container = container_from_spec(
-            container.id,
-            spec,
-            labels=container.labels,
-            image=container.image,
-            created_at=int(time.time() * 1e9),
+            container_id, spec, labels=labels, image=image, created_at=created_at
         )
-        self._tracked[container.id] = _Tracked(namespace, nri_container)
+        self._tracked[container_id] = _Tracked(namespace, nri_container)
         try:
             adjustment = await self._nri.create_container(None, copy(nri_container))
             adjusted: dict[str, Any] = json.loads(json.dumps(spec))
             apply_adjustment(adjusted, adjustment, self._cdi)
         except BaseException:
-            self._tracked.pop(container.id, None)
+            self._tracked.pop(container_id, None)
             raise
-        self._tracked[container.id] = _Tracked(
+        self._tracked[container_id] = _Tracked(
             namespace,
-            container_from_spec(
-                container.id, adjusted, labels=container.labels, image=container.image,
-                created_at=nri_container.created_at,
-            ),
-        )  # fmt: skip
+            container_from_spec(container_id, adjusted, labels=labels, image=image, created_at=created_at),
+        )
         return adjusted
 
     async def created(self, container_id: str, pid: int) -> None:

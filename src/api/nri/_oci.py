@@ -12,8 +12,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from corral.api.nri._result import removal_key
 from corral.api.types.nri.pkg.api import v1alpha1 as api
-from corral.plugins.nri._result import removal_key
 
 Spec = dict[str, Any]
 CDIInjector = Callable[[Spec, Sequence[str]], None]

@@ -16,20 +16,21 @@ import pluggy
 import structlog
 
 from corral import __version__
-from corral.kernel import InitContext, Registration, SkipPlugin
-from corral.plugins import types
-from corral.plugins.cdi import DeviceInjector
-from corral.plugins.events.types import ContainerDelete, EventExchange
-from corral.plugins.nri._adaptation import (
+from corral.api.nri._adaptation import (
     DEFAULT_PLUGIN_CONFIG_PATH,
     DEFAULT_PLUGIN_PATH,
     DEFAULT_SOCKET_PATH,
     NRI,
     Settings,
 )
-from corral.plugins.nri._plugins import Timeouts
-from corral.plugins.nri._tasks import TaskLifecycle
-from corral.plugins.nri.hookspecs import PROJECT, NRIHookSpecs
+from corral.api.nri._events import Events
+from corral.api.nri._plugins import Timeouts
+from corral.api.nri._tasks import TaskLifecycle
+from corral.api.nri.hookspecs import PROJECT, NRIHookSpecs
+from corral.kernel import InitContext, Registration, SkipPlugin
+from corral.plugins import types
+from corral.plugins.cdi import DeviceInjector
+from corral.plugins.events.types import ContainerDelete, EventExchange
 from corral.plugins.runtimes import PlatformRuntime
 
 log = structlog.get_logger("corral.nri")
@@ -54,11 +55,21 @@ class NRIConfig:
 
 
 class NRIPlugin:
-    """The plugin's instance: the NRI runtime, and the tasks service's events (``tasks``)."""
+    """The plugin's instance (``corral.plugins.nri.NRIService``): CRI's events, the tasks service's,
+    and the NRI runtime itself for code that speaks NRI's messages."""
 
-    def __init__(self, nri: NRI, tasks: TaskLifecycle) -> None:
+    def __init__(self, nri: NRI, events: Events, tasks: TaskLifecycle) -> None:
         self.nri = nri
-        self.tasks = tasks
+        self._events = events
+        self._tasks = tasks
+
+    @property
+    def events(self) -> Events:
+        return self._events
+
+    @property
+    def tasks(self) -> TaskLifecycle:
+        return self._tasks
 
 
 async def _watch_deletes(exchange: EventExchange, tasks: TaskLifecycle) -> None:
@@ -117,7 +128,7 @@ async def init(ic: InitContext) -> NRIPlugin:
     if exchange is not None:
         ic.start_soon(lambda: _watch_deletes(exchange, tasks), name="container-deletes")
     ic.meta.exports["socket_path"] = config.socket_path if nri.listening else ""
-    return NRIPlugin(nri, tasks)
+    return NRIPlugin(nri, Events(nri, cdi.inject if cdi is not None else None), tasks)
 
 
 registration = Registration(

@@ -22,9 +22,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from corral.api.types.nri.pkg.api import v1alpha1 as api
-from corral.kernel import CorralError, Internal, InvalidArgument
-from corral.plugins.nri._plugins import (
+from corral.api.nri._plugins import (
     ExternalPlugin,
     HookPlugin,
     Plugin,
@@ -32,7 +30,9 @@ from corral.plugins.nri._plugins import (
     Timeouts,
     parse_plugin_name,
 )
-from corral.plugins.nri._result import CreateResult, UpdateResult
+from corral.api.nri._result import CreateResult, UpdateResult
+from corral.api.types.nri.pkg.api import v1alpha1 as api
+from corral.kernel import CorralError, Internal, InvalidArgument
 
 log = structlog.get_logger("corral.nri")
 

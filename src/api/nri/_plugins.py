@@ -22,11 +22,11 @@ import anyio
 import anyio.abc
 import structlog
 
+from corral.api.nri._mux import PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN, Mux
+from corral.api.nri.hookspecs import HOOK_EVENTS
 from corral.api.ttrpc import TTRPCClient, TTRPCContext, TTRPCServer
 from corral.api.types.nri.pkg.api import v1alpha1 as api
 from corral.kernel import DeadlineExceeded, InvalidArgument, Unavailable
-from corral.plugins.nri._mux import PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN, Mux
-from corral.plugins.nri.hookspecs import HOOK_EVENTS
 
 log = structlog.get_logger("corral.nri")
 

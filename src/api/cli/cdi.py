@@ -66,9 +66,9 @@ def validate_specs(files: tuple[Path, ...], spec_dirs: tuple[str, ...]) -> None:
         registry = Registry(spec_dirs or DEFAULT_SPEC_DIRS)
         errors = registry.errors()
         valid = {d.spec_path for d in registry.devices()}
-        for path in sorted(valid):
-            click.echo(f"{path}: ok")
-        for path, reasons in errors.items():
+        for spec_path in sorted(valid):
+            click.echo(f"{spec_path}: ok")
+        for spec_path, reasons in errors.items():
             failed = True
-            click.echo(f"{path}: invalid: {'; '.join(reasons)}")
+            click.echo(f"{spec_path}: invalid: {'; '.join(reasons)}")
     sys.exit(1 if failed else 0)

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from corral.kernel import FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.cdi._spec import (
     Device,
@@ -27,8 +25,6 @@ from corral.plugins.cdi._spec import (
     parse_qualified_name,
     read_spec,
 )
-
-log = structlog.get_logger("corral.cdi")
 
 OCISpec = dict[str, Any]
 
@@ -157,8 +153,9 @@ def apply_edits(spec: OCISpec, edits: Sequence[dict[str, Any]]) -> None:
 class Registry:
     """The devices of the spec directories, read again whenever a directory changes."""
 
-    def __init__(self, spec_dirs: Sequence[str]) -> None:
+    def __init__(self, spec_dirs: Sequence[str], *, log: Any = None) -> None:
         self.spec_dirs = [str(d) for d in spec_dirs]
+        self._log = log
         self._devices: dict[str, Device] = {}
         self._owners: dict[str, Spec] = {}
         self._specs: dict[str, Spec] = {}
@@ -205,7 +202,6 @@ class Registry:
                     spec = read_spec(path, priority)
                 except (SpecError, OSError, UnicodeDecodeError) as exc:
                     errors.setdefault(str(path), []).append(f"failed to load CDI Spec: {exc}")
-                    log.warning("cdi_spec_invalid", path=str(path), error=str(exc))
                     continue
                 specs[str(path)] = spec
                 for device in spec.devices.values():
@@ -223,6 +219,10 @@ class Registry:
             devices.pop(name, None)
             owners.pop(name, None)
         self._specs, self._errors = specs, errors
+        if self._log is not None:
+            for path, reasons in errors.items():
+                self._log.warning("cdi_spec_invalid", path=path, error="; ".join(reasons))
+            self._log.info("cdi_specs_loaded", specs=len(specs), devices=len(devices))
         self._devices = devices
         self._owners = owners
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import structlog
+
 from corral.kernel import InitContext, Registration, SkipPlugin
 from corral.plugins import types
 from corral.plugins.cdi._registry import Registry
@@ -26,7 +28,7 @@ async def init(ic: InitContext) -> Registry:
     config: CDIConfig = ic.config
     if config.disable:
         raise SkipPlugin("CDI is disabled by configuration")
-    registry = Registry(config.spec_dirs)
+    registry = Registry(config.spec_dirs, log=structlog.get_logger("corral.cdi"))
     registry.refresh(force=True)
     ic.meta.exports["spec_dirs"] = ",".join(config.spec_dirs)
     return registry

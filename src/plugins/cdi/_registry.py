@@ -220,8 +220,8 @@ class Registry:
             owners.pop(name, None)
         self._specs, self._errors = specs, errors
         if self._log is not None:
-            for path, reasons in errors.items():
-                self._log.warning("cdi_spec_invalid", path=path, error="; ".join(reasons))
+            for bad, reasons in errors.items():
+                self._log.warning("cdi_spec_invalid", path=bad, error="; ".join(reasons))
             self._log.info("cdi_specs_loaded", specs=len(specs), devices=len(devices))
         self._devices = devices
         self._owners = owners

@@ -215,10 +215,24 @@ HOOK_PACKAGE = """\
 
         @hookimpl
         def nri_create_container(self, pod, container):
-            return api.ContainerAdjustment(
-                env=[api.KeyValue(key="IN_PROCESS", value="hook-" + container.id)],
-                annotations={"nri.corral.test/in-process": "yes"},
+            reply = api.CreateContainerResponse(
+                adjust=api.ContainerAdjustment(
+                    env=[api.KeyValue(key="IN_PROCESS", value="hook-" + container.id)],
+                    annotations={"nri.corral.test/in-process": "yes"},
+                )
             )
+            victim = container.annotations.get("nri.corral.test/evict")
+            if victim:
+                reply.evict.append(api.ContainerEviction(container_id=victim, reason="make room"))
+            limit = container.annotations.get("nri.corral.test/limit")
+            if limit:
+                target, value = limit.split(":")
+                memory = api.LinuxMemory(limit=api.OptionalInt64(value=int(value)))
+                resources = api.LinuxResources(memory=memory)
+                reply.update.append(
+                    api.ContainerUpdate(container_id=target, linux=api.LinuxContainerUpdate(resources=resources))
+                )
+            return reply
 
 
     async def init(ic):
@@ -229,7 +243,14 @@ HOOK_PACKAGE = """\
     """
 
 
-def test_an_in_process_python_package_adjusts_containers_through_nri_hooks(tmp_path: Path, ctr: str) -> None:
+def cgroup_file(pid: int, name: str) -> str:
+    [line] = [x for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if x.startswith("0::")]
+    return (Path("/sys/fs/cgroup") / line[3:].lstrip("/") / name).read_text().strip()
+
+
+def test_an_in_process_python_package_adjusts_updates_and_evicts_containers_through_nri_hooks(
+    tmp_path: Path, ctr: str
+) -> None:
     require_root()
     require_tool("containerd-shim-runc-v2")
     project = write_plugin_project(

@@ -19,7 +19,14 @@ from typing import Any
 import structlog
 
 from corral.api.nri._adaptation import NRI
-from corral.api.nri._oci import CDIInjector, Spec, apply_adjustment, container_from_spec, resources_to_oci
+from corral.api.nri._oci import (
+    CDIInjector,
+    Spec,
+    apply_adjustment,
+    container_from_spec,
+    resources_from_oci,
+    resources_to_oci,
+)
 from corral.api.nri._result import copy
 from corral.api.types.nri.pkg.api import v1alpha1 as api
 from corral.plugins.core.namespaces import namespace as bound_namespace
@@ -124,6 +131,20 @@ class TaskLifecycle:
         tracked.container.pid = pid
         tracked.container.started_at = int(time.time() * 1e9)
         await self._nri.post_start_container(None, copy(tracked.container))
+
+    async def updating(self, container_id: str, resources: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        tracked = self._tracked.get(container_id)
+        if tracked is None:
+            return None
+        wanted = await self._nri.update_container(
+            None, copy(tracked.container), resources_from_oci(resources)
+        )
+        return None if wanted is None else resources_to_oci(wanted)
+
+    async def updated(self, container_id: str) -> None:
+        tracked = self._tracked.get(container_id)
+        if tracked is not None:
+            await self._nri.post_update_container(None, copy(tracked.container))
 
     async def stopped(self, container_id: str, exit_status: int = 0) -> None:
         tracked = self._tracked.get(container_id)

@@ -250,7 +250,16 @@ class TasksService:
     async def update(
         self, container_id: str, resources: AnyValue | None, annotations: Mapping[str, str]
     ) -> None:
-        await (await self._task(container_id)).update(resources, annotations)
+        task = await self._task(container_id)
+        if self._nri is None or resources is None or not resources.type_url.endswith("/LinuxResources"):
+            await task.update(resources, annotations)
+            return
+        # NRI plugins may change the resources asked for (UpdateContainer), and hear it is done.
+        wanted = await self._nri.updating(container_id, json.loads(resources.value or b"{}"))
+        if wanted is not None:
+            resources = AnyValue(resources.type_url, json.dumps(wanted).encode())
+        await task.update(resources, annotations)
+        await self._nri.updated(container_id)
 
     async def metrics(self, filters: Sequence[str]) -> builtins.list[TaskMetric]:
         match = parse_filters(list(filters))

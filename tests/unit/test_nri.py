@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pluggy
 import pytest
 
 from corral.api.nri import (
@@ -29,6 +30,7 @@ from corral.api.nri import (
     encode_frames,
     hookimpl,
 )
+from corral.api.nri.plugin import check_hooks
 from corral.kernel import FailedPrecondition
 
 PLUGIN = Path(__file__).parent.parent / "nri_test_plugin.py"
@@ -286,10 +288,6 @@ class Rebalancer:
             evict=[api.ContainerEviction(container_id="other", reason="make room")],
         )
 
-    @hookimpl
-    def nri_create_container_extra(self) -> None:  # not a hook: ignored
-        raise AssertionError
-
 
 async def test_updates_and_evictions_a_plugin_asks_for_reach_the_domain_of_the_container(
     tmp_path: Path,
@@ -313,6 +311,22 @@ async def test_updates_and_evictions_a_plugin_asks_for_reach_the_domain_of_the_c
     assert update.linux is not None and update.linux.resources is not None
     assert update.linux.resources.memory is not None and update.linux.resources.memory.limit is not None
     assert update.linux.resources.memory.limit.value == 1 << 26
+
+
+class Misspelt:
+    @hookimpl
+    def nri_create_containers(self, pod: api.PodSandbox, container: api.Container) -> None: ...
+
+
+class WrongArguments:
+    @hookimpl
+    def nri_start_container(self, pod: api.PodSandbox, box: api.Container) -> None: ...
+
+
+@pytest.mark.parametrize("hooks", [Misspelt(), WrongArguments()], ids=["unknown hook", "wrong arguments"])
+def test_hooks_that_match_no_spec_are_refused(hooks: object) -> None:
+    with pytest.raises(pluggy.PluginValidationError):
+        check_hooks(hooks, "broken")
 
 
 def test_adjustments_are_written_into_the_spec_as_nri_runtime_tools_does() -> None:

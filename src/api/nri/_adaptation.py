@@ -278,8 +278,6 @@ class NRI:
                 raise InvalidArgument("failed to register plugin, connection closed")
             if plugin.registration_error is not None:
                 raise plugin.registration_error
-            if plugin.kind == "external":
-                config = config or self._plugin_config(plugin.index, plugin.base)
             await plugin.configure(config, self.settings.runtime, timeouts)
             async with self._lock:
                 await self._synchronize(plugin)

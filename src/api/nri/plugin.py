@@ -80,6 +80,14 @@ async def _watch_deletes(exchange: EventExchange, tasks: TaskLifecycle) -> None:
                     await tasks.removed(envelope.event.id)
 
 
+def check_hooks(hooks: object, name: str) -> None:
+    """pluggy's checks: every ``corral.nri`` hook implemented is one of the specs, with its arguments."""
+    checker = pluggy.PluginManager(PROJECT)
+    checker.add_hookspecs(NRIHookSpecs)
+    checker.register(hooks, name=name)
+    checker.check_pending()
+
+
 async def init(ic: InitContext) -> NRIPlugin:
     config: NRIConfig = ic.config
     if config.disable:
@@ -100,12 +108,13 @@ async def init(ic: InitContext) -> NRIPlugin:
     cdi = next(iter(ic.get_by_type(types.CDI, DeviceInjector).values()), None)
     tasks = TaskLifecycle(nri, runtime, cdi.inject if cdi is not None else None)
     nri.register_domain(tasks)
-    checker = pluggy.PluginManager(PROJECT)
-    checker.add_hookspecs(NRIHookSpecs)
     for plugin_id, hooks in ic.get_by_type(types.NRI_PLUGIN).items():
-        # Registering checks each hook's signature against the specs.
-        checker.register(hooks, name=plugin_id)
-        await nri.register_hooks(hooks, plugin_id, str(getattr(hooks, "nri_index", "50")))
+        try:
+            check_hooks(hooks, plugin_id)
+            await nri.register_hooks(hooks, plugin_id, str(getattr(hooks, "nri_index", "50")))
+        except Exception as exc:
+            # One broken in-process plugin is left out; NRI and the other plugins go on.
+            log.error("nri_hooks_refused", plugin=f"{types.NRI_PLUGIN}.{plugin_id}", error=str(exc))
     ready = anyio.Event()
     failed: list[Exception] = []
 

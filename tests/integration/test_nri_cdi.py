@@ -268,8 +268,29 @@ def test_an_in_process_python_package_adjusts_updates_and_evicts_containers_thro
         assert any(
             line.split()[:3] == ["io.corral.nri-plugin.v1", "envhook", "-"] for line in plugins.splitlines()
         )
+        pid = task_pid(d, "n5")
+        assert memory_limit(pid) != 64 << 20
+        # Creating another container makes the plugin ask for n5's update, then its eviction.
+        d.ctr("run", "--rm", "--annotation", "nri.corral.test/limit=n5:67108864", IMAGE, "n6", "true")
+        assert memory_limit(pid) == 64 << 20
+        d.ctr("run", "--rm", "--annotation", "nri.corral.test/evict=n5", IMAGE, "n7", "true")
+        wait_for(lambda: "STOPPED" in d.ctr("tasks", "ls").stdout, what="the evicted task's exit")
     finally:
         cleanup(d)
+
+
+def memory_limit(pid: int) -> int:
+    """The memory limit of the process's cgroup (v2's memory.max or v1's memory.limit_in_bytes)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            value = (Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max").read_text().strip()
+            return -1 if value == "max" else int(value)
+        if "memory" in controllers.split(","):
+            return int(
+                (Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes").read_text()
+            )
+    raise AssertionError("no memory cgroup")
 
 
 CDI_SPEC = """\

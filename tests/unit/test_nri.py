@@ -365,3 +365,30 @@ def test_adjustments_are_written_into_the_spec_as_nri_runtime_tools_does() -> No
     assert resources["cpu"] == {"shares": 512, "cpus": "0"}
     assert resources["memory"] == {"limit": 1 << 20, "swap": 1 << 20}
     assert resources["pids"] == {"limit": 10}
+
+
+def test_scheduler_seccomp_memory_policy_and_rdt_adjustments_reach_the_spec() -> None:
+    spec: dict[str, Any] = {"linux": {"intelRdt": {"closID": "old"}}}
+    adjust = api.ContainerAdjustment(
+        linux=api.LinuxContainerAdjustment(
+            scheduler=api.LinuxScheduler(policy=api.LinuxSchedulerPolicy.SCHED_BATCH, nice=5),
+            seccomp_policy=api.LinuxSeccomp(
+                default_action="SCMP_ACT_ALLOW",
+                syscalls=[
+                    api.LinuxSyscall(
+                        names=["mkdir"], action="SCMP_ACT_ERRNO", errno_ret=api.OptionalUInt32(value=1)
+                    )
+                ],
+            ),
+            memory_policy=api.LinuxMemoryPolicy(mode=api.MpolMode.MPOL_BIND, nodes="0"),
+            rdt=api.LinuxRdt(remove=True, clos_id=api.OptionalString(value="gold")),
+        )
+    )
+    apply_adjustment(spec, adjust)
+    assert spec["process"]["scheduler"] == {"policy": "SCHED_BATCH", "nice": 5}
+    assert spec["linux"]["seccomp"] == {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    }
+    assert spec["linux"]["memoryPolicy"] == {"mode": "MPOL_BIND", "nodes": "0"}
+    assert spec["linux"]["intelRdt"] == {"closID": "gold"}

@@ -284,10 +284,66 @@ def _mounts(spec: Spec, mounts: Sequence[api.Mount]) -> None:
     spec["mounts"] = sorted(current, key=_mount_depth)
 
 
+def _scheduler(spec: Spec, sch: api.LinuxScheduler | None) -> None:
+    if sch is None:
+        return
+    process = spec.setdefault("process", {})
+    if sch.policy == api.LinuxSchedulerPolicy.SCHED_NONE:
+        process.pop("scheduler", None)
+        return
+    scheduler: dict[str, Any] = {"policy": sch.policy.name}
+    for key, value in (("nice", sch.nice), ("priority", sch.priority), ("runtime", sch.runtime),
+                       ("deadline", sch.deadline), ("period", sch.period)):  # fmt: skip
+        if value:
+            scheduler[key] = value
+    if sch.flags:
+        scheduler["flags"] = [f.name for f in sch.flags]
+    process["scheduler"] = scheduler
+
+
+def _seccomp(spec: Spec, policy: api.LinuxSeccomp | None) -> None:
+    if policy is None:
+        return
+    syscalls = []
+    for sc in policy.syscalls:
+        syscall: dict[str, Any] = {"names": list(sc.names), "action": sc.action}
+        if sc.errno_ret is not None:
+            syscall["errnoRet"] = sc.errno_ret.value
+        if sc.args:
+            syscall["args"] = [
+                {"index": a.index, "value": a.value, "valueTwo": a.value_two, "op": a.op} for a in sc.args
+            ]
+        syscalls.append(syscall)
+    seccomp: dict[str, Any] = {"defaultAction": policy.default_action}
+    for key, value in (("architectures", list(policy.architectures)), ("flags", list(policy.flags)),
+                       ("listenerPath", policy.listener_path), ("listenerMetadata", policy.listener_metadata),
+                       ("syscalls", syscalls)):  # fmt: skip
+        if value:
+            seccomp[key] = value
+    spec.setdefault("linux", {})["seccomp"] = seccomp
+
+
+def _rdt(spec: Spec, rdt: api.LinuxRdt | None) -> None:
+    if rdt is None:
+        return
+    linux = spec.setdefault("linux", {})
+    if rdt.remove:
+        linux.pop("intelRdt", None)
+    if rdt.clos_id is not None:
+        linux.setdefault("intelRdt", {})["closID"] = rdt.clos_id.value
+    if rdt.schemata is not None:
+        linux.setdefault("intelRdt", {})["schemata"] = list(rdt.schemata.value)
+    if rdt.enable_monitoring is not None:
+        linux.setdefault("intelRdt", {})["enableMonitoring"] = rdt.enable_monitoring.value
+
+
 def apply_adjustment(
     spec: Spec, adjust: api.ContainerAdjustment | None, cdi: CDIInjector | None = None
 ) -> None:
-    """Write ``adjust`` into ``spec`` in place; CDI devices it names are injected through ``cdi``."""
+    """Write ``adjust`` into ``spec`` in place; CDI devices it names are injected through ``cdi``.
+
+    Block I/O and RDT class names are left alone: they need classes configured on the host, which
+    corral has none of (containerd without blockio/RDT configuration ignores them the same way)."""
     if adjust is None:
         return
     annotations = spec.setdefault("annotations", {})
@@ -325,6 +381,8 @@ def apply_adjustment(
             spec.setdefault("process", {})["ioPriority"] = {
                 "class": linux.io_priority.class_.name, "priority": linux.io_priority.priority,
             }  # fmt: skip
+        _scheduler(spec, linux.scheduler)
+        _seccomp(spec, linux.seccomp_policy)
         for ns in linux.namespaces:
             kind, marked = removal_key(ns.type)
             namespaces = [
@@ -347,7 +405,14 @@ def apply_adjustment(
                 net.pop(name, None)
             elif device is not None:
                 net[key] = {"name": device.name}
+        if linux.memory_policy is not None:
+            policy = linux.memory_policy
+            memory_policy: dict[str, Any] = {"mode": policy.mode.name, "nodes": policy.nodes}
+            if policy.flags:
+                memory_policy["flags"] = [f.name for f in policy.flags]
+            spec.setdefault("linux", {})["memoryPolicy"] = memory_policy
         _resources(spec, linux.resources)
+        _rdt(spec, linux.rdt)
     _mounts(spec, adjust.mounts)
     for r in adjust.rlimits:
         spec.setdefault("process", {}).setdefault("rlimits", []).append(

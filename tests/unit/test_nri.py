@@ -392,3 +392,41 @@ def test_scheduler_seccomp_memory_policy_and_rdt_adjustments_reach_the_spec() ->
     }
     assert spec["linux"]["memoryPolicy"] == {"mode": "MPOL_BIND", "nodes": "0"}
     assert spec["linux"]["intelRdt"] == {"closID": "gold"}
+
+
+class Validator:
+    def __init__(self) -> None:
+        self.seen: list[api.ValidateContainerAdjustmentRequest] = []
+
+    @hookimpl
+    def nri_validate_container_adjustment(
+        self, request: api.ValidateContainerAdjustmentRequest
+    ) -> api.ValidateContainerAdjustmentResponse:
+        self.seen.append(request)
+        assert request.adjust is not None
+        if any(e.key == "FORBIDDEN" for e in request.adjust.env):
+            return api.ValidateContainerAdjustmentResponse(reject=True, reason="FORBIDDEN is not allowed")
+        return api.ValidateContainerAdjustmentResponse()
+
+
+async def test_a_validator_sees_the_combined_adjustment_and_its_owners_and_may_reject_it(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    settings.disable_connections = True
+    validator = Validator()
+    async with running(settings) as nri:
+        await nri.register_hooks(EnvHook("ALLOWED", "1"), "setter", "10")
+        await nri.register_hooks(validator, "policy", "90")
+        adjust = await nri.create_container(None, container_from_spec("ok", spec_of(["BASE=0"])))
+        assert [e.key for e in adjust.env] == ["ALLOWED"]
+        [request] = validator.seen
+        assert request.container is not None and request.container.env == ["BASE=0"]  # pristine
+        owners = request.owners.owners["ok"] if request.owners else None
+        assert owners is not None and owners.compound[api.Field.Env.value].owners == {"ALLOWED": "10-setter"}
+        assert [(p.index, p.name) for p in request.plugins] == [("10", "setter"), ("90", "policy")]
+        await nri.register_hooks(EnvHook("FORBIDDEN", "1"), "sneaky", "20")
+        with pytest.raises(
+            FailedPrecondition, match='validator "90-policy" rejected container adjustment, reason: FORBIDDEN'
+        ):
+            await nri.create_container(None, container_from_spec("no", spec_of([])))

@@ -30,9 +30,9 @@ from corral.api.nri._plugins import (
     Timeouts,
     parse_plugin_name,
 )
-from corral.api.nri._result import CreateResult, UpdateResult
+from corral.api.nri._result import CreateResult, UpdateResult, copy
 from corral.api.types.nri.pkg.api import v1alpha1 as api
-from corral.kernel import CorralError, Internal, InvalidArgument
+from corral.kernel import CorralError, FailedPrecondition, Internal, InvalidArgument
 
 log = structlog.get_logger("corral.nri")
 
@@ -378,15 +378,51 @@ class NRI:
         """Every plugin's adjustment of ``container``, combined (a conflict fails the creation);
         updates and evictions the plugins asked for are carried out here, their failures logged."""
         request = api.CreateContainerRequest(pod=_pod(pod), container=container)
+        pristine = copy(container)
         result = CreateResult(request)
         async with self._lock:
             self._state[container.id] = _State.CREATED
             await self._each(api.Event.CREATE_CONTAINER, request, result.apply)
             response = result.response()
+            await self._validate(request.pod, pristine, response, result)
             await self._evict(response.evict)
             await self._apply_updates(response.update)
         assert response.adjust is not None
         return response.adjust
+
+    async def _validate(
+        self,
+        pod: api.PodSandbox | None,
+        container: api.Container,
+        response: api.CreateContainerResponse,
+        result: CreateResult,
+    ) -> None:
+        """Every validator plugin sees the combined adjustment; one rejection fails the creation."""
+        validators = [p for p in self.plugins if p.subscribes(api.Event.VALIDATE_CONTAINER_ADJUSTMENT)]
+        if not validators:
+            return
+        request = api.ValidateContainerAdjustmentRequest(
+            pod=pod,
+            container=container,
+            adjust=response.adjust,
+            update=list(response.update),
+            owners=result.owners.to_proto(),
+            plugins=[api.PluginInstance(name=p.base, index=p.index) for p in self.plugins],
+        )
+        for plugin in validators:
+            try:
+                reply = await plugin.call(
+                    api.Event.VALIDATE_CONTAINER_ADJUSTMENT, request, self.settings.timeouts.request
+                )
+            except PluginClosed:
+                raise FailedPrecondition(f"validator plugin {plugin.name} failed: it is gone") from None
+            except CorralError as exc:
+                raise FailedPrecondition(f"validator plugin {plugin.name} failed: {exc}") from None
+            if reply is not None and reply.reject:
+                reason = reply.reason or "unknown rejection reason"
+                raise FailedPrecondition(
+                    f'validator "{plugin.name}" rejected container adjustment, reason: {reason}'
+                )
 
     async def post_create_container(self, pod: api.PodSandbox | None, container: api.Container) -> None:
         await self._event(

@@ -88,6 +88,11 @@ EVENT_CALLS: dict[api.Event, EventCall] = {
         EventCall(api.Event.POST_UPDATE_CONTAINER, "PostUpdateContainer", api.PostUpdateContainerResponse),
         EventCall(api.Event.STOP_CONTAINER, "StopContainer", api.StopContainerResponse),
         EventCall(api.Event.REMOVE_CONTAINER, "RemoveContainer", api.RemoveContainerResponse),
+        EventCall(
+            api.Event.VALIDATE_CONTAINER_ADJUSTMENT,
+            "ValidateContainerAdjustment",
+            api.ValidateContainerAdjustmentResponse,
+        ),
     )
 }
 
@@ -296,6 +301,8 @@ class HookPlugin(Plugin):
 
     async def call(self, event: api.Event, request: Any, limit: float) -> Any:
         name = next(n for n, e in HOOK_EVENTS.items() if e == event)
+        if event == api.Event.VALIDATE_CONTAINER_ADJUSTMENT:
+            return _as_reply(event, await self._invoke(name, limit, request=request))
         kwargs: dict[str, Any] = {"pod": request.pod or api.PodSandbox()}
         if hasattr(request, "container"):
             kwargs["container"] = request.container or api.Container()

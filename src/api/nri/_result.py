@@ -86,6 +86,16 @@ class Owners:
     def clear_key(self, cid: str, field: F, key: str, plugin: str) -> None:
         self.compound.setdefault(cid, {})[(int(field), key)] = "-" + plugin
 
+    def to_proto(self) -> api.OwningPlugins:
+        """As NRI's OwningPlugins, what a validator is shown."""
+        out = api.OwningPlugins()
+        for cid in sorted(set(self.simple) | set(self.compound)):
+            owners = api.FieldOwners(simple=dict(self.simple.get(cid, {})))
+            for (field, key), plugin in self.compound.get(cid, {}).items():
+                owners.compound.setdefault(field, api.CompoundFieldOwners()).owners[key] = plugin
+            out.owners[cid] = owners
+        return out
+
     def accumulate(self, cid: str, field: F, plugin: str) -> None:
         owners = self.simple.setdefault(cid, {})
         old = owners.get(int(field))

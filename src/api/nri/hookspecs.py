@@ -68,6 +68,11 @@ class NRIHookSpecs:
     @hookspec
     def nri_remove_container(self, pod: api.PodSandbox, container: api.Container) -> object: ...
 
+    @hookspec
+    def nri_validate_container_adjustment(self, request: api.ValidateContainerAdjustmentRequest) -> object:
+        """A validator: the pristine container, the combined adjustment, who set what; return a
+        ``ValidateContainerAdjustmentResponse`` with ``reject`` to refuse the creation."""
+
 
 HOOK_EVENTS: dict[str, api.Event] = {
     "nri_run_pod_sandbox": api.Event.RUN_POD_SANDBOX,
@@ -81,5 +86,6 @@ HOOK_EVENTS: dict[str, api.Event] = {
     "nri_post_update_container": api.Event.POST_UPDATE_CONTAINER,
     "nri_stop_container": api.Event.STOP_CONTAINER,
     "nri_remove_container": api.Event.REMOVE_CONTAINER,
+    "nri_validate_container_adjustment": api.Event.VALIDATE_CONTAINER_ADJUSTMENT,
 }
 """Each event hook and the NRI event it stands for."""

@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--events", default="create,post-create,start,post-start,stop,remove")
     parser.add_argument("--behaviour", default="normal", choices=("normal", "hang", "crash"))
     parser.add_argument("--log", default="")
+    parser.add_argument("--update-on-start", default="", metavar="ID=MEMORY_LIMIT")
     args = parser.parse_args()
 
     if args.socket:
@@ -121,6 +122,7 @@ def main() -> None:
     register = nri.RegisterPluginRequest(plugin_name=args.name, plugin_idx=args.index)
     request = Request(service=RUNTIME, method="RegisterPlugin", payload=bytes(register))
     wire.send(RUNTIME_CONN, 1, REQUEST, bytes(request))
+    next_stream = 3
     mask = 0
     for name in args.events.split(","):
         mask |= 1 << (EVENTS[name] - 1)
@@ -133,7 +135,12 @@ def main() -> None:
         for conn, stream_id, kind, payload in messages:
             if conn == RUNTIME_CONN and kind == RESPONSE:
                 response = Response.parse(payload)
-                record({"registered": response.status is None or response.status.code == 0})
+                ok = response.status is None or response.status.code == 0
+                if stream_id == 1:
+                    record({"registered": ok})
+                else:
+                    failed = nri.UpdateContainersResponse.parse(response.payload).failed
+                    record({"updated": ok, "failed": [u.container_id for u in failed]})
                 continue
             if conn != PLUGIN_CONN or kind != REQUEST:
                 continue
@@ -159,6 +166,20 @@ def main() -> None:
                     os._exit(3)
                 reply = bytes(nri.CreateContainerResponse(adjust=adjustment(args)))
                 entry = {}
+            elif call.method == "StartContainer" and args.update_on_start:
+                target, _, limit = args.update_on_start.partition("=")
+                memory = nri.LinuxMemory(limit=nri.OptionalInt64(value=int(limit)))
+                update = nri.ContainerUpdate(
+                    container_id=target,
+                    linux=nri.LinuxContainerUpdate(resources=nri.LinuxResources(memory=memory)),
+                )
+                unsolicited = Request(
+                    service=RUNTIME,
+                    method="UpdateContainers",
+                    payload=bytes(nri.UpdateContainersRequest(update=[update])),
+                )
+                wire.send(RUNTIME_CONN, next_stream, REQUEST, bytes(unsolicited))
+                next_stream += 2
             elif call.method in ("StopContainer",):
                 reply = bytes(nri.StopContainerResponse())
             elif call.method == "Shutdown":

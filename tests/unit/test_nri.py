@@ -430,3 +430,27 @@ async def test_a_validator_sees_the_combined_adjustment_and_its_owners_and_may_r
             FailedPrecondition, match='validator "90-policy" rejected container adjustment, reason: FORBIDDEN'
         ):
             await nri.create_container(None, container_from_spec("no", spec_of([])))
+
+
+async def test_an_external_plugins_unsolicited_updates_reach_the_domain(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    log = tmp_path / "plugin.log"
+    domain = Domain()
+    async with running(settings) as nri:
+        nri.register_domain(domain)
+        proc = start_plugin(settings, log, "--update-on-start", "other=33554432")
+        try:
+            await until(lambda: len(nri.plugins) == 1)
+            synced = next(e for e in entries(log) if e.get("method") == "Synchronize")
+            assert synced["containers"] == ["other"]
+            await nri.start_container(None, container_from_spec("starter", spec_of([])))
+            await until(lambda: any("updated" in e for e in entries(log)))
+        finally:
+            proc.kill()
+            proc.wait()
+    assert {"updated": True, "failed": []} in entries(log)
+    [update] = domain.updates
+    assert update.container_id == "other"
+    assert update.linux is not None and update.linux.resources is not None
+    assert update.linux.resources.memory is not None and update.linux.resources.memory.limit is not None
+    assert update.linux.resources.memory.limit.value == 32 << 20

@@ -133,6 +133,8 @@ def test_an_external_plugin_adjusts_env_annotations_and_mounts_of_a_container_ct
         assert "NRI_ADDED=by-external-plugin" not in info["Spec"]["process"]["env"]
         daemon.ctr("tasks", "kill", "-s", "SIGKILL", "n1")
         wait_for(lambda: "STOPPED" in daemon.ctr("tasks", "ls").stdout, what="task exit")
+        # The exit itself is the stop, before anyone deletes the task.
+        wait_for(lambda: any(e.get("method") == "StopContainer" for e in entries(log)), what="stop event")
         daemon.ctr("tasks", "delete", "n1")
         daemon.ctr("containers", "rm", "n1")
         wait_for(lambda: any(e.get("method") == "RemoveContainer" for e in entries(log)), what="remove event")

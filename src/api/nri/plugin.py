@@ -7,7 +7,6 @@ plugin is. The tasks service's containers go through NRI too (``TaskLifecycle``)
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -27,10 +26,11 @@ from corral.api.nri._events import Events
 from corral.api.nri._plugins import Timeouts
 from corral.api.nri._tasks import TaskLifecycle
 from corral.api.nri.hookspecs import PROJECT, NRIHookSpecs
+from corral.api.types.containerd import events as pb_events
 from corral.kernel import InitContext, Registration, SkipPlugin
 from corral.plugins import types
 from corral.plugins.cdi import DeviceInjector
-from corral.plugins.events.types import ContainerDelete, EventExchange
+from corral.plugins.events.types import ContainerDelete, EventExchange, RawEvent, TaskExit
 from corral.plugins.runtimes import PlatformRuntime
 
 log = structlog.get_logger("corral.nri")
@@ -72,12 +72,25 @@ class NRIPlugin:
         return self._tasks
 
 
-async def _watch_deletes(exchange: EventExchange, tasks: TaskLifecycle) -> None:
-    async with exchange.subscribe(['topic=="/containers/delete"']) as events:
+async def _watch_containers(exchange: EventExchange, tasks: TaskLifecycle) -> None:
+    """A task's init process exiting is its container's stop (containerd's NotifyContainerExit);
+    a container's deletion is its removal."""
+    topics = ['topic=="/tasks/exit"', 'topic=="/containers/delete"']
+    async with exchange.subscribe(topics) as events:
         async for envelope in events:
-            if isinstance(envelope.event, ContainerDelete):
-                with contextlib.suppress(Exception):
-                    await tasks.removed(envelope.event.id)
+            event = envelope.event
+            try:
+                if isinstance(event, ContainerDelete):
+                    await tasks.removed(event.id)
+                elif isinstance(event, TaskExit):
+                    if event.id in ("", event.container_id):
+                        await tasks.stopped(event.container_id, event.exit_status)
+                elif isinstance(event, RawEvent) and event.type_url.endswith("containerd.events.TaskExit"):
+                    exit = pb_events.TaskExit.parse(event.value)
+                    if exit.id in ("", exit.container_id):
+                        await tasks.stopped(exit.container_id, exit.exit_status)
+            except Exception as exc:
+                log.warning("nri_event_failed", topic=envelope.topic, error=str(exc))
 
 
 def check_hooks(hooks: object, name: str) -> None:
@@ -135,7 +148,7 @@ async def init(ic: InitContext) -> NRIPlugin:
         raise failed[0]
     exchange = next(iter(ic.get_by_type(types.EVENT, EventExchange).values()), None)
     if exchange is not None:
-        ic.start_soon(lambda: _watch_deletes(exchange, tasks), name="container-deletes")
+        ic.start_soon(lambda: _watch_containers(exchange, tasks), name="container-events")
     ic.meta.exports["socket_path"] = config.socket_path if nri.listening else ""
     return NRIPlugin(nri, Events(nri, cdi.inject if cdi is not None else None), tasks)
 

@@ -454,3 +454,59 @@ async def test_an_external_plugins_unsolicited_updates_reach_the_domain(tmp_path
     assert update.linux is not None and update.linux.resources is not None
     assert update.linux.resources.memory is not None and update.linux.resources.memory.limit is not None
     assert update.linux.resources.memory.limit.value == 32 << 20
+
+
+class PodWatcher:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    @hookimpl
+    def nri_run_pod_sandbox(self, pod: api.PodSandbox) -> None:
+        self.events.append(f"run {pod.id} {pod.namespace}/{pod.name}")
+
+    @hookimpl
+    def nri_stop_pod_sandbox(self, pod: api.PodSandbox) -> None:
+        self.events.append(f"stop {pod.id}")
+
+    @hookimpl
+    def nri_remove_pod_sandbox(self, pod: api.PodSandbox) -> None:
+        self.events.append(f"remove {pod.id}")
+
+    @hookimpl
+    def nri_create_container(self, pod: api.PodSandbox, container: api.Container) -> api.ContainerAdjustment:
+        self.events.append(f"create {container.id} in {pod.id} ({container.pod_sandbox_id})")
+        return api.ContainerAdjustment(
+            annotations={"pod": pod.name}, CDI_devices=[api.CdiDevice(name="vendor.com/dev=x")]
+        )
+
+
+async def test_cri_calls_nri_through_the_plain_record_contract(tmp_path: Path) -> None:
+    from corral.api.nri import Events
+    from corral.plugins.nri import ContainerInfo, NRIEvents, PodInfo
+
+    settings = _settings(tmp_path)
+    settings.disable_connections = True
+    watcher = PodWatcher()
+    injected: list[list[str]] = []
+
+    def inject(spec: dict[str, Any], devices: Any) -> None:
+        injected.append(list(devices))
+        spec.setdefault("process", {}).setdefault("env", []).append("INJECTED=1")
+
+    async with running(settings) as nri:
+        events = Events(nri, inject)
+        assert isinstance(events, NRIEvents)
+        await nri.register_hooks(watcher, "watcher", "10")
+        pod = PodInfo(id="p1", name="web", namespace="prod", labels={"app": "web"})
+        await events.run_pod_sandbox(pod)
+        spec = spec_of(["A=1"])
+        adjusted = await events.create_container(
+            pod, ContainerInfo(id="c1", pod_sandbox_id="p1", name="app"), spec
+        )
+        await events.stop_pod_sandbox(pod)
+        await events.stop_pod_sandbox(pod)  # once only
+        await events.remove_pod_sandbox(pod)
+    assert adjusted["annotations"] == {"pod": "web"} and adjusted["process"]["env"] == ["A=1", "INJECTED=1"]
+    assert spec["process"]["env"] == ["A=1"]  # the caller's spec is left as it was
+    assert injected == [["vendor.com/dev=x"]]
+    assert watcher.events == ["run p1 prod/web", "create c1 in p1 (p1)", "stop p1", "remove p1"]

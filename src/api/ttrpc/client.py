@@ -64,20 +64,8 @@ class TTRPCClient:
                 stream = await anyio.connect_unix(path)
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"ttrpc: connect {os.fspath(path)}: {exc}") from exc
-        client = cls(stream)
-        error: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(client._receive_loop)
-            try:
-                yield client
-            except Exception as exc:
-                # Raised as is below rather than wrapped in the task group's exception group.
-                error = exc
-            finally:
-                await client.close()
-                tg.cancel_scope.cancel()
-        if error is not None:
-            raise error
+        async with cls.over(stream) as client:
+            yield client
 
     @classmethod
     @asynccontextmanager
@@ -91,6 +79,7 @@ class TTRPCClient:
             try:
                 yield client
             except Exception as exc:
+                # Raised as is below rather than wrapped in the task group's exception group.
                 error = exc
             finally:
                 await client.close()

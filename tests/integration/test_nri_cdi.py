@@ -355,3 +355,27 @@ def test_cdi_devices_requested_by_annotation_or_device_flag_appear_in_the_contai
         f"{cdi}/fake.yaml: ok (corral.test/fake, 1 devices)",
         f"{cdi}/broken.json: invalid: invalid spec, no devices",
     ]
+
+
+def test_containers_that_outlive_a_restart_are_synchronized_and_still_stopped_and_removed(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon.ctr("run", "-d", IMAGE, "r1", "sleep", "300")
+    daemon.restart()
+    log = tmp_path / "after.log"
+    proc = plugin_process(tmp_path, log)
+    try:
+        synced = next(e for e in entries(log) if e.get("method") == "Synchronize")
+        assert synced["containers"] == ["r1"]
+        daemon.ctr("tasks", "kill", "-s", "SIGKILL", "r1")
+        wait_for(lambda: "STOPPED" in daemon.ctr("tasks", "ls").stdout, what="task exit")
+        daemon.ctr("tasks", "delete", "r1")
+        daemon.ctr("containers", "rm", "r1")
+        wait_for(lambda: any(e.get("method") == "RemoveContainer" for e in entries(log)), what="remove event")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [e["method"] for e in entries(log) if e.get("container") == "r1"] == [
+        "StopContainer",
+        "RemoveContainer",
+    ]

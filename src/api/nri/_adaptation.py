@@ -467,6 +467,10 @@ class NRI:
             api.PostUpdateContainerRequest(pod=_pod(pod), container=container),
         )
 
+    def recovered(self, container_id: str, running: bool) -> None:
+        """A container that existed before this daemon started, so its stop and removal are sent."""
+        self._state[container_id] = _State.RUNNING if running else _State.STOPPED
+
     async def stop_container(self, pod: api.PodSandbox | None, container: api.Container) -> None:
         """Once per container (a stop request and its exit are one stop to plugins)."""
         if self._state.get(container.id) not in (_State.CREATED, _State.RUNNING):

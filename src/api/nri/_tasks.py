@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -31,7 +32,7 @@ from corral.api.nri._result import copy
 from corral.api.types.nri.pkg.api import v1alpha1 as api
 from corral.plugins.core.namespaces import namespace as bound_namespace
 from corral.plugins.metadata import AnyValue
-from corral.plugins.runtimes import PlatformRuntime
+from corral.plugins.runtimes import PlatformRuntime, TaskStatus
 
 log = structlog.get_logger("corral.nri")
 
@@ -81,6 +82,36 @@ class TaskLifecycle:
         with bound_namespace(tracked.namespace):
             task = await self._runtime.get(eviction.container_id)
             await task.kill(int(signal.SIGKILL), True)
+
+    async def recover(self) -> None:
+        """The tasks that outlived a restart of corrald, from their bundles' specs, so plugins are
+        shown them (Synchronize) and hear of their stop and removal."""
+        if self._runtime is None:
+            return
+        try:
+            tasks = await self._runtime.tasks(all_namespaces=True)
+        except Exception as exc:
+            log.warning("nri_recover_failed", error=str(exc))
+            return
+        for task in tasks:
+            try:
+                with bound_namespace(task.namespace):
+                    state = await task.state()
+                spec = json.loads((Path(state.bundle) / "config.json").read_text()) if state.bundle else {}
+            except Exception as exc:
+                log.warning("nri_recover_failed", id=task.id, error=str(exc))
+                continue
+            running = state.status in (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING)
+            container = container_from_spec(
+                task.id,
+                spec,
+                state=api.ContainerState.CONTAINER_RUNNING
+                if running
+                else api.ContainerState.CONTAINER_STOPPED,
+                pid=state.pid,
+            )
+            self._tracked[task.id] = _Tracked(task.namespace, container)
+            self._nri.recovered(task.id, running)
 
     # -- events ------------------------------------------------------------------------------
     async def create(

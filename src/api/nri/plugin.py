@@ -121,6 +121,7 @@ async def init(ic: InitContext) -> NRIPlugin:
     cdi = next(iter(ic.get_by_type(types.CDI, DeviceInjector).values()), None)
     tasks = TaskLifecycle(nri, runtime, cdi.inject if cdi is not None else None)
     nri.register_domain(tasks)
+    await tasks.recover()
     for plugin_id, hooks in ic.get_by_type(types.NRI_PLUGIN).items():
         try:
             check_hooks(hooks, plugin_id)

@@ -153,8 +153,8 @@ def main() -> None:
                 reply = bytes(nri.ConfigureResponse(events=mask))
             elif call.method == "Synchronize":
                 sync = nri.SynchronizeRequest.parse(call.payload)
-                entry["containers"] = [c.id for c in sync.containers]
-                reply = bytes(nri.SynchronizeResponse())
+                entry.update(containers=[c.id for c in sync.containers], more=sync.more)
+                reply = bytes(nri.SynchronizeResponse(more=sync.more))
             elif call.method == "CreateContainer":
                 create = nri.CreateContainerRequest.parse(call.payload)
                 assert create.container is not None

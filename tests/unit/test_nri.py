@@ -132,7 +132,7 @@ async def test_an_external_plugin_registers_and_adjusts_env_annotations_and_moun
     assert {"registered": True} in got
     got = [e for e in got if "registered" not in e]
     assert got[0] == {"method": "Configure", "runtime": "corral", "config": ""}
-    assert got[1] == {"method": "Synchronize", "containers": []}
+    assert got[1] == {"method": "Synchronize", "containers": [], "more": False}
     assert got[2]["method"] == "CreateContainer" and got[2]["env"] == ["PATH=/bin", "KEEP=1"]
     assert [e["method"] for e in got[3:]] == ["StartContainer", "StopContainer", "RemoveContainer"]
     assert not os.path.exists(settings.socket_path)
@@ -510,3 +510,27 @@ async def test_cri_calls_nri_through_the_plain_record_contract(tmp_path: Path) -
     assert spec["process"]["env"] == ["A=1"]  # the caller's spec is left as it was
     assert injected == [["vendor.com/dev=x"]]
     assert watcher.events == ["run p1 prod/web", "create c1 in p1 (p1)", "stop p1", "remove p1"]
+
+
+class Crowd(Domain):
+    """Enough containers that one Synchronize message would be over ttrpc's 4 MiB."""
+
+    def list_containers(self) -> list[api.Container]:
+        return [api.Container(id=f"c{i:04}", env=[f"BIG={'x' * 8192}"]) for i in range(600)]
+
+
+async def test_a_state_too_big_for_one_message_is_synchronized_in_batches(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    log = tmp_path / "plugin.log"
+    async with running(settings) as nri:
+        nri.register_domain(Crowd())
+        proc = start_plugin(settings, log)
+        try:
+            await until(lambda: len(nri.plugins) == 1, limit=30)
+        finally:
+            proc.kill()
+            proc.wait()
+    batches = [e for e in entries(log) if e.get("method") == "Synchronize"]
+    assert len(batches) > 1
+    assert [b["more"] for b in batches] == [True] * (len(batches) - 1) + [False]
+    assert [c for b in batches for c in b["containers"]] == [f"c{i:04}" for i in range(600)]

@@ -26,7 +26,7 @@ from corral.api.nri._mux import PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN, Mux
 from corral.api.nri.hookspecs import HOOK_EVENTS
 from corral.api.ttrpc import TTRPCClient, TTRPCContext, TTRPCServer
 from corral.api.types.nri.pkg.api import v1alpha1 as api
-from corral.kernel import DeadlineExceeded, InvalidArgument, Unavailable
+from corral.kernel import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 
 log = structlog.get_logger("corral.nri")
 
@@ -246,9 +246,30 @@ class ExternalPlugin(Plugin):
     async def synchronize(
         self, pods: list[api.PodSandbox], containers: list[api.Container], limit: float
     ) -> list[api.ContainerUpdate]:
-        request = api.SynchronizeRequest(pods=pods, containers=containers, more=False)
-        reply = await self._request("Synchronize", request, api.SynchronizeResponse, limit)
-        return list(reply.update)
+        # As NRI: a state too big for one message goes in batches (``more`` on all but the last),
+        # cut smaller each time the message is refused as too large.
+        pods_per, containers_per = len(pods), len(containers)
+        while True:
+            request = api.SynchronizeRequest(
+                pods=pods[:pods_per],
+                containers=containers[:containers_per],
+                more=len(pods) > pods_per or len(containers) > containers_per,
+            )
+            try:
+                reply = await self._request("Synchronize", request, api.SynchronizeResponse, limit)
+            except ResourceExhausted:
+                if pods_per + containers_per <= 8:
+                    raise InvalidArgument("failed to synchronize plugin with split messages") from None
+                pods_per, containers_per = max(pods_per // 2, 4), max(containers_per // 2, 4)
+                pods_per, containers_per = min(pods_per, len(pods)), min(containers_per, len(containers))
+                continue
+            if not request.more:
+                return list(reply.update)
+            if reply.update or not reply.more:
+                self.close()
+                raise InvalidArgument("plugin does not handle split sync requests")
+            pods, containers = pods[pods_per:], containers[containers_per:]
+            pods_per, containers_per = min(pods_per, len(pods)), min(containers_per, len(containers))
 
     async def call(self, event: api.Event, request: Any, limit: float) -> Any:
         spec = EVENT_CALLS[event]

@@ -8,6 +8,7 @@ import click
 
 from corral import __version__
 from corral.api.cli._session import Settings, one_line_errors
+from corral.api.cli.cdi import cdi_group
 from corral.api.cli.config import config_group
 from corral.api.cli.containers import containers_group
 from corral.api.cli.content import content_group
@@ -89,6 +90,7 @@ cli.add_command(run_command)
 cli.add_command(tasks_group)
 cli.add_command(events_command)
 cli.add_command(version_command)
+cli.add_command(cdi_group)
 
 
 def main() -> None:

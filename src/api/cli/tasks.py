@@ -27,6 +27,7 @@ from corral.api.types.containerd.services.containers import v1 as containers_pb
 from corral.api.types.containerd.v1 import types as task_types
 from corral.api.types.google import protobuf
 from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
+from corral.plugins.cdi import SpecError, annotation_key, parse_qualified_name
 from corral.plugins.runtimes.spec import (
     IDMapping,
     RunFlags,
@@ -62,11 +63,14 @@ async def _create_container(
     snapshotter: str,
     runtime: str,
     labels: dict[str, str],
+    devices: Sequence[str] = (),
 ) -> containers_pb.Container:
-    """The container ``corral containers create`` makes, with ``corral run``'s user namespaces and
-    terminal size."""
+    """The container ``corral containers create`` makes, with ``corral run``'s user namespaces,
+    terminal size and CDI devices (an annotation corrald resolves when the task is created)."""
 
     def adjust(spec: dict[str, Any], rootfs: Path) -> None:
+        if devices:
+            spec.setdefault("annotations", {})[annotation_key("corral", "run")] = ",".join(devices)
         if flags.uidmap:
             # As ctr's remapped snapshot: the container's root owns its files in the namespace.
             remap_tree(rootfs, parse_id_map(flags.uidmap, "uid"), parse_id_map(flags.gidmap, "gid"))
@@ -198,6 +202,7 @@ PASS_ARGS = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 @click.option(
     "--gidmap", multiple=True, metavar="CONTAINER:HOST:SIZE", help="a user namespace gid range (repeat)"
 )
+@click.option("--device", "devices", multiple=True, metavar="VENDOR/CLASS=NAME", help="a CDI device (repeat)")
 @click.option("--snapshotter", default="overlayfs", show_default=True, help="where the image is unpacked")
 @click.option("--runtime", default=DEFAULT_RUNTIME, show_default=True, help="the runtime's name or path")
 def run_command(
@@ -219,6 +224,7 @@ def run_command(
     net_host: bool,
     uidmap: tuple[str, ...],
     gidmap: tuple[str, ...],
+    devices: tuple[str, ...],
     snapshotter: str,
     runtime: str,
 ) -> None:
@@ -234,6 +240,11 @@ def run_command(
     log_uri = f"file://{log_file.absolute()}" if log_file is not None else ""
     if bool(uidmap) != bool(gidmap):
         raise CommandError("--uidmap and --gidmap go together")
+    for device in devices:
+        try:
+            parse_qualified_name(device)
+        except SpecError as exc:
+            raise CommandError(f"--device: {exc}") from None
     flags = RunFlags(
         args=args, env=env, mounts=mounts, cwd=cwd, user=user, tty=tty, hostname=hostname,
         read_only=read_only, privileged=privileged, net_host=net_host, uidmap=uidmap, gidmap=gidmap,
@@ -243,7 +254,7 @@ def run_command(
 
     async def run(client: Client) -> int:
         container = await _create_container(
-            client, image, container_id, flags, snapshotter, runtime, parsed_labels
+            client, image, container_id, flags, snapshotter, runtime, parsed_labels, devices
         )
         stdio: ProcessStdio | None = None
         try:

@@ -64,6 +64,14 @@ class TTRPCClient:
                 stream = await anyio.connect_unix(path)
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"ttrpc: connect {os.fspath(path)}: {exc}") from exc
+        async with cls.over(stream) as client:
+            yield client
+
+    @classmethod
+    @asynccontextmanager
+    async def over(cls, stream: anyio.abc.SocketStream) -> AsyncIterator[TTRPCClient]:
+        """Calls over an already-connected unix stream (a socketpair's end, one logical connection
+        of a multiplexed socket), replies read until the block ends."""
         client = cls(stream)
         error: Exception | None = None
         async with anyio.create_task_group() as tg:

@@ -356,6 +356,11 @@ class TTRPCServer:
         for conn in list(self._connections):
             conn.close()
 
+    async def serve_stream(self, stream: anyio.abc.SocketStream) -> None:
+        """Serve one already-connected unix stream (a socketpair's end, one logical connection of
+        a multiplexed socket) until it ends; ``shutdown`` closes it as it closes accepted ones."""
+        await self._serve_connection(stream)
+
     @staticmethod
     async def _close_when_idle(conn: _Connection) -> None:
         while conn.active:

@@ -8,10 +8,12 @@ from the runtime's processes (a shim publishes its own), not from here.
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import anyio
 import structlog
 
 from corral.kernel import (
@@ -28,9 +30,13 @@ from corral.kernel import (
     parse_filters,
 )
 from corral.plugins import types
+from corral.plugins.cdi import DeviceInjector
 from corral.plugins.core import Mount
+from corral.plugins.core.namespaces import namespace_required
 from corral.plugins.metadata import AnyValue, Container, ContainerStore, Metadata
+from corral.plugins.nri import NRIService, TaskEvents
 from corral.plugins.runtimes import (
+    SPEC_TYPE_URL,
     CreateOpts,
     ExecOpts,
     Exit,
@@ -64,9 +70,36 @@ class TaskMetric:
 class TasksService:
     """The tasks of the request's namespace, reached through their containers."""
 
-    def __init__(self, containers: ContainerStore, runtime: PlatformRuntime) -> None:
+    def __init__(
+        self,
+        containers: ContainerStore,
+        runtime: PlatformRuntime,
+        *,
+        cdi: DeviceInjector | None = None,
+        nri: TaskEvents | None = None,
+    ) -> None:
         self._containers = containers
         self._runtime = runtime
+        self._cdi = cdi
+        self._nri = nri
+
+    async def _final_spec(self, container: Container) -> AnyValue | None:
+        """The spec the shim is given: the container's, with the CDI devices its annotations ask
+        for and every NRI plugin's adjustment (containerd does both for CRI's containers only)."""
+        spec = container.spec
+        if (self._cdi is None and self._nri is None) or spec is None or spec.type_url != SPEC_TYPE_URL:
+            return spec
+        try:
+            document = json.loads(spec.value)
+        except ValueError:
+            return spec
+        if self._cdi is not None:
+            self._cdi.inject_annotated(document)
+        if self._nri is not None:
+            document = await self._nri.create(
+                namespace_required(), container.id, container.labels, container.image, document
+            )
+        return AnyValue(spec.type_url, json.dumps(document).encode())
 
     async def _container(self, container_id: str) -> Container:
         return await self._containers.get(container_id)
@@ -93,8 +126,14 @@ class TasksService:
     ) -> tuple[str, int]:
         """(container id, pid of the created init process)."""
         container = await self._container(container_id)
+        try:
+            await self._runtime.get(container_id)
+        except NotFound:
+            pass
+        else:
+            raise AlreadyExists(f"task {container_id}")
         opts = CreateOpts(
-            spec=container.spec,
+            spec=await self._final_spec(container),
             rootfs=tuple(rootfs),
             io=io,
             runtime=runtime_path or container.runtime.name,
@@ -103,19 +142,32 @@ class TasksService:
             labels={"runtime": container.runtime.name},
         )
         try:
-            await self._runtime.get(container_id)
-        except NotFound:
-            pass
-        else:
-            raise AlreadyExists(f"task {container_id}")
-        task = await self._runtime.create(container_id, opts)
+            task = await self._runtime.create(container_id, opts)
+        except BaseException:
+            if self._nri is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._nri.create_failed(container_id)
+            raise
         state = await task.state()
+        if self._nri is not None:
+            await self._nri.created(container_id, state.pid)
         return container_id, state.pid
 
     async def start(self, container_id: str, exec_id: str = "") -> int:
         process = await self._process(container_id, exec_id)
-        await process.start()
-        return (await process.state()).pid
+        if self._nri is None or exec_id:
+            await process.start()
+            return (await process.state()).pid
+        await self._nri.starting(container_id)
+        try:
+            await process.start()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._nri.stopped(container_id)
+            raise
+        pid = (await process.state()).pid
+        await self._nri.started(container_id, pid)
+        return pid
 
     async def delete(self, container_id: str) -> Exit:
         container = await self._container(container_id)
@@ -123,7 +175,10 @@ class TasksService:
             await self._runtime.get(container.id)
         except NotFound:
             raise exactly(NotFound, f"task {container.id} not found") from None
-        return await self._runtime.delete(container_id)
+        exit = await self._runtime.delete(container_id)
+        if self._nri is not None:
+            await self._nri.stopped(container_id, exit.status)
+        return exit
 
     async def delete_process(self, container_id: str, exec_id: str) -> Exit:
         process = await self._process(container_id, exec_id)
@@ -195,7 +250,16 @@ class TasksService:
     async def update(
         self, container_id: str, resources: AnyValue | None, annotations: Mapping[str, str]
     ) -> None:
-        await (await self._task(container_id)).update(resources, annotations)
+        task = await self._task(container_id)
+        if self._nri is None or resources is None or not resources.type_url.endswith("/LinuxResources"):
+            await task.update(resources, annotations)
+            return
+        # NRI plugins may change the resources asked for (UpdateContainer), and hear it is done.
+        wanted = await self._nri.updating(container_id, json.loads(resources.value or b"{}"))
+        if wanted is not None:
+            resources = AnyValue(resources.type_url, json.dumps(wanted).encode())
+        await task.update(resources, annotations)
+        await self._nri.updated(container_id)
 
     async def metrics(self, filters: Sequence[str]) -> builtins.list[TaskMetric]:
         match = parse_filters(list(filters))
@@ -259,7 +323,14 @@ async def init(ic: InitContext) -> TasksService:
         for instance in ic.get_by_type(types.RUNTIME_IN_PROCESS, PlatformRuntime).values()
         for name in getattr(instance, "runtime_names", ())
     }
-    return TasksService(containers, Runtimes(runtime, in_process) if in_process else runtime)
+    cdi = next(iter(ic.get_by_type(types.CDI, DeviceInjector).values()), None)
+    nri = next(iter(ic.get_by_type(types.NRI, NRIService).values()), None)
+    return TasksService(
+        containers,
+        Runtimes(runtime, in_process) if in_process else runtime,
+        cdi=cdi,
+        nri=nri.tasks if nri is not None else None,
+    )
 
 
 registration = Registration(
@@ -267,6 +338,6 @@ registration = Registration(
     id="tasks-service",
     init=init,
     requires=(types.METADATA, types.RUNTIME_V2),
-    after=(types.RUNTIME_IN_PROCESS,),
+    after=(types.RUNTIME_IN_PROCESS, types.CDI, types.NRI),
     description="containers' tasks through the v2 runtime and the in-process ones",
 )

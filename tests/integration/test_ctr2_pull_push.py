@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containerd2 import containerd2_bin, ctr2
+from containerd2 import Containerd2, containerd2_bin, ctr2
 from harness import Daemon
 from registry_fixture import Registry
 from test_ctr_pull_push import push_layout, skopeo
@@ -64,3 +64,45 @@ def test_ctr2_pull_unpacks_and_push_round_trips_byte_identical(
     index = json.loads((back / "index.json").read_text())
     original = json.loads((busybox_layout / "index.json").read_text())
     assert index["manifests"][0]["digest"] == original["manifests"][0]["digest"]
+
+
+@pytest.fixture
+def containerd(tmp_path: Path) -> Iterator[Containerd2]:
+    require_root()
+    d = Containerd2(tmp_path / "containerd").start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def _content_labels(address: str) -> dict[str, set[str]]:
+    rows = lines(ctr2(address, "content", "ls"))[1:]
+    found = {}
+    for row in rows:
+        parts = row.split()
+        labels = parts[-1] if "=" in parts[-1] else ""
+        found[parts[0]] = {label.split("=")[0] for label in labels.split(",") if label}
+    return found
+
+
+def test_ctr2_pull_stores_what_containerd_2_stores(
+    corral: Daemon, containerd: Containerd2, registry: Registry, busybox_layout: Path
+) -> None:
+    push_layout(busybox_layout, registry, "library/busybox:1")
+    ref = f"{registry.host}/library/busybox:1"
+    outputs = {}
+    for address in (corral.socket, containerd.socket):
+        outputs[address] = ctr2(address, "images", "pull", "--plain-http", ref).stdout
+            outputs[address]
+        )
+    ours, theirs = _content_labels(corral.socket), _content_labels(containerd.socket)
+    assert ours == theirs, (ours, theirs, outputs)
+    assert lines(ctr2(corral.socket, "images", "ls", "-q")) == lines(
+        ctr2(containerd.socket, "images", "ls", "-q")
+    )
+    for address in (corral.socket, containerd.socket):
+        assert f"{ref}" in outputs[address] and "saved" in outputs[address]
+    assert [row.split()[0] for row in lines(ctr2(corral.socket, "snapshots", "ls"))] == [
+        row.split()[0] for row in lines(ctr2(containerd.socket, "snapshots", "ls"))
+    ]

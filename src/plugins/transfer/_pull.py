@@ -193,13 +193,17 @@ class _Pull:
         matcher = oci.ordered(*store.platforms) if store.platforms else oci.ALL
         manifests = await self._walk(root, (), matcher, store)
         wanted = await self._layers_to_fetch(manifests, targets)
-        async with anyio.create_task_group() as tg:
-            self.tg = tg
-            for layer, parents in wanted:
-                self._schedule(layer, parents)
-            for target in targets:
-                tg.start_soon(self._unpack, root, target)
-        self.tg = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self.tg = tg
+                for layer, parents in wanted:
+                    self._schedule(layer, parents)
+                for target in targets:
+                    tg.start_soon(self._unpack, root, target)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        finally:
+            self.tg = None
         for download in self.downloads.values():
             if download.error is not None:
                 raise download.error
@@ -249,9 +253,12 @@ class _Pull:
                 if oci.is_index(child.media_type) or oci.is_manifest(child.media_type):
                     results[i] = await self._walk(child, me, matcher, store, metadata_only=only_meta)
 
-            async with anyio.create_task_group() as tg:
-                for i, (child, only_meta) in enumerate(children):
-                    tg.start_soon(one, i, child, only_meta)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for i, (child, only_meta) in enumerate(children):
+                        tg.start_soon(one, i, child, only_meta)
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
             for r in results:
                 found.extend(r)
             return found
@@ -392,13 +399,13 @@ class _Pull:
         if not announced:
             blob.state("waiting", progress=0)
         ref = f"{PULL_INGEST_PREFIX}{self.lease.id}/{desc.digest}"
-        labels = {f"{DISTRIBUTION_SOURCE}{self.ref.host}": self.ref.repository}
+        labels = await self._source_labels(desc)
         async with self.limiter:
             try:
                 writer = await content.writer(ref, total=desc.size, expected=desc.digest)
             except AlreadyExists:
                 await self.s.leases.add_resource(self.lease.id, Resource(desc.digest, "content"))
-                await self._label(desc, labels)
+                await self._label(desc, await self._source_labels(desc))
                 blob.state("already exists")
                 return
             try:
@@ -417,7 +424,7 @@ class _Pull:
                 await writer.commit(desc.size, desc.digest, labels)
             except AlreadyExists:
                 await self.s.leases.add_resource(self.lease.id, Resource(desc.digest, "content"))
-                await self._label(desc, labels)
+                await self._label(desc, await self._source_labels(desc))
             except BaseException as exc:
                 if not _retryable(exc):
                     with anyio.CancelScope(shield=True):
@@ -429,6 +436,17 @@ class _Pull:
                 with anyio.CancelScope(shield=True):
                     await writer.close()
         blob.state("complete")
+
+    async def _source_labels(self, desc: oci.Descriptor) -> dict[str, str]:
+        """containerd's distribution-source label: the repositories of this registry (by host
+        name, without the port) the blob is known to come from, sorted, comma-separated."""
+        key = f"{DISTRIBUTION_SOURCE}{self.ref.host.rsplit(':', 1)[0] if ']' not in self.ref.host else self.ref.host}"
+        try:
+            existing = (await self.s.content.info(desc.digest)).labels.get(key, "")
+        except NotFound:
+            existing = ""
+        repositories = {r for r in existing.split(",") if r} | {self.ref.repository}
+        return {key: ",".join(sorted(repositories))}
 
     # -- the image -----------------------------------------------------------------------
 
@@ -456,6 +474,16 @@ async def store_image(
         created.append(image)
         progress(Progress("saved", name=image.name, desc=image.target))
     return created
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that ended a group of downloads and unpacks (not the cancellations it caused)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+    return group.exceptions[0]
 
 
 async def _committed_prefix(target: UnpackTarget, chain: Sequence[str]) -> int:

@@ -20,6 +20,7 @@ from corral.plugins.metadata import Image, ImageStore, NamespacedContent
 from corral.plugins.remotes import Descriptor as RemoteDescriptor
 from corral.plugins.remotes import PushOutcome, Reference, RegistryClient, parse_reference
 from corral.plugins.transfer import ImageLookup, OCIRegistry, Progress, ProgressFunc
+from corral.plugins.transfer._pull import first_error
 from corral.plugins.transfer._registry import DISTRIBUTION_SOURCE, BlobProgress, open_client, ref_key
 
 log = structlog.get_logger("corral.transfer")
@@ -104,9 +105,12 @@ class _Push:
                     manifest = oci.parse_manifest(data, desc.media_type)
                     children = [manifest.config, *manifest.layers]
             me = (ref_key(desc),)
-            async with anyio.create_task_group() as tg:
-                for child in children:
-                    tg.start_soon(self._push_child, child, me)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for child in children:
+                        tg.start_soon(self._push_child, child, me)
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
             if data:
                 await self._push_document(desc, data, blob, root=root)
             else:
@@ -162,7 +166,7 @@ class _Push:
             info = await self.content.info(desc.digest)
         except NotFound:
             return None
-        source = info.labels.get(f"{DISTRIBUTION_SOURCE}{self.ref.host}", "")
+        source = info.labels.get(f"{DISTRIBUTION_SOURCE}{self.ref.host.rsplit(':', 1)[0]}", "")
         for repository in source.split(","):
             if repository and repository != self.ref.repository:
                 return repository

@@ -4,18 +4,21 @@ on loopback, with skopeo as the independent client on the other side."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from containerd2 import Containerd2, containerd2_bin, ctr2
 from harness import Daemon
-from registry_fixture import Registry
+from registry_fixture import Registry, StartRegistry
+from test_corral_pull_push import ThrottledProxy
 from test_ctr_pull_push import push_layout, skopeo
 from tooling import require_root
 
-from corral.plugins.images.build import build_busybox_image
+from corral.plugins.images.build import LayerEntry, build_busybox_image, build_image, build_layer
 
 pytestmark = pytest.mark.root
 
@@ -94,8 +97,6 @@ def test_ctr2_pull_stores_what_containerd_2_stores(
     outputs = {}
     for address in (corral.socket, containerd.socket):
         outputs[address] = ctr2(address, "images", "pull", "--plain-http", ref).stdout
-            outputs[address]
-        )
     ours, theirs = _content_labels(corral.socket), _content_labels(containerd.socket)
     assert ours == theirs, (ours, theirs, outputs)
     assert lines(ctr2(corral.socket, "images", "ls", "-q")) == lines(
@@ -106,3 +107,57 @@ def test_ctr2_pull_stores_what_containerd_2_stores(
     assert [row.split()[0] for row in lines(ctr2(corral.socket, "snapshots", "ls"))] == [
         row.split()[0] for row in lines(ctr2(containerd.socket, "snapshots", "ls"))
     ]
+
+
+def test_ctr2_pull_with_wrong_credentials_fails_as_on_containerd_2_and_stores_nothing(
+    corral: Daemon, containerd: Containerd2, start_registries: StartRegistry, busybox_layout: Path
+) -> None:
+    registry = start_registries(username="corral", password="s3cret-pass")
+    skopeo(
+        "copy", "--dest-tls-verify=false", "--dest-creds", "corral:s3cret-pass",
+        f"oci:{busybox_layout}:latest", f"docker://{registry.host}/library/busybox:1",
+    )  # fmt: skip
+    ref = f"{registry.host}/library/busybox:1"
+    for address in (corral.socket, containerd.socket):
+        failed = ctr2(address, "images", "pull", "--plain-http", "--user", "corral:wrong", ref, check=False)
+        assert failed.returncode != 0
+        assert "401" in failed.stderr or "unauthorized" in failed.stderr.lower(), failed.stderr
+        assert lines(ctr2(address, "images", "ls", "-q")) == []
+    assert lines(ctr2(corral.socket, "content", "ls", "-q")) == []
+    ctr2(corral.socket, "images", "pull", "--plain-http", "--user", "corral:s3cret-pass", ref)
+    assert lines(ctr2(corral.socket, "images", "ls", "-q")) == [ref]
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_max_concurrent_downloads_bounds_the_blobs_downloading_at_once(
+    tmp_path: Path, registry: Registry, limit: int
+) -> None:
+    require_root()
+    containerd2_bin()
+    layers = [build_layer([LayerEntry.file(f"f{i}", os.urandom(6 << 20))]) for i in range(4)]
+    image = build_image(layers, cmd=["/f0"])
+    layout = image.write_oci_layout(tmp_path / "four", ["latest"])
+    push_layout(layout, registry, "corral/four:1")
+    proxy = ThrottledProxy(registry.port, rate=6 << 20)
+    config = (
+        f'version = 3\n[plugins."io.containerd.transfer.v1.local"]\n  max_concurrent_downloads = {limit}\n'
+    )
+    d = Daemon(tmp_path / "corral", config=config).start()
+    try:
+        ref = f"{proxy.host}/corral/four:1"
+        pull = subprocess.Popen(
+            [str(containerd2_bin() / "ctr"), "-a", d.socket, "images", "pull", "--plain-http", ref],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        most = 0
+        while pull.poll() is None:
+            active = [row for row in lines(ctr2(d.socket, "content", "active"))[1:] if "sha256:" in row]
+            most = max(most, len(active))
+            time.sleep(0.05)
+        assert pull.returncode == 0, pull.stderr.read() if pull.stderr else ""
+        assert 1 <= most <= limit
+        if limit > 1:
+            assert most > 1
+    finally:
+        d.stop()
+        proxy.stop()

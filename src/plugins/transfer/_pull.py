@@ -426,7 +426,9 @@ class _Pull:
                 await self.s.leases.add_resource(self.lease.id, Resource(desc.digest, "content"))
                 await self._label(desc, await self._source_labels(desc))
             except BaseException as exc:
-                if not _retryable(exc):
+                # a partial download stays for a resume unless its bytes are wrong; the lease's
+                # end decides about the rest
+                if not _retryable(exc) and not isinstance(exc, anyio.get_cancelled_exc_class()):
                     with anyio.CancelScope(shield=True):
                         await writer.close()
                         with suppress(CorralError):

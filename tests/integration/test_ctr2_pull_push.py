@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from containerd2 import Containerd2, containerd2_bin, ctr2
 from harness import Daemon
-from registry_fixture import Registry, StartRegistry
-from test_corral_pull_push import ThrottledProxy
+from registry_fixture import Registry, StartRegistry, ThrottledProxy
 from test_ctr_pull_push import push_layout, skopeo
 from tooling import require_root
 

@@ -264,3 +264,54 @@ def test_pushed_by_corral_inspected_and_copied_back_by_skopeo_byte_identical(
         assert (back / "blobs" / "sha256" / hexa).read_bytes() == (
             busybox_layout / "blobs" / "sha256" / hexa
         ).read_bytes()
+
+
+def test_layers_are_unpacked_while_later_ones_still_download(
+    daemon: Daemon, registry: Registry, layered_layout: tuple[Path, list[str], str]
+) -> None:
+    require_root()
+    layout, layers, big = layered_layout
+    push_layout(layout, registry, "corral/layered:1")
+    proxy = ThrottledProxy(registry.port, rate=8 << 20)
+    try:
+        ref = f"{proxy.host}/corral/layered:1"
+        events = json_lines(daemon.corral("images", "pull", "--plain-http", "--format", "json", ref).stdout)
+    finally:
+        proxy.stop()
+    order = [(e["event"], e["digest"]) for e in events]
+    first_extracting = order.index(("extracting", layers[0]))
+    big_complete = order.index(("complete", big))
+    assert first_extracting < big_complete, order
+    assert order.index(("extracted", big)) > big_complete
+
+
+def test_corrald_killed_midway_through_a_pull_leaves_nothing_half_made(
+    daemon: Daemon, registry: Registry, layered_layout: tuple[Path, list[str], str]
+) -> None:
+    require_root()
+    layout, _, big = layered_layout
+    push_layout(layout, registry, "corral/layered:1")
+    proxy = ThrottledProxy(registry.port, rate=8 << 20)
+    try:
+        ref = f"{proxy.host}/corral/layered:1"
+        pull = subprocess.Popen(
+            [str(BIN / "corral"), "-a", daemon.socket, "images", "pull", "--plain-http", "-q", ref],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.environ(),
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and big not in daemon.ctr("content", "active").stdout:
+            time.sleep(0.05)
+        assert daemon.proc is not None
+        daemon.proc.kill()
+        daemon.proc.wait()
+        pull.communicate(timeout=60)
+        assert pull.returncode != 0
+        daemon.proc = None
+        daemon.start()
+        assert daemon.corral("images", "ls", "-q").stdout.split() == []
+        assert daemon.ctr("content", "active").stdout.strip().splitlines()[1:] == []
+        assert daemon.ctr("leases", "ls").stdout.strip().splitlines()[1:] == []
+        daemon.corral("images", "pull", "--plain-http", "-q", ref)
+        assert "complete" in daemon.ctr("images", "check").stdout
+    finally:
+        proxy.stop()

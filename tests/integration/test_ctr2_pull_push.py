@@ -160,3 +160,54 @@ def test_max_concurrent_downloads_bounds_the_blobs_downloading_at_once(
     finally:
         d.stop()
         proxy.stop()
+
+
+DENY_BAD = """\
+#!/bin/sh
+case "$2" in
+  *:bad) echo "images tagged :bad are not allowed here"; exit 3 ;;
+esac
+echo "fine: $2"
+"""
+
+
+def test_a_verifier_judges_a_pull_before_any_layer_is_downloaded(
+    tmp_path: Path, registry: Registry, busybox_layout: Path
+) -> None:
+    require_root()
+    containerd2_bin()
+    bin_dir = tmp_path / "verifiers"
+    bin_dir.mkdir()
+    (bin_dir / "deny-bad").write_text(DENY_BAD)
+    (bin_dir / "deny-bad").chmod(0o755)
+    config = f'version = 3\\n[plugins."io.containerd.image-verifier.v1.bindir"]\\n  bin_dir = "{bin_dir}"\\n'
+    d = Daemon(tmp_path / "corral", config=config).start()
+    try:
+        push_layout(busybox_layout, registry, "library/busybox:bad")
+        push_layout(busybox_layout, registry, "library/busybox:good")
+        registry.mark()
+        bad = f"{registry.host}/library/busybox:bad"
+        denied = ctr2(d.socket, "images", "pull", "--plain-http", bad, check=False)
+        assert denied.returncode != 0
+        assert f"image verifier bindir blocked pull of {bad}" in denied.stderr, denied.stderr
+        assert "images tagged :bad are not allowed here" in denied.stderr
+        assert not [a for a in registry.accesses() if "/blobs/" in a.path]
+        assert lines(ctr2(d.socket, "images", "ls", "-q")) == []
+        assert lines(ctr2(d.socket, "content", "ls", "-q")) == []
+        good = f"{registry.host}/library/busybox:good"
+        ctr2(d.socket, "images", "pull", "--plain-http", good)
+        assert lines(ctr2(d.socket, "images", "ls", "-q")) == [good]
+    finally:
+        d.stop()
+
+
+def test_ctr2_pull_unpacks_into_the_snapshotter_asked_for(
+    corral: Daemon, registry: Registry, busybox_layout: Path
+) -> None:
+    push_layout(busybox_layout, registry, "library/busybox:1")
+    ref = f"{registry.host}/library/busybox:1"
+    ctr2(corral.socket, "images", "pull", "--plain-http", "--snapshotter", "native", ref)
+    assert len(lines(ctr2(corral.socket, "snapshots", "--snapshotter", "native", "ls"))) == 2
+    assert len(lines(ctr2(corral.socket, "snapshots", "ls"))) == 1  # overlayfs: only the header
+    labels = lines(ctr2(corral.socket, "content", "ls"))
+    assert any("containerd.io/gc.ref.snapshot.native=" in row for row in labels)

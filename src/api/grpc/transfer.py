@@ -55,6 +55,8 @@ WINDOW_UPDATE = _PREFIX + "WindowUpdate"
 PROGRESS = _PREFIX + "Progress"
 AUTH_REQUEST = _PREFIX + "AuthRequest"
 AUTH_RESPONSE = _PREFIX + "AuthResponse"
+AUTH_TIMEOUT = 30.0
+"""Seconds a client has to answer a credentials request; no answer is anonymous access."""
 
 
 def _any(type_url: str, message: Any) -> AnyValue:
@@ -223,12 +225,16 @@ class TransferGRPC(pb.TransferBase):
             lock = anyio.Lock()
 
             async def ask(reference: str, host: str) -> tuple[str, str] | None:
+                answer = None
                 async with lock:
-                    try:
-                        await stream.send(_any(AUTH_REQUEST, tt.AuthRequest(host=host, reference=reference)))
-                        answer = await stream.recv()
-                    except EOFError:
-                        return None
+                    with anyio.move_on_after(AUTH_TIMEOUT):
+                        try:
+                            await stream.send(
+                                _any(AUTH_REQUEST, tt.AuthRequest(host=host, reference=reference))
+                            )
+                            answer = await stream.recv()
+                        except EOFError:
+                            return None
                 if answer is None or answer.type_url != AUTH_RESPONSE:
                     return None
                 response = tt.AuthResponse.parse(answer.value)

@@ -180,7 +180,7 @@ def test_a_verifier_judges_a_pull_before_any_layer_is_downloaded(
     bin_dir.mkdir()
     (bin_dir / "deny-bad").write_text(DENY_BAD)
     (bin_dir / "deny-bad").chmod(0o755)
-    config = f'version = 3\\n[plugins."io.containerd.image-verifier.v1.bindir"]\\n  bin_dir = "{bin_dir}"\\n'
+    config = f'version = 3\n[plugins."io.containerd.image-verifier.v1.bindir"]\n  bin_dir = "{bin_dir}"\n'
     d = Daemon(tmp_path / "corral", config=config).start()
     try:
         push_layout(busybox_layout, registry, "library/busybox:bad")

@@ -18,7 +18,7 @@ remains.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -67,8 +67,8 @@ class PullServices:
     images: ImageStore
     leases: TransferLeases
     verifiers: dict[str, ImageVerifier]
-    unpack_target: object
-    """``Importer.unpack_target``-like: an ``UnpackRequest`` to its ``UnpackTarget``."""
+    unpack_target: Callable[[UnpackRequest], UnpackTarget]
+    """The configured unpack serving a request (the import's choice, shared)."""
     locks: ChainLocks
     config_path: str = ""
     max_concurrent_downloads: int = 3
@@ -99,20 +99,23 @@ class Puller:
         if not ref.object:
             raise InvalidArgument(f"reference {source.reference}: a tag or digest is required to pull")
         targets = [self._unpack_target(request) for request in store.unpacks]
-        lease = await self._lease(source.reference)
+        lease, adopted = await self._lease(source.reference)
         self.s.active.add(lease.id)
         failed = True
         keep = False
+        pull: _Pull | None = None
         try:
             with bound_lease(lease.id):
                 client = await open_client(
                     source, self.s.config_path, max_connections=max(8, self.s.max_concurrent_downloads * 2)
                 )
                 async with client:
-                    images = await _Pull(self.s, client, source, lease, progress).run(store, targets)
+                    pull = _Pull(self.s, client, source, lease, progress)
+                    images = await pull.run(store, targets)
             failed = False
         except BaseException as exc:
-            keep = _retryable(exc)
+            # worth keeping only once something was downloaded
+            keep = _retryable(exc) and (adopted or (pull is not None and pull.resolved))
             if keep:
                 log.info("pull_interrupted_kept_for_resume", reference=source.reference, lease=lease.id)
             raise
@@ -126,19 +129,16 @@ class Puller:
         return images
 
     def _unpack_target(self, request: UnpackRequest) -> UnpackTarget:
-        choose = self.s.unpack_target
-        assert callable(choose)
-        target: UnpackTarget = choose(request)
-        return target
+        return self.s.unpack_target(request)
 
-    async def _lease(self, reference: str) -> Lease:
-        """A lease the registry's going away left for this reference, else a new one."""
+    async def _lease(self, reference: str) -> tuple[Lease, bool]:
+        """A lease the registry's going away left for this reference (True), else a new one."""
         key = _resume_key(reference)
         for lease in await self.s.leases.list([f'labels."{RESUME_LABEL}"=={key}']):
             if lease.id not in self.s.active:
                 log.info("pull_resumed", reference=reference, lease=lease.id)
-                return lease
-        return await open_transfer_lease(self.s.leases, "pull", {RESUME_LABEL: key})
+                return lease, True
+        return await open_transfer_lease(self.s.leases, "pull", {RESUME_LABEL: key}), False
 
     async def _abort_ingests(self, lease: Lease) -> None:
         prefix = f"{PULL_INGEST_PREFIX}{lease.id}/"
@@ -176,6 +176,7 @@ class _Pull:
         self.layers: dict[str, tuple[oci.Descriptor, tuple[str, ...]]] = {}
         self.tg: anyio.abc.TaskGroup | None = None
         self.root_name = ""
+        self.resolved = False
 
     async def run(self, store: ImageStoreTarget, targets: Sequence[UnpackTarget]) -> list[Image]:
         self.report(Progress(f"Resolving from {self.source}"))
@@ -184,6 +185,7 @@ class _Pull:
         except CorralError as exc:
             raise type(exc)(f"failed to resolve image: {exc.detail}") from exc
         self.root_name = name
+        self.resolved = True
         root = oci.Descriptor(resolved.media_type, resolved.digest, resolved.size)
         if root.media_type == "application/vnd.docker.distribution.manifest.v1+prettyjws":
             raise InvalidArgument("schema 1 image manifests are no longer supported")

@@ -315,3 +315,25 @@ def test_corrald_killed_midway_through_a_pull_leaves_nothing_half_made(
         assert "complete" in daemon.ctr("images", "check").stdout
     finally:
         proxy.stop()
+
+
+def test_a_tls_registry_is_trusted_through_the_hosts_dirs_ca(
+    daemon: Daemon, tls_registry: Registry, busybox_layout: Path, tmp_path: Path
+) -> None:
+    require_root()
+    assert tls_registry.authority is not None
+    skopeo(
+        "copy", "--dest-tls-verify=false",
+        f"oci:{busybox_layout}:latest", f"docker://{tls_registry.host}/library/busybox:1",
+    )  # fmt: skip
+    ref = f"{tls_registry.host}/library/busybox:1"
+    untrusted = daemon.corral("images", "pull", "-q", ref, check=False)
+    assert untrusted.returncode == 1 and "certificate" in untrusted.stderr, untrusted.stderr
+    hosts = tmp_path / "certs.d"
+    (hosts / tls_registry.host).mkdir(parents=True)
+    (hosts / tls_registry.host / "hosts.toml").write_text(
+        f'server = "https://{tls_registry.host}"\n\n[host."https://{tls_registry.host}"]\n'
+        f'  ca = "{tls_registry.authority.ca}"\n'
+    )
+    daemon.corral("images", "pull", "--hosts-dir", str(hosts), "-q", ref)
+    assert daemon.corral("images", "ls", "-q").stdout.split() == [ref]

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -404,3 +405,68 @@ def token_registry(start_registries: StartRegistry, tmp_path: Path) -> Iterator[
 def auth_registry(start_registries: StartRegistry) -> Registry:
     """A plain-HTTP registry requiring Basic auth as ``registry.username``/``registry.password``."""
     return start_registries(username="corral", password="s3cret-pass")
+
+
+class ThrottledProxy:
+    """A TCP proxy in front of a registry that sends its answers at ``rate`` bytes a second,
+    logs each request line with its Range header, and can be stopped (every connection cut)."""
+
+    def __init__(self, upstream: int, rate: int, port: int = 0) -> None:
+        self.upstream, self.rate = upstream, rate
+        self.requests: list[tuple[str, str]] = []
+        self.listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, server]
+            threading.Thread(target=self._up, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                for head in data.split(b"\r\n\r\n"):
+                    lines = head.decode(errors="replace").split("\r\n")
+                    if lines and lines[0].split(" ")[0] in ("GET", "HEAD", "PUT", "POST", "PATCH"):
+                        ranges = [
+                            line.split(":", 1)[1].strip()
+                            for line in lines
+                            if line.lower().startswith("range:")
+                        ]
+                        self.requests.append((lines[0], ranges[0] if ranges else ""))
+                server.sendall(data)
+        except OSError:
+            pass
+
+    def _down(self, server: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := server.recv(16384):
+                client.sendall(data)
+                time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            for s in (client, server):
+                with suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self.stopped = True
+        for s in self.sockets:
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with suppress(OSError):
+                s.close()

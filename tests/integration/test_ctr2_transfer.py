@@ -234,14 +234,21 @@ def test_compress_blobs_gzips_a_docker_archives_uncompressed_layers(
     assert ctr2(corral.socket, "images", "check").stdout.rstrip().endswith("true")
 
 
-def test_a_pull_through_the_transfer_service_is_unimplemented_not_an_unknown_type(corral: Daemon) -> None:
-    result = ctr2(corral.socket, "images", "pull", "docker.io/library/busybox:latest", check=False)
+def test_a_pull_from_a_registry_that_does_not_answer_is_one_error_and_stores_nothing(
+    corral: Daemon,
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ref = f"127.0.0.1:{port}/library/busybox:latest"
+    result = ctr2(corral.socket, "images", "pull", "--plain-http", ref, check=False)
     assert result.returncode == 1
-    assert (
-        "method Transfer not implemented for containerd.types.transfer.OCIRegistry to "
-        "containerd.types.transfer.ImageStore: not implemented"
-    ) in result.stderr
+    assert f"failed to resolve image: registry 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert result.stderr.rstrip().endswith("unavailable")
     assert images(corral) == []
+    assert lines(ctr2(corral.socket, "leases", "ls"))[1:] == []
 
 
 def test_from_a_multi_platform_index_only_the_hosts_manifest_is_unpacked(

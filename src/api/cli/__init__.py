@@ -17,6 +17,7 @@ from corral.api.cli.images import images_group
 from corral.api.cli.leases import leases_group
 from corral.api.cli.namespaces import namespaces_group
 from corral.api.cli.plugins import plugins_group
+from corral.api.cli.registry import add_registry_commands
 from corral.api.cli.snapshots import snapshots_group
 from corral.api.cli.tasks import run_command, tasks_group
 from corral.api.cli.transfer import add_transfer_commands
@@ -85,6 +86,7 @@ cli.add_command(leases_group)
 cli.add_command(snapshots_group)
 cli.add_command(images_group)
 add_transfer_commands(images_group)
+add_registry_commands(images_group)
 cli.add_command(containers_group)
 cli.add_command(run_command)
 cli.add_command(tasks_group)

@@ -21,7 +21,13 @@ from corral.api.client._leases import LeaseCalls
 from corral.api.client._namespaces import NamespaceCalls
 from corral.api.client._snapshots import SnapshotCalls
 from corral.api.client._tasks import TaskCalls
-from corral.api.client._transfer import ImportOptions, TransferCalls, TransferProgress
+from corral.api.client._transfer import (
+    ImportOptions,
+    PullOptions,
+    RegistryOptions,
+    TransferCalls,
+    TransferProgress,
+)
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -30,6 +36,8 @@ __all__ = [
     "Connection",
     "ImportOptions",
     "IngestSource",
+    "PullOptions",
+    "RegistryOptions",
     "TransferProgress",
     "connect",
     "default_address",

@@ -36,6 +36,7 @@ from corral.plugins.transfer import (
     ImageLookup,
     ImageReference,
     ImageStoreTarget,
+    OCIRegistry,
     Progress,
     Transferrer,
     UnpackRequest,
@@ -52,6 +53,10 @@ _PREFIX = "containerd.types.transfer."
 DATA = _PREFIX + "Data"
 WINDOW_UPDATE = _PREFIX + "WindowUpdate"
 PROGRESS = _PREFIX + "Progress"
+AUTH_REQUEST = _PREFIX + "AuthRequest"
+AUTH_RESPONSE = _PREFIX + "AuthResponse"
+AUTH_TIMEOUT = 30.0
+"""Seconds a client has to answer a credentials request; no answer is anonymous access."""
 
 
 def _any(type_url: str, message: Any) -> AnyValue:
@@ -204,6 +209,50 @@ class TransferGRPC(pb.TransferBase):
 
         return report
 
+    async def _registry(self, message: tt.OciRegistry, stack: AsyncExitStack) -> OCIRegistry:
+        """The registry a client names, asking its auth stream for each host's credentials
+        (containerd's ``credCallback``: one ``AuthRequest`` answered by one ``AuthResponse``)."""
+        resolver = message.resolver or tt.RegistryResolver()
+        credentials = None
+        if resolver.auth_stream:
+            stream = await self._streams.get(resolver.auth_stream)
+
+            async def close_auth() -> None:
+                with anyio.CancelScope(shield=True):
+                    await stream.close()
+
+            stack.push_async_callback(close_auth)
+            lock = anyio.Lock()
+
+            async def ask(reference: str, host: str) -> tuple[str, str] | None:
+                answer = None
+                async with lock:
+                    with anyio.move_on_after(AUTH_TIMEOUT):
+                        try:
+                            await stream.send(
+                                _any(AUTH_REQUEST, tt.AuthRequest(host=host, reference=reference))
+                            )
+                            answer = await stream.recv()
+                        except EOFError:
+                            return None
+                if answer is None or answer.type_url != AUTH_RESPONSE:
+                    return None
+                response = tt.AuthResponse.parse(answer.value)
+                if response.auth_type == tt.AuthType.CREDENTIALS:
+                    return response.username, response.secret
+                if response.auth_type == tt.AuthType.REFRESH and response.secret:
+                    return "", response.secret
+                return None
+
+            credentials = ask
+        return OCIRegistry(
+            reference=message.reference,
+            host_dir=resolver.host_dir,
+            default_scheme=resolver.default_scheme,
+            headers=dict(resolver.headers),
+            credentials=credentials,
+        )
+
     async def _convert(
         self, value: protobuf.Any | None, tg: anyio.abc.TaskGroup, stack: AsyncExitStack, *, as_source: bool
     ) -> object:
@@ -240,10 +289,14 @@ class TransferGRPC(pb.TransferBase):
                 exp.skip_compatibility_manifest,
                 exp.skip_non_distributable,
             )
+        if url == _PREFIX + "OCIRegistry":
+            return await self._registry(tt.OciRegistry.parse(data), stack)
         if url == _PREFIX + "ImageStore":
             store = tt.ImageStore.parse(data)
             if as_source:
-                return ImageLookup(store.name, _references(store.extra_references))
+                return ImageLookup(
+                    store.name, _references(store.extra_references), _platforms(store.platforms)
+                )
             return ImageStoreTarget(
                 name=store.name,
                 labels=dict(store.labels),
@@ -261,10 +314,8 @@ class TransferGRPC(pb.TransferBase):
         raise NotFound(f"type with url {url}: not found")
 
 
-_KNOWN_ELSEWHERE = frozenset(
-    _PREFIX + name for name in ("OCIRegistry", "ReadStream", "WriteStream", "ContainerPath")
-)
-"""containerd's other transfer types: understood, not moved by corral's transferrers (yet)."""
+_KNOWN_ELSEWHERE = frozenset(_PREFIX + name for name in ("ReadStream", "WriteStream", "ContainerPath"))
+"""containerd's other transfer types: understood, not moved by corral's transferrers."""
 
 
 class _Unsupported:

@@ -3,14 +3,15 @@
 A transferrer is given a source and a destination (records below, decoded from the wire by the
 transfer service) and reports ``Progress`` as it goes. An image archive flows in as byte chunks
 (``ImageImportStream``) into the image store (``ImageStoreTarget``); images flow out of the
-store (``ImageLookup``) to an archive (``ImageExportStream``). A pair a transferrer does not
+store (``ImageLookup``) to an archive (``ImageExportStream``). Images are pulled from a registry
+(``OCIRegistry``) into the store and pushed from the store to one. A pair a transferrer does not
 handle is Unimplemented, so the service can ask the next one. ``corral.plugins.transfer.local``
 is the built-in transferrer.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -25,8 +26,10 @@ __all__ = [
     "ImageLookup",
     "ImageReference",
     "ImageStoreTarget",
+    "OCIRegistry",
     "Progress",
     "ProgressFunc",
+    "RegistryCredentials",
     "Transferrer",
     "UnpackRequest",
 ]
@@ -114,10 +117,33 @@ class ImageStoreTarget:
 
 @dataclass(frozen=True)
 class ImageLookup:
-    """containerd's ``transfer.ImageStore`` as a source: the images named, in order."""
+    """containerd's ``transfer.ImageStore`` as a source: the images named, in order; a push
+    sends only ``platforms``' manifests of an index (none: all of them)."""
 
     name: str = ""
     extra_references: tuple[ImageReference, ...] = ()
+    platforms: tuple[Platform, ...] = ()
+
+
+RegistryCredentials = Callable[[str, str], Awaitable["tuple[str, str] | None"]]
+"""Asked ``(reference, host)``: ``(username, secret)``, or None for anonymous access (an empty
+username with a secret is an identity token)."""
+
+
+@dataclass(frozen=True)
+class OCIRegistry:
+    """containerd's ``transfer.OCIRegistry``: a reference on a registry, reached through the
+    hosts of ``host_dir`` (a ``certs.d``-style directory; "" the transfer service's
+    ``config_path``), ``default_scheme`` "http" for plain HTTP, ``credentials`` asked per host."""
+
+    reference: str
+    host_dir: str = ""
+    default_scheme: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    credentials: RegistryCredentials | None = None
+
+    def __str__(self) -> str:
+        return f"OCI Registry ({self.reference})"
 
 
 @runtime_checkable

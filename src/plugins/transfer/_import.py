@@ -79,9 +79,11 @@ class ImportServices:
     """containerd's ``check_platform_supported``: off, an unpack configuration serves its OS."""
 
 
-async def open_transfer_lease(leases: TransferLeases, what: str) -> Lease:
+async def open_transfer_lease(
+    leases: TransferLeases, what: str, labels: Mapping[str, str] | None = None
+) -> Lease:
     expires = (datetime.now(UTC) + LEASE_EXPIRY).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return await leases.create("", {GC_EXPIRE: expires, TRANSFER_LEASE_LABEL: what})
+    return await leases.create("", {**(labels or {}), GC_EXPIRE: expires, TRANSFER_LEASE_LABEL: what})
 
 
 async def close_transfer_lease(leases: TransferLeases, lease: Lease, *, failed: bool) -> None:

@@ -1,9 +1,11 @@
-"""io.containerd.transfer.v1.local — imports and exports image archives through the image store.
+"""io.containerd.transfer.v1.local — imports, exports, pulls and pushes through the image store.
 
 Import: an archive stream into the image store, verified by every image verifier, optionally
 unpacked (``[[unpack_config]]`` pairs a platform with a snapshotter and a differ). Export: images
-of the store to an OCI archive. With no image verifier loaded, every image is let in (containerd
-2.0 to 2.2 refuse to start the transfer service then).
+of the store to an OCI archive. Pull: an image of a registry into the store, verified before it
+is downloaded, unpacked while it downloads. Push: an image of the store to a registry. With no
+image verifier loaded, every image is let in (containerd 2.0 to 2.2 refuse to start the transfer
+service then).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from corral.plugins.transfer import (
     ImageImportStream,
     ImageLookup,
     ImageStoreTarget,
+    OCIRegistry,
     ProgressFunc,
 )
 from corral.plugins.transfer._export import export_images, lookup_images
@@ -50,6 +53,8 @@ from corral.plugins.transfer._import import (
     TransferLeases,
     UnpackChoice,
 )
+from corral.plugins.transfer._pull import PULL_INGEST_PREFIX, Puller, PullServices, store_image
+from corral.plugins.transfer._push import Pusher
 from corral.plugins.unpack import ChainLocks, LayerApplier
 from corral.plugins.verifiers import ImageVerifier
 
@@ -71,16 +76,16 @@ class TransferConfig:
     """What an import may unpack into, first match wins (containerd's ``unpack_config``)."""
     check_platform_supported: bool = False
     """Unpack only for an entry's exact platform; by default (as containerd) its OS is enough."""
-    max_concurrent_downloads: int = field(
-        default=3, metadata=inert("corral's transfer service does not pull")
-    )
+    max_concurrent_downloads: int = 3
+    """Blobs one pull downloads at a time (0: no limit)."""
     concurrent_layer_fetch_buffer: int = field(
-        default=0, metadata=inert("corral's transfer service does not pull")
+        default=0, metadata=inert("corral downloads each blob in one request, not in parallel ranges")
     )
-    max_concurrent_uploaded_layers: int = field(
-        default=3, metadata=inert("corral's transfer service does not push")
-    )
-    config_path: str = field(default="", metadata=inert("imports and exports use no registry hosts"))
+    max_concurrent_uploaded_layers: int = 3
+    """Blobs one push uploads at a time (0: no limit)."""
+    config_path: str = ""
+    """Where registry host directories (``<host>/hosts.toml``) are looked for when a pull or push
+    names no ``host_dir`` of its own."""
 
 
 def _ignore(_: Any) -> None:
@@ -97,7 +102,10 @@ class LocalTransferrer:
         default_applier: LayerApplier,
         *,
         exact_platform: bool = False,
+        config: TransferConfig | None = None,
     ) -> None:
+        self._config = config or TransferConfig()
+        self._pulls: set[str] = set()
         self._exact_platform = exact_platform
         self._metadata = metadata
         self._leases = leases
@@ -125,12 +133,42 @@ class LocalTransferrer:
             exact_platform=self._exact_platform,
         )
 
+    def _pull_services(self) -> PullServices:
+        services = self._services()
+        return PullServices(
+            content=services.content,
+            images=services.images,
+            leases=self._leases,
+            verifiers=dict(self._verifiers),
+            unpack_target=Importer(services).unpack_target,
+            locks=self._locks,
+            config_path=self._config.config_path,
+            max_concurrent_downloads=self._config.max_concurrent_downloads,
+            active=self._pulls,
+        )
+
     async def transfer(
         self, source: object, destination: object, progress: ProgressFunc | None = None
     ) -> None:
         report = progress or _ignore
         if isinstance(source, ImageImportStream) and isinstance(destination, ImageStoreTarget):
             await Importer(self._services()).run(source, destination, report)
+            return
+        if isinstance(source, OCIRegistry) and isinstance(destination, ImageStoreTarget):
+            await Puller(self._pull_services()).run(source, destination, report)
+            return
+        if isinstance(source, ImageLookup) and isinstance(destination, OCIRegistry):
+            pusher = Pusher(
+                self._metadata.view(NamespacedContent),
+                self._images(),
+                config_path=self._config.config_path,
+                max_uploads=self._config.max_concurrent_uploaded_layers,
+            )
+            await pusher.run(source, destination, report)
+            return
+        if isinstance(source, ImageLookup) and isinstance(destination, ImageStoreTarget):
+            image = await self._images().get(source.name)
+            await store_image(self._images(), image.target, destination, _ignore)
             return
         if isinstance(source, ImageLookup) and isinstance(destination, ImageExportStream):
             found = await lookup_images(self._images(), source)
@@ -148,9 +186,9 @@ class LocalTransferrer:
             with bound_namespace(ns.name):
                 content = self._metadata.view(NamespacedContent)
                 for lease in await self._leases.list([f'labels."{TRANSFER_LEASE_LABEL}"']):
-                    prefix = f"{INGEST_PREFIX}{lease.id}/"
+                    prefixes = (f"{INGEST_PREFIX}{lease.id}/", f"{PULL_INGEST_PREFIX}{lease.id}/")
                     for status in await content.list_statuses():
-                        if status.ref.startswith(prefix):
+                        if status.ref.startswith(prefixes):
                             with suppress(NotFound):
                                 await content.abort(status.ref)
                     if last is not None:
@@ -188,7 +226,13 @@ async def init(ic: InitContext) -> LocalTransferrer:
         applier = differs[uc.differ] if uc.differ else diff_service
         unpacks.append(UnpackChoice(platform, uc.snapshotter, applier))
     transferrer = LocalTransferrer(
-        metadata, leases, verifiers, unpacks, diff_service, exact_platform=config.check_platform_supported
+        metadata,
+        leases,
+        verifiers,
+        unpacks,
+        diff_service,
+        exact_platform=config.check_platform_supported,
+        config=config,
     )
     removed = await transferrer.remove_dead_leases()
     if removed:
@@ -203,5 +247,5 @@ registration = Registration(
     requires=(types.METADATA, types.LEASE, types.SERVICE, types.DIFFER),
     after=(types.IMAGE_VERIFIER, types.SNAPSHOTTER),
     config=TransferConfig,
-    description="image archives imported into the image store (verified, unpacked) and exported from it",
+    description="images imported and pulled into the image store (verified, unpacked), exported and pushed from it",
 )

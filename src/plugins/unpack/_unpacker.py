@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -150,10 +150,12 @@ async def unpack_image(
     *,
     locks: ChainLocks | None = None,
     progress: UnpackProgress | None = None,
+    ready: Callable[[oci.Descriptor], Awaitable[None]] | None = None,
 ) -> UnpackResult | None:
     """Unpack the image ``target`` into ``into``'s snapshotter; None when it has no manifest for
     ``into.platforms``. Objects made are held by the request's lease until the config's label
-    holds the chain."""
+    holds the chain. ``ready`` is awaited before a layer not yet committed is applied (a pull
+    downloading it meanwhile)."""
     found = await select_manifest(content, target, into.platforms)
     if found is None:
         return None
@@ -177,6 +179,8 @@ async def unpack_image(
                 if progress:
                     progress("exists", _core(layer))
                 continue
+            if ready is not None:
+                await ready(layer)
             if progress:
                 progress("unpacking", _core(layer))
             await _apply_layer(content, into, layer, diff_ids[i], chain[i], parent)

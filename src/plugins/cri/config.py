@@ -88,6 +88,8 @@ class ContainerdConfig:
     )
 
     def __post_init__(self) -> None:
+        # containerd decodes the section into its defaults' map: a configured handler joins runc
+        object.__setattr__(self, "runtimes", {**_default_runtimes(), **self.runtimes})
         if self.default_runtime_name not in self.runtimes:
             raise ValueError(
                 f"no corresponding runtime configured in `containerd.runtimes` for "

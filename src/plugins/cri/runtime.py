@@ -88,7 +88,7 @@ def load_network_configs(conf_dir: str, max_conf_num: int) -> NetworkConfigs:
     except OSError:
         names = []
     if not names:
-        return NetworkConfigs((), (), f"no network config found in {conf_dir}: {CNI_NOT_INITIALIZED}")
+        return NetworkConfigs((), (), _load_failed(f"no network config found in {conf_dir}"))
     chosen = names if max_conf_num <= 0 else names[:max_conf_num]
     files, networks = [], []
     for name in chosen:
@@ -96,7 +96,7 @@ def load_network_configs(conf_dir: str, max_conf_num: int) -> NetworkConfigs:
         try:
             network = json.loads(path.read_bytes())
         except (OSError, ValueError) as exc:
-            return NetworkConfigs((), (), f"failed to load cni config {path}: {exc}: {CNI_NOT_INITIALIZED}")
+            return NetworkConfigs((), (), _load_failed(f"failed to load CNI config file {path}: {exc}"))
         problem = _network_problem(network, name.endswith(".conflist"))
         if problem:
             return NetworkConfigs(
@@ -105,6 +105,11 @@ def load_network_configs(conf_dir: str, max_conf_num: int) -> NetworkConfigs:
         files.append(path)
         networks.append(network)
     return NetworkConfigs(tuple(files), tuple(networks))
+
+
+def _load_failed(why: str) -> str:
+    """go-cni's wording of a failed load, as containerd's Status reports it."""
+    return f"cni config load failed: {why}: {CNI_NOT_INITIALIZED}: failed to load cni config"
 
 
 def _network_problem(network: Any, is_list: bool) -> str:

@@ -483,3 +483,44 @@ def test_images_through_cri_match_containerd_1_6(
         cri.remove(ref)
         cri.remove(ref)
     assert ours.list_images() == theirs.list_images() == []
+
+
+# -- corral cri -----------------------------------------------------------------------------------
+
+
+def test_corral_cri_verbs_over_the_cri(
+    corral_cri: tuple[Daemon, CRIClient], registry: Registry, layout: Path, busybox: object
+) -> None:
+    d, cri = corral_cri
+    ref = push(layout, registry, "library/busybox:1")
+    version = d.corral("cri", "version").stdout
+    assert "RuntimeName:  corral" in version and "RuntimeApiVersion:  v1" in version
+    info = json.loads(d.corral("cri", "info").stdout)
+    ready = {c["type"]: c["status"] for c in info["status"]["conditions"]}
+    assert ready == {"RuntimeReady": True, "NetworkReady": False, "ContainerdHasNoDeprecationWarnings": True}
+    assert info["lastCNILoadStatus"].startswith("cni config load failed")
+    pulled = d.corral("cri", "pull", ref).stdout
+    image_id = busybox.image.manifest.config.digest  # type: ignore[attr-defined]
+    assert pulled == f"Image is up to date for {image_id}\n"
+    listed = d.corral("cri", "images").stdout.splitlines()
+    assert listed[0].split() == ["IMAGE", "TAG", "IMAGE", "ID", "SIZE"]
+    assert listed[1].split()[:3] == [f"{registry.host}/library/busybox", "1", image_id[7:20]]
+    assert d.corral("cri", "images", "-q").stdout.split() == [image_id]
+    as_json = json.loads(d.corral("cri", "images", "--format", "json").stdout)
+    assert as_json["images"][0]["repoTags"] == [ref]
+    inspected = json.loads(d.corral("cri", "inspecti", ref).stdout)
+    assert inspected["status"]["id"] == image_id
+    assert inspected["info"]["imageSpec"]["rootfs"]["type"] == "layers"
+    missing = d.corral("cri", "inspecti", "busybox:absent", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr == "corral: no such image 'busybox:absent' present\n"
+    failed = d.corral("cri", "pull", f"{registry.host}/library/busybox:absent", check=False)
+    assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1
+    assert failed.stderr.startswith(
+        f'corral: failed to pull and unpack image "{registry.host}/library/busybox:absent"'
+    )
+    removed = d.corral("cri", "rmi", ref).stdout
+    assert removed == f"Deleted: {ref}\nDeleted: {registry.host}/library/busybox@{busybox.image.digest}\n"  # type: ignore[attr-defined]
+    assert cri.list_images() == []
+    again = d.corral("cri", "rmi", ref, check=False)
+    assert again.returncode == 1 and again.stderr == f"corral: no such image {ref}\n"

@@ -28,6 +28,7 @@ from corral.kernel import (
     InvalidArgument,
     NotFound,
     Registration,
+    SkipPlugin,
 )
 from corral.plugins import types
 from corral.plugins.core import Descriptor, bound_lease, bound_namespace
@@ -388,7 +389,8 @@ async def init(ic: InitContext) -> CRIImageService:
     metadata = ic.get_single(types.METADATA, Metadata)
     snapshots = metadata.view(NamespacedSnapshots)
     if config.snapshotter not in snapshots.names:
-        raise InvalidArgument(f'failed to find snapshotter "{config.snapshotter}"')
+        # containerd fails here; the snapshotter being unavailable on this machine is a skip in corral
+        raise SkipPlugin(f'failed to find snapshotter "{config.snapshotter}"')
     service = CRIImageService(
         config,
         images=ic.get_by_id(types.SERVICE, "images-service", ImagesService),

@@ -383,7 +383,7 @@ def test_bad_references_and_missing_tags_fail_and_store_nothing(
     push(layout, registry, "library/busybox:1")
     with pytest.raises(GRPCError) as bad:
         cri.pull("BusyBox:1")
-    assert bad.value.status is Status.INVALID_ARGUMENT
+    assert bad.value.status is Status.UNKNOWN  # as containerd: its parse error has no kind
     with pytest.raises(GRPCError) as missing:
         cri.pull(f"{registry.host}/library/busybox:absent")
     assert missing.value.status is Status.NOT_FOUND
@@ -478,6 +478,14 @@ def test_images_through_cri_match_containerd_1_6(
     assert ours_names == theirs_names
     # status conditions as containerd reports them with no CNI config
     assert conditions(ours.status())["NetworkReady"] == conditions(theirs.status())["NetworkReady"]
+    # the same error kinds for a missing tag and a malformed reference
+    for bad in (f"{registry.host}/library/busybox:absent", "BusyBox:1"):
+        codes = []
+        for cri in (ours, theirs):
+            with pytest.raises(GRPCError) as failed:
+                cri.pull(bad)
+            codes.append(failed.value.status)
+        assert codes[0] == codes[1], bad
     # removal: every name goes; a second removal is no error
     for cri in (ours, theirs):
         cri.remove(ref)
@@ -524,3 +532,52 @@ def test_corral_cri_verbs_over_the_cri(
     assert cri.list_images() == []
     again = d.corral("cri", "rmi", ref, check=False)
     assert again.returncode == 1 and again.stderr == f"corral: no such image {ref}\n"
+
+
+def test_a_runtime_handlers_snapshotter_receives_its_pulls_and_imagefsinfo_counts_them(
+    tmp_path: Path, ctr: str, registry: Registry, layout: Path
+) -> None:
+    require_root()
+    cni = tmp_path / "net.d"
+    cni.mkdir()
+    extra = """
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.plain]
+          runtime_type = "io.containerd.runc.v2"
+          snapshotter = "native"
+    """
+    d = Daemon(tmp_path / "corral", config=cri_config(cni, extra)).start()
+    try:
+        cri = CRIClient(d.socket)
+        ref = push(layout, registry, "library/busybox:1")
+        before = {
+            f.fs_id.mountpoint.rsplit(".", 1)[-1]: f.used_bytes.value for f in cri.fs_info().image_filesystems
+        }
+        assert before == {"overlayfs": 0, "native": 0}
+        cri.pull(ref, handler="plain")
+        native = d.ctr("snapshots", "--snapshotter", "native", "ls", namespace="k8s.io").stdout
+        overlay = d.ctr("snapshots", "--snapshotter", "overlayfs", "ls", namespace="k8s.io").stdout
+        assert "Committed" in native and "Committed" not in overlay
+        after = {f.fs_id.mountpoint.rsplit(".", 1)[-1]: f for f in cri.fs_info().image_filesystems}
+        assert after["native"].used_bytes.value > 0 and after["native"].inodes_used.value > 0
+        assert after["overlayfs"].used_bytes.value == 0
+    finally:
+        d.stop()
+
+
+def test_credentials_are_honoured_and_refused_as_containerd_1_6_does(
+    corral_cri: tuple[Daemon, CRIClient],
+    containerd_cri: tuple[CRIContainerd, CRIClient],
+    start_registries: StartRegistry,
+    layout: Path,
+) -> None:
+    (_, ours), (_, theirs) = corral_cri, containerd_cri
+    registry = start_registries(username="corral", password="s3cret-pass")
+    ref = push(layout, registry, "library/busybox:1", creds="corral:s3cret-pass")
+    codes = []
+    for cri in (ours, theirs):
+        with pytest.raises(GRPCError) as failed:
+            cri.pull(ref, auth=pb.AuthConfig(username="corral", password="wrong"))
+        codes.append(failed.value.status)
+    assert codes[0] == codes[1]
+    good = pb.AuthConfig(username="corral", password="s3cret-pass")
+    assert ours.pull(ref, auth=good) == theirs.pull(ref, auth=good)

@@ -25,7 +25,6 @@ from corral.kernel import (
     AlreadyExists,
     CorralError,
     InitContext,
-    InvalidArgument,
     NotFound,
     Registration,
     SkipPlugin,
@@ -256,7 +255,8 @@ class CRIImageService:
         try:
             ref = oci.parse_docker_ref(name)
         except CorralError as exc:
-            raise InvalidArgument(f"failed to parse image reference {name!r}: {exc.detail}") from None
+            # containerd's error here carries no kind: the kubelet sees Unknown
+            raise CorralError(f"failed to parse image reference {json.dumps(name)}: {exc.detail}") from None
         normalized = str(ref)
         labels = {IMAGE_LABEL: IMAGE_LABEL_VALUE}
         if normalized in self.config.pinned_images.values():
@@ -275,9 +275,11 @@ class CRIImageService:
                             lease, PullRequest(ref, snapshotter_name, labels, auth), target
                         )
                     except CorralError as exc:
-                        raise type(exc)(
-                            f'failed to pull and unpack image "{normalized}": {exc.detail}'
-                        ) from exc
+                        # containerd's pull keeps only NotFound as a kind (a registry's refusal, a
+                        # host down, a bad manifest reach the kubelet as Unknown); the text keeps why
+                        kind = NotFound if isinstance(exc, NotFound) else CorralError
+                        detail = exc.detail if kind is NotFound else str(exc)
+                        raise kind(f'failed to pull and unpack image "{normalized}": {detail}') from exc
                     image_id = pulled.config_digest
                     repo_digest = f"{ref.name}@{pulled.target.digest}" if not ref.digest else normalized
                     repo_tag = normalized if ref.tag else ""

@@ -581,3 +581,42 @@ def test_credentials_are_honoured_and_refused_as_containerd_1_6_does(
     assert codes[0] == codes[1]
     good = pb.AuthConfig(username="corral", password="s3cret-pass")
     assert ours.pull(ref, auth=good) == theirs.pull(ref, auth=good)
+
+
+def test_concurrent_pulls_of_one_image_both_succeed_and_a_pinned_name_is_pinned(
+    tmp_path: Path, ctr: str, registry: Registry, layout: Path
+) -> None:
+    require_root()
+    import threading
+
+    ref = push(layout, registry, "library/pause:3.10")
+    cni = tmp_path / "net.d"
+    cni.mkdir()
+    extra = f"""
+        [plugins."io.containerd.cri.v1.images".pinned_images]
+          sandbox = "{ref}"
+    """
+    d = Daemon(tmp_path / "corral", config=cri_config(cni, extra)).start()
+    try:
+        cri = CRIClient(d.socket)
+        results: list[str] = []
+        errors: list[BaseException] = []
+
+        def pull() -> None:
+            try:
+                results.append(cri.pull(ref))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=pull) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(set(results)) == 1
+        [image] = cri.list_images()
+        assert image.pinned is True
+        assert all("io.cri-containerd.pinned=pinned" in labels for labels in k8s_images(d).values())
+        assert d.ctr("leases", "ls", "-q", namespace="k8s.io").stdout.split() == []
+    finally:
+        d.stop()

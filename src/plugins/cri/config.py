@@ -142,8 +142,9 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class RuntimePlatform:
-    platform: str = ""
     snapshotter: str = ""
+    """The snapshotter this handler's images are unpacked into ("" is the section's)."""
+    platform: str = field(default="", metadata=inert("CRI pulls are for this host's platform"))
 
 
 @dataclass(frozen=True)

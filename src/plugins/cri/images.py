@@ -25,6 +25,7 @@ from corral.kernel import (
     AlreadyExists,
     CorralError,
     InitContext,
+    InvalidArgument,
     NotFound,
     Registration,
     SkipPlugin,
@@ -156,9 +157,8 @@ class CRIImageService:
         self._facts: dict[str, _Facts] = {}
         self._locks = ChainLocks()
         self._runtime_snapshotters: dict[str, str] = {
-            handler: platform.snapshotter
+            handler: platform.snapshotter or config.snapshotter
             for handler, platform in config.runtime_platform.items()
-            if platform.snapshotter
         }
         self.puller = Puller(
             content=content,
@@ -255,8 +255,10 @@ class CRIImageService:
         try:
             ref = oci.parse_docker_ref(name)
         except CorralError as exc:
-            # containerd's error here carries no kind: the kubelet sees Unknown
-            raise CorralError(f"failed to parse image reference {json.dumps(name)}: {exc.detail}") from None
+            # containerd 1.6 answers Unknown here (its parse error has no kind); InvalidArgument says why
+            raise InvalidArgument(
+                f"failed to parse image reference {json.dumps(name)}: {exc.detail}"
+            ) from None
         normalized = str(ref)
         labels = {IMAGE_LABEL: IMAGE_LABEL_VALUE}
         if normalized in self.config.pinned_images.values():
@@ -275,11 +277,11 @@ class CRIImageService:
                             lease, PullRequest(ref, snapshotter_name, labels, auth), target
                         )
                     except CorralError as exc:
-                        # containerd's pull keeps only NotFound as a kind (a registry's refusal, a
-                        # host down, a bad manifest reach the kubelet as Unknown); the text keeps why
-                        kind = NotFound if isinstance(exc, NotFound) else CorralError
-                        detail = exc.detail if kind is NotFound else str(exc)
-                        raise kind(f'failed to pull and unpack image "{normalized}": {detail}') from exc
+                        # containerd 1.6 keeps only NotFound as a kind and answers Unknown for the rest;
+                        # corral keeps the registry client's kind (PermissionDenied, Unavailable …)
+                        raise type(exc)(
+                            f'failed to pull and unpack image "{normalized}": {exc.detail}'
+                        ) from exc
                     image_id = pulled.config_digest
                     repo_digest = f"{ref.name}@{pulled.target.digest}" if not ref.digest else normalized
                     repo_tag = normalized if ref.tag else ""

@@ -665,15 +665,23 @@ def inert(reason: str) -> dict[str, str]:
     return {"inert": reason}
 
 
-def inert_fields(config: Any) -> list[tuple[str, str]]:
-    """The fields of a decoded plugin config marked ``inert`` that are set away from their default."""
+def inert_fields(config: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """The fields of a decoded plugin config marked ``inert`` that are set away from their default,
+    nested tables and tables of tables included (named by their TOML key path below the section)."""
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         return []
     found = []
     for f in dataclasses.fields(config):
+        value, name = getattr(config, f.name), _join(prefix, f.name)
         reason = f.metadata.get("inert")
-        if reason and getattr(config, f.name) != _default_of(f):
-            found.append((f.name, reason))
+        if reason:
+            if value != _default_of(f):
+                found.append((name, reason))
+        elif dataclasses.is_dataclass(value):
+            found.extend(inert_fields(value, name))
+        elif isinstance(value, Mapping):
+            for key, entry in value.items():
+                found.extend(inert_fields(entry, _join(name, str(key))))
     return found
 
 

@@ -502,10 +502,14 @@ def test_config_migrate_without_a_file_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_config_dump_keeps_sections_of_unknown_plugins_as_written_and_warns(tmp_path: Path) -> None:
-    path = write(tmp_path / "config.toml", 'version = 3\n[plugins."io.containerd.grpc.v1.cri"]\nx = 1\n')
+    path = write(
+        tmp_path / "config.toml", 'version = 3\n[plugins."io.containerd.monitor.v1.cgroups"]\nx = 1\n'
+    )
     result = corral("config", "dump", "-c", str(path))
-    assert tomllib.loads(result.stdout)["plugins"]["io.containerd.grpc.v1.cri"] == {"x": 1}
-    assert result.stderr.startswith('# warning: plugins."io.containerd.grpc.v1.cri": no installed plugin')
+    assert tomllib.loads(result.stdout)["plugins"]["io.containerd.monitor.v1.cgroups"] == {"x": 1}
+    assert result.stderr.startswith(
+        '# warning: plugins."io.containerd.monitor.v1.cgroups": no installed plugin'
+    )
 
 
 def test_validate_names_a_plugin_key_that_is_accepted_without_effect(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from corral.api.cli.cdi import cdi_group
 from corral.api.cli.config import config_group
 from corral.api.cli.containers import containers_group
 from corral.api.cli.content import content_group
+from corral.api.cli.cri import cri_group
 from corral.api.cli.events import events_command
 from corral.api.cli.images import images_group
 from corral.api.cli.leases import leases_group
@@ -93,6 +94,7 @@ cli.add_command(tasks_group)
 cli.add_command(events_command)
 cli.add_command(version_command)
 cli.add_command(cdi_group)
+cli.add_command(cri_group)
 
 
 def main() -> None:

@@ -1,0 +1,206 @@
+"""io.containerd.grpc.v1.cri — runtime.v1.RuntimeService and runtime.v1.ImageService.
+
+Thin adapters over the CRI plugins (``corral.plugins.cri``). Pod sandbox, container, streaming
+and stats calls are not served yet: each answers Unimplemented naming itself, never a silent
+success. The section ``[plugins."io.containerd.grpc.v1.cri"]`` is containerd 2.x's server config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from corral.api.grpc import GRPCServices
+from corral.api.types.runtime import v1 as pb
+from corral.kernel import InitContext, Registration, Unimplemented
+from corral.plugins import types
+from corral.plugins.cri import AuthConfig, CRIImage, CRIImageService, CRIRuntimeService, ServerConfig
+from corral.plugins.cri import split_v2_section as _split
+
+NOT_YET = (
+    "run_pod_sandbox",
+    "stop_pod_sandbox",
+    "remove_pod_sandbox",
+    "pod_sandbox_status",
+    "list_pod_sandbox",
+    "create_container",
+    "start_container",
+    "stop_container",
+    "remove_container",
+    "list_containers",
+    "container_status",
+    "update_container_resources",
+    "reopen_container_log",
+    "exec_sync",
+    "exec",
+    "attach",
+    "port_forward",
+    "container_stats",
+    "list_container_stats",
+    "pod_sandbox_stats",
+    "list_pod_sandbox_stats",
+    "update_runtime_config",
+    "checkpoint_container",
+    "list_metric_descriptors",
+    "list_pod_sandbox_metrics",
+    "update_pod_sandbox_resources",
+)
+
+
+def _rpc_name(method: str) -> str:
+    return "".join(part.capitalize() for part in method.split("_"))
+
+
+def _not_yet(method: str) -> Unimplemented:
+    return Unimplemented(
+        f"{_rpc_name(method)} is not served yet: corral's CRI serves images and runtime status only"
+    )
+
+
+def _wire_image(image: CRIImage) -> pb.Image:
+    uid, username = image.user
+    return pb.Image(
+        id=image.id,
+        repo_tags=image.repo_tags,
+        repo_digests=image.repo_digests,
+        size=image.size,
+        uid=None if uid is None else pb.Int64Value(value=uid),
+        username=username,
+        pinned=image.pinned,
+    )
+
+
+def _auth(auth: pb.AuthConfig | None) -> AuthConfig | None:
+    if auth is None:
+        return None
+    return AuthConfig(
+        username=auth.username,
+        password=auth.password,
+        auth=auth.auth,
+        server_address=auth.server_address,
+        identity_token=auth.identity_token,
+        registry_token=auth.registry_token,
+    )
+
+
+class ImageServiceGRPC(pb.ImageServiceBase):
+    def __init__(self, images: CRIImageService) -> None:
+        self._images = images
+
+    async def list_images(self, message: pb.ListImagesRequest) -> pb.ListImagesResponse:
+        wanted = message.filter.image.image if message.filter and message.filter.image else ""
+        if wanted:
+            found = await self._images.status(wanted)
+            images = [found] if found is not None else []
+        else:
+            images = await self._images.list()
+        return pb.ListImagesResponse(images=[_wire_image(i) for i in images])
+
+    async def image_status(self, message: pb.ImageStatusRequest) -> pb.ImageStatusResponse:
+        name = message.image.image if message.image else ""
+        image = await self._images.status(name)
+        if image is None:
+            return pb.ImageStatusResponse()
+        info = image.verbose_info() if message.verbose else {}
+        return pb.ImageStatusResponse(image=_wire_image(image), info=info)
+
+    async def pull_image(self, message: pb.PullImageRequest) -> pb.PullImageResponse:
+        spec = message.image or pb.ImageSpec()
+        handler = spec.runtime_handler
+        if not handler and message.sandbox_config is not None:
+            handler = message.sandbox_config.annotations.get("io.containerd.cri.runtime-handler", "")
+        image_id = await self._images.pull(spec.image, auth=_auth(message.auth), runtime_handler=handler)
+        return pb.PullImageResponse(image_ref=image_id)
+
+    async def remove_image(self, message: pb.RemoveImageRequest) -> pb.RemoveImageResponse:
+        await self._images.remove(message.image.image if message.image else "")
+        return pb.RemoveImageResponse()
+
+    async def image_fs_info(self, message: pb.ImageFsInfoRequest) -> pb.ImageFsInfoResponse:
+        return pb.ImageFsInfoResponse(
+            image_filesystems=[
+                pb.FilesystemUsage(
+                    timestamp=u.timestamp,
+                    fs_id=pb.FilesystemIdentifier(mountpoint=u.mountpoint),
+                    used_bytes=pb.UInt64Value(value=u.used_bytes),
+                    inodes_used=pb.UInt64Value(value=u.inodes_used),
+                )
+                for u in await self._images.filesystems()
+            ]
+        )
+
+
+class RuntimeServiceGRPC(pb.RuntimeServiceBase):
+    def __init__(self, runtime: CRIRuntimeService) -> None:
+        self._runtime = runtime
+
+    async def version(self, message: pb.VersionRequest) -> pb.VersionResponse:
+        return pb.VersionResponse(**self._runtime.version())
+
+    async def status(self, message: pb.StatusRequest) -> pb.StatusResponse:
+        status = self._runtime.status(verbose=message.verbose)
+        return pb.StatusResponse(
+            status=pb.RuntimeStatus(
+                conditions=[
+                    pb.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
+                    for c in status.conditions
+                ]
+            ),
+            info=dict(status.info),
+            runtime_handlers=[
+                pb.RuntimeHandler(
+                    name=h.name,
+                    features=pb.RuntimeHandlerFeatures(
+                        recursive_read_only_mounts=h.recursive_read_only_mounts,
+                        user_namespaces=h.user_namespaces,
+                    ),
+                )
+                for h in status.handlers
+            ],
+            features=pb.RuntimeFeatures(supplemental_groups_policy=False),
+        )
+
+    async def runtime_config(self, message: pb.RuntimeConfigRequest) -> pb.RuntimeConfigResponse:
+        driver = self._runtime.cgroup_driver()
+        return pb.RuntimeConfigResponse(
+            linux=pb.LinuxRuntimeConfiguration(
+                cgroup_driver=pb.CgroupDriver.SYSTEMD if driver == "systemd" else pb.CgroupDriver.CGROUPFS
+            )
+        )
+
+    async def get_container_events(
+        self, message: pb.GetEventsRequest
+    ) -> AsyncIterator[pb.ContainerEventResponse]:
+        raise _not_yet("get_container_events")
+        yield pb.ContainerEventResponse()  # pragma: no cover - makes this an async generator
+
+
+def _refuse(method: str) -> Any:
+    async def refuse(self: RuntimeServiceGRPC, message: object) -> Any:
+        raise _not_yet(method)
+
+    refuse.__name__ = method
+    return refuse
+
+
+for _method in NOT_YET:
+    setattr(RuntimeServiceGRPC, _method, _refuse(_method))
+
+
+async def init(ic: InitContext) -> GRPCServices:
+    runtime = ic.get_by_id(types.CRI, "runtime", CRIRuntimeService)
+    images = ic.get_by_id(types.CRI, "images", CRIImageService)
+    for handler, snapshotter in runtime.runtime_snapshotters().items():
+        images.set_runtime_snapshotter(handler, snapshotter)
+    return GRPCServices((RuntimeServiceGRPC(runtime), ImageServiceGRPC(images)))
+
+
+registration = Registration(
+    type=types.GRPC,
+    id="cri",
+    init=init,
+    requires=(types.CRI,),
+    config=ServerConfig,
+    migrate=_split,
+    description="the kubelet's CRI (runtime.v1) on corrald's socket: runtime status and images",
+)

@@ -1,0 +1,213 @@
+"""io.containerd.cri.v1.runtime — the CRI runtime section: handlers, CNI, and the node's status.
+
+What the RuntimeService answers before any pod exists: Version, Status (RuntimeReady always, as
+a plugin serving requests means the daemon is up; NetworkReady false with containerd's reason
+while no CNI network config is found; ContainerdHasNoDeprecationWarnings) with the runtime
+handlers, and RuntimeConfig (the cgroup driver the default handler's options ask for).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral import __version__
+from corral.kernel import InitContext, Registration, encode
+from corral.plugins import types
+from corral.plugins.cri.config import RuntimeConfig, split_v2_section
+
+__all__ = [
+    "CNI_NOT_INITIALIZED",
+    "NETWORK_NOT_READY_REASON",
+    "CRIRuntimeService",
+    "Condition",
+    "HandlerFeatures",
+    "NetworkConfigs",
+    "RuntimeStatus",
+    "load_network_configs",
+]
+
+CRI_VERSION = "v1"
+KUBE_API_VERSION = "0.1.0"
+RUNTIME_NAME = "corral"
+RUNTIME_READY = "RuntimeReady"
+NETWORK_READY = "NetworkReady"
+NO_DEPRECATION_WARNINGS = "ContainerdHasNoDeprecationWarnings"
+NETWORK_NOT_READY_REASON = "NetworkPluginNotReady"
+CNI_NOT_INITIALIZED = "cni plugin not initialized"
+RUNC_RUNTIME_TYPES = ("io.containerd.runc.v2", "io.containerd.runc.v1")
+CNI_EXTENSIONS = (".conf", ".conflist", ".json")
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class HandlerFeatures:
+    name: str
+    recursive_read_only_mounts: bool = False
+    user_namespaces: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    conditions: tuple[Condition, ...]
+    handlers: tuple[HandlerFeatures, ...]
+    info: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NetworkConfigs:
+    """The CNI network configs found, or why none could be loaded."""
+
+    files: tuple[Path, ...]
+    networks: tuple[Mapping[str, Any], ...]
+    error: str = ""
+
+
+def load_network_configs(conf_dir: str, max_conf_num: int) -> NetworkConfigs:
+    """libcni's ``ConfFiles`` and go-cni's default-config load: the files of ``conf_dir`` with a
+    CNI extension, in name order, the first ``max_conf_num`` of them (all when 0 or less); a
+    file that is not a network config (list) fails the load."""
+    try:
+        names = sorted(
+            entry.name
+            for entry in os.scandir(conf_dir)
+            if entry.is_file() and os.path.splitext(entry.name)[1] in CNI_EXTENSIONS
+        )
+    except OSError:
+        names = []
+    if not names:
+        return NetworkConfigs((), (), _load_failed(f"no network config found in {conf_dir}"))
+    chosen = names if max_conf_num <= 0 else names[:max_conf_num]
+    files, networks = [], []
+    for name in chosen:
+        path = Path(conf_dir) / name
+        try:
+            network = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            return NetworkConfigs((), (), _load_failed(f"failed to load CNI config file {path}: {exc}"))
+        problem = _network_problem(network, name.endswith(".conflist"))
+        if problem:
+            return NetworkConfigs(
+                (), (), f"failed to load cni config {path}: {problem}: {CNI_NOT_INITIALIZED}"
+            )
+        files.append(path)
+        networks.append(network)
+    return NetworkConfigs(tuple(files), tuple(networks))
+
+
+def _load_failed(why: str) -> str:
+    """go-cni's wording of a failed load, as containerd's Status reports it."""
+    return f"cni config load failed: {why}: {CNI_NOT_INITIALIZED}: failed to load cni config"
+
+
+def _network_problem(network: Any, is_list: bool) -> str:
+    if not isinstance(network, dict):
+        return "not a JSON object"
+    if is_list:
+        plugins = network.get("plugins")
+        if not isinstance(plugins, list) or not plugins:
+            return "error parsing configuration list: no plugins in list"
+        if not network.get("name"):
+            return "error parsing configuration list: no name"
+        return ""
+    if not network.get("type"):
+        return "error parsing configuration: missing 'type'"
+    return ""
+
+
+def _systemd_running() -> bool:
+    return os.path.isdir("/run/systemd/system")
+
+
+class CRIRuntimeService:
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+
+    def version(self) -> dict[str, str]:
+        return {
+            "version": KUBE_API_VERSION,
+            "runtime_name": RUNTIME_NAME,
+            "runtime_version": __version__,
+            "runtime_api_version": CRI_VERSION,
+        }
+
+    def handler_names(self) -> list[str]:
+        """The handlers, the default first, then by name (containerd's order for the cgroup driver)."""
+        default = self.config.containerd.default_runtime_name
+        rest = sorted(n for n in self.config.containerd.runtimes if n != default)
+        return [default, *rest] if default in self.config.containerd.runtimes else rest
+
+    def status(self, *, verbose: bool = False, deprecations: Sequence[tuple[str, str]] = ()) -> RuntimeStatus:
+        network = load_network_configs(self.config.cni.conf_dir, self.config.cni.max_conf_num)
+        network_ready = Condition(NETWORK_READY, True)
+        if network.error:
+            network_ready = Condition(
+                NETWORK_READY,
+                False,
+                NETWORK_NOT_READY_REASON,
+                f"Network plugin returns error: {CNI_NOT_INITIALIZED}",
+            )
+        ignored = set(self.config.ignore_deprecation_warnings)
+        warnings = {i: m for i, m in deprecations if i not in ignored}
+        deprecation = (
+            Condition(
+                NO_DEPRECATION_WARNINGS, False, "ContainerdHasDeprecationWarnings", json.dumps(warnings)
+            )
+            if warnings
+            else Condition(NO_DEPRECATION_WARNINGS, True)
+        )
+        handlers = [HandlerFeatures(name) for name in sorted(self.config.containerd.runtimes)]
+        if self.config.containerd.default_runtime_name in self.config.containerd.runtimes:
+            handlers.insert(0, HandlerFeatures(""))
+        info: dict[str, str] = {}
+        if verbose:
+            info["config"] = json.dumps(encode(self.config), separators=(",", ":"))
+            info["cniconfig"] = json.dumps(
+                {"PluginConfDir": self.config.cni.conf_dir, "Networks": list(network.networks)},
+                separators=(",", ":"),
+            )
+            info["lastCNILoadStatus"] = network.error or "OK"
+            info["lastCNILoadStatus.default"] = network.error or "OK"
+        return RuntimeStatus(
+            (Condition(RUNTIME_READY, True), network_ready, deprecation), tuple(handlers), info
+        )
+
+    def cgroup_driver(self) -> str:
+        """ "systemd" or "cgroupfs": the first runc handler's ``SystemdCgroup`` (default handler
+        first), else whether systemd runs this machine."""
+        for name in self.handler_names():
+            handler = self.config.containerd.runtimes[name]
+            if handler.runtime_type in RUNC_RUNTIME_TYPES:
+                return "systemd" if handler.options.get("SystemdCgroup") is True else "cgroupfs"
+        return "systemd" if _systemd_running() else "cgroupfs"
+
+    def runtime_snapshotters(self) -> dict[str, str]:
+        return {n: h.snapshotter for n, h in self.config.containerd.runtimes.items() if h.snapshotter}
+
+
+async def init(ic: InitContext) -> CRIRuntimeService:
+    config: RuntimeConfig = ic.config
+    ic.meta.exports["CRIVersion"] = CRI_VERSION
+    return CRIRuntimeService(dataclasses.replace(config))
+
+
+registration = Registration(
+    type=types.CRI,
+    id="runtime",
+    init=init,
+    config=RuntimeConfig,
+    migrate=split_v2_section,
+    description="CRI runtime handlers, CNI network configs and the node's runtime status",
+)

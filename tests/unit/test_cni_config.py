@@ -58,15 +58,18 @@ def test_a_bad_configuration_is_refused_with_the_reason(doc: str, why: str) -> N
         parse_conflist(doc, "10-x.conflist")
 
 
-def test_networks_are_read_in_name_order_skipping_what_does_not_parse(tmp_path: Path) -> None:
+def test_networks_are_read_in_name_order_and_a_broken_one_fails_the_load(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no network config found"):
         load_networks(tmp_path)
-    (tmp_path / "05-broken.conflist").write_text("{")
     (tmp_path / "README").write_text("not a config")
     (tmp_path / "20-b.conf").write_text(json.dumps({"cniVersion": "0.4.0", "name": "b", "type": "bridge"}))
     (tmp_path / "10-a.conflist").write_text(json.dumps(BRIDGE_LIST))
     assert [n.name for n in load_networks(tmp_path)] == ["pods"]
     assert [n.name for n in load_networks(tmp_path, max_conf_num=0)] == ["pods", "b"]
+    # As go-cni: a file among those chosen that does not parse fails the load, naming it.
+    (tmp_path / "05-broken.conflist").write_text("{")
+    with pytest.raises(InvalidArgument, match=r"05-broken\.conflist"):
+        load_networks(tmp_path)
 
 
 def test_a_plugin_gets_the_lists_name_version_prev_result_and_only_its_capabilities() -> None:

@@ -87,13 +87,15 @@ def conf_files(conf_dir: Path) -> list[Path]:
 
 def load_networks(conf_dir: Path, max_conf_num: int = 1) -> list[NetworkConfigList]:
     """The first ``max_conf_num`` networks of ``conf_dir`` (0: all), as containerd's CRI loads
-    them; a file that does not parse is skipped as go-cni skips it. NotFound when there is none."""
+    them through go-cni: a chosen file that does not parse fails the load (InvalidArgument naming
+    it), none at all is NotFound."""
     found: list[NetworkConfigList] = []
     for path in conf_files(conf_dir):
         try:
-            found.append(parse_conflist(path.read_bytes(), str(path)))
-        except (InvalidArgument, OSError):
-            continue
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"failed to load CNI config file {path}: {exc.strerror}") from None
+        found.append(parse_conflist(data, str(path)))
         if max_conf_num and len(found) >= max_conf_num:
             break
     if not found:

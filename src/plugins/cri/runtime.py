@@ -19,6 +19,7 @@ from typing import Any
 from corral import __version__
 from corral.kernel import InitContext, Registration, encode
 from corral.plugins import types
+from corral.plugins.cni import conf_files
 from corral.plugins.cri.config import RuntimeConfig, split_v2_section
 
 __all__ = [
@@ -41,7 +42,6 @@ NO_DEPRECATION_WARNINGS = "ContainerdHasNoDeprecationWarnings"
 NETWORK_NOT_READY_REASON = "NetworkPluginNotReady"
 CNI_NOT_INITIALIZED = "cni plugin not initialized"
 RUNC_RUNTIME_TYPES = ("io.containerd.runc.v2", "io.containerd.runc.v1")
-CNI_EXTENSIONS = (".conf", ".conflist", ".json")
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,8 @@ def load_network_configs(conf_dir: str, max_conf_num: int) -> NetworkConfigs:
     CNI extension, in name order, the first ``max_conf_num`` of them (all when 0 or less); a
     file that is not a network config (list) fails the load."""
     try:
-        names = sorted(
-            entry.name
-            for entry in os.scandir(conf_dir)
-            if entry.is_file() and os.path.splitext(entry.name)[1] in CNI_EXTENSIONS
-        )
-    except OSError:
+        names = [path.name for path in conf_files(Path(conf_dir))]
+    except OSError:  # not a directory, not readable: no network config either
         names = []
     if not names:
         return NetworkConfigs((), (), _load_failed(f"no network config found in {conf_dir}"))

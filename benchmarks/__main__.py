@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     # As pip does when it installs a package: corral's modules compiled, so that every start of
     # corrald reads bytecode even where PYTHONDONTWRITEBYTECODE keeps Python from writing it.
     compileall.compile_dir(str(Path(corral.__file__).parent), quiet=1)
+    # Likewise the code of the dataclasses corrald defines at start-up (corral.api._dataclass_cache).
+    subprocess.run([sys.executable, "-m", "corral.api._dataclass_cache"], check=True, capture_output=True)
     factories: dict[str, DaemonFactory] = {CORRAL: lambda wd: CorralDaemon(corrald, wd, ctr)}
 
     version: str | None = None

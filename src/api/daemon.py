@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from corral.api import _lean_imports  # noqa: F401  (first: structlog without rich, see there)
+from corral.api import _dataclass_cache  # (first: dataclasses' generated code cached, see there)
+
+# isort: split
+from corral.api import _lean_imports  # noqa: F401  (structlog without rich, see there)
 
 # isort: split
 import dataclasses
@@ -123,6 +126,7 @@ async def serve(kernel: Kernel) -> None:
         ):
             ok = sum(1 for r in kernel.records() if r.ok)
             log.info("corrald_ready", version=__version__, address=grpc.address, plugins_ok=ok)
+            _dataclass_cache.save()
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("corrald_stopping", signal=signal.Signals(signum).name)

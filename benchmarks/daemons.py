@@ -128,7 +128,8 @@ class Daemon(ABC):
 
     ``with Daemon(...) as d:`` starts it and returns once ``ctr version`` answers, recording how
     long that took (``startup_seconds``, measured from just before exec) and the VmRSS right then
-    (``rss_after_start_kib``) and the CPU time it had used (``cpu_after_start_seconds``). Leaving the block sends SIGTERM and waits.
+    (``rss_after_start_kib``) and the CPU time it had used (``cpu_after_start_seconds``).
+    Leaving the block sends SIGTERM and waits.
     """
 
     kind: ClassVar[str]

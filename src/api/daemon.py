@@ -33,6 +33,7 @@ import structlog
 
 from corral import __version__
 from corral.api._spin import new_event_loop as spinning_loop
+from corral.api.grpc import lazy
 from corral.api.grpc.server import build_mapping, serve_unix
 from corral.api.ttrpc.services import build_ttrpc_server
 from corral.kernel import (
@@ -42,6 +43,7 @@ from corral.kernel import (
     LoadedConfig,
     StartupError,
     configure_logging,
+    discover,
     load_config,
 )
 
@@ -140,6 +142,7 @@ async def serve(kernel: Kernel) -> None:
             ok = sum(1 for r in kernel.records() if r.ok)
             log.info("corrald_ready", version=__version__, address=grpc.address, plugins_ok=ok)
             _dataclass_cache.save()
+            lazy.save_index(kernel.records())
             gc.enable()
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
@@ -177,7 +180,7 @@ def main(
         sys.exit(2)
     configure_logging(config.debug.level, config.debug.format)
     limit_heap_growth()
-    kernel = Kernel(config)
+    kernel = Kernel(config, candidates=lazy.lazy_candidates(discover()))
     try:
         anyio.run(serve, kernel, backend_options={"loop_factory": spinning_loop})
     except ConfigError as exc:  # a plugin section, decoded at start: name the file that set the key

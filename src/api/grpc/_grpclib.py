@@ -13,6 +13,9 @@
   clients send a PING with each request, and its ACK (written as the request is received) then
   leaves with the answer of the handler that request started, one wake-up of the client instead
   of two (``_protocol_factory`` and ``H2Protocol.connection_made`` are the hooks).
+- A lazily started gRPC plugin (``corral.api.grpc.lazy``) learns its message types only once its
+  module is imported, after grpclib made the call's ``Stream``: ``retype`` sets the stream's
+  private ``_recv_type`` and ``_send_type``.
 
 ``tests/unit/test_grpclib_compat.py`` fails when the installed versions differ from ``PINNED``,
 so an upgrade is a conscious step: check both points against the new code, then move the pins.
@@ -59,6 +62,14 @@ def _unimplemented(message: str) -> Handler:
         raise GRPCError(Status.UNIMPLEMENTED, message)
 
     return Handler(reply, Cardinality.UNARY_UNARY, protobuf.Empty, protobuf.Empty)
+
+
+def retype(stream: Any, request_type: Any, reply_type: Any) -> None:
+    """Set the message types of a server stream (seen through any wrappers that keep it as ``_stream``)."""
+    while not isinstance(stream, Stream):
+        stream = stream._stream
+    stream._recv_type = request_type
+    stream._send_type = reply_type
 
 
 class _Mapping(dict[str, Handler]):

@@ -24,7 +24,7 @@ from corral.api.types.google import protobuf
 from corral.kernel import DaemonConfig, Kernel, discover
 
 tmp, index = Path(sys.argv[1]), Path(sys.argv[2])
-config = DaemonConfig(root=str(tmp / "root"), state=str(tmp / "state"))
+config = DaemonConfig(root=str(tmp / "root"), state=str(tmp / "state"), disabled_plugins=sys.argv[3:])
 sock = str(tmp / "grpc.sock")
 
 
@@ -37,9 +37,13 @@ async def main():
             md = {NAMESPACE_HEADER: "lazy-test"}
             version = await version_pb.VersionStub(client.channel, metadata=md).version(protobuf.Empty())
             stub = namespaces_pb.NamespacesStub(client.channel, metadata=md)
-            await stub.create(namespaces_pb.CreateNamespaceRequest(
-                namespace=namespaces_pb.Namespace(name="n1", labels={"a": "b"})))
-            listed = await stub.list(namespaces_pb.ListNamespacesRequest())
+            try:
+                await stub.create(namespaces_pb.CreateNamespaceRequest(
+                    namespace=namespaces_pb.Namespace(name="n1", labels={"a": "b"})))
+                answer = await stub.list(namespaces_pb.ListNamespacesRequest())
+                listed = [(n.name, n.labels) for n in answer.namespaces]
+            except Exception as exc:
+                listed = [exc.status.name, exc.message]
             try:
                 await stub.get(namespaces_pb.GetNamespaceRequest(name="missing"))
                 missing = None
@@ -52,9 +56,9 @@ async def main():
         saved = lazy.save_index(kernel.records(), index, force=True)
         print(json.dumps({
             "paths": sorted((p, h.cardinality.name) for p, h in mapping.items()),
-            "status": sorted((r.uri, r.status.value) for r in kernel.records()),
+            "status": sorted((r.uri, r.status.value, r.reason.replace(str(tmp), "TMP")) for r in kernel.records()),
             "version": version.version,
-            "namespaces": [(n.name, n.labels) for n in listed.namespaces],
+            "namespaces": listed,
             "missing": missing,
             "lazy": lazy_plugins,
             "loaded": loaded,
@@ -66,10 +70,13 @@ anyio.run(main)
 """
 
 
-def _start(tmp: Path, index: Path) -> dict[str, object]:
+def _start(tmp: Path, index: Path, *disabled: str) -> dict[str, object]:
     tmp.mkdir()
     out = subprocess.run(
-        [sys.executable, "-c", _PROGRAM, str(tmp), str(index)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _PROGRAM, str(tmp), str(index), *disabled],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
@@ -116,6 +123,27 @@ def test_an_entry_whose_files_changed_or_version_differs_is_started_eagerly(tmp_
     assert again["saved"] is True  # the stale entries are written anew
     fixed = json.loads(index.read_text())["plugins"]
     assert fixed["io.containerd.grpc.v1.version"]["version"] != "0.0.0-other"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a whole kernel's snapshotters need root")
+def test_a_plugin_whose_lookups_would_fail_now_starts_eagerly_and_fails_as_without_the_index(
+    tmp_path: Path,
+) -> None:
+    index = tmp_path / "index.json"
+    _start(tmp_path / "first", index)
+    disabled = "io.containerd.service.v1.namespaces-service"
+    with_index = _start(tmp_path / "second", index, disabled)
+    without = _start(tmp_path / "third", tmp_path / "none.json", disabled)
+    for key in ("status", "paths", "namespaces", "missing"):
+        assert with_index[key] == without[key], key
+    assert with_index["missing"][0] == "UNIMPLEMENTED"  # type: ignore[index]
+    status = {uri: (state, reason) for uri, state, reason in with_index["status"]}  # type: ignore[attr-defined]
+    assert status["io.containerd.grpc.v1.namespaces"][0] != "ok"
+    assert disabled in status["io.containerd.grpc.v1.namespaces"][1]
+    assert "io.containerd.grpc.v1.namespaces" not in with_index["lazy"]  # type: ignore[operator]
+    # Every plugin that could look the disabled one up starts eagerly; the others stay lazy.
+    assert "io.containerd.grpc.v1.content" not in with_index["lazy"]  # type: ignore[operator]
+    assert "io.containerd.grpc.v1.version" in with_index["lazy"]  # type: ignore[operator]
 
 
 def test_a_missing_or_foreign_index_changes_nothing(tmp_path: Path) -> None:

@@ -1,21 +1,24 @@
 """gRPC plugins started by name, their modules imported at the first call to one of their services.
 
 Importing a gRPC plugin's module imports its generated protobuf types and the wire conversions
-with it: a fifth of corrald's start-up, for services most daemons answer rarely or never. Every
-gRPC plugin whose instance is a plain ``GRPCServices`` and whose registration has no config,
-migration, aliases or hooks is served lazily once corrald has seen it: after a start, what such a
-plugin registered (type, id, requires, after, description), what its init declared (platforms,
-exports, capabilities) and the paths it serves (with their cardinality) are kept in an index
-beside corral's bytecode, with the size and mtime of every module file it was built from (the
-plugin's module, its services' classes and their message types). At the next start a plugin
-whose files are unchanged is registered from the index without importing anything: the kernel
-orders, checks and starts it as before (a required plugin that is missing still skips it), its
-init records the declared metadata, and its paths are in the server's mapping; the first call to
-one of them imports the module, runs the plugin's own init with the same InitContext and answers
-with the real handler (a call that arrives meanwhile waits for it). Any difference (an edited
-file, a new version, a plugin that no longer qualifies) makes the entry stale and that plugin
-starts eagerly, and the index is rewritten after start-up. No plugin needs to know: a new gRPC
-plugin gets this from its second start on.
+with it, for services most daemons answer rarely or never. Every gRPC plugin whose instance is a
+plain ``GRPCServices`` and whose registration has no config, migration, aliases or hooks is
+served lazily once corrald has seen it. After a start, the index beside corral's bytecode keeps,
+for each such plugin, what it registered (type, id, requires, after, description), what its init
+declared (platforms, exports, capabilities), which plugins of the types it requires or starts
+after were ok, the paths it serves (with their cardinality), and the size and mtime of every
+module file it was built from (the plugin's module, its services' classes, their message types).
+
+At the next start a plugin whose files are unchanged is registered from the index without
+importing anything. The kernel orders, checks and starts it as before: a required type with no
+ok plugin still skips it, and if a plugin it could look up that was ok then is not ok now, its
+own init runs at start, so it skips or fails as it would without the index. Otherwise its init
+records the declared metadata and its paths go into the server's mapping; the first call to one
+of them imports the module, runs the plugin's own init with the same InitContext and answers with
+the real handler (calls that arrive meanwhile wait for it). Any difference (an edited file, a new
+version, a plugin that no longer qualifies) makes the entry stale: that plugin starts eagerly and
+the index is rewritten after start-up. No plugin needs to know: a new gRPC plugin gets this from
+its second start on.
 
 The index is written as bytecode is (not under ``PYTHONDONTWRITEBYTECODE``, nor where the
 directory is not writable); ``corrald`` without it starts every plugin eagerly, as before.
@@ -40,12 +43,12 @@ from grpclib.exceptions import GRPCError
 from corral import __version__
 from corral.api.grpc import GRPCServices
 from corral.api.grpc._grpclib import StreamHandler, retype
-from corral.kernel import Candidate, InitContext, Platform, PluginMeta, PluginRecord, Registration
+from corral.kernel import ALL_TYPES, Candidate, InitContext, Platform, PluginMeta, PluginRecord, Registration
 
 log = structlog.get_logger("corral.grpc")
 
 GRPC_TYPE = "io.containerd.grpc.v1"
-FORMAT = 1
+FORMAT = 2
 
 
 def index_path() -> Path:
@@ -176,14 +179,25 @@ class LazyServices:
 def _lazy_registration(cand: Candidate, entry: _Entry) -> Registration:
     paths = [(str(path), Cardinality[str(kind)]) for path, kind in entry.paths]
     meta = entry.meta
+    r = entry.registration
 
-    async def init(ic: InitContext) -> LazyServices:
+    async def init(ic: InitContext) -> Any:
+        # The plugin's init may look up any plugin of the types it requires or starts after;
+        # the index holds those that were ok when it was written. One that is not ok now (disabled,
+        # skipped, failed) may make the init skip or fail: then it runs now, as without the index.
+        for uri in r.get("ok_dependencies", ()):
+            rec = ic.plugins.get(uri)
+            if rec is None or not rec.ok:
+                assert cand.entry_point is not None
+                real = cand.entry_point.load()
+                if not isinstance(real, Registration) or real.uri != cand.uri:
+                    raise RuntimeError(f"entry point {cand.uri} no longer names its registration")
+                return await real.init(ic)
         ic.meta.platforms.extend(Platform(**p) for p in meta.get("platforms", ()))
         ic.meta.exports.update(meta.get("exports", {}))
         ic.meta.capabilities.extend(meta.get("capabilities", ()))
         return LazyServices(cand, ic, paths)
 
-    r = entry.registration
     return Registration(
         type=cand.type,
         id=cand.id,
@@ -214,6 +228,12 @@ def lazy_candidates(candidates: Sequence[Candidate], path: Path | None = None) -
     return out
 
 
+def _of_type(ok_by_type: Mapping[str, list[str]], wanted: str, own: str) -> list[str]:
+    if wanted == ALL_TYPES:
+        return [uri for t, uris in ok_by_type.items() if t != own for uri in uris]
+    return ok_by_type.get(wanted, [])
+
+
 def _module_files(*objects: Any) -> dict[str, list[int]]:
     files: dict[str, list[int]] = {}
     for obj in objects:
@@ -227,7 +247,7 @@ def _module_files(*objects: Any) -> dict[str, list[int]]:
     return files
 
 
-def _entry_of(rec: PluginRecord) -> _Entry | None:
+def _entry_of(rec: PluginRecord, ok_by_type: Mapping[str, list[str]]) -> _Entry | None:
     """What the index keeps of an eagerly started gRPC plugin, or None if it cannot start lazily."""
     reg, origin = rec.registration, rec.origin
     if not rec.ok or rec.type != GRPC_TYPE or reg is None or origin is None or not origin.value:
@@ -252,6 +272,9 @@ def _entry_of(rec: PluginRecord) -> _Entry | None:
             "requires": list(reg.requires),
             "after": list(reg.after),
             "description": reg.description,
+            "ok_dependencies": sorted(
+                {uri for t in reg.ordering_types for uri in _of_type(ok_by_type, t, reg.type)}
+            ),
         },
         meta={
             "platforms": [vars(p) for p in meta.platforms],
@@ -268,11 +291,16 @@ def save_index(records: Iterable[PluginRecord], path: Path | None = None, *, for
         return False
     path = index_path() if path is None else path
     entries = read_index(path)
+    records = list(records)
+    ok_by_type: dict[str, list[str]] = {}
+    for rec in records:
+        if rec.ok:
+            ok_by_type.setdefault(rec.type, []).append(rec.uri)
     changed = False
     for rec in records:
         if isinstance(rec.instance, LazyServices) or rec.type != GRPC_TYPE:
             continue
-        entry = _entry_of(rec)
+        entry = _entry_of(rec, ok_by_type)
         if entry is None:
             changed |= entries.pop(rec.uri, None) is not None
         elif entries.get(rec.uri) != entry:

@@ -30,6 +30,7 @@ from types import CodeType
 from typing import Any
 
 _FILENAME = "<string>"  # what exec gives code compiled from a str
+MAX_ENTRIES = 8000
 _exec = builtins.exec
 
 
@@ -46,6 +47,7 @@ class CachingExec:
 
     def __init__(self, known: dict[str, CodeType]) -> None:
         self.known = known
+        self.used: set[str] = set()
         self.new = 0
 
     def __call__(self, source: Any, globals: Any = None, locals: Any = None, /) -> None:
@@ -54,8 +56,16 @@ class CachingExec:
             if code is None:
                 code = self.known[source] = compile(source, _FILENAME, "exec")
                 self.new += 1
+            self.used.add(source)
             source = code
         _exec(source, globals, locals)
+
+    def keep(self) -> dict[str, CodeType]:
+        """What to write: everything known, unless texts no longer used have piled up (classes
+        edited or removed), then only what this process used."""
+        if len(self.known) <= MAX_ENTRIES:
+            return self.known
+        return {text: code for text, code in self.known.items() if text in self.used}
 
 
 def read(path: Path) -> dict[str, CodeType]:
@@ -91,7 +101,7 @@ def save(*, force: bool = False) -> bool:
         return False
     if sys.dont_write_bytecode and not force:
         return False
-    if not write(cache_path(), _installed.known):
+    if not write(cache_path(), _installed.keep()):
         return False
     _installed.new = 0
     return True

@@ -27,6 +27,15 @@ def test_a_text_is_compiled_once_and_runs_as_exec_would() -> None:
     assert caching.new == 1
 
 
+def test_texts_no_longer_used_are_dropped_once_they_pile_up(monkeypatch: Any) -> None:
+    stale = {f"x{i} = {i}": compile(f"x{i} = {i}", "<string>", "exec") for i in range(5)}
+    caching = cache.CachingExec(dict(stale))
+    caching(_SOURCE, {}, {})
+    assert len(caching.keep()) == 6  # under the bound: everything stays
+    monkeypatch.setattr(cache, "MAX_ENTRIES", 3)
+    assert list(caching.keep()) == [_SOURCE]
+
+
 def test_the_file_round_trips_and_a_foreign_or_broken_one_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "__pycache__" / "dataclasses.bin"
     caching = cache.CachingExec({})

@@ -109,6 +109,12 @@ def _accepts(path: Path) -> bool:
     return True
 
 
+def read_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a live process has used, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_rss_kib(pid: int) -> int:
     """VmRSS of a live process, in KiB, from /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -122,7 +128,8 @@ class Daemon(ABC):
 
     ``with Daemon(...) as d:`` starts it and returns once ``ctr version`` answers, recording how
     long that took (``startup_seconds``, measured from just before exec) and the VmRSS right then
-    (``rss_after_start_kib``). Leaving the block sends SIGTERM and waits.
+    (``rss_after_start_kib``) and the CPU time it had used (``cpu_after_start_seconds``).
+    Leaving the block sends SIGTERM and waits.
     """
 
     kind: ClassVar[str]
@@ -140,6 +147,7 @@ class Daemon(ABC):
         self.log_path = workdir / "daemon.log"
         self.startup_seconds = float("nan")
         self.rss_after_start_kib = 0
+        self.cpu_after_start_seconds = float("nan")
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -213,6 +221,7 @@ class Daemon(ABC):
         try:
             seconds = poll_until(self._answers, start=t0, timeout=self.ready_timeout, give_up=self._exited)
             self.rss_after_start_kib = self.rss_kib()
+            self.cpu_after_start_seconds = read_cpu_seconds(self.pid)
         except BaseException as exc:
             self.stop()
             if isinstance(exc, PollTimeout):

@@ -28,13 +28,18 @@ BYTES_PER_MIB = float(content.MIB)
     needs="fresh",
     metrics=(
         Metric("startup", "Start-up: exec to first answered `ctr version`", "ms"),
+        Metric("startup-cpu", "Start-up: CPU time (user + system) at the first answer", "ms"),
         Metric("rss", "RSS right after start-up (VmRSS)", "MiB"),
     ),
 )
 def startup(target: Target) -> Sample:
     """Exec the daemon in fresh temp dirs, poll `ctr version` until it answers, then stop it."""
     with target.spawn() as daemon:
-        return {"startup": daemon.startup_seconds * MS, "rss": daemon.rss_after_start_kib / KIB_PER_MIB}
+        return {
+            "startup": daemon.startup_seconds * MS,
+            "startup-cpu": daemon.cpu_after_start_seconds * MS,
+            "rss": daemon.rss_after_start_kib / KIB_PER_MIB,
+        }
 
 
 @scenario("ctr-version", needs="running", warmup=1, metrics=(Metric("ctr-version", "`ctr version`", "ms"),))

@@ -8,9 +8,14 @@
   on; the server's private ``_mapping`` is replaced by one that answers as grpc-go does.
 - grpclib writes every frame it makes to the transport at once: a unary call or one 32 KiB
   ``Content.Read`` (as ``ctr content get`` makes thousands of) costs three to five ``send`` calls
-  (headers, data, trailers, window updates). ``_CorkedTransport`` gathers what one turn of the
-  event loop writes and sends it in one call at the end of that turn (``_protocol_factory`` and
-  ``H2Protocol.connection_made`` are the hooks).
+  (headers, data, trailers, window updates). ``_CorkedTransport`` gathers what the event loop
+  writes from its first write to the end of the next turn and sends it in one call: grpc-go
+  clients send a PING with each request, and its ACK (written as the request is received) then
+  leaves with the answer of the handler that request started, one wake-up of the client instead
+  of two (``_protocol_factory`` and ``H2Protocol.connection_made`` are the hooks).
+- A lazily started gRPC plugin (``corral.api.grpc.lazy``) learns its message types only once its
+  module is imported, after grpclib made the call's ``Stream``: ``retype`` sets the stream's
+  private ``_recv_type`` and ``_send_type``.
 
 - betterproto2's service base drives a streaming handler's async generator with a bare
   ``async for``: when sending a response fails (the client went away), the generator is left
@@ -68,6 +73,14 @@ def _unimplemented(message: str) -> Handler:
     return Handler(reply, Cardinality.UNARY_UNARY, protobuf.Empty, protobuf.Empty)
 
 
+def retype(stream: Any, request_type: Any, reply_type: Any) -> None:
+    """Set the message types of a server stream (seen through any wrappers that keep it as ``_stream``)."""
+    while not isinstance(stream, Stream):
+        stream = stream._stream
+    stream._recv_type = request_type
+    stream._send_type = reply_type
+
+
 class _Mapping(dict[str, Handler]):
     """Known paths map to their handlers; unknown ones to grpc-go's Unimplemented answers."""
 
@@ -86,11 +99,12 @@ class _Mapping(dict[str, Handler]):
 
 
 class _CorkedTransport:
-    """A transport whose writes within one event-loop turn leave in one ``send``.
+    """A transport whose writes within one event-loop turn and the next leave in one ``send``.
 
-    The first write of a turn schedules the flush with ``call_soon``; what follows in the same
-    turn is appended. Everything else (closing, flow control, extra info) is the real transport's;
-    closing flushes first, so nothing written is dropped. At most one turn's frames are held,
+    The first write schedules, with ``call_soon``, a callback that schedules the flush; what
+    follows in that turn and the next (where the handlers started by what was received run) is
+    appended. Everything else (closing, flow control, extra info) is the real transport's;
+    closing flushes first, so nothing written is dropped. At most two turns' frames are held,
     and grpclib's writers are bounded by HTTP/2 flow control, so the buffer is too.
     """
 
@@ -103,8 +117,11 @@ class _CorkedTransport:
         if not data:
             return
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._flush_next_turn)
         self._pending.append(data)
+
+    def _flush_next_turn(self) -> None:
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -12,16 +13,35 @@ from corral.plugins.events.types import optional_publisher
 from corral.plugins.runtimes.wasm import WasmRuntime
 
 
+class _LazyModuleCache:
+    """The module cache, made (and wasmtime imported, its engine built) when the first wasm task
+    needs it rather than at every start of corrald: some 50 ms that most daemons never use."""
+
+    def __init__(self) -> None:
+        self._cache: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._cache is None:
+            from corral.plugins.runtimes.wasm._engine import ModuleCache
+
+            self._cache = ModuleCache()
+        return getattr(self._cache, name)
+
+
 async def init(ic: InitContext) -> WasmRuntime:
     try:
-        from corral.plugins.runtimes.wasm._engine import ModuleCache
-    except ImportError as e:  # pragma: no cover - wasmtime is a dependency; a broken install skips
+        found = importlib.util.find_spec("wasmtime") is not None
+    except (ImportError, ValueError) as e:  # pragma: no cover - a broken install skips
         raise SkipPlugin(f"wasmtime is not importable: {e}") from None
+    if not found:  # pragma: no cover - wasmtime is a dependency
+        raise SkipPlugin("wasmtime is not importable: No module named 'wasmtime'")
 
     def spawn(fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         ic.start_soon(functools.partial(fn), name)
 
-    runtime = WasmRuntime(ic.state, spawn, optional_publisher(ic.get_by_type(types.EVENT)), ModuleCache())
+    runtime = WasmRuntime(
+        ic.state, spawn, optional_publisher(ic.get_by_type(types.EVENT)), _LazyModuleCache()
+    )
     await runtime.recover()
     ic.meta.exports["runtimes"] = ",".join(runtime.runtime_names)
     return runtime

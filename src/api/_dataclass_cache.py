@@ -1,0 +1,133 @@
+"""Imported first by ``corrald``: the functions dataclasses generate, compiled once, not at every start.
+
+``@dataclass`` writes ``__init__``, ``__eq__``, ``__setattr__`` … of each class as source text and
+``exec``s it; compiling that text is most of the cost of a dataclass, and corrald defines some 370 at
+start-up (every generated protobuf message, every record and config): about a third of its import
+time. The text depends only on the class's fields, so its code object can be kept like a module's
+bytecode: ``dataclasses`` looks ``exec`` up in its module globals first, and the ``exec`` put there
+runs a cached code object for text it has compiled before, and compiles (and remembers) the rest.
+Semantics are exactly ``exec``'s: the same text compiled with the same file name, run with the
+globals and locals the caller gave.
+
+The cache is a marshal file beside corral's bytecode (``corral/__pycache__``), tagged with the
+interpreter's bytecode magic number, written by ``save`` when something new was compiled and Python
+may write bytecode (``PYTHONDONTWRITEBYTECODE`` unset, the directory writable); a cache that is
+missing, unreadable or from another interpreter is ignored. ``python -m corral.api._dataclass_cache``
+writes it regardless, as ``compileall`` writes bytecode.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import marshal
+import os
+import sys
+from importlib.util import MAGIC_NUMBER
+from pathlib import Path
+from types import CodeType
+from typing import Any
+
+_FILENAME = "<string>"  # what exec gives code compiled from a str
+MAX_ENTRIES = 8000
+_exec = builtins.exec
+
+
+def cache_path() -> Path:
+    return (
+        Path(__file__).resolve().parent.parent
+        / "__pycache__"
+        / f"dataclasses.{sys.implementation.cache_tag}.bin"
+    )
+
+
+class CachingExec:
+    """``exec`` that compiles each source text once (``known``: text → code)."""
+
+    def __init__(self, known: dict[str, CodeType]) -> None:
+        self.known = known
+        self.used: set[str] = set()
+        self.new = 0
+
+    def __call__(self, source: Any, globals: Any = None, locals: Any = None, /) -> None:
+        if isinstance(source, str):
+            code = self.known.get(source)
+            if code is None:
+                code = self.known[source] = compile(source, _FILENAME, "exec")
+                self.new += 1
+            self.used.add(source)
+            source = code
+        _exec(source, globals, locals)
+
+    def keep(self) -> dict[str, CodeType]:
+        """What to write: everything known, unless texts no longer used have piled up (classes
+        edited or removed), then only what this process used."""
+        if len(self.known) <= MAX_ENTRIES:
+            return self.known
+        return {text: code for text, code in self.known.items() if text in self.used}
+
+
+def read(path: Path) -> dict[str, CodeType]:
+    """The cached code objects by source text; empty if missing, unreadable or another interpreter's."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    if not data.startswith(MAGIC_NUMBER):
+        return {}
+    try:
+        known = marshal.loads(data[len(MAGIC_NUMBER) :])
+    except (EOFError, ValueError, TypeError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+_installed: CachingExec | None = None
+
+
+def install() -> None:
+    """Make ``dataclasses`` run cached code; idempotent."""
+    global _installed
+    if _installed is not None or getattr(dataclasses, "exec", None) is not None:
+        return
+    _installed = CachingExec(read(cache_path()))
+    dataclasses.exec = _installed  # type: ignore[attr-defined]
+
+
+def save(*, force: bool = False) -> bool:
+    """Write the cache if anything new was compiled (and bytecode may be written, unless ``force``)."""
+    if _installed is None or (not _installed.new and not force):
+        return False
+    if sys.dont_write_bytecode and not force:
+        return False
+    if not write(cache_path(), _installed.keep()):
+        return False
+    _installed.new = 0
+    return True
+
+
+def write(path: Path, known: dict[str, CodeType]) -> bool:
+    """Replace the cache file atomically (a concurrent reader sees the old file or the new one)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp.write_bytes(MAGIC_NUMBER + marshal.dumps(known))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+    return True
+
+
+install()
+
+
+if __name__ == "__main__":
+    # Everything corrald defines at start-up: its modules and every installed plugin's.
+    from corral.api import daemon  # noqa: F401
+    from corral.kernel import DaemonConfig, Kernel
+
+    Kernel(DaemonConfig()).load_registrations()
+    print(cache_path() if save(force=True) else "nothing written")

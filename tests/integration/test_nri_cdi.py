@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -379,3 +380,26 @@ def test_containers_that_outlive_a_restart_are_synchronized_and_still_stopped_an
         "StopContainer",
         "RemoveContainer",
     ]
+
+
+def test_a_socket_another_runtime_serves_is_left_alone_and_plugins_why_says_so(tmp_path: Path) -> None:
+    require_root()
+    (tmp_path / "nri").mkdir()
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(tmp_path / "nri" / "nri.sock"))
+    other.listen(1)
+    d = Daemon(tmp_path / "corral", nri_config(tmp_path)).start()
+    try:
+        why = d.corral("plugins", "why", "io.containerd.nri.v1.nri").stdout
+        assert why.startswith("io.containerd.nri.v1.nri is ok, but NRI socket "), why
+        assert "served by another runtime" in why
+        assert (tmp_path / "nri" / "nri.sock").exists()  # not taken over
+    finally:
+        d.stop()
+        other.close()
+    assert (tmp_path / "nri" / "nri.sock").exists()  # nor removed at stop
+    d = Daemon(tmp_path / "corral2", nri_config(tmp_path / "free")).start()
+    try:
+        assert d.corral("plugins", "why", "io.containerd.nri.v1.nri").stdout.endswith("is ok\n")
+    finally:
+        d.stop()

@@ -104,6 +104,8 @@ class NRI:
         self._state: dict[str, _State] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self.listening = False
+        self.not_listening = ""
+        """Why external plugins cannot connect, when connections are wanted but there is no socket."""
 
     # -- plugins -----------------------------------------------------------------------------
     @property
@@ -166,6 +168,10 @@ class NRI:
             if path.exists() and stat.S_ISSOCK(path.lstat().st_mode):
                 if await _answers(path):
                     log.warning("nri_socket_in_use", socket=str(path))
+                    self.not_listening = (
+                        f"NRI socket {path} is served by another runtime: external NRI plugins "
+                        "connect to that one, not to this corrald"
+                    )
                     return None
                 path.unlink()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -176,6 +182,7 @@ class NRI:
                 os.umask(old)
         except OSError as exc:
             log.warning("nri_listen_failed", socket=str(path), error=str(exc))
+            self.not_listening = f"cannot listen on NRI socket {path}: {exc.strerror or exc}"
             return None
         sock.listen(16)
         sock.setblocking(False)

@@ -71,6 +71,10 @@ class NRIPlugin:
     def tasks(self) -> TaskLifecycle:
         return self._tasks
 
+    async def condition(self) -> str:
+        """Shown by ``corral plugins why``: ok, yet no external plugin can connect (and why)."""
+        return self.nri.not_listening
+
 
 async def _watch_containers(exchange: EventExchange, tasks: TaskLifecycle) -> None:
     """A task's init process exiting is its container's stop (containerd's NotifyContainerExit);

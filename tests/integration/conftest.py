@@ -23,4 +23,11 @@ def daemon(tmp_path: Path, ctr: str) -> Iterator[Daemon]:
 
 
 # The registry fixtures (plain HTTP, TLS, Basic auth, Bearer tokens) for every integration test that pushes or pulls.
-from registry_fixture import auth_registry, registry, start_registries, tls_registry, token_registry  # noqa: E402, F401
+from registry_fixture import (  # noqa: E402, F401
+    auth_registry,
+    busybox_layout,
+    registry,
+    start_registries,
+    tls_registry,
+    token_registry,
+)

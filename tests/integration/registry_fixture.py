@@ -470,3 +470,77 @@ class ThrottledProxy:
                 s.shutdown(socket.SHUT_RDWR)
             with suppress(OSError):
                 s.close()
+
+
+# -- images in the registry, through skopeo ------------------------------------------------------------
+
+
+def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([require_tool("skopeo"), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"skopeo {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def push_layout(layout: Path, registry: Registry, repo: str, *, all_images: bool = False) -> None:
+    flags = ["--all"] if all_images else []
+    skopeo(
+        "copy", *flags, "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{registry.host}/{repo}"
+    )
+
+
+@pytest.fixture
+def busybox_layout(tmp_path: Path) -> Path:
+    from corral.plugins.images.build import build_busybox_image
+
+    return build_busybox_image().image.write_oci_layout(tmp_path / "busybox-layout", ["latest"])
+
+
+@dataclass(frozen=True)
+class TwoArch:
+    """An index of a linux/amd64 and a linux/arm64 image in the registry, as the host sees it."""
+
+    ref: str
+    host_layer: str
+    other_layer: str
+    other_config: str
+
+
+def push_two_arch_index(registry: Registry, workdir: Path, repo: str) -> TwoArch:
+    from corral.plugins.images.build import build_image, build_index, layer_from_directory
+    from corral.plugins.images.oci import Platform
+
+    images = {}
+    for arch in ("amd64", "arm64"):
+        tree = workdir / f"tree-{arch}"
+        tree.mkdir()
+        (tree / "arch").write_text(arch + "\n")
+        images[arch] = build_image(
+            [layer_from_directory(tree)], platform=Platform("linux", arch), cmd=["/bin/true"]
+        )
+    layout = build_index(list(images.values())).write_oci_layout(workdir / "multi", ["latest"])
+    push_layout(layout, registry, repo, all_images=True)
+    host = Platform.host().architecture
+    other = images["arm64" if host == "amd64" else "amd64"]
+    return TwoArch(
+        f"{registry.host}/{repo}",
+        images[host].manifest.layers[0].digest,
+        other.manifest.layers[0].digest,
+        other.manifest.config.digest,
+    )
+
+
+def assert_round_trip(source: str, target: str, original_layout: Path, workdir: Path) -> None:
+    """``target`` (pushed from ``source``) has ``source``'s manifest bytes, and skopeo copies it back
+    as the image of ``original_layout``, blob for blob."""
+    raw_source = skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{source}").stdout
+    raw_target = skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{target}").stdout
+    assert raw_target == raw_source
+    back = workdir / "back"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{target}", f"oci:{back}:copy")
+    index = json.loads((back / "index.json").read_text())
+    original = json.loads((original_layout / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == original["manifests"][0]["digest"]
+    manifest = json.loads(raw_target)
+    for blob in [manifest["config"], *manifest["layers"]]:
+        name = Path("blobs", *blob["digest"].split(":", 1))
+        assert (back / name).read_bytes() == (original_layout / name).read_bytes(), blob["digest"]

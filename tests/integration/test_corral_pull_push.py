@@ -13,28 +13,25 @@ from pathlib import Path
 
 import pytest
 from harness import BIN, Daemon
-from registry_fixture import Registry, StartRegistry, ThrottledProxy
-from test_ctr_pull_push import push_layout, skopeo
+from registry_fixture import (
+    Registry,
+    StartRegistry,
+    ThrottledProxy,
+    assert_round_trip,
+    push_layout,
+    push_two_arch_index,
+    skopeo,
+)
 from tooling import require_root
 
 from corral.plugins.images.build import (
     Compression,
     LayerEntry,
-    build_busybox_image,
     build_image,
-    build_index,
     build_layer,
-    layer_from_directory,
 )
-from corral.plugins.images.oci import Platform
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def busybox_layout(tmp_path: Path) -> Path:
-    image = build_busybox_image()
-    return image.image.write_oci_layout(tmp_path / "busybox-layout", ["latest"])
 
 
 def json_lines(text: str) -> list[dict[str, object]]:
@@ -211,27 +208,13 @@ def test_a_multi_arch_index_pulls_only_the_host_platform_unless_all_platforms(
     daemon: Daemon, registry: Registry, tmp_path: Path
 ) -> None:
     require_root()
-    trees = {}
-    images = []
-    for arch in ("amd64", "arm64"):
-        tree = tmp_path / f"tree-{arch}"
-        tree.mkdir()
-        (tree / "arch").write_text(arch + "\n")
-        image = build_image([layer_from_directory(tree)], platform=Platform("linux", arch), cmd=["/bin/true"])
-        trees[arch] = image
-        images.append(image)
-    layout = build_index(images).write_oci_layout(tmp_path / "multi", ["latest"])
-    push_layout(layout, registry, "corral/multi:1", all_images=True)
-    ref = f"{registry.host}/corral/multi:1"
-    host = Platform.host().architecture
-    other = "arm64" if host == "amd64" else "amd64"
-    host_layer = trees[host].manifest.layers[0].digest
-    other_layer = trees[other].manifest.layers[0].digest
+    multi = push_two_arch_index(registry, tmp_path, "corral/multi:1")
+    ref, host_layer, other_layer = multi.ref, multi.host_layer, multi.other_layer
     registry.mark()
     daemon.corral("images", "pull", "--plain-http", "-q", ref)
     fetched = set(blob_gets(registry))
     assert host_layer in fetched and other_layer not in fetched
-    assert trees[other].manifest.config.digest in fetched  # the other platform's metadata, as ctr pulls it
+    assert multi.other_config in fetched  # the other platform's metadata, as ctr pulls it
     assert other_layer not in held(daemon)
     daemon.corral("images", "rm", ref)
     registry.mark()
@@ -250,20 +233,7 @@ def test_pushed_by_corral_inspected_and_copied_back_by_skopeo_byte_identical(
     out = daemon.corral("images", "push", "--plain-http", "--format", "json", target, source).stdout
     summary = json_lines(out)[-1]
     assert summary["event"] == "summary" and summary["action"] == "pushed"
-    raw_source = skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{source}").stdout
-    raw_target = skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{target}").stdout
-    assert raw_target == raw_source
-    back = tmp_path / "back"
-    skopeo("copy", "--src-tls-verify=false", f"docker://{target}", f"oci:{back}:copy")
-    index = json.loads((back / "index.json").read_text())
-    original = json.loads((busybox_layout / "index.json").read_text())
-    assert index["manifests"][0]["digest"] == original["manifests"][0]["digest"]
-    manifest = json.loads(raw_target)
-    for blob in [manifest["config"], *manifest["layers"]]:
-        hexa = blob["digest"].split(":", 1)[1]
-        assert (back / "blobs" / "sha256" / hexa).read_bytes() == (
-            busybox_layout / "blobs" / "sha256" / hexa
-        ).read_bytes()
+    assert_round_trip(source, target, busybox_layout, tmp_path)
 
 
 def test_layers_are_unpacked_while_later_ones_still_download(

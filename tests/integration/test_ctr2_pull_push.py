@@ -3,7 +3,6 @@ on loopback, with skopeo as the independent client on the other side."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -13,11 +12,17 @@ from pathlib import Path
 import pytest
 from containerd2 import Containerd2, containerd2_bin, ctr2
 from harness import Daemon
-from registry_fixture import Registry, StartRegistry, ThrottledProxy
-from test_ctr_pull_push import push_layout, skopeo
+from registry_fixture import (
+    Registry,
+    StartRegistry,
+    ThrottledProxy,
+    assert_round_trip,
+    push_layout,
+    skopeo,
+)
 from tooling import require_root
 
-from corral.plugins.images.build import LayerEntry, build_busybox_image, build_image, build_layer
+from corral.plugins.images.build import LayerEntry, build_image, build_layer
 
 pytestmark = pytest.mark.root
 
@@ -31,12 +36,6 @@ def corral(tmp_path: Path) -> Iterator[Daemon]:
         yield d
     finally:
         d.stop()
-
-
-@pytest.fixture
-def busybox_layout(tmp_path: Path) -> Path:
-    image = build_busybox_image()
-    return image.image.write_oci_layout(tmp_path / "busybox-layout", ["latest"])
 
 
 def lines(result: subprocess.CompletedProcess[str]) -> list[str]:
@@ -58,14 +57,7 @@ def test_ctr2_pull_unpacks_and_push_round_trips_byte_identical(
     target = f"{registry.host}/corral/copy:2"
     ctr2(corral.socket, "images", "tag", ref, target)
     ctr2(corral.socket, "images", "push", "--plain-http", target)
-    raw_source = skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{ref}").stdout
-    raw_target = skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{target}").stdout
-    assert raw_target == raw_source
-    back = tmp_path / "back"
-    skopeo("copy", "--src-tls-verify=false", f"docker://{target}", f"oci:{back}:copy")
-    index = json.loads((back / "index.json").read_text())
-    original = json.loads((busybox_layout / "index.json").read_text())
-    assert index["manifests"][0]["digest"] == original["manifests"][0]["digest"]
+    assert_round_trip(ref, target, busybox_layout, tmp_path)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """``corral cri``: crictl's verbs over the CRI (runtime.v1) on corrald's socket.
 
-``version``, ``info``, ``images``, ``pull``, ``rmi`` and ``inspecti`` call the RuntimeService and
+``version``, ``info``, ``images``, ``pull``, ``rmi``, ``inspecti`` and the pod verbs ``runp``,
+``stopp``, ``rmp``, ``pods`` and ``inspectp`` call the RuntimeService and
 ImageService a kubelet calls, so a node operator can look at what the kubelet sees without
 crictl. JSON output is the CRI messages in proto3 JSON, as crictl prints them.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -46,7 +49,7 @@ def _parsed_info(info: dict[str, str]) -> dict[str, Any]:
 
 @click.group("cri")
 def cri_group() -> None:
-    """What the kubelet sees: the CRI's runtime status and images (crictl's verbs)."""
+    """What the kubelet sees: the CRI's runtime status, images and pods (crictl's verbs)."""
 
 
 @cri_group.command("version")
@@ -226,3 +229,155 @@ def inspecti_command(images: tuple[str, ...], output_format: str) -> None:
         for i, _ in found
     ]  # fmt: skip
     emit(table(("IMAGE ID", "TAGS", "DIGESTS", "SIZE", "PINNED"), rows))
+
+
+# -- pod sandboxes ----------------------------------------------------------------------------------
+def _load_message(path: str, kind: type[T]) -> T:
+    """A CRI message from a JSON file in proto3 JSON (crictl's pod and container config files)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageProblem(f"{path} is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise UsageProblem(f"{path} must hold a JSON object")
+    try:
+        return kind.from_dict(document)  # type: ignore[attr-defined, no-any-return]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UsageProblem(f"{path} is not a {kind.__name__}: {exc}") from None
+
+
+def _ago(nanos: int) -> str:
+    """crictl's CREATED column: how long ago, in the largest whole unit."""
+    seconds = max(0, int(time.time() - nanos / 1e9))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "Less than a second ago" if seconds < 1 else f"{seconds} seconds ago"
+
+
+def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise UsageProblem(f"--label must be KEY=VALUE, not {pair!r}")
+        out[key] = value
+    return out
+
+
+_POD_STATES = {"ready": pb.PodSandboxState.SANDBOX_READY, "notready": pb.PodSandboxState.SANDBOX_NOTREADY}
+
+
+@cri_group.command("runp")
+@click.argument("config_file", metavar="POD-CONFIG.json")
+@click.option(
+    "-r", "--runtime", "runtime_handler", default="", help="the runtime handler to run the pod with"
+)
+def runp_command(config_file: str, runtime_handler: str) -> None:
+    """Run a pod sandbox from a PodSandboxConfig in JSON; prints its id."""
+    config = _load_message(config_file, pb.PodSandboxConfig)
+    request = pb.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)
+    emit(f"{_cri(lambda rt, _: rt.run_pod_sandbox(request)).pod_sandbox_id}\n")
+
+
+@cri_group.command("stopp")
+@click.argument("pods", nargs=-1, required=True)
+def stopp_command(pods: tuple[str, ...]) -> None:
+    """Stop PODS (ids or unique prefixes): their processes end and their network is released."""
+    for pod_id in pods:
+        request = pb.StopPodSandboxRequest(pod_sandbox_id=pod_id)
+        _cri(lambda rt, _, r=request: rt.stop_pod_sandbox(r))  # type: ignore[misc]
+        emit(f"Stopped sandbox {pod_id}\n")
+
+
+@cri_group.command("rmp")
+@click.argument("pods", nargs=-1, required=True)
+def rmp_command(pods: tuple[str, ...]) -> None:
+    """Remove PODS (stopping them first when they run)."""
+    for pod_id in pods:
+        request = pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id)
+        _cri(lambda rt, _, r=request: rt.remove_pod_sandbox(r))  # type: ignore[misc]
+        emit(f"Removed sandbox {pod_id}\n")
+
+
+@cri_group.command("pods")
+@click.option("--id", "pod_id", default="", help="only the pod with this id (or unique prefix)")
+@click.option("--name", default="", help="only pods whose name matches this regular expression")
+@click.option("--namespace", default="", help="only pods whose namespace matches this regular expression")
+@click.option("--state", type=click.Choice(sorted(_POD_STATES)), default=None, help="only pods in this state")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="only pods with this label")
+@click.option("-q", "--quiet", is_flag=True, help="only pod ids")
+@click.option("--no-trunc", is_flag=True, help="show whole pod ids")
+@format_option("table", "json")
+def pods_command(
+    pod_id: str,
+    name: str,
+    namespace: str,
+    state: str | None,
+    labels: tuple[str, ...],
+    quiet: bool,
+    no_trunc: bool,
+    output_format: str,
+) -> None:
+    """List pod sandboxes, newest first (crictl pods)."""
+    request = pb.ListPodSandboxRequest(
+        filter=pb.PodSandboxFilter(
+            id=pod_id,
+            state=None if state is None else pb.PodSandboxStateValue(_POD_STATES[state]),
+            label_selector=_labels(labels),
+        )
+    )
+    items = _cri(lambda rt, _: rt.list_pod_sandbox(request)).items
+    try:
+        by_name, by_namespace = re.compile(name), re.compile(namespace)
+    except re.error as exc:
+        raise UsageProblem(f"bad regular expression: {exc}") from None
+    items = sorted(
+        (i for i in items if i.metadata is None
+         or (by_name.search(i.metadata.name) and by_namespace.search(i.metadata.namespace))),
+        key=lambda i: i.created_at,
+        reverse=True,
+    )  # fmt: skip
+    if output_format == "json":
+        emit(to_json({"items": [i.to_dict(include_default_values=True) for i in items]}))
+        return
+    if quiet:
+        if items:
+            emit("".join(f"{i.id}\n" for i in items))
+        return
+    rows = []
+    for i in items:
+        meta = i.metadata or pb.PodSandboxMetadata()
+        shown = "Ready" if i.state == pb.PodSandboxState.SANDBOX_READY else "NotReady"
+        rows.append((i.id if no_trunc else i.id[:13], _ago(i.created_at), shown, meta.name, meta.namespace,
+                     str(meta.attempt), i.runtime_handler or "(default)"))  # fmt: skip
+    emit(table(("POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"), rows))
+
+
+@cri_group.command("inspectp")
+@click.argument("pods", nargs=-1, required=True)
+@format_option("json", "table")
+def inspectp_command(pods: tuple[str, ...], output_format: str) -> None:
+    """The status of PODS with the runtime's verbose info (process, network namespace, config)."""
+    found = []
+    for pod_id in pods:
+        request = pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+        found.append(_cri(lambda rt, _, r=request: rt.pod_sandbox_status(r)))  # type: ignore[misc]
+    if output_format == "json":
+        documents = [
+            {"status": f.status.to_dict(include_default_values=True), "info": _parsed_info(dict(f.info))}
+            for f in found
+        ]
+        emit(to_json(documents[0] if len(documents) == 1 else documents))
+        return
+    rows = []
+    for f in found:
+        s = f.status
+        meta = s.metadata or pb.PodSandboxMetadata()
+        shown = "Ready" if s.state == pb.PodSandboxState.SANDBOX_READY else "NotReady"
+        rows.append((s.id, meta.name, meta.namespace, shown, s.network.ip if s.network else ""))
+    emit(table(("POD ID", "NAME", "NAMESPACE", "STATE", "IP"), rows))

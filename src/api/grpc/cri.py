@@ -1,8 +1,9 @@
 """io.containerd.grpc.v1.cri — runtime.v1.RuntimeService and runtime.v1.ImageService.
 
-Thin adapters over the CRI plugins (``corral.plugins.cri``). Pod sandbox, container, streaming
-and stats calls are not served yet: each answers Unimplemented naming itself, never a silent
-success. The section ``[plugins."io.containerd.grpc.v1.cri"]`` is containerd 2.x's server config.
+Thin adapters over the CRI plugins (``corral.plugins.cri``). Pod sandboxes go through the sandbox
+store and the pod sandbox controller (``corral.plugins.cri.sandboxes``). Container, streaming and
+stats calls are not served yet: each answers Unimplemented naming itself, never a silent success.
+The section ``[plugins."io.containerd.grpc.v1.cri"]`` is containerd 2.x's server config.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from corral.api.grpc import GRPCServices
+from corral.api.sandbox_wire import pod_spec_from_config
 from corral.api.types.runtime import v1 as pb
 from corral.kernel import InitContext, Registration, Unimplemented
 from corral.plugins import types
 from corral.plugins.cri import AuthConfig, CRIImage, CRIImageService, CRIRuntimeService, ServerConfig
 from corral.plugins.cri import split_v2_section as _split
+from corral.plugins.cri.sandboxes import CRIError, CRISandbox, PodSandboxes, SandboxFilter
+from corral.plugins.events.types import optional_publisher
+from corral.plugins.metadata import SandboxStore
+from corral.plugins.nri import NRIService
+from corral.plugins.sandbox import Controller, PodSandboxSpec
+from corral.plugins.sandbox.controllers import SandboxControllers
 
 NOT_YET = (
-    "run_pod_sandbox",
-    "stop_pod_sandbox",
-    "remove_pod_sandbox",
-    "pod_sandbox_status",
-    "list_pod_sandbox",
     "create_container",
     "start_container",
     "stop_container",
@@ -130,9 +133,91 @@ class ImageServiceGRPC(pb.ImageServiceBase):
         )
 
 
+def _pod_metadata(pod: PodSandboxSpec) -> pb.PodSandboxMetadata:
+    return pb.PodSandboxMetadata(name=pod.name, uid=pod.uid, namespace=pod.namespace, attempt=pod.attempt)
+
+
+def _wire_state(state: str) -> pb.PodSandboxState:
+    return (
+        pb.PodSandboxState.SANDBOX_READY if state == "SANDBOX_READY" else pb.PodSandboxState.SANDBOX_NOTREADY
+    )
+
+
+def _nanos(cri: CRISandbox) -> int:
+    return int(cri.created_at.timestamp() * 1_000_000_000)
+
+
+def _wire_pod(cri: CRISandbox) -> pb.PodSandbox:
+    return pb.PodSandbox(
+        id=cri.id,
+        metadata=_pod_metadata(cri.pod),
+        state=_wire_state(cri.state),
+        created_at=_nanos(cri),
+        labels=dict(cri.pod.labels),
+        annotations=dict(cri.pod.annotations),
+        runtime_handler=cri.runtime_handler,
+    )
+
+
+def _wire_pod_status(cri: CRISandbox) -> pb.PodSandboxStatus:
+    pod = cri.pod
+    return pb.PodSandboxStatus(
+        id=cri.id,
+        metadata=_pod_metadata(pod),
+        state=_wire_state(cri.state),
+        created_at=_nanos(cri),
+        network=pb.PodSandboxNetworkStatus(
+            ip=cri.ip, additional_ips=[pb.PodIp(ip=ip) for ip in cri.additional_ips]
+        ),
+        linux=pb.LinuxPodSandboxStatus(
+            namespaces=pb.Namespace(
+                options=pb.NamespaceOption(
+                    network=pb.NamespaceMode[pod.network_mode],
+                    pid=pb.NamespaceMode[pod.pid_mode],
+                    ipc=pb.NamespaceMode[pod.ipc_mode],
+                )
+            )
+        ),
+        labels=dict(pod.labels),
+        annotations=dict(pod.annotations),
+        runtime_handler=cri.runtime_handler,
+    )
+
+
 class RuntimeServiceGRPC(pb.RuntimeServiceBase):
-    def __init__(self, runtime: CRIRuntimeService) -> None:
+    def __init__(self, runtime: CRIRuntimeService, pods: PodSandboxes) -> None:
         self._runtime = runtime
+        self._pods = pods
+
+    async def run_pod_sandbox(self, message: pb.RunPodSandboxRequest) -> pb.RunPodSandboxResponse:
+        config = message.config
+        if config is None or config.metadata is None:
+            raise CRIError("sandbox config must include metadata")
+        sandbox_id = await self._pods.run(
+            pod_spec_from_config(config), bytes(config), runtime_handler=message.runtime_handler
+        )
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    async def stop_pod_sandbox(self, message: pb.StopPodSandboxRequest) -> pb.StopPodSandboxResponse:
+        await self._pods.stop(message.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    async def remove_pod_sandbox(self, message: pb.RemovePodSandboxRequest) -> pb.RemovePodSandboxResponse:
+        await self._pods.remove(message.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    async def pod_sandbox_status(self, message: pb.PodSandboxStatusRequest) -> pb.PodSandboxStatusResponse:
+        cri = await self._pods.status(message.pod_sandbox_id, verbose=message.verbose)
+        return pb.PodSandboxStatusResponse(status=_wire_pod_status(cri), info=dict(cri.info))
+
+    async def list_pod_sandbox(self, message: pb.ListPodSandboxRequest) -> pb.ListPodSandboxResponse:
+        f = message.filter
+        wanted = SandboxFilter(
+            id=f.id,
+            state=None if f.state is None else f.state.state.name,
+            labels=dict(f.label_selector),
+        ) if f is not None else None  # fmt: skip
+        return pb.ListPodSandboxResponse(items=[_wire_pod(p) for p in await self._pods.list(wanted)])
 
     async def version(self, message: pb.VersionRequest) -> pb.VersionResponse:
         return pb.VersionResponse(**self._runtime.version())
@@ -192,7 +277,18 @@ async def init(ic: InitContext) -> GRPCServices:
     images = ic.get_by_id(types.CRI, "images", CRIImageService)
     for handler, snapshotter in runtime.runtime_snapshotters().items():
         images.set_runtime_snapshotter(handler, snapshotter)
-    return GRPCServices((RuntimeServiceGRPC(runtime), ImageServiceGRPC(images)))
+    controllers: dict[str, Controller] = {}
+    controllers.update(ic.get_by_type(types.POD_SANDBOX, Controller))
+    controllers.update(ic.get_by_type(types.SANDBOX_CONTROLLER, Controller))
+    stores = ic.get_by_type(types.SANDBOX_STORE, SandboxStore)
+    nri = next(iter(ic.get_by_type(types.NRI, NRIService).values()), None)
+    pods = PodSandboxes(
+        runtime.config,
+        store=next(iter(stores.values()), None),
+        controllers=SandboxControllers(controllers, optional_publisher(ic.get_by_type(types.EVENT))),
+        nri=None if nri is None else nri.events,
+    )
+    return GRPCServices((RuntimeServiceGRPC(runtime, pods), ImageServiceGRPC(images)))
 
 
 registration = Registration(
@@ -200,7 +296,8 @@ registration = Registration(
     id="cri",
     init=init,
     requires=(types.CRI,),
+    after=(types.SANDBOX_STORE, types.POD_SANDBOX, types.SANDBOX_CONTROLLER, types.NRI, types.EVENT),
     config=ServerConfig,
     migrate=_split,
-    description="the kubelet's CRI (runtime.v1) on corrald's socket: runtime status and images",
+    description="the kubelet's CRI (runtime.v1) on corrald's socket: runtime status, images and pod sandboxes",
 )

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from test_pod_sandboxes import (
 )
 
 from corral.api.types.runtime import v1 as pb
+from corral.plugins.images.build import build_busybox_image
 
 __all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
 
@@ -281,6 +283,140 @@ def test_corral_cri_runs_lists_inspects_stops_and_removes_a_pod(tmp_path: Path, 
         bad = daemon.corral("cri", "runp", str(tmp_path / "nonesuch.json"), check=False)
         assert bad.returncode == 2 and bad.stderr.startswith("corral: cannot read")
         assert_nothing_left(daemon, node, network, [pod_id], [])
+    finally:
+        remove_all(daemon)
+        daemon.stop()
+
+
+BUSYBOX = "docker.io/library/busybox:latest"
+
+
+def import_busybox(daemon: NodeDaemon, base: Path) -> None:
+    archive = base / "busybox.tar"
+    build_busybox_image(archive, names=(BUSYBOX,))
+    daemon.ctr("images", "import", str(archive), namespace=NS)
+
+
+def container(name: str, *args: str, log: str = "", **extra: object) -> pb.ContainerConfig:
+    return pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name),
+        image=pb.ImageSpec(image=BUSYBOX),
+        command=["/bin/sh", "-c"],
+        args=list(args),
+        log_path=log,
+        labels={"c": name},
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def create(cri: CRIClient, pod_id: str, config: pb.ContainerConfig, sandbox: pb.PodSandboxConfig) -> str:
+    request = pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=sandbox)
+    return str(cri.runtime("create_container", request).container_id)
+
+
+def cstatus(cri: CRIClient, container_id: str) -> pb.ContainerStatus:
+    return cri.runtime("container_status", pb.ContainerStatusRequest(container_id=container_id)).status
+
+
+def containers(cri: CRIClient, flt: pb.ContainerFilter | None = None) -> list[pb.Container]:
+    return list(cri.runtime("list_containers", pb.ListContainersRequest(filter=flt)).containers)
+
+
+def wait_for(predicate: object, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_busybox_container_in_a_pod_logs_in_the_kubelet_format_execs_and_stops(
+    tmp_path: Path, node: Node
+) -> None:
+    network = write_network(tmp_path)
+    daemon = start_daemon(tmp_path, node, network)
+    try:
+        import_busybox(daemon, tmp_path)
+        cri = CRIClient(daemon.socket)
+        logs = tmp_path / "logs"
+        sandbox = pod("app")
+        sandbox.log_directory = str(logs)
+        pod_id = run(cri, sandbox)
+        pod_pid = _pid(cri, pod_id)
+        env = [pb.KeyValue(key="GREETING", value="hello")]
+        cid = create(
+            cri, pod_id,
+            container("main", 'echo "$GREETING from $(hostname)"; echo oops >&2; printf partial; '
+                      "trap '' TERM; while true; do sleep 1; done", log="main/0.log", envs=env),
+            sandbox,
+        )  # fmt: skip
+        created = cstatus(cri, cid)
+        assert created.state == pb.ContainerState.CONTAINER_CREATED and created.created_at > 0
+        assert created.started_at == 0 and created.log_path == str(logs / "main/0.log")
+        cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+        running = cstatus(cri, cid)
+        assert (
+            running.state == pb.ContainerState.CONTAINER_RUNNING and running.started_at >= created.created_at
+        )
+
+        log_file = logs / "main" / "0.log"
+        wait_for(lambda: log_file.exists() and log_file.read_text().count("\n") >= 2)
+        lines = log_file.read_text().splitlines()
+        pattern = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z (stdout|stderr) [FP] .*"
+        assert all(re.fullmatch(pattern, line) for line in lines), lines
+        assert sorted(line.split(" ", 1)[1] for line in lines) == ["stderr F oops", "stdout F hello from app"]
+
+        execed = cri.runtime(
+            "exec_sync",
+            pb.ExecSyncRequest(
+                container_id=cid, cmd=["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], timeout=10
+            ),
+        )
+        assert (execed.stdout, execed.stderr, execed.exit_code) == (b"out\n", b"err\n", 3)
+        netns = cri.runtime(
+            "exec_sync",
+            pb.ExecSyncRequest(container_id=cid, cmd=["readlink", "/proc/self/ns/net"], timeout=10),
+        )
+        assert netns.stdout.decode().strip() == os.readlink(f"/proc/{pod_pid}/ns/net")
+        code, message = code_of(
+            lambda: cri.runtime(
+                "exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "30"], timeout=1)
+            )
+        )
+        assert (code, message) == (Status.DEADLINE_EXCEEDED, "timeout 1s exceeded: context deadline exceeded")
+
+        assert [c.id for c in containers(cri)] == [cid]
+        assert [c.id for c in containers(cri, pb.ContainerFilter(pod_sandbox_id=pod_id[:8]))] == [cid]
+        assert containers(cri, pb.ContainerFilter(label_selector={"c": "other"})) == []
+        exited = pb.ContainerStateValue(pb.ContainerState.CONTAINER_EXITED)
+        assert containers(cri, pb.ContainerFilter(state=exited)) == []
+
+        # It ignores SIGTERM: the stop ends it with SIGKILL after the timeout.
+        started = time.monotonic()
+        cri.runtime("stop_container", pb.StopContainerRequest(container_id=cid, timeout=2))
+        took = time.monotonic() - started
+        assert took >= 2, took
+        done = cstatus(cri, cid)
+        assert done.state == pb.ContainerState.CONTAINER_EXITED
+        assert (done.exit_code, done.reason) == (137, "Error")
+        assert done.finished_at >= done.started_at > 0
+        assert log_file.read_text().splitlines()[-1].endswith(" stdout P partial")
+        cri.runtime("stop_container", pb.StopContainerRequest(container_id=cid, timeout=2))  # again: fine
+
+        # A container that completes on its own.
+        quick = create(cri, pod_id, container("quick", "exit 0"), sandbox)
+        cri.runtime("start_container", pb.StartContainerRequest(container_id=quick))
+        wait_for(lambda: cstatus(cri, quick).state == pb.ContainerState.CONTAINER_EXITED)
+        assert (cstatus(cri, quick).exit_code, cstatus(cri, quick).reason) == (0, "Completed")
+
+        cri.runtime("remove_container", pb.RemoveContainerRequest(container_id=cid))
+        cri.runtime("remove_container", pb.RemoveContainerRequest(container_id=cid))  # again: fine
+        assert [c.id for c in containers(cri)] == [quick]
+        code, _ = code_of(lambda: cstatus(cri, cid))
+        assert code == Status.NOT_FOUND
+        remove(cri, pod_id)  # removes the quick container too
+        assert containers(cri) == []
+        assert_nothing_left(daemon, node, network, [pod_id, cid, quick], [])
+        assert log_file.exists()  # the kubelet's, left in place
     finally:
         remove_all(daemon)
         daemon.stop()

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -152,8 +152,18 @@ class SandboxFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+class PodContainers(Protocol):
+    """What a pod's stop and removal do to its containers (``corral.plugins.cri.containers``)."""
+
+    async def stop_in(self, sandbox_id: str) -> None: ...
+
+    async def remove_in(self, sandbox_id: str) -> None: ...
+
+
 class PodSandboxes:
     """The pod half of containerd's criService, for sandboxes."""
+
+    containers: PodContainers | None = None
 
     def __init__(
         self,
@@ -232,7 +242,7 @@ class PodSandboxes:
         return pod
 
     # -- RunPodSandbox ----------------------------------------------------------------------------
-    def _handler(self, runtime_handler: str) -> tuple[str, str]:
+    def handler_of(self, runtime_handler: str) -> tuple[str, str]:
         """The handler's runtime type and sandboxer (containerd's GetSandboxRuntime)."""
         name = runtime_handler or self.config.containerd.default_runtime_name
         handler = self.config.containerd.runtimes.get(name)
@@ -254,7 +264,7 @@ class PodSandboxes:
         self._names[name] = sandbox_id
         try:
             try:
-                runtime_type, sandboxer = self._handler(runtime_handler)
+                runtime_type, sandboxer = self.handler_of(runtime_handler)
             except CRIError as exc:
                 raise CRIError(f'unable to get OCI runtime for sandbox "{sandbox_id}": {exc}') from None
             cri = CRISandbox(
@@ -352,6 +362,11 @@ class PodSandboxes:
                 await self._stop(cri)
 
     async def _stop(self, cri: CRISandbox) -> None:
+        if self.containers is not None:
+            try:
+                await self.containers.stop_in(cri.id)
+            except CorralError as exc:
+                raise worded(type(exc), f"failed to stop containers of sandbox {cri.id!r}: {exc}") from None
         await self._refresh(cri)
         with namespace(K8S):
             try:
@@ -377,6 +392,8 @@ class PodSandboxes:
                 await self._stop(cri)
             except CorralError as exc:
                 raise worded(type(exc), f'failed to forcibly stop sandbox "{cri.id}": {exc}') from None
+            if self.containers is not None:
+                await self.containers.remove_in(cri.id)
             with namespace(K8S):
                 try:
                     await self._controllers.shutdown(cri.sandboxer, cri.id)

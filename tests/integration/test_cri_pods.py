@@ -420,3 +420,73 @@ def test_a_busybox_container_in_a_pod_logs_in_the_kubelet_format_execs_and_stops
     finally:
         remove_all(daemon)
         daemon.stop()
+
+
+def test_a_container_over_its_memory_limit_reports_oomkilled(tmp_path: Path, node: Node) -> None:
+    network = write_network(tmp_path)
+    daemon = start_daemon(tmp_path, node, network)
+    try:
+        import_busybox(daemon, tmp_path)
+        cri = CRIClient(daemon.socket)
+        sandbox = pod("hungry")
+        pod_id = run(cri, sandbox)
+        limit = 32 * 1024 * 1024
+        resources = pb.LinuxContainerResources(memory_limit_in_bytes=limit, memory_swap_limit_in_bytes=limit)
+        cid = create(
+            cri, pod_id, container("eat", "tail /dev/zero", linux=pb.LinuxContainerConfig(resources=resources)),
+            sandbox,
+        )  # fmt: skip
+        cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+        wait_for(lambda: cstatus(cri, cid).state == pb.ContainerState.CONTAINER_EXITED, timeout=60)
+        done = cstatus(cri, cid)
+        assert (done.reason, done.exit_code) == ("OOMKilled", 137)
+        remove(cri, pod_id)
+        assert_nothing_left(daemon, node, network, [pod_id, cid], [])
+    finally:
+        remove_all(daemon)
+        daemon.stop()
+
+
+def test_corrald_killed_with_a_pod_and_container_running_lists_them_after_restart_and_removes_them(
+    tmp_path: Path, node: Node
+) -> None:
+    network = write_network(tmp_path)
+    daemon = start_daemon(tmp_path, node, network)
+    try:
+        import_busybox(daemon, tmp_path)
+        cri = CRIClient(daemon.socket)
+        sandbox = pod("durable")
+        sandbox.log_directory = str(tmp_path / "logs")
+        pod_id = run(cri, sandbox)
+        ticks = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done"
+        cid = create(cri, pod_id, container("ticker", ticks, log="ticker.log"), sandbox)
+        cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+        log_file = tmp_path / "logs" / "ticker.log"
+        wait_for(lambda: log_file.exists() and "tick 2" in log_file.read_text())
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait()
+        daemon.proc = None
+        time.sleep(1)  # ticks go to the FIFO while nobody reads it
+        daemon.start()
+
+        cri = CRIClient(daemon.socket)
+        assert [(p.id, p.state) for p in listed(cri)] == [(pod_id, pb.PodSandboxState.SANDBOX_READY)]
+        assert [(c.id, c.state) for c in containers(cri)] == [(cid, pb.ContainerState.CONTAINER_RUNNING)]
+        seen = log_file.read_text().count("\n")
+        wait_for(lambda: log_file.read_text().count("\n") >= seen + 3)  # the log goes on
+        numbers = [int(line.rsplit(" ", 1)[1]) for line in log_file.read_text().splitlines()]
+        assert numbers == list(range(1, len(numbers) + 1))  # nothing lost or doubled over the restart
+        execed = cri.runtime(
+            "exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=["echo", "alive"], timeout=10)
+        )
+        assert (execed.stdout, execed.exit_code) == (b"alive\n", 0)
+        cri.runtime("stop_container", pb.StopContainerRequest(container_id=cid, timeout=5))
+        done = cstatus(cri, cid)
+        assert done.state == pb.ContainerState.CONTAINER_EXITED and done.exit_code == 143
+        remove(cri, pod_id)
+        assert listed(cri) == [] and containers(cri) == []
+        assert_nothing_left(daemon, node, network, [pod_id, cid], [])
+    finally:
+        remove_all(daemon)
+        daemon.stop()

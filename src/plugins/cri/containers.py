@@ -663,14 +663,18 @@ class CRIContainers:
                 await self._exited(c, task, status, at)
 
     def _oom_killed(self, c: CRIContainer) -> bool:
+        """Whether the container's memory cgroup saw an OOM kill: ``oom_kill`` in cgroup v2's
+        ``memory.events``, or in v1's ``memory.oom_control``."""
         if not c.cgroup:
             return False
-        path = Path("/sys/fs/cgroup") / c.cgroup.lstrip("/") / "memory.events"
-        with contextlib.suppress(OSError, ValueError):
-            for line in path.read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill" and int(value) > 0:
-                    return True
+        relative = c.cgroup.lstrip("/")
+        root = Path("/sys/fs/cgroup")
+        for path in (root / relative / "memory.events", root / "memory" / relative / "memory.oom_control"):
+            with contextlib.suppress(OSError, ValueError):
+                for line in path.read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill" and int(value) > 0:
+                        return True
         return False
 
     async def _exited(self, c: CRIContainer, task: Task | None, status: int, at: datetime | None) -> None:

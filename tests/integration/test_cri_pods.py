@@ -490,3 +490,53 @@ def test_corrald_killed_with_a_pod_and_container_running_lists_them_after_restar
     finally:
         remove_all(daemon)
         daemon.stop()
+
+
+def test_corral_cri_drives_a_container_create_start_ps_logs_exec_stop_inspect_rm(
+    tmp_path: Path, node: Node
+) -> None:
+    network = write_network(tmp_path)
+    daemon = start_daemon(tmp_path, node, network)
+    try:
+        import_busybox(daemon, tmp_path)
+        pod_file, container_file = tmp_path / "pod.json", tmp_path / "container.json"
+        pod_file.write_text(json.dumps({
+            "metadata": {"name": "clipod", "uid": "u1", "namespace": "tools"},
+            "logDirectory": str(tmp_path / "logs"),
+        }))  # fmt: skip
+        container_file.write_text(json.dumps({
+            "metadata": {"name": "echoer"},
+            "image": {"image": BUSYBOX},
+            "command": ["/bin/sh", "-c", "echo one; echo two >&2; exec sleep 1000"],
+            "logPath": "echoer.log",
+        }))  # fmt: skip
+        pod_id = daemon.corral("cri", "runp", str(pod_file)).stdout.strip()
+        cid = daemon.corral("cri", "create", pod_id, str(container_file), str(pod_file)).stdout.strip()
+        assert re.fullmatch(r"[0-9a-f]{64}", cid)
+        assert daemon.corral("cri", "ps", "-q").stdout == ""  # only running ones by default
+        assert daemon.corral("cri", "ps", "-aq").stdout.split() == [cid]
+        assert daemon.corral("cri", "start", cid[:12]).stdout.strip() == cid[:12]
+        row = daemon.corral("cri", "ps").stdout.splitlines()[1].split()
+        assert row[0] == cid[:13] and row[-4:] == ["Running", "echoer", "0", pod_id[:13]]
+        log_file = tmp_path / "logs" / "echoer.log"
+        wait_for(lambda: log_file.exists() and log_file.read_text().count("\n") >= 2)
+        logs = daemon.corral("cri", "logs", cid)
+        assert (logs.stdout, logs.stderr) == ("one\n", "two\n")
+        stamped = daemon.corral("cri", "logs", "-t", "--tail", "2", cid)
+        assert re.fullmatch(r"\S+Z one\n", stamped.stdout) and re.fullmatch(r"\S+Z two\n", stamped.stderr)
+        assert daemon.corral("cri", "logs", "--tail", "0", cid).stdout == ""
+        execed = daemon.corral("cri", "exec", cid, "sh", "-c", "echo in; exit 4", check=False)
+        assert (execed.returncode, execed.stdout) == (4, "in\n")
+        assert daemon.corral("cri", "stop", "-t", "1", cid).stdout.strip() == cid
+        inspected = json.loads(daemon.corral("cri", "inspect", cid).stdout)["status"]
+        assert (inspected["state"], inspected["reason"]) == ("CONTAINER_EXITED", "Error")
+        assert inspected["logPath"] == str(log_file)
+        assert daemon.corral("cri", "rm", cid).stdout.strip() == cid
+        assert daemon.corral("cri", "ps", "-aq").stdout == ""
+        missing = daemon.corral("cri", "inspect", cid, check=False)
+        assert missing.returncode == 1 and "not found" in missing.stderr
+        daemon.corral("cri", "rmp", pod_id)
+        assert_nothing_left(daemon, node, network, [pod_id, cid], [])
+    finally:
+        remove_all(daemon)
+        daemon.stop()

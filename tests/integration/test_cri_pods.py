@@ -382,8 +382,40 @@ def test_a_busybox_container_in_a_pod_logs_in_the_kubelet_format_execs_and_stops
                 "exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "30"], timeout=1)
             )
         )
-        assert (code, message) == (Status.DEADLINE_EXCEEDED, "timeout 1s exceeded: context deadline exceeded")
+        assert (code, message) == (
+            Status.DEADLINE_EXCEEDED,
+            "failed to exec in container: timeout 1s exceeded: context deadline exceeded",
+        )
 
+        assert [c.id for c in containers(cri)] == [cid]
+
+        # Bad input: the right status, nothing made.
+        code, message = code_of(lambda: create(cri, "f" * 64, container("x", "true"), sandbox))
+        assert (code, message) == (Status.NOT_FOUND, f'failed to find sandbox id "{"f" * 64}": not found')
+        code, message = code_of(lambda: create(cri, pod_id, container("main", "true"), sandbox))
+        assert code == Status.FAILED_PRECONDITION and message.startswith(
+            'failed to reserve container name "main_app_'
+        )
+        nameless = pb.ContainerConfig(image=pb.ImageSpec(image=BUSYBOX))
+        code, message = code_of(lambda: create(cri, pod_id, nameless, sandbox))
+        assert (code, message) == (Status.UNKNOWN, "container config must include metadata")
+        code, message = code_of(
+            lambda: create(cri, pod_id, container("main2", "true"), pb.PodSandboxConfig())
+        )
+        assert (code, message) == (Status.UNKNOWN, "pod sandbox config must include metadata")
+        missing_image = container("y", "true")
+        missing_image.image = pb.ImageSpec(image="example.com/nonesuch:1")
+        code, message = code_of(lambda: create(cri, pod_id, missing_image, sandbox))
+        assert code == Status.NOT_FOUND and message.startswith(
+            'failed to resolve image "example.com/nonesuch:1"'
+        )
+        code, message = code_of(
+            lambda: cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+        )
+        assert (code, message) == (
+            Status.UNKNOWN,
+            f'failed to set starting state for container "{cid}": container is in CONTAINER_RUNNING state',
+        )
         assert [c.id for c in containers(cri)] == [cid]
         assert [c.id for c in containers(cri, pb.ContainerFilter(pod_sandbox_id=pod_id[:8]))] == [cid]
         assert containers(cri, pb.ContainerFilter(label_selector={"c": "other"})) == []
@@ -401,6 +433,13 @@ def test_a_busybox_container_in_a_pod_logs_in_the_kubelet_format_execs_and_stops
         assert done.finished_at >= done.started_at > 0
         assert log_file.read_text().splitlines()[-1].endswith(" stdout P partial")
         cri.runtime("stop_container", pb.StopContainerRequest(container_id=cid, timeout=2))  # again: fine
+        code, message = code_of(
+            lambda: cri.runtime("exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=5))
+        )
+        assert (code, message) == (
+            Status.UNKNOWN,
+            "failed to exec in container: container is in CONTAINER_EXITED state",
+        )
 
         # A container that completes on its own.
         quick = create(cri, pod_id, container("quick", "exit 0"), sandbox)

@@ -284,10 +284,12 @@ class RuntimeServiceGRPC(pb.RuntimeServiceBase):
 
     async def create_container(self, message: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
         config = message.config
-        if config is None or config.metadata is None:
-            raise CRIError("container config must include metadata")
+        has_meta = config is not None and config.metadata is not None
+        pod = message.sandbox_config
         container_id = await self._containers.create(
-            message.pod_sandbox_id, container_spec_from_config(config)
+            message.pod_sandbox_id,
+            container_spec_from_config(config) if config is not None and has_meta else None,
+            pod_config_has_metadata=pod is not None and pod.metadata is not None,
         )
         return pb.CreateContainerResponse(container_id=container_id)
 

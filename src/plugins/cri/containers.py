@@ -340,7 +340,11 @@ class CRIContainers:
         return self._find(container_id)
 
     # -- CreateContainer --------------------------------------------------------------------------
-    async def create(self, sandbox_id: str, spec: ContainerSpec) -> str:
+    async def create(
+        self, sandbox_id: str, spec: ContainerSpec | None, *, pod_config_has_metadata: bool = True
+    ) -> str:
+        """A container in the ready pod ``sandbox_id``; ``spec`` None when the request's config has
+        no metadata (refused after the pod is found, as containerd checks)."""
         await self._load()
         try:
             pod = await self._pods.get(sandbox_id)
@@ -348,9 +352,11 @@ class CRIContainers:
             raise worded(type(exc), f'failed to find sandbox id "{sandbox_id}": {exc}') from None
         pod = await self._pods.status(pod.id)
         if pod.state != "SANDBOX_READY":
-            raise worded(FailedPrecondition, f'sandbox container "{pod.id}" is not running')
-        if not spec.name:
+            raise CRIError(f'sandbox container "{pod.id}" is not running')
+        if spec is None:
             raise CRIError("container config must include metadata")
+        if not pod_config_has_metadata:
+            raise CRIError("pod sandbox config must include metadata")
         container_id = secrets.token_hex(32)
         name = "_".join((spec.name, pod.pod.name, pod.pod.namespace, pod.pod.uid, str(spec.attempt)))
         owner = self._names.get(name)
@@ -591,13 +597,12 @@ class CRIContainers:
             ) from None
         async with c.lock:
             if c.state != CONTAINER_CREATED:
-                raise worded(
-                    FailedPrecondition,
-                    f'failed to set starting state for container "{c.id}": container is in {c.state} state',
+                raise CRIError(
+                    f'failed to set starting state for container "{c.id}": container is in {c.state} state'
                 )
             pod = self._pods.sandbox_of(c.sandbox_id)
             if pod is None or (await self._pods.status(pod.id)).state != "SANDBOX_READY":
-                raise worded(FailedPrecondition, f'sandbox container "{c.sandbox_id}" is not running')
+                raise CRIError(f'sandbox container "{c.sandbox_id}" is not running')
             try:
                 await self._start(c)
             except BaseException as exc:
@@ -827,12 +832,20 @@ class CRIContainers:
 
     # -- ExecSync ---------------------------------------------------------------------------------
     async def exec_sync(self, container_id: str, cmd: Sequence[str], limit: float) -> ExecResult:
+        """Run ``cmd`` in the running container, its output captured; ``limit`` seconds (0: none)
+        before it is killed and DeadlineExceeded answered."""
+        try:
+            return await self._exec_sync(container_id, cmd, limit)
+        except CorralError as exc:
+            raise worded(type(exc), f"failed to exec in container: {exc}") from None
+
+    async def _exec_sync(self, container_id: str, cmd: Sequence[str], limit: float) -> ExecResult:
         try:
             c = await self.get(container_id)
         except CorralError as exc:
             raise worded(type(exc), f'failed to find container "{container_id}" in store: {exc}') from None
         if c.state != CONTAINER_RUNNING:
-            raise worded(FailedPrecondition, f"container is in {c.state} state")
+            raise CRIError(f"container is in {c.state} state")
         if not cmd:
             raise worded(InvalidArgument, "invalid argument: no command given")
         exec_id = secrets.token_hex(8)

@@ -377,6 +377,21 @@ def test_a_busybox_container_in_a_pod_logs_in_the_kubelet_format_execs_and_stops
             pb.ExecSyncRequest(container_id=cid, cmd=["readlink", "/proc/self/ns/net"], timeout=10),
         )
         assert netns.stdout.decode().strip() == os.readlink(f"/proc/{pod_pid}/ns/net")
+        for kind in ("ipc", "uts"):
+            seen = cri.runtime(
+                "exec_sync",
+                pb.ExecSyncRequest(container_id=cid, cmd=["readlink", f"/proc/self/ns/{kind}"], timeout=10),
+            )
+            assert seen.stdout.decode().strip() == os.readlink(f"/proc/{pod_pid}/ns/{kind}")
+        resolv = cri.runtime(
+            "exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=["cat", "/etc/resolv.conf"], timeout=10)
+        )
+        assert resolv.stdout == Path(f"/proc/{pod_pid}/root/etc/resolv.conf").read_bytes()
+        shm = cri.runtime(
+            "exec_sync",
+            pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "echo hi > /dev/shm/x"], timeout=10),
+        )
+        assert shm.exit_code == 0 and Path(f"/proc/{pod_pid}/root/dev/shm/x").read_text() == "hi\n"
         code, message = code_of(
             lambda: cri.runtime(
                 "exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "30"], timeout=1)

@@ -493,6 +493,16 @@ class CRIContainers:
             mounts.append(
                 {"source": m.host_path, "destination": m.container_path, "type": "bind", "options": flags}
             )
+        asked = {m.container_path for m in spec.mounts}
+        # The pod's resolv.conf and /dev/shm, as containerd binds its sandbox's: unless the request
+        # mounts those paths itself.
+        if "/etc/resolv.conf" not in asked and pod.resolv_path:
+            mode = "ro" if spec.readonly_rootfs else "rw"
+            mounts.append({"source": pod.resolv_path, "destination": "/etc/resolv.conf",
+                           "type": "bind", "options": ["rbind", "rprivate", mode]})  # fmt: skip
+        if "/dev/shm" not in asked and pod.shm_path:
+            mounts.append({"source": pod.shm_path, "destination": "/dev/shm", "type": "bind",
+                           "options": ["rbind", "rprivate", "rw", "nosuid", "nodev", "noexec"]})  # fmt: skip
         if mounts:
             opts += [
                 specs.without_mounts(*(str(m["destination"]) for m in mounts)),

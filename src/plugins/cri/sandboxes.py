@@ -111,6 +111,8 @@ class CRISandbox:
     ip: str = ""
     additional_ips: tuple[str, ...] = ()
     netns_path: str = ""
+    resolv_path: str = ""
+    shm_path: str = ""
     pid: int = 0
     info: Mapping[str, str] = field(default_factory=dict)
 
@@ -232,6 +234,8 @@ class PodSandboxes:
         pod.state = STATE_READY if status.state == STATE_READY else STATE_NOT_READY
         info = dict(status.info)
         pod.netns_path = info.pop("netns_path", "")
+        pod.resolv_path = info.pop("resolv_path", "")
+        pod.shm_path = info.pop("shm_path", "")
         pod.ip = info.pop("ip", "")
         extra = info.pop("additional_ips", "")
         pod.additional_ips = tuple(i for i in extra.split(",") if i)

@@ -594,3 +594,36 @@ def test_corral_cri_drives_a_container_create_start_ps_logs_exec_stop_inspect_rm
     finally:
         remove_all(daemon)
         daemon.stop()
+
+
+def test_a_container_in_one_pod_reaches_a_server_in_another_by_its_pod_ip(tmp_path: Path, node: Node) -> None:
+    network = write_network(tmp_path)
+    daemon = start_daemon(tmp_path, node, network)
+    try:
+        import_busybox(daemon, tmp_path)
+        cri = CRIClient(daemon.socket)
+        config_a, config_b = pod("client"), pod("server")
+        pod_a, pod_b = run(cri, config_a), run(cri, config_b)
+        ip_b = status(cri, pod_b).status.network.ip
+        serve = "mkdir -p /www && echo hello from b > /www/index.html && exec httpd -f -p 8080 -h /www"
+        server = create(cri, pod_b, container("web", serve), config_b)
+        client = create(cri, pod_a, container("shell", "exec sleep 1000"), config_a)
+        for cid in (server, client):
+            cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+        # busybox nc, not wget: static glibc wget needs NSS files the image lacks
+        fetch = ["sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip_b} 8080"]
+        reply = pb.ExecSyncResponse()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            reply = cri.runtime("exec_sync", pb.ExecSyncRequest(container_id=client, cmd=fetch, timeout=10))
+            if reply.exit_code == 0:
+                break
+            time.sleep(0.2)
+        assert reply.exit_code == 0 and reply.stdout.endswith(b"\r\n\r\nhello from b\n"), reply
+        remove(cri, pod_a)
+        remove(cri, pod_b)
+        assert listed(cri) == [] and containers(cri) == []
+        assert_nothing_left(daemon, node, network, [pod_a, pod_b, server, client], [ip_b])
+    finally:
+        remove_all(daemon)
+        daemon.stop()

@@ -13,8 +13,10 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cri_client import CRIClient
@@ -32,9 +34,11 @@ from test_pod_sandboxes import (
     shims_of,
     write_network,
 )
+from tooling import require_tool
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.images.build import build_busybox_image
+from corral.plugins.sandbox.podsandbox import PAUSE_IMAGE, build_pause_image
 
 __all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
 
@@ -627,3 +631,149 @@ def test_a_container_in_one_pod_reaches_a_server_in_another_by_its_pod_ip(tmp_pa
     finally:
         remove_all(daemon)
         daemon.stop()
+
+
+# -- the same scenario against Debian's containerd 1.6 CRI ------------------------------------------
+CONTAINERD_CONFIG = """\
+version = 2
+root = "{base}/root"
+state = "{base}/state"
+[grpc]
+  address = "{socket}"
+[ttrpc]
+  address = "{socket}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{base}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{cni}"
+    bin_dir = "{bin}"
+"""
+
+
+def scenario(cri: CRIClient, ctr: Any, base: Path) -> dict[str, object]:
+    """A pod and a busybox container through the CRI: what a kubelet would observe."""
+    facts: dict[str, object] = {}
+    base.mkdir(parents=True, exist_ok=True)
+    ctr("images", "import", str(_busybox_archive(base)))
+    config = pod("cmp")
+    config.log_directory = str(base / "logs")
+    pod_id = run(cri, config)
+    s = status(cri, pod_id).status
+    facts["pod"] = (s.state, bool(s.network.ip), s.metadata.name, s.metadata.attempt, s.labels, s.annotations)
+    _, message = code_of(lambda: run(cri, pod("cmp")))
+    facts["same name"] = message.startswith('failed to reserve sandbox name "cmp_default_uid-cmp_0": name ')
+    facts["unknown pod"] = code_of(lambda: status(cri, "f" * 64))
+    facts["listed"] = [
+        len(listed(cri)),
+        len(listed(cri, pb.PodSandboxFilter(label_selector={"app": "cmp"}))),
+        len(listed(cri, pb.PodSandboxFilter(label_selector={"app": "other"}))),
+        len(listed(cri, pb.PodSandboxFilter(id=pod_id[:10]))),
+    ]
+    script = "echo out; echo err >&2; trap '' TERM; while true; do sleep 1; done"
+    cid = create(cri, pod_id, container("main", script, log="main.log"), config)
+    facts["created"] = cstatus(cri, cid).state
+    cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+    facts["running"] = cstatus(cri, cid).state
+    log_file = base / "logs" / "main.log"
+    wait_for(lambda: log_file.exists() and log_file.read_text().count("\n") >= 2)
+    facts["log"] = sorted(line.split(" ", 1)[1] for line in log_file.read_text().splitlines())
+    execed = cri.runtime(
+        "exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "echo a; exit 2"], timeout=10)
+    )
+    facts["exec"] = (execed.stdout, execed.stderr, execed.exit_code)
+    facts["exec timeout"] = code_of(
+        lambda: cri.runtime("exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "20"], timeout=1))
+    )
+    started = time.monotonic()
+    cri.runtime("stop_container", pb.StopContainerRequest(container_id=cid, timeout=2))
+    done = cstatus(cri, cid)
+    facts["stopped"] = (time.monotonic() - started >= 2, done.state, done.exit_code, done.reason)
+    facts["exec exited"] = code_of(
+        lambda: cri.runtime("exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=5))
+    )
+    cri.runtime("remove_container", pb.RemoveContainerRequest(container_id=cid))
+    cri.runtime("remove_container", pb.RemoveContainerRequest(container_id=cid))
+    facts["removed container"] = code_of(lambda: cstatus(cri, cid))[0]
+    stop(cri, pod_id)
+    s = status(cri, pod_id).status
+    facts["stopped pod"] = (s.state, s.network.ip)
+    stop(cri, pod_id)
+    remove(cri, pod_id)
+    remove(cri, pod_id)
+    facts["after"] = (listed(cri), containers(cri))
+    return facts
+
+
+def _busybox_archive(base: Path) -> Path:
+    archive = base / "busybox.tar"
+    if not archive.exists():
+        build_busybox_image(archive, names=(BUSYBOX,))
+    return archive
+
+
+def test_the_pod_and_container_scenario_matches_containerd_1_6s_cri(tmp_path: Path, node: Node) -> None:
+    containerd = require_tool("containerd")
+    network = write_network(tmp_path / "corral-net")
+    daemon = start_daemon(tmp_path, node, network)
+    try:
+        ours = scenario(
+            CRIClient(daemon.socket), lambda *a: daemon.ctr(*a, namespace=NS), tmp_path / "corral-run"
+        )
+    finally:
+        remove_all(daemon)
+        daemon.stop()
+
+    base = tmp_path / "containerd"
+    base.mkdir()
+    theirs_net = write_network(base / "net")
+    socket = str(base / "containerd.sock")
+    config = base / "config.toml"
+    config.write_text(
+        CONTAINERD_CONFIG.format(
+            base=base, socket=socket, pause=PAUSE_IMAGE, cni=theirs_net.conf_dir, bin=CNI_BIN
+        )
+    )
+    log = (base / "containerd.log").open("ab")
+    proc = subprocess.Popen(
+        ["nsenter", f"--net={node.netns}", containerd, "--config", str(config)], stdout=log, stderr=log
+    )
+
+    def their_ctr(*args: str) -> str:
+        done = subprocess.run(
+            ["ctr", "-a", socket, "-n", NS, *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        cri = CRIClient(socket)
+        wait_for(lambda: _answers(cri), timeout=30)
+        pause = base / "pause.tar"
+        pause.write_bytes(build_pause_image().oci_archive([PAUSE_IMAGE]))
+        their_ctr("images", "import", str(pause))
+        theirs = scenario(cri, their_ctr, base / "run")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for line in (base / "containerd.log").read_text().splitlines()[-5:]:
+            print(line)
+    assert ours == theirs
+
+
+def _answers(cri: CRIClient) -> bool:
+    try:
+        cri.version()
+    except (OSError, GRPCError):
+        return False
+    return True

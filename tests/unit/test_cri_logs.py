@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from corral.kernel import InvalidArgument
 from corral.plugins.cri.containers import MAX_LOG_LINE, kubelet_log_lines
-from corral.plugins.cri.sandboxes import CRIError, find_by_prefix, sandbox_name
+from corral.plugins.cri.sandboxes import find_by_prefix, sandbox_name
 from corral.plugins.sandbox import PodSandboxSpec
 
 AT = datetime(2026, 1, 2, 3, 4, 5, 120000, tzinfo=UTC)
@@ -37,7 +38,7 @@ def test_ids_resolve_by_unique_prefix_as_containerds_truncindex() -> None:
     ids = ["abc1", "abd2"]
     assert find_by_prefix(ids, "abc") == "abc1"
     for bad, text in (("", "prefix can't be empty"), ("ab", "multiple IDs found with provided prefix: ab")):
-        with pytest.raises(CRIError) as failed:
+        with pytest.raises(InvalidArgument) as failed:
             find_by_prefix(ids, bad)
         assert str(failed.value) == text
 

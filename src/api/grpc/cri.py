@@ -30,7 +30,7 @@ from corral.plugins.cri.containers import (
     CRIContainers,
     HostMount,
 )
-from corral.plugins.cri.sandboxes import CRIError, CRISandbox, PodSandboxes, SandboxFilter
+from corral.plugins.cri.sandboxes import CRISandbox, PodSandboxes, SandboxFilter, invalid
 from corral.plugins.events.types import optional_publisher
 from corral.plugins.metadata import Metadata, SandboxStore
 from corral.plugins.nri import NRIService
@@ -329,7 +329,7 @@ class RuntimeServiceGRPC(pb.RuntimeServiceBase):
     async def run_pod_sandbox(self, message: pb.RunPodSandboxRequest) -> pb.RunPodSandboxResponse:
         config = message.config
         if config is None or config.metadata is None:
-            raise CRIError("sandbox config must include metadata")
+            raise invalid("sandbox config must include metadata")
         sandbox_id = await self._pods.run(
             pod_spec_from_config(config), bytes(config), runtime_handler=message.runtime_handler
         )

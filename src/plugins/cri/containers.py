@@ -41,7 +41,15 @@ from corral.plugins.cdi import DeviceInjector
 from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
 from corral.plugins.core.private import fsync_dir
 from corral.plugins.cri.images import CRIImageService
-from corral.plugins.cri.sandboxes import K8S, CRIError, CRISandbox, PodSandboxes, find_by_prefix, worded
+from corral.plugins.cri.sandboxes import (
+    K8S,
+    CRISandbox,
+    PodSandboxes,
+    find_by_prefix,
+    invalid,
+    precondition,
+    worded,
+)
 from corral.plugins.events.types import TaskIO
 from corral.plugins.metadata import (
     AnyValue,
@@ -352,11 +360,11 @@ class CRIContainers:
             raise worded(type(exc), f'failed to find sandbox id "{sandbox_id}": {exc}') from None
         pod = await self._pods.status(pod.id)
         if pod.state != "SANDBOX_READY":
-            raise CRIError(f'sandbox container "{pod.id}" is not running')
+            raise precondition(f'sandbox container "{pod.id}" is not running')
         if spec is None:
-            raise CRIError("container config must include metadata")
+            raise invalid("container config must include metadata")
         if not pod_config_has_metadata:
-            raise CRIError("pod sandbox config must include metadata")
+            raise invalid("pod sandbox config must include metadata")
         container_id = secrets.token_hex(32)
         name = "_".join((spec.name, pod.pod.name, pod.pod.namespace, pod.pod.uid, str(spec.attempt)))
         owner = self._names.get(name)
@@ -454,7 +462,7 @@ class CRIContainers:
         else:
             args = [*entrypoint, *cmd]
         if not args:
-            raise CRIError("no command specified")
+            raise invalid("no command specified")
         env = list(config.get("Env") or [])
         env = specs.replace_or_append_env(env, [f"{key}={value}" for key, value in spec.envs])
         opts: list[specs.SpecOpt] = [
@@ -607,12 +615,12 @@ class CRIContainers:
             ) from None
         async with c.lock:
             if c.state != CONTAINER_CREATED:
-                raise CRIError(
+                raise precondition(
                     f'failed to set starting state for container "{c.id}": container is in {c.state} state'
                 )
             pod = self._pods.sandbox_of(c.sandbox_id)
             if pod is None or (await self._pods.status(pod.id)).state != "SANDBOX_READY":
-                raise CRIError(f'sandbox container "{c.sandbox_id}" is not running')
+                raise precondition(f'sandbox container "{c.sandbox_id}" is not running')
             try:
                 await self._start(c)
             except BaseException as exc:
@@ -855,7 +863,7 @@ class CRIContainers:
         except CorralError as exc:
             raise worded(type(exc), f'failed to find container "{container_id}" in store: {exc}') from None
         if c.state != CONTAINER_RUNNING:
-            raise CRIError(f"container is in {c.state} state")
+            raise precondition(f"container is in {c.state} state")
         if not cmd:
             raise worded(InvalidArgument, "invalid argument: no command given")
         exec_id = secrets.token_hex(8)

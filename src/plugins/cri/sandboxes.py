@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import anyio
 import structlog
 
-from corral.kernel import CorralError, FailedPrecondition, NotFound
+from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.core import namespace
 from corral.plugins.cri.config import RuntimeConfig
 from corral.plugins.metadata import AnyValue, Sandbox, SandboxRuntime, SandboxStore
@@ -42,11 +42,12 @@ __all__ = [
     "METADATA_EXTENSION",
     "METADATA_TYPE_URL",
     "NAME_LABEL",
-    "CRIError",
     "CRISandbox",
     "PodSandboxes",
     "SandboxFilter",
     "find_by_prefix",
+    "invalid",
+    "precondition",
     "sandbox_name",
     "worded",
 ]
@@ -59,14 +60,6 @@ METADATA_EXTENSION = "metadata"
 METADATA_TYPE_URL = "github.com/containerd/containerd/v2/internal/cri/store/sandbox/Metadata"
 
 
-class CRIError(CorralError):
-    """An error containerd's CRI returns without a kind (gRPC Unknown), its text as Go words it."""
-
-    def __init__(self, message: str) -> None:
-        Exception.__init__(self, message)
-        self.detail = message
-
-
 def worded(kind: type[CorralError], message: str) -> CorralError:
     """An error of ``kind`` whose text is exactly ``message`` (Go's wrapped errors keep the kind's
     code but not its word)."""
@@ -76,21 +69,31 @@ def worded(kind: type[CorralError], message: str) -> CorralError:
     return err
 
 
+def invalid(message: str) -> CorralError:
+    """Bad input, in containerd's words (where containerd answers Unknown, corral says InvalidArgument)."""
+    return worded(InvalidArgument, message)
+
+
+def precondition(message: str) -> CorralError:
+    """A call the object's state refuses, in containerd's words (containerd: Unknown)."""
+    return worded(FailedPrecondition, message)
+
+
 def sandbox_name(pod: PodSandboxSpec) -> str:
     """containerd's makeSandboxName."""
     return "_".join((pod.name, pod.namespace, pod.uid, str(pod.attempt)))
 
 
 def find_by_prefix(ids: Sequence[str], prefix: str) -> str:
-    """containerd's truncindex: the one id ``prefix`` starts; CRIError for an empty or ambiguous
-    prefix, NotFound for none."""
+    """containerd's truncindex: the one id ``prefix`` starts; an error for an empty or ambiguous
+    prefix (InvalidArgument), NotFound for none."""
     if not prefix:
-        raise CRIError("prefix can't be empty")
+        raise invalid("prefix can't be empty")
     if prefix in ids:
         return prefix
     found = [i for i in ids if i.startswith(prefix)]
     if len(found) > 1:
-        raise CRIError(f"multiple IDs found with provided prefix: {prefix}")
+        raise invalid(f"multiple IDs found with provided prefix: {prefix}")
     if not found:
         raise NotFound()
     return found[0]
@@ -251,7 +254,7 @@ class PodSandboxes:
         name = runtime_handler or self.config.containerd.default_runtime_name
         handler = self.config.containerd.runtimes.get(name)
         if handler is None:
-            raise CRIError(f'no runtime for "{name}" is configured')
+            raise invalid(f'no runtime for "{name}" is configured')
         return handler.runtime_type, handler.sandboxer or "podsandbox"
 
     async def run(self, pod: PodSandboxSpec, config: bytes, runtime_handler: str = "") -> str:
@@ -269,8 +272,8 @@ class PodSandboxes:
         try:
             try:
                 runtime_type, sandboxer = self.handler_of(runtime_handler)
-            except CRIError as exc:
-                raise CRIError(f'unable to get OCI runtime for sandbox "{sandbox_id}": {exc}') from None
+            except InvalidArgument as exc:
+                raise invalid(f'unable to get OCI runtime for sandbox "{sandbox_id}": {exc}') from None
             cri = CRISandbox(
                 sandbox_id, name, pod, runtime_handler, sandboxer, datetime.now(UTC), STATE_UNKNOWN
             )
@@ -355,8 +358,8 @@ class PodSandboxes:
             return await self.get(sandbox_id)
         except NotFound:
             return None
-        except CRIError as exc:
-            raise CRIError(f'an error occurred when try to find sandbox "{sandbox_id}": {exc}') from None
+        except InvalidArgument as exc:
+            raise invalid(f'an error occurred when try to find sandbox "{sandbox_id}": {exc}') from None
 
     async def stop(self, sandbox_id: str) -> None:
         """Idempotent: an unknown pod is already stopped."""

@@ -210,8 +210,8 @@ def test_runtime_config_reports_the_default_handlers_cgroup_driver(tmp_path: Pat
 @pytest.mark.parametrize(
     ("method", "request_"),
     [
-        ("create_container", pb.CreateContainerRequest()),
-        ("exec_sync", pb.ExecSyncRequest()),
+        ("update_container_resources", pb.UpdateContainerResourcesRequest()),
+        ("reopen_container_log", pb.ReopenContainerLogRequest()),
         ("list_container_stats", pb.ListContainerStatsRequest()),
     ],
 )

@@ -521,6 +521,12 @@ def test_corrald_killed_with_a_pod_and_container_running_lists_them_after_restar
         cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
         log_file = tmp_path / "logs" / "ticker.log"
         wait_for(lambda: log_file.exists() and "tick 2" in log_file.read_text())
+        # What a create killed before its status was written leaves: a record and its snapshot.
+        half = "half-made-" + cid[:8]
+        daemon.ctr(
+            "containers", "create", "--label", "io.cri-containerd.kind=container", BUSYBOX, half, namespace=NS
+        )
+        assert half in daemon.ctr("containers", "ls", "-q", namespace=NS).stdout.split()
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGKILL)
         daemon.proc.wait()
@@ -529,6 +535,8 @@ def test_corrald_killed_with_a_pod_and_container_running_lists_them_after_restar
         daemon.start()
 
         cri = CRIClient(daemon.socket)
+        wait_for(lambda: half not in daemon.ctr("containers", "ls", "-q", namespace=NS).stdout.split())
+        assert half not in daemon.ctr("snapshots", "ls", namespace=NS).stdout
         assert [(p.id, p.state) for p in listed(cri)] == [(pod_id, pb.PodSandboxState.SANDBOX_READY)]
         assert [(c.id, c.state) for c in containers(cri)] == [(cid, pb.ContainerState.CONTAINER_RUNNING)]
         seen = log_file.read_text().count("\n")

@@ -282,7 +282,16 @@ class CRIContainers:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             ready.set()
+            tg.start_soon(self._load_at_start)
             await anyio.sleep_forever()
+
+    async def _load_at_start(self) -> None:
+        """Find a previous daemon's containers at once (not at the first call): exits that came
+        while it was down are recorded and their shims go."""
+        try:
+            await self._load()
+        except Exception as exc:
+            log.warning("cri_containers_load_failed", error=str(exc))
 
     def _group(self) -> anyio.abc.TaskGroup:
         if self._tg is None:
@@ -311,7 +320,6 @@ class CRIContainers:
         async with self._load_lock:
             if self._loaded:
                 return
-            self._loaded = True
             base = self._state / "containers"
             for path in sorted(base.glob("*/status.json")) if base.is_dir() else []:
                 try:
@@ -326,6 +334,30 @@ class CRIContainers:
                 elif c.state == CONTAINER_RUNNING:
                     with namespace(K8S):
                         await self._recover(c)
+            await self._remove_half_made()
+            self._loaded = True
+
+    async def _remove_half_made(self) -> None:
+        """Container records (and snapshots) of a create that a killed daemon did not finish: its
+        status file is written last, so a record without one was never answered for."""
+        with namespace(K8S):
+            try:
+                records = await self._metadata.view(ContainerStore).list(
+                    [f'labels."{KIND_LABEL}"==container']
+                )
+            except NotFound:
+                return
+            for record in records:
+                if record.id in self._containers:
+                    continue
+                with contextlib.suppress(NotFound):
+                    await self._metadata.view(ContainerStore).delete(record.id)
+                if record.snapshotter:
+                    with contextlib.suppress(NotFound):
+                        await (
+                            self._metadata.view(NamespacedSnapshots).get(record.snapshotter).remove(record.id)
+                        )
+                log.info("cri_container_half_made_removed", id=record.id)
 
     async def _recover(self, c: CRIContainer) -> None:
         try:

@@ -210,14 +210,12 @@ def test_runtime_config_reports_the_default_handlers_cgroup_driver(tmp_path: Pat
 @pytest.mark.parametrize(
     ("method", "request_"),
     [
-        ("run_pod_sandbox", pb.RunPodSandboxRequest()),
-        ("list_pod_sandbox", pb.ListPodSandboxRequest()),
-        ("create_container", pb.CreateContainerRequest()),
-        ("exec_sync", pb.ExecSyncRequest()),
+        ("update_container_resources", pb.UpdateContainerResourcesRequest()),
+        ("reopen_container_log", pb.ReopenContainerLogRequest()),
         ("list_container_stats", pb.ListContainerStatsRequest()),
     ],
 )
-def test_pod_and_container_calls_answer_unimplemented_by_name(
+def test_container_calls_answer_unimplemented_by_name(
     corral_cri: tuple[Daemon, CRIClient], method: str, request_: object
 ) -> None:
     _, cri = corral_cri

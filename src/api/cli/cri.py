@@ -1,6 +1,8 @@
 """``corral cri``: crictl's verbs over the CRI (runtime.v1) on corrald's socket.
 
-``version``, ``info``, ``images``, ``pull``, ``rmi`` and ``inspecti`` call the RuntimeService and
+``version``, ``info``, ``images``, ``pull``, ``rmi``, ``inspecti`` and the pod verbs ``runp``,
+``stopp``, ``rmp``, ``pods`` and ``inspectp``, and the container verbs ``create``, ``start``, ``stop``,
+``rm``, ``ps``, ``inspect``, ``logs`` and ``exec`` call the RuntimeService and
 ImageService a kubelet calls, so a node operator can look at what the kubelet sees without
 crictl. JSON output is the CRI messages in proto3 JSON, as crictl prints them.
 """
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -46,7 +50,7 @@ def _parsed_info(info: dict[str, str]) -> dict[str, Any]:
 
 @click.group("cri")
 def cri_group() -> None:
-    """What the kubelet sees: the CRI's runtime status and images (crictl's verbs)."""
+    """What the kubelet sees: the CRI's runtime status, images and pods (crictl's verbs)."""
 
 
 @cri_group.command("version")
@@ -226,3 +230,352 @@ def inspecti_command(images: tuple[str, ...], output_format: str) -> None:
         for i, _ in found
     ]  # fmt: skip
     emit(table(("IMAGE ID", "TAGS", "DIGESTS", "SIZE", "PINNED"), rows))
+
+
+# -- pod sandboxes ----------------------------------------------------------------------------------
+def _load_message(path: str, kind: type[T]) -> T:
+    """A CRI message from a JSON file in proto3 JSON (crictl's pod and container config files)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageProblem(f"{path} is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise UsageProblem(f"{path} must hold a JSON object")
+    try:
+        return kind.from_dict(document)  # type: ignore[attr-defined, no-any-return]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UsageProblem(f"{path} is not a {kind.__name__}: {exc}") from None
+
+
+def _ago(nanos: int) -> str:
+    """crictl's CREATED column: how long ago, in the largest whole unit."""
+    seconds = max(0, int(time.time() - nanos / 1e9))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "Less than a second ago" if seconds < 1 else f"{seconds} seconds ago"
+
+
+def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise UsageProblem(f"--label must be KEY=VALUE, not {pair!r}")
+        out[key] = value
+    return out
+
+
+_POD_STATES = {"ready": pb.PodSandboxState.SANDBOX_READY, "notready": pb.PodSandboxState.SANDBOX_NOTREADY}
+
+
+@cri_group.command("runp")
+@click.argument("config_file", metavar="POD-CONFIG.json")
+@click.option(
+    "-r", "--runtime", "runtime_handler", default="", help="the runtime handler to run the pod with"
+)
+def runp_command(config_file: str, runtime_handler: str) -> None:
+    """Run a pod sandbox from a PodSandboxConfig in JSON; prints its id."""
+    config = _load_message(config_file, pb.PodSandboxConfig)
+    request = pb.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)
+    emit(f"{_cri(lambda rt, _: rt.run_pod_sandbox(request)).pod_sandbox_id}\n")
+
+
+@cri_group.command("stopp")
+@click.argument("pods", nargs=-1, required=True)
+def stopp_command(pods: tuple[str, ...]) -> None:
+    """Stop PODS (ids or unique prefixes): their processes end and their network is released."""
+    for pod_id in pods:
+        request = pb.StopPodSandboxRequest(pod_sandbox_id=pod_id)
+        _cri(lambda rt, _, r=request: rt.stop_pod_sandbox(r))  # type: ignore[misc]
+        emit(f"Stopped sandbox {pod_id}\n")
+
+
+@cri_group.command("rmp")
+@click.argument("pods", nargs=-1, required=True)
+def rmp_command(pods: tuple[str, ...]) -> None:
+    """Remove PODS (stopping them first when they run)."""
+    for pod_id in pods:
+        request = pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id)
+        _cri(lambda rt, _, r=request: rt.remove_pod_sandbox(r))  # type: ignore[misc]
+        emit(f"Removed sandbox {pod_id}\n")
+
+
+@cri_group.command("pods")
+@click.option("--id", "pod_id", default="", help="only the pod with this id (or unique prefix)")
+@click.option("--name", default="", help="only pods whose name matches this regular expression")
+@click.option("--namespace", default="", help="only pods whose namespace matches this regular expression")
+@click.option("--state", type=click.Choice(sorted(_POD_STATES)), default=None, help="only pods in this state")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="only pods with this label")
+@click.option("-q", "--quiet", is_flag=True, help="only pod ids")
+@click.option("--no-trunc", is_flag=True, help="show whole pod ids")
+@format_option("table", "json")
+def pods_command(
+    pod_id: str,
+    name: str,
+    namespace: str,
+    state: str | None,
+    labels: tuple[str, ...],
+    quiet: bool,
+    no_trunc: bool,
+    output_format: str,
+) -> None:
+    """List pod sandboxes, newest first (crictl pods)."""
+    request = pb.ListPodSandboxRequest(
+        filter=pb.PodSandboxFilter(
+            id=pod_id,
+            state=None if state is None else pb.PodSandboxStateValue(_POD_STATES[state]),
+            label_selector=_labels(labels),
+        )
+    )
+    items = _cri(lambda rt, _: rt.list_pod_sandbox(request)).items
+    try:
+        by_name, by_namespace = re.compile(name), re.compile(namespace)
+    except re.error as exc:
+        raise UsageProblem(f"bad regular expression: {exc}") from None
+    items = sorted(
+        (i for i in items if i.metadata is None
+         or (by_name.search(i.metadata.name) and by_namespace.search(i.metadata.namespace))),
+        key=lambda i: i.created_at,
+        reverse=True,
+    )  # fmt: skip
+    if output_format == "json":
+        emit(to_json({"items": [i.to_dict(include_default_values=True) for i in items]}))
+        return
+    if quiet:
+        if items:
+            emit("".join(f"{i.id}\n" for i in items))
+        return
+    rows = []
+    for i in items:
+        meta = i.metadata or pb.PodSandboxMetadata()
+        shown = "Ready" if i.state == pb.PodSandboxState.SANDBOX_READY else "NotReady"
+        rows.append((i.id if no_trunc else i.id[:13], _ago(i.created_at), shown, meta.name, meta.namespace,
+                     str(meta.attempt), i.runtime_handler or "(default)"))  # fmt: skip
+    emit(table(("POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"), rows))
+
+
+@cri_group.command("inspectp")
+@click.argument("pods", nargs=-1, required=True)
+@format_option("json", "table")
+def inspectp_command(pods: tuple[str, ...], output_format: str) -> None:
+    """The status of PODS with the runtime's verbose info (process, network namespace, config)."""
+    found = []
+    for pod_id in pods:
+        request = pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+        found.append(_cri(lambda rt, _, r=request: rt.pod_sandbox_status(r)))  # type: ignore[misc]
+    if output_format == "json":
+        documents = [
+            {"status": f.status.to_dict(include_default_values=True), "info": _parsed_info(dict(f.info))}
+            for f in found
+        ]
+        emit(to_json(documents[0] if len(documents) == 1 else documents))
+        return
+    rows = []
+    for f in found:
+        s = f.status
+        meta = s.metadata or pb.PodSandboxMetadata()
+        shown = "Ready" if s.state == pb.PodSandboxState.SANDBOX_READY else "NotReady"
+        rows.append((s.id, meta.name, meta.namespace, shown, s.network.ip if s.network else ""))
+    emit(table(("POD ID", "NAME", "NAMESPACE", "STATE", "IP"), rows))
+
+
+# -- containers -------------------------------------------------------------------------------------
+_CONTAINER_STATES = {
+    "created": pb.ContainerState.CONTAINER_CREATED,
+    "running": pb.ContainerState.CONTAINER_RUNNING,
+    "exited": pb.ContainerState.CONTAINER_EXITED,
+    "unknown": pb.ContainerState.CONTAINER_UNKNOWN,
+}
+_STATE_WORDS = {v: k.capitalize() for k, v in _CONTAINER_STATES.items()}
+
+
+@cri_group.command("create")
+@click.argument("pod_id", metavar="POD-ID")
+@click.argument("container_file", metavar="CONTAINER-CONFIG.json")
+@click.argument("pod_file", metavar="POD-CONFIG.json")
+def create_command(pod_id: str, container_file: str, pod_file: str) -> None:
+    """Create a container in pod POD-ID from a ContainerConfig in JSON; prints its id."""
+    request = pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id,
+        config=_load_message(container_file, pb.ContainerConfig),
+        sandbox_config=_load_message(pod_file, pb.PodSandboxConfig),
+    )
+    emit(f"{_cri(lambda rt, _: rt.create_container(request)).container_id}\n")
+
+
+@cri_group.command("start")
+@click.argument("containers", nargs=-1, required=True)
+def start_command(containers: tuple[str, ...]) -> None:
+    """Start created CONTAINERS."""
+    for cid in containers:
+        request = pb.StartContainerRequest(container_id=cid)
+        _cri(lambda rt, _, r=request: rt.start_container(r))  # type: ignore[misc]
+        emit(f"{cid}\n")
+
+
+@cri_group.command("stop")
+@click.option(
+    "-t", "--timeout", "grace", default=0, type=click.IntRange(min=0), help="seconds before SIGKILL"
+)
+@click.argument("containers", nargs=-1, required=True)
+def stop_command(grace: int, containers: tuple[str, ...]) -> None:
+    """Stop CONTAINERS: the stop signal, then SIGKILL after --timeout seconds."""
+    for cid in containers:
+        request = pb.StopContainerRequest(container_id=cid, timeout=grace)
+        _cri(lambda rt, _, r=request: rt.stop_container(r))  # type: ignore[misc]
+        emit(f"{cid}\n")
+
+
+@cri_group.command("rm")
+@click.argument("containers", nargs=-1, required=True)
+def rm_command(containers: tuple[str, ...]) -> None:
+    """Remove CONTAINERS (a running one is killed first)."""
+    for cid in containers:
+        request = pb.RemoveContainerRequest(container_id=cid)
+        _cri(lambda rt, _, r=request: rt.remove_container(r))  # type: ignore[misc]
+        emit(f"{cid}\n")
+
+
+@cri_group.command("ps")
+@click.option("-a", "--all", "show_all", is_flag=True, help="all containers, not only running ones")
+@click.option("--id", "container_id", default="", help="only the container with this id (or unique prefix)")
+@click.option("-p", "--pod", "pod_id", default="", help="only containers of this pod")
+@click.option("--name", default="", help="only containers whose name matches this regular expression")
+@click.option("--state", type=click.Choice(sorted(_CONTAINER_STATES)), default=None, help="only this state")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="only containers with this label")
+@click.option("-q", "--quiet", is_flag=True, help="only container ids")
+@click.option("--no-trunc", is_flag=True, help="show whole ids")
+@format_option("table", "json")
+def ps_command(
+    show_all: bool,
+    container_id: str,
+    pod_id: str,
+    name: str,
+    state: str | None,
+    labels: tuple[str, ...],
+    quiet: bool,
+    no_trunc: bool,
+    output_format: str,
+) -> None:
+    """List containers, newest first (crictl ps)."""
+    wanted = (
+        _CONTAINER_STATES[state] if state else (None if show_all else pb.ContainerState.CONTAINER_RUNNING)
+    )
+    request = pb.ListContainersRequest(
+        filter=pb.ContainerFilter(
+            id=container_id,
+            pod_sandbox_id=pod_id,
+            state=None if wanted is None else pb.ContainerStateValue(wanted),
+            label_selector=_labels(labels),
+        )
+    )
+    try:
+        by_name = re.compile(name)
+    except re.error as exc:
+        raise UsageProblem(f"bad regular expression: {exc}") from None
+    found = _cri(lambda rt, _: rt.list_containers(request)).containers
+    items = sorted(
+        (c for c in found if c.metadata is None or by_name.search(c.metadata.name)),
+        key=lambda c: c.created_at,
+        reverse=True,
+    )
+    if output_format == "json":
+        emit(to_json({"containers": [c.to_dict(include_default_values=True) for c in items]}))
+        return
+    if quiet:
+        if items:
+            emit("".join(f"{c.id}\n" for c in items))
+        return
+    rows = []
+    for c in items:
+        meta = c.metadata or pb.ContainerMetadata()
+        image = c.image.image if c.image else ""
+        rows.append((
+            c.id if no_trunc else c.id[:13], image if no_trunc else _short_id(image), _ago(c.created_at),
+            _STATE_WORDS.get(c.state, "Unknown"), meta.name, str(meta.attempt),
+            c.pod_sandbox_id if no_trunc else c.pod_sandbox_id[:13],
+        ))  # fmt: skip
+    emit(table(("CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID"), rows))
+
+
+def _container_status(cid: str) -> tuple[pb.ContainerStatus, dict[str, str]]:
+    request = pb.ContainerStatusRequest(container_id=cid, verbose=True)
+    reply = _cri(lambda rt, _: rt.container_status(request))
+    if reply.status is None:
+        raise CommandError(f"no status for container {cid}")
+    return reply.status, dict(reply.info)
+
+
+@cri_group.command("inspect")
+@click.argument("containers", nargs=-1, required=True)
+@format_option("json", "table")
+def inspect_command(containers: tuple[str, ...], output_format: str) -> None:
+    """The status of CONTAINERS: state, exit code and reason, times, mounts, log path."""
+    found = [_container_status(cid) for cid in containers]
+    if output_format == "json":
+        documents = [
+            {"status": s.to_dict(include_default_values=True), "info": _parsed_info(info)}
+            for s, info in found
+        ]
+        emit(to_json(documents[0] if len(documents) == 1 else documents))
+        return
+    rows = []
+    for s, _ in found:
+        rows.append((s.id, s.metadata.name if s.metadata else "", _STATE_WORDS.get(s.state, "Unknown"),
+                     str(s.exit_code), s.reason))  # fmt: skip
+    emit(table(("CONTAINER", "NAME", "STATE", "EXIT CODE", "REASON"), rows))
+
+
+@cri_group.command("logs")
+@click.argument("container_id", metavar="CONTAINER")
+@click.option("--tail", "tail_lines", type=int, default=-1, help="only the last N lines")
+@click.option("-t", "--timestamps", is_flag=True, help="show each line's timestamp")
+def logs_command(container_id: str, tail_lines: int, timestamps: bool) -> None:
+    """The container's log (the kubelet's file), stdout lines to stdout and stderr lines to stderr;
+    partial records are joined into their line."""
+    path = _container_status(container_id)[0].log_path
+    if not path:
+        raise CommandError(f"container {container_id} has no log path")
+    try:
+        with open(path, "rb") as f:
+            records = f.read().splitlines()
+    except OSError as exc:
+        raise CommandError(f"cannot read the log {path}: {exc.strerror}") from None
+    lines: list[tuple[str, bytes, bytes]] = []
+    pending: dict[bytes, bytes] = {}
+    for record in records:
+        parts = record.split(b" ", 3)
+        if len(parts) < 3:
+            continue
+        stamp, stream, tag = parts[:3]
+        text = parts[3] if len(parts) > 3 else b""
+        if tag == b"P":
+            pending[stream] = pending.get(stream, b"") + text
+            continue
+        lines.append((stream.decode(), stamp, pending.pop(stream, b"") + text))
+    if tail_lines >= 0:
+        lines = lines[len(lines) - tail_lines :] if tail_lines else []
+    for name, stamp, line in lines:
+        shown = (stamp + b" " + line if timestamps else line).decode(errors="replace")
+        click.echo(shown, err=name == "stderr")
+    for stream_name, rest in pending.items():  # the output ended mid-line
+        click.echo(rest.decode(errors="replace"), err=stream_name == b"stderr")
+
+
+@cri_group.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("--timeout", "limit", default=0, type=click.IntRange(min=0), help="seconds (0: no limit)")
+@click.argument("container_id", metavar="CONTAINER")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(limit: int, container_id: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in the container and wait (ExecSync); its output, and its exit status as ours."""
+    request = pb.ExecSyncRequest(container_id=container_id, cmd=list(command), timeout=limit)
+    reply = _cri(lambda rt, _: rt.exec_sync(request))
+    click.echo(reply.stdout, nl=False)
+    click.echo(reply.stderr, nl=False, err=True)
+    if reply.exit_code:
+        raise SystemExit(reply.exit_code)

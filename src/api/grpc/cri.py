@@ -1,37 +1,46 @@
 """io.containerd.grpc.v1.cri — runtime.v1.RuntimeService and runtime.v1.ImageService.
 
-Thin adapters over the CRI plugins (``corral.plugins.cri``). Pod sandbox, container, streaming
-and stats calls are not served yet: each answers Unimplemented naming itself, never a silent
-success. The section ``[plugins."io.containerd.grpc.v1.cri"]`` is containerd 2.x's server config.
+Thin adapters over the CRI plugins (``corral.plugins.cri``). Pod sandboxes go through the sandbox
+store and the pod sandbox controller (``corral.plugins.cri.sandboxes``). Container, streaming and
+stats calls are not served yet: each answers Unimplemented naming itself, never a silent success.
+The section ``[plugins."io.containerd.grpc.v1.cri"]`` is containerd 2.x's server config.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
+from functools import partial
 from typing import Any
 
+import anyio
+
 from corral.api.grpc import GRPCServices
+from corral.api.sandbox_wire import pod_spec_from_config
 from corral.api.types.runtime import v1 as pb
 from corral.kernel import InitContext, Registration, Unimplemented
 from corral.plugins import types
+from corral.plugins.cdi import DeviceInjector
 from corral.plugins.cri import AuthConfig, CRIImage, CRIImageService, CRIRuntimeService, ServerConfig
 from corral.plugins.cri import split_v2_section as _split
+from corral.plugins.cri.containers import (
+    ContainerFilter,
+    ContainerSpec,
+    CRIContainer,
+    CRIContainers,
+    HostMount,
+)
+from corral.plugins.cri.sandboxes import CRISandbox, PodSandboxes, SandboxFilter, invalid
+from corral.plugins.events.types import optional_publisher
+from corral.plugins.metadata import Metadata, SandboxStore
+from corral.plugins.nri import NRIService
+from corral.plugins.runtimes import PlatformRuntime
+from corral.plugins.sandbox import Controller, PodSandboxSpec
+from corral.plugins.sandbox.controllers import SandboxControllers
 
 NOT_YET = (
-    "run_pod_sandbox",
-    "stop_pod_sandbox",
-    "remove_pod_sandbox",
-    "pod_sandbox_status",
-    "list_pod_sandbox",
-    "create_container",
-    "start_container",
-    "stop_container",
-    "remove_container",
-    "list_containers",
-    "container_status",
     "update_container_resources",
     "reopen_container_log",
-    "exec_sync",
     "exec",
     "attach",
     "port_forward",
@@ -130,9 +139,222 @@ class ImageServiceGRPC(pb.ImageServiceBase):
         )
 
 
+def _pod_metadata(pod: PodSandboxSpec) -> pb.PodSandboxMetadata:
+    return pb.PodSandboxMetadata(name=pod.name, uid=pod.uid, namespace=pod.namespace, attempt=pod.attempt)
+
+
+def _wire_state(state: str) -> pb.PodSandboxState:
+    return (
+        pb.PodSandboxState.SANDBOX_READY if state == "SANDBOX_READY" else pb.PodSandboxState.SANDBOX_NOTREADY
+    )
+
+
+def _nanos(cri: CRISandbox) -> int:
+    return int(cri.created_at.timestamp() * 1_000_000_000)
+
+
+def _wire_pod(cri: CRISandbox) -> pb.PodSandbox:
+    return pb.PodSandbox(
+        id=cri.id,
+        metadata=_pod_metadata(cri.pod),
+        state=_wire_state(cri.state),
+        created_at=_nanos(cri),
+        labels=dict(cri.pod.labels),
+        annotations=dict(cri.pod.annotations),
+        runtime_handler=cri.runtime_handler,
+    )
+
+
+def _wire_pod_status(cri: CRISandbox) -> pb.PodSandboxStatus:
+    pod = cri.pod
+    return pb.PodSandboxStatus(
+        id=cri.id,
+        metadata=_pod_metadata(pod),
+        state=_wire_state(cri.state),
+        created_at=_nanos(cri),
+        network=pb.PodSandboxNetworkStatus(
+            ip=cri.ip, additional_ips=[pb.PodIp(ip=ip) for ip in cri.additional_ips]
+        ),
+        linux=pb.LinuxPodSandboxStatus(
+            namespaces=pb.Namespace(
+                options=pb.NamespaceOption(
+                    network=pb.NamespaceMode[pod.network_mode],
+                    pid=pb.NamespaceMode[pod.pid_mode],
+                    ipc=pb.NamespaceMode[pod.ipc_mode],
+                )
+            )
+        ),
+        labels=dict(pod.labels),
+        annotations=dict(pod.annotations),
+        runtime_handler=cri.runtime_handler,
+    )
+
+
+def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
+    """The record of a CRI ContainerConfig that CreateContainer works from."""
+    meta = config.metadata or pb.ContainerMetadata()
+    linux = config.linux or pb.LinuxContainerConfig()
+    security = linux.security_context or pb.LinuxContainerSecurityContext()
+    caps = security.capabilities or pb.Capability()
+    res = linux.resources or pb.LinuxContainerResources()
+    return ContainerSpec(
+        name=meta.name,
+        attempt=meta.attempt,
+        image=config.image.image if config.image else "",
+        command=tuple(config.command),
+        args=tuple(config.args),
+        working_dir=config.working_dir,
+        envs=tuple((e.key, e.value) for e in config.envs),
+        mounts=tuple(
+            HostMount(m.container_path, m.host_path, m.readonly, pb.MountPropagation(m.propagation).name)
+            for m in config.mounts
+        ),
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        log_path=config.log_path,
+        tty=config.tty,
+        cdi_devices=tuple(d.name for d in config.CDI_devices),
+        privileged=security.privileged,
+        run_as_user=security.run_as_user.value if security.run_as_user is not None else None,
+        run_as_group=security.run_as_group.value if security.run_as_group is not None else None,
+        readonly_rootfs=security.readonly_rootfs,
+        add_capabilities=tuple(caps.add_capabilities),
+        drop_capabilities=tuple(caps.drop_capabilities),
+        no_new_privs=security.no_new_privs,
+        cpu_period=res.cpu_period,
+        cpu_quota=res.cpu_quota,
+        cpu_shares=res.cpu_shares,
+        memory_limit=res.memory_limit_in_bytes,
+    )
+
+
+def _ns(at: object) -> int:
+    return int(at.timestamp() * 1_000_000_000) if isinstance(at, datetime) else 0
+
+
+def _wire_container(c: CRIContainer) -> pb.Container:
+    return pb.Container(
+        id=c.id,
+        pod_sandbox_id=c.sandbox_id,
+        metadata=pb.ContainerMetadata(name=c.spec.name, attempt=c.spec.attempt),
+        image=pb.ImageSpec(image=c.image_id),
+        image_ref=c.image_id,
+        image_id=c.image_id,
+        state=pb.ContainerState[c.state],
+        created_at=_ns(c.created_at),
+        labels=dict(c.spec.labels),
+        annotations=dict(c.spec.annotations),
+    )
+
+
+def _wire_container_status(c: CRIContainer) -> pb.ContainerStatus:
+    return pb.ContainerStatus(
+        id=c.id,
+        metadata=pb.ContainerMetadata(name=c.spec.name, attempt=c.spec.attempt),
+        state=pb.ContainerState[c.state],
+        created_at=_ns(c.created_at),
+        started_at=_ns(c.started_at),
+        finished_at=_ns(c.finished_at),
+        exit_code=c.exit_code,
+        image=pb.ImageSpec(image=c.image_ref),
+        image_ref=c.image_id,
+        image_id=c.image_id,
+        reason=c.reason,
+        message=c.message,
+        labels=dict(c.spec.labels),
+        annotations=dict(c.spec.annotations),
+        mounts=[
+            pb.Mount(
+                container_path=m.container_path,
+                host_path=m.host_path,
+                readonly=m.readonly,
+                propagation=pb.MountPropagation[m.propagation],
+            )
+            for m in c.spec.mounts
+        ],
+        log_path=c.log_path,
+    )
+
+
 class RuntimeServiceGRPC(pb.RuntimeServiceBase):
-    def __init__(self, runtime: CRIRuntimeService) -> None:
+    def __init__(self, runtime: CRIRuntimeService, pods: PodSandboxes, containers: CRIContainers) -> None:
         self._runtime = runtime
+        self._pods = pods
+        self._containers = containers
+
+    async def create_container(self, message: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
+        config = message.config
+        has_meta = config is not None and config.metadata is not None
+        pod = message.sandbox_config
+        container_id = await self._containers.create(
+            message.pod_sandbox_id,
+            container_spec_from_config(config) if config is not None and has_meta else None,
+            pod_config_has_metadata=pod is not None and pod.metadata is not None,
+        )
+        return pb.CreateContainerResponse(container_id=container_id)
+
+    async def start_container(self, message: pb.StartContainerRequest) -> pb.StartContainerResponse:
+        await self._containers.start(message.container_id)
+        return pb.StartContainerResponse()
+
+    async def stop_container(self, message: pb.StopContainerRequest) -> pb.StopContainerResponse:
+        await self._containers.stop(message.container_id, float(message.timeout))
+        return pb.StopContainerResponse()
+
+    async def remove_container(self, message: pb.RemoveContainerRequest) -> pb.RemoveContainerResponse:
+        await self._containers.remove(message.container_id)
+        return pb.RemoveContainerResponse()
+
+    async def container_status(self, message: pb.ContainerStatusRequest) -> pb.ContainerStatusResponse:
+        c = await self._containers.status(message.container_id)
+        return pb.ContainerStatusResponse(status=_wire_container_status(c))
+
+    async def list_containers(self, message: pb.ListContainersRequest) -> pb.ListContainersResponse:
+        f = message.filter
+        wanted = ContainerFilter(
+            id=f.id,
+            state=None if f.state is None else f.state.state.name,
+            pod_sandbox_id=f.pod_sandbox_id,
+            labels=dict(f.label_selector),
+        ) if f is not None else None  # fmt: skip
+        found = await self._containers.list(wanted)
+        return pb.ListContainersResponse(containers=[_wire_container(c) for c in found])
+
+    async def exec_sync(self, message: pb.ExecSyncRequest) -> pb.ExecSyncResponse:
+        result = await self._containers.exec_sync(
+            message.container_id, list(message.cmd), float(message.timeout)
+        )
+        return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    async def run_pod_sandbox(self, message: pb.RunPodSandboxRequest) -> pb.RunPodSandboxResponse:
+        config = message.config
+        if config is None or config.metadata is None:
+            raise invalid("sandbox config must include metadata")
+        sandbox_id = await self._pods.run(
+            pod_spec_from_config(config), bytes(config), runtime_handler=message.runtime_handler
+        )
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    async def stop_pod_sandbox(self, message: pb.StopPodSandboxRequest) -> pb.StopPodSandboxResponse:
+        await self._pods.stop(message.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    async def remove_pod_sandbox(self, message: pb.RemovePodSandboxRequest) -> pb.RemovePodSandboxResponse:
+        await self._pods.remove(message.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    async def pod_sandbox_status(self, message: pb.PodSandboxStatusRequest) -> pb.PodSandboxStatusResponse:
+        cri = await self._pods.status(message.pod_sandbox_id, verbose=message.verbose)
+        return pb.PodSandboxStatusResponse(status=_wire_pod_status(cri), info=dict(cri.info))
+
+    async def list_pod_sandbox(self, message: pb.ListPodSandboxRequest) -> pb.ListPodSandboxResponse:
+        f = message.filter
+        wanted = SandboxFilter(
+            id=f.id,
+            state=None if f.state is None else f.state.state.name,
+            labels=dict(f.label_selector),
+        ) if f is not None else None  # fmt: skip
+        return pb.ListPodSandboxResponse(items=[_wire_pod(p) for p in await self._pods.list(wanted)])
 
     async def version(self, message: pb.VersionRequest) -> pb.VersionResponse:
         return pb.VersionResponse(**self._runtime.version())
@@ -192,7 +414,30 @@ async def init(ic: InitContext) -> GRPCServices:
     images = ic.get_by_id(types.CRI, "images", CRIImageService)
     for handler, snapshotter in runtime.runtime_snapshotters().items():
         images.set_runtime_snapshotter(handler, snapshotter)
-    return GRPCServices((RuntimeServiceGRPC(runtime), ImageServiceGRPC(images)))
+    controllers: dict[str, Controller] = {}
+    controllers.update(ic.get_by_type(types.POD_SANDBOX, Controller))
+    controllers.update(ic.get_by_type(types.SANDBOX_CONTROLLER, Controller))
+    stores = ic.get_by_type(types.SANDBOX_STORE, SandboxStore)
+    nri = next(iter(ic.get_by_type(types.NRI, NRIService).values()), None)
+    pods = PodSandboxes(
+        runtime.config,
+        store=next(iter(stores.values()), None),
+        controllers=SandboxControllers(controllers, optional_publisher(ic.get_by_type(types.EVENT))),
+        nri=None if nri is None else nri.events,
+    )
+    containers = CRIContainers(
+        pods=pods,
+        images=images,
+        metadata=ic.get_single(types.METADATA, Metadata),
+        runtime=ic.get_by_id(types.RUNTIME_V2, "task", PlatformRuntime),
+        state=ic.state,
+        nri=None if nri is None else nri.events,
+        cdi=next(iter(ic.get_by_type(types.CDI, DeviceInjector).values()), None),
+    )
+    ready = anyio.Event()
+    ic.start_soon(partial(containers.serve, ready), name="cri-containers")
+    await ready.wait()
+    return GRPCServices((RuntimeServiceGRPC(runtime, pods, containers), ImageServiceGRPC(images)))
 
 
 registration = Registration(
@@ -200,7 +445,17 @@ registration = Registration(
     id="cri",
     init=init,
     requires=(types.CRI,),
+    after=(
+        types.METADATA,
+        types.RUNTIME_V2,
+        types.SANDBOX_STORE,
+        types.POD_SANDBOX,
+        types.SANDBOX_CONTROLLER,
+        types.NRI,
+        types.CDI,
+        types.EVENT,
+    ),
     config=ServerConfig,
     migrate=_split,
-    description="the kubelet's CRI (runtime.v1) on corrald's socket: runtime status and images",
+    description="the kubelet's CRI (runtime.v1) on corrald's socket: runtime status, images, pods and containers",
 )

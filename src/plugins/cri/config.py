@@ -35,7 +35,7 @@ GRPC_CRI = "io.containerd.grpc.v1.cri"
 CRI_IMAGES = "io.containerd.cri.v1.images"
 CRI_RUNTIME = "io.containerd.cri.v1.runtime"
 
-_NO_PODS = "CRI pods and containers are not built yet"
+_NO_PODS = "not acted on by corral's CRI pods and containers yet"
 _NO_STREAMING = "no CRI streaming server yet (Exec, Attach and PortForward are not built)"
 _REMOVED = "removed in containerd 2.0; accepted so a 1.x config loads"
 
@@ -51,10 +51,11 @@ class RuntimeHandler:
     options: Mapping[str, Any] = field(
         default_factory=dict,
         metadata=inert(
-            "read only for RuntimeConfig's cgroup driver (SystemdCgroup) until CRI creates containers"
+            "read only for RuntimeConfig's cgroup driver (SystemdCgroup); not passed to the shim yet"
         ),
     )
-    sandboxer: str = field(default="podsandbox", metadata=inert(_NO_PODS))
+    sandboxer: str = "podsandbox"
+    """The sandbox controller that runs this handler's pods (``podsandbox``: the pause container)."""
     runtime_path: str = field(default="", metadata=inert(_NO_PODS))
     pod_annotations: tuple[str, ...] = field(default=(), metadata=inert(_NO_PODS))
     container_annotations: tuple[str, ...] = field(default=(), metadata=inert(_NO_PODS))

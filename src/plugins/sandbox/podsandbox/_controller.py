@@ -487,6 +487,11 @@ class PodSandboxController:
             "additional_ips": ",".join(p.ips[1:]),
             "netns_path": p.netns_path if p.owns_netns or p.netns_path else "",
         }
+        # The files a pod's containers bind (containerd's CRI binds its sandbox's resolv.conf and shm).
+        resolv, shm = self._root_dir(p) / "resolv.conf", self._shm_dir(p)
+        if p.phase == "ready":
+            info["resolv_path"] = str(resolv) if resolv.exists() else ""
+            info["shm_path"] = str(shm) if os.path.ismount(shm) else ""
         if verbose:
             info["info"] = json.dumps(
                 {

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -76,14 +77,24 @@ async def _calls(daemon: Daemon, digest: str, versions: int, reads: int) -> dict
 
 
 def _blob(ctr: Ctr, daemon: Daemon, workdir: Path, size: int, name: str) -> str:
+    """A random blob ingested and labelled a GC root (again if a collection took it in between)."""
     path = workdir / name
     data = os.urandom(size)
     path.write_bytes(data)
     blob = content.Blob(path=path, digest="sha256:" + hashlib.sha256(data).hexdigest(), size=size, ref=name)
-    content.ingest(ctr, daemon, blob, timeout=content.BIG_TIMEOUT)
-    path.unlink()
-    ctr.check(daemon.socket, "content", "label", blob.digest, f"{content.GC_ROOT}=corral-bench")
-    return blob.digest
+    try:
+        for attempt in range(5):
+            content.ingest(ctr, daemon, blob, timeout=content.BIG_TIMEOUT)
+            try:
+                ctr.check(daemon.socket, "content", "label", blob.digest, f"{content.GC_ROOT}=corral-bench")
+            except subprocess.CalledProcessError:
+                if attempt == 4:
+                    raise
+            else:
+                return blob.digest
+    finally:
+        path.unlink()
+    raise AssertionError("unreachable")
 
 
 def measure(daemon: Daemon, ctr: Ctr, workdir: Path, versions: int, reads: int) -> dict[str, float]:

@@ -5,6 +5,12 @@ a truncated message or invalid UTF-8 as a Python exception deep in a handler. Re
 against their message's fields first, as containerd's generated unmarshalers check them (wrong wire
 type, truncation, integer overflow, illegal tags), and strings must be UTF-8; what fails is
 ``UndecodableRequest``, which the server answers with Internal and grpc-go's words.
+
+Flat messages (every field a singular string, bytes, integer or bool: most requests, many small
+responses) are decoded and encoded here without betterproto2's generic machinery, which spends
+20 µs on a three-field ``ReadContentRequest`` and 15 µs on a ``VersionResponse``, against a
+microsecond or two here; the result is the same message and the same bytes (unknown fields, a
+value of the wrong Python type and anything not flat go through betterproto2).
 """
 
 from __future__ import annotations
@@ -34,14 +40,132 @@ class UndecodableRequest(ValueError):
 
 
 class RequestCodec(ProtoCodec):
-    """grpclib's protobuf codec, checking each request before betterproto2 parses it."""
+    """grpclib's protobuf codec, checking each request before it is parsed."""
 
     def decode(self, data: bytes, message_type: Any) -> Any:
-        check_message(memoryview(data), message_type)
+        view = memoryview(data)
+        check_message(view, message_type)
+        flat = _flat(message_type)
+        if flat is not None:
+            message = decode_flat(view, message_type, flat)
+            if message is not None:
+                return message
         try:
             return message_type.FromString(data)
         except Exception as exc:  # a value betterproto2 cannot hold (a timestamp out of range, …)
             raise UndecodableRequest(f"proto: {message_type.__name__}: {exc}") from None
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if type(message) is message_type:
+            flat = _flat(message_type)  # type: ignore[arg-type]  # mypy: type[Any] is not Hashable
+            if flat is not None:
+                encoded = encode_flat(message, flat)
+                if encoded is not None:
+                    return encoded
+        return super().encode(message, message_type)
+
+
+_FLAT_KINDS = frozenset(("string", "bytes", "int32", "int64", "uint32", "uint64", "bool"))
+_DEFAULTS: dict[str, Any] = {"string": "", "bytes": b"", "bool": False}
+_TYPES: dict[str, type] = {"string": str, "bytes": bytes, "bool": bool}
+
+
+@dataclass(frozen=True)
+class _Flat:
+    by_number: Mapping[int, tuple[str, str]]
+    """Field number → (attribute, kind)."""
+    in_order: tuple[tuple[str, str, bytes], ...]
+    """(attribute, kind, encoded key) in betterproto2's serialisation order."""
+
+
+@functools.cache
+def _flat(message_type: type[betterproto2.Message]) -> _Flat | None:
+    """How a flat message type's fields are coded, or None if it is not flat."""
+    if not (isinstance(message_type, type) and issubclass(message_type, betterproto2.Message)):
+        return None
+    pydantic: Any = getattr(betterproto2, "pydantic", None)
+    if pydantic is not None and pydantic.dataclasses.is_pydantic_dataclass(message_type):
+        return None
+    meta: Any = message_type._betterproto  # type: ignore[arg-type]
+    by_number: dict[int, tuple[str, str]] = {}
+    in_order: list[tuple[str, str, bytes]] = []
+    for name, field in meta.meta_by_field_name.items():
+        kind = field.proto_type
+        if kind not in _FLAT_KINDS or field.repeated or field.optional or field.group or field.map_meta:
+            return None
+        by_number[field.number] = (name, kind)
+        key = bytearray()
+        _put_varint(key, field.number << 3 | _WIRE_TYPES[kind])
+        in_order.append((name, kind, bytes(key)))
+    return _Flat(by_number, tuple(in_order))
+
+
+def decode_flat(data: memoryview, message_type: Any, flat: _Flat) -> Any:
+    """The message ``data`` (already checked) encodes, as betterproto2 would parse it; None when
+    it holds a field the type does not know (betterproto2 keeps those)."""
+    values: dict[str, Any] = {}
+    pos, end = 0, len(data)
+    by_number = flat.by_number
+    while pos < end:
+        key, pos = _varint(data, pos)
+        found = by_number.get(key >> 3)
+        if found is None:
+            return None
+        name, kind = found
+        if kind == "string" or kind == "bytes":
+            length, pos = _varint(data, pos)
+            raw = bytes(data[pos : pos + length])
+            pos += length
+            values[name] = raw if kind == "bytes" else raw.decode("utf-8")
+            continue
+        value, pos = _varint(data, pos)
+        if kind == "bool":
+            values[name] = value > 0
+        elif kind == "uint64":
+            values[name] = value & 0xFFFFFFFFFFFFFFFF
+        elif kind == "uint32":
+            values[name] = value & 0xFFFFFFFF
+        else:
+            bits = 32 if kind == "int32" else 64
+            value &= (1 << bits) - 1
+            sign = 1 << (bits - 1)
+            values[name] = (value ^ sign) - sign
+    return message_type(**values)
+
+
+def encode_flat(message: Any, flat: _Flat) -> bytes | None:
+    """The bytes betterproto2 would write for a flat message; None if a value is not what its
+    field holds (betterproto2 decides) or the message carries unknown fields."""
+    if getattr(message, "_unknown_fields", b""):
+        return None
+    out = bytearray()
+    for name, kind, key in flat.in_order:
+        found: Any = getattr(message, name)
+        if type(found) is not _TYPES.get(kind, int):
+            return None
+        value: Any = found  # mypy narrows ``found`` to object
+        if value == _DEFAULTS.get(kind, 0):
+            continue
+        out += key
+        if kind == "string":
+            raw = value.encode("utf-8")
+            _put_varint(out, len(raw))
+            out += raw
+        elif kind == "bytes":
+            _put_varint(out, len(value))
+            out += value
+        elif -(1 << 63) <= value < 1 << 64:
+            _put_varint(out, value + (1 << 64) if value < 0 else value)
+        else:
+            return None
+    return bytes(out)
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
 
 
 @dataclass(frozen=True)

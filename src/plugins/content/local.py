@@ -63,6 +63,7 @@ class LocalContentStore:
         self.root = root
         self.ingest_expiry = ingest_expiry
         self._blobs = root / "blobs"
+        self._blobs_text = str(self._blobs)  # read() joins names as text: a Path costs more than a pread
         self._ingests = root / "ingest"
         (self._blobs / CANONICAL).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._ingests.mkdir(mode=0o700, exist_ok=True)
@@ -124,7 +125,8 @@ class LocalContentStore:
         """
         if offset < 0 or size < 0:
             raise InvalidArgument(f"read of {digest}: negative offset {offset} or size {size}")
-        path = self._blob_path(digest)
+        algorithm, encoded = parse_digest(digest)
+        path = f"{self._blobs_text}/{algorithm}/{encoded}"
         # Clients such as ctr read a blob as thousands of 32 KiB reads, so per-read costs, not the
         # bytes, set the rate: the descriptor is opened on the loop (a lookup of a name in a
         # directory sqlite's records just named) and the bytes are read on it when the page cache

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -188,6 +188,13 @@ class Database:
             return fn(conn)
         finally:
             conn.execute("COMMIT")
+
+    def read_one(self, sql: str, parameters: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """The first row of one read-only statement: outside a transaction (the reader is in
+        autocommit mode) a single statement reads one snapshot of its own, so this is ``read``
+        for one lookup without the two statements that open and close a transaction."""
+        row: tuple[Any, ...] | None = self._reader.execute(sql, parameters).fetchone()
+        return row
 
     def next_sequence(self, name: str) -> int:
         """A number never handed out before for ``name``; the caller records it with

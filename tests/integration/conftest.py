@@ -23,6 +23,8 @@ def daemon(tmp_path: Path, ctr: str) -> Iterator[Daemon]:
 
 
 # The registry fixtures (plain HTTP, TLS, Basic auth, Bearer tokens) for every integration test that pushes or pulls.
+# The corrald that containerd 2.x's ctr drives, for the transfer tests.
+from containerd2 import corral  # noqa: E402, F401
 from registry_fixture import (  # noqa: E402, F401
     auth_registry,
     busybox_layout,

@@ -12,11 +12,13 @@ import shutil
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tooling import ON_CI
+from harness import Daemon
+from tooling import ON_CI, require_root
 
 DEB = "containerd_2.1.9+ds1-5_amd64.deb"
 URL = f"http://deb.debian.org/debian/pool/main/c/containerd/{DEB}"
@@ -52,6 +54,23 @@ def containerd2_bin() -> Path:
     shutil.rmtree(UNPACKED, ignore_errors=True)
     scratch.replace(UNPACKED)
     return bin_dir
+
+
+@pytest.fixture
+def corral(tmp_path: Path) -> Iterator[Daemon]:
+    """A corrald for containerd 2.x's ctr to drive (root: the transfer paths unpack and mount)."""
+    require_root()
+    containerd2_bin()
+    d = Daemon(tmp_path / "corral").start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The non-blank lines of a ctr's output, stripped."""
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
 
 def ctr2(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containerd2 import Containerd2, containerd2_bin, ctr2
+from containerd2 import Containerd2, containerd2_bin, ctr2, lines
 from harness import Daemon
 from registry_fixture import (
     Registry,
@@ -25,21 +25,6 @@ from tooling import require_root
 from corral.plugins.images.build import LayerEntry, build_image, build_layer
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def corral(tmp_path: Path) -> Iterator[Daemon]:
-    require_root()
-    containerd2_bin()
-    d = Daemon(tmp_path / "corral").start()
-    try:
-        yield d
-    finally:
-        d.stop()
-
-
-def lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
 
 def test_ctr2_pull_unpacks_and_push_round_trips_byte_identical(

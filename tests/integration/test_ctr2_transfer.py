@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containerd2 import Containerd2, containerd2_bin, ctr2
+from containerd2 import Containerd2, containerd2_bin, ctr2, lines
 from harness import Daemon
-from tooling import require_root
 
 from corral.plugins.images.build import Compression, build_busybox_image
 
@@ -33,21 +31,6 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "unnamed": base / "busybox-unnamed.tar",
         "docker-plain": base / "busybox-docker-plain.tar",
     }
-
-
-@pytest.fixture
-def corral(tmp_path: Path) -> Iterator[Daemon]:
-    require_root()
-    containerd2_bin()
-    d = Daemon(tmp_path / "corral").start()
-    try:
-        yield d
-    finally:
-        d.stop()
-
-
-def lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
 
 def images(d: Daemon) -> list[str]:

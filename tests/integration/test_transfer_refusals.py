@@ -72,17 +72,6 @@ def verified(tmp_path: Path, verifier_dir: Path) -> Iterator[Daemon]:
         d.stop()
 
 
-@pytest.fixture
-def corral(tmp_path: Path) -> Iterator[Daemon]:
-    require_root()
-    containerd2_bin()
-    d = Daemon(tmp_path / "corral").start()
-    try:
-        yield d
-    finally:
-        d.stop()
-
-
 def rows(d: Daemon, *args: str) -> list[str]:
     return [line.strip() for line in ctr2(d.socket, *args).stdout.splitlines()[1:] if line.strip()]
 

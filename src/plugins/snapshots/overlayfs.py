@@ -153,18 +153,31 @@ def supports_d_type(path: Path) -> bool:
     return False
 
 
-async def init(ic: InitContext) -> OverlaySnapshotter:
-    config: OverlayConfig = ic.config
-    if not overlay_supported():
-        raise SkipPlugin(f"overlayfs is not supported by this kernel (no overlay in {FILESYSTEMS})")
-    root = Path(config.root_path) if config.root_path else ic.root
+async def overlay_root(ic: InitContext, root_path: str) -> Path:
+    """The snapshotter's root (``root_path`` or the plugin's directory), made 0700 and checked for
+    d_type, which overlayfs needs: a filesystem without it is an error, not a skip, because the
+    operator asked for overlay snapshots there."""
+    root = Path(root_path) if root_path else ic.root
     await anyio.to_thread.run_sync(lambda: root.mkdir(mode=0o700, parents=True, exist_ok=True))
     if not await anyio.to_thread.run_sync(supports_d_type, root):
-        # Not a skip: the operator asked for overlayfs on a filesystem that cannot carry it.
         raise RuntimeError(
             f"{root} does not support d_type. If the backing filesystem is xfs, "
             "please reformat with ftype=1 to enable d_type support"
         )
+    return root
+
+
+def announce_host_root(ic: InitContext, root: Path) -> None:
+    """What an overlay-based snapshotter says of itself: the host's platform and its root."""
+    ic.meta.platforms.append(Platform.host())
+    ic.meta.exports["root"] = str(root)
+
+
+async def init(ic: InitContext) -> OverlaySnapshotter:
+    config: OverlayConfig = ic.config
+    if not overlay_supported():
+        raise SkipPlugin(f"overlayfs is not supported by this kernel (no overlay in {FILESYSTEMS})")
+    root = await overlay_root(ic, config.root_path)
     snapshotter = await anyio.to_thread.run_sync(
         lambda: OverlaySnapshotter(
             root,
@@ -173,8 +186,7 @@ async def init(ic: InitContext) -> OverlaySnapshotter:
             mount_options=config.mount_options,
         )
     )
-    ic.meta.platforms.append(Platform.host())
-    ic.meta.exports["root"] = str(root)
+    announce_host_root(ic, root)
     return snapshotter
 
 

@@ -7,16 +7,15 @@ Skipped, with the reason, where the kernel has no EROFS (after trying ``modprobe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
-from corral.kernel import InitContext, Platform, Registration, SkipPlugin
+from corral.kernel import InitContext, Registration, SkipPlugin
 from corral.plugins import types
 from corral.plugins.snapshots.erofs.layers import FILESYSTEMS, load_erofs_module, mkfs_path, verity_supported
 from corral.plugins.snapshots.erofs.snapshotter import ErofsSnapshotter
-from corral.plugins.snapshots.overlayfs import supports_d_type
+from corral.plugins.snapshots.overlayfs import announce_host_root, overlay_root
 
 
 @dataclass(frozen=True)
@@ -34,13 +33,7 @@ class ErofsConfig:
 
 async def init(ic: InitContext) -> ErofsSnapshotter:
     config: ErofsConfig = ic.config
-    root = Path(config.root_path) if config.root_path else ic.root
-    await anyio.to_thread.run_sync(lambda: root.mkdir(mode=0o700, parents=True, exist_ok=True))
-    if not await anyio.to_thread.run_sync(supports_d_type, root):
-        raise RuntimeError(
-            f"{root} does not support d_type. If the backing filesystem is xfs, "
-            "please reformat with ftype=1 to enable d_type support"
-        )
+    root = await overlay_root(ic, config.root_path)
     if not await anyio.to_thread.run_sync(load_erofs_module):
         raise SkipPlugin(f"EROFS unsupported, please `modprobe erofs` (no erofs in {FILESYSTEMS})")
     mkfs = mkfs_path()
@@ -57,8 +50,7 @@ async def init(ic: InitContext) -> ErofsSnapshotter:
             set_immutable=config.set_immutable,
         )
     )
-    ic.meta.platforms.append(Platform.host())
-    ic.meta.exports["root"] = str(root)
+    announce_host_root(ic, root)
     return snapshotter
 
 

@@ -5,9 +5,8 @@ controller service and for CRI's RunPodSandbox alike)."""
 from __future__ import annotations
 
 from corral.api.types.containerd import types as ctypes
-from corral.api.types.google import protobuf
 from corral.api.types.runtime import v1 as cri
-from corral.api.wire import any_from_wire, any_to_wire
+from corral.api.wire import any_from_wire, any_to_wire, extensions_from_wire, extensions_to_wire
 from corral.kernel import InvalidArgument
 from corral.plugins.metadata import AnyValue, Sandbox, SandboxRuntime
 from corral.plugins.sandbox import POD_SANDBOX_CONFIG_TYPE_URL, PodPortMapping, PodSandboxSpec
@@ -26,7 +25,7 @@ def sandbox_to_wire(s: Sandbox) -> ctypes.Sandbox:
         labels=dict(s.labels),
         created_at=s.created_at,
         updated_at=s.updated_at,
-        extensions={k: protobuf.Any(type_url=v.type_url, value=v.value) for k, v in s.extensions.items()},
+        extensions=extensions_to_wire(s.extensions),
         sandboxer=s.sandboxer,
     )
 
@@ -44,7 +43,7 @@ def sandbox_from_wire(s: ctypes.Sandbox | None) -> Sandbox:
         labels=dict(s.labels),
         spec=any_from_wire(s.spec),
         sandboxer=s.sandboxer,
-        extensions={k: AnyValue(v.type_url, bytes(v.value)) for k, v in s.extensions.items()},
+        extensions=extensions_from_wire(s.extensions),
         created_at=s.created_at,
         updated_at=s.updated_at,
     )

@@ -132,6 +132,14 @@ def any_from_wire(value: protobuf.Any | None) -> AnyValue | None:
     return None if value is None else AnyValue(value.type_url, bytes(value.value))
 
 
+def extensions_to_wire(extensions: Mapping[str, AnyValue]) -> dict[str, protobuf.Any]:
+    return {k: protobuf.Any(type_url=v.type_url, value=v.value) for k, v in extensions.items()}
+
+
+def extensions_from_wire(extensions: Mapping[str, protobuf.Any]) -> dict[str, AnyValue]:
+    return {k: AnyValue(v.type_url, bytes(v.value)) for k, v in extensions.items()}
+
+
 def container_to_wire(c: Container) -> containers_pb.Container:
     return containers_pb.Container(
         id=c.id,
@@ -143,7 +151,7 @@ def container_to_wire(c: Container) -> containers_pb.Container:
         snapshot_key=c.snapshot_key,
         created_at=c.created_at,
         updated_at=c.updated_at,
-        extensions={k: protobuf.Any(type_url=v.type_url, value=v.value) for k, v in c.extensions.items()},
+        extensions=extensions_to_wire(c.extensions),
         sandbox=c.sandbox,
     )
 
@@ -162,7 +170,7 @@ def container_from_wire(c: containers_pb.Container | None) -> Container:
         spec=any_from_wire(c.spec),
         snapshotter=c.snapshotter,
         snapshot_key=c.snapshot_key,
-        extensions={k: AnyValue(v.type_url, bytes(v.value)) for k, v in c.extensions.items()},
+        extensions=extensions_from_wire(c.extensions),
         sandbox=c.sandbox,
     )
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from test_tasks_service import OPTIONS, MemoryContainers, RecordingRuntime
+from task_doubles import OPTIONS, MemoryContainers, RecordingRuntime
 
 from corral.api.nri import NRI, Settings, TaskLifecycle, api, hookimpl
 from corral.kernel import FailedPrecondition, NotFound

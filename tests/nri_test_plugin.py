@@ -32,6 +32,9 @@ PLUGIN = "nri.pkg.api.v1alpha1.Plugin"
 RUNTIME = "nri.pkg.api.v1alpha1.Runtime"
 
 EVENTS = {
+    "run-pod": nri.Event.RUN_POD_SANDBOX,
+    "stop-pod": nri.Event.STOP_POD_SANDBOX,
+    "remove-pod": nri.Event.REMOVE_POD_SANDBOX,
     "create": nri.Event.CREATE_CONTAINER,
     "post-create": nri.Event.POST_CREATE_CONTAINER,
     "start": nri.Event.START_CONTAINER,
@@ -159,6 +162,8 @@ def main() -> None:
                 create = nri.CreateContainerRequest.parse(call.payload)
                 assert create.container is not None
                 entry.update(container=create.container.id, env=list(create.container.env))
+                if create.pod is not None:
+                    entry.update(pod=create.pod.id, pod_name=create.pod.name)
                 record(entry)
                 if args.behaviour == "hang":
                     time.sleep(3600)
@@ -187,7 +192,11 @@ def main() -> None:
             if entry:
                 if call.method not in ("Configure", "Synchronize"):
                     event = getattr(nri, f"{call.method}Request").parse(call.payload)
-                    entry["container"] = event.container.id if event.container else ""
+                    container = getattr(event, "container", None)
+                    entry["container"] = container.id if container else ""
+                    pod = getattr(event, "pod", None)
+                    if pod is not None:
+                        entry.update(pod=pod.id, pod_name=pod.name, pod_uid=pod.uid)
                 record(entry)
             wire.send(PLUGIN_CONN, stream_id, RESPONSE, bytes(Response(payload=reply)))
 

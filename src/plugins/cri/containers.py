@@ -40,7 +40,7 @@ from corral.kernel import (
 from corral.plugins.cdi import DeviceInjector
 from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
 from corral.plugins.core.private import fsync_dir
-from corral.plugins.cri.images import CRIImageService
+from corral.plugins.cri.images import CRIImage, CRIImageService
 from corral.plugins.cri.sandboxes import (
     K8S,
     CRISandbox,
@@ -378,6 +378,23 @@ class CRIContainers:
                 raise worded(type(exc), f"failed to inject CDI devices: {exc}") from None
         if self._nri is not None:
             oci = dict(await self._nri.create_container(self._pods.pod_info(pod), self._info(c), oci))
+        try:
+            await self._store_created(c, container_id, pod, spec, image, oci)
+        except BaseException:
+            # containerd's UndoCreateContainer: plugins that saw the create see it go.
+            with anyio.CancelScope(shield=True):
+                await self._tell_nri("remove_container", c, oci)
+            raise
+        self._containers[container_id] = c
+        log.info("cri_container_created", id=container_id, name=name, sandbox=pod.id)
+        await self._tell_nri("post_create_container", c, oci)
+        return container_id
+
+    async def _store_created(
+        self, c: CRIContainer, container_id: str, pod: CRISandbox, spec: ContainerSpec, image: CRIImage,
+        oci: specs.Spec,
+    ) -> None:  # fmt: skip
+        """The container's snapshot, metadata record and status file, or none of them."""
         snapshotter_name = self._images.snapshotter_for(pod.runtime_handler)
         with namespace(K8S):
             snapshots = self._metadata.view(NamespacedSnapshots)
@@ -392,7 +409,7 @@ class CRIContainers:
                         await self._metadata.view(ContainerStore).create(
                             Container(
                                 id=container_id,
-                                runtime=ContainerRuntime(runtime_type),
+                                runtime=ContainerRuntime(c.runtime_type),
                                 labels={**spec.labels, KIND_LABEL: "container"},
                                 image=image.references[0] if image.references else image.id,
                                 spec=AnyValue(SPEC_TYPE_URL, specs.spec_json(oci)),
@@ -414,9 +431,30 @@ class CRIContainers:
             with anyio.CancelScope(shield=True):
                 await self._remove_parts(c)
             raise
-        self._containers[container_id] = c
-        log.info("cri_container_created", id=container_id, name=name, sandbox=pod.id)
-        return container_id
+
+    async def _tell_nri(self, event: str, c: CRIContainer, spec: Mapping[str, Any] | None = None) -> None:
+        """A container's lifecycle event to NRI plugins, with its pod and OCI spec. As in containerd's
+        CRI, a plugin's failure here is logged, not the call's (StartContainer's is the exception)."""
+        if self._nri is None:
+            return
+        pod = self._pods.sandbox_of(c.sandbox_id)
+        try:
+            await getattr(self._nri, event)(
+                self._pods.pod_info(pod) if pod is not None else None,
+                self._info(c),
+                spec if spec is not None else await self._oci_of(c),
+            )
+        except CorralError as exc:
+            log.warning("cri_nri_event_failed", event=event, id=c.id, error=str(exc))
+
+    async def _oci_of(self, c: CRIContainer) -> Mapping[str, Any]:
+        """The OCI spec the container was created with (empty once its record is gone)."""
+        with namespace(K8S), contextlib.suppress(CorralError, ValueError):
+            record = await self._metadata.view(ContainerStore).get(c.id)
+            if record.spec is not None:
+                spec: dict[str, Any] = json.loads(record.spec.value)
+                return spec
+        return {}
 
     def _info(self, c: CRIContainer) -> ContainerInfo:
         state = {CONTAINER_RUNNING: "running", CONTAINER_EXITED: "stopped"}.get(c.state, "created")
@@ -496,7 +534,9 @@ class CRIContainers:
                     c.exited.set()
                     with contextlib.suppress(OSError):
                         self._save(c)
+                    await self._tell_nri("stop_container", c)
                 raise
+        await self._tell_nri("post_start_container", c)
 
     async def _start(self, c: CRIContainer) -> None:
         stdout, stderr = self._fifos(c)
@@ -526,7 +566,8 @@ class CRIContainers:
                 readers = []
                 pod = self._pods.sandbox_of(c.sandbox_id)
                 if self._nri is not None and pod is not None:
-                    await self._nri.start_container(self._pods.pod_info(pod), self._info(c), {})
+                    oci = json.loads(record.spec.value) if record.spec is not None else {}
+                    await self._nri.start_container(self._pods.pod_info(pod), self._info(c), oci)
                 await task.start()
                 c.pid = (await task.state()).pid
         finally:
@@ -575,6 +616,8 @@ class CRIContainers:
         with contextlib.suppress(OSError):
             self._save(c)
         c.exited.set()
+        # containerd's WithContainerExit: the exit is the container's stop to NRI plugins (once).
+        await self._tell_nri("stop_container", c)
         log.info("cri_container_exited", id=c.id, exit_code=status, reason=c.reason)
 
     async def _delete_task(self, container_id: str) -> None:
@@ -640,14 +683,12 @@ class CRIContainers:
                 await self._stop(c, 0)
             except CorralError as exc:
                 raise worded(type(exc), f'failed to forcibly stop container "{c.id}": {exc}') from None
+            oci = await self._oci_of(c)
             await self._remove_parts(c)
             self._containers.pop(c.id, None)
             if self._names.get(c.name) == c.id:
                 del self._names[c.name]
-            pod = self._pods.sandbox_of(c.sandbox_id)
-            if self._nri is not None and pod is not None:
-                with contextlib.suppress(CorralError):
-                    await self._nri.remove_container(self._pods.pod_info(pod), self._info(c), {})
+            await self._tell_nri("remove_container", c, oci)
         log.info("cri_container_removed", id=c.id)
 
     async def _remove_parts(self, c: CRIContainer) -> None:

@@ -36,6 +36,10 @@ T = TypeVar("T")
 
 
 # -- mounts and descriptors ---------------------------------------------------------------------
+RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
+"""The type URL of the runc shim's Options in a container's runtime options."""
+
+
 def mounts_to_wire(mounts: Iterable[Mount]) -> list[ctypes.Mount]:
     return [
         ctypes.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options)) for m in mounts

@@ -18,7 +18,7 @@ from corral.api.client import Client
 from corral.api.types.containerd import types as containerd_types
 from corral.api.types.containerd.services.containers import v1 as pb
 from corral.api.types.google import protobuf
-from corral.api.wire import mounts_from_wire
+from corral.api.wire import RUNC_OPTIONS_TYPE_URL, mounts_from_wire
 from corral.kernel import CorralError, InvalidArgument, NotFound
 from corral.plugins.core.mount import temporary_mount
 from corral.plugins.images import oci
@@ -26,7 +26,6 @@ from corral.plugins.runtimes.spec import RunFlags, image_stop_signal, run_spec, 
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 """Where containerd (and ctr) keep a container's OCI spec, as JSON."""
-RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
 STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
 

@@ -8,7 +8,8 @@ The section ``[plugins."io.containerd.grpc.v1.cri"]`` is containerd 2.x's server
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -17,7 +18,9 @@ import anyio
 
 from corral.api.grpc import GRPCServices
 from corral.api.sandbox_wire import pod_spec_from_config
+from corral.api.types.containerd.runc import v1 as runc_pb
 from corral.api.types.runtime import v1 as pb
+from corral.api.wire import RUNC_OPTIONS_TYPE_URL
 from corral.kernel import InitContext, Registration, Unimplemented
 from corral.plugins import types
 from corral.plugins.cdi import DeviceInjector
@@ -32,7 +35,7 @@ from corral.plugins.cri.containers import (
 )
 from corral.plugins.cri.sandboxes import CRISandbox, PodSandboxes, SandboxFilter, invalid
 from corral.plugins.events.types import optional_publisher
-from corral.plugins.metadata import Metadata, SandboxStore
+from corral.plugins.metadata import AnyValue, Metadata, SandboxStore
 from corral.plugins.nri import NRIService
 from corral.plugins.runtimes import PlatformRuntime
 from corral.plugins.sandbox import Controller, PodSandboxSpec
@@ -409,6 +412,13 @@ for _method in NOT_YET:
     setattr(RuntimeServiceGRPC, _method, _refuse(_method))
 
 
+def _runc_options(options: Mapping[str, bool | int | str]) -> AnyValue:
+    """The runc shim's Options, from the Go field names ``runc_options`` keys them by."""
+    fields = {name: re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() for name in options}
+    message = runc_pb.Options(**{fields[name]: value for name, value in options.items()})  # type: ignore[arg-type]
+    return AnyValue(RUNC_OPTIONS_TYPE_URL, bytes(message))
+
+
 async def init(ic: InitContext) -> GRPCServices:
     runtime = ic.get_by_id(types.CRI, "runtime", CRIRuntimeService)
     images = ic.get_by_id(types.CRI, "images", CRIImageService)
@@ -424,6 +434,7 @@ async def init(ic: InitContext) -> GRPCServices:
         store=next(iter(stores.values()), None),
         controllers=SandboxControllers(controllers, optional_publisher(ic.get_by_type(types.EVENT))),
         nri=None if nri is None else nri.events,
+        encode_runc_options=_runc_options,
     )
     containers = CRIContainers(
         pods=pods,

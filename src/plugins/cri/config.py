@@ -18,6 +18,8 @@ from typing import Any
 from corral.kernel import inert
 
 __all__ = [
+    "RUNC_OPTIONS",
+    "RUNC_RUNTIME_TYPES",
     "CNIConfig",
     "ContainerdConfig",
     "ImageConfig",
@@ -28,6 +30,7 @@ __all__ = [
     "RuntimePlatform",
     "ServerConfig",
     "X509KeyPairStreaming",
+    "runc_options",
     "split_v2_section",
 ]
 
@@ -39,6 +42,39 @@ _NO_PODS = "not acted on by corral's CRI pods and containers yet"
 _NO_STREAMING = "no CRI streaming server yet (Exec, Attach and PortForward are not built)"
 _REMOVED = "removed in containerd 2.0; accepted so a 1.x config loads"
 
+RUNC_RUNTIME_TYPES = ("io.containerd.runc.v2", "io.containerd.runc.v1")
+RUNC_OPTIONS: Mapping[str, type] = {
+    "NoPivotRoot": bool, "NoNewKeyring": bool, "ShimCgroup": str, "IoUid": int, "IoGid": int,
+    "BinaryName": str, "Root": str, "CriuPath": str, "SystemdCgroup": bool, "CriuImagePath": str,
+    "CriuWorkPath": str, "TaskApiAddress": str, "TaskApiVersion": int,
+}  # fmt: skip
+"""The fields of the runc shim's Options (``containerd.runc.v1.Options``), by their Go names."""
+
+
+def runc_options(handler: RuntimeHandler) -> dict[str, bool | int | str]:
+    """containerd's GenerateRuntimeOptions for a runc handler: its ``options`` table decoded into
+    the runc shim's Options, keyed by the Go field names. Keys match without regard to case and
+    unknown keys are ignored, as go-toml's decoding does; a value of the wrong type is a
+    ValueError naming the key."""
+    fields = {name.lower(): name for name in RUNC_OPTIONS}
+    out: dict[str, bool | int | str] = {}
+    for key, value in handler.options.items():
+        name = fields.get(key.lower())
+        if name is None:
+            continue
+        kind = RUNC_OPTIONS[name]
+        integer = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if (
+            (kind is bool and isinstance(value, bool))
+            or (kind is int and integer)
+            or (kind is str and isinstance(value, str))
+        ):
+            out[name] = value
+        else:
+            wanted = {bool: "a boolean", int: "a non-negative integer", str: "a string"}[kind]
+            raise ValueError(f"options.{key} must be {wanted}, not {value!r}")
+    return out
+
 
 @dataclass(frozen=True)
 class RuntimeHandler:
@@ -48,12 +84,11 @@ class RuntimeHandler:
     """The shim (``io.containerd.runc.v2``); listed by Status and read by RuntimeConfig."""
     snapshotter: str = ""
     """Images pulled for this handler are unpacked here ("" is the images section's snapshotter)."""
-    options: Mapping[str, Any] = field(
-        default_factory=dict,
-        metadata=inert(
-            "read only for RuntimeConfig's cgroup driver (SystemdCgroup); not passed to the shim yet"
-        ),
-    )
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """For a runc handler, the runc shim's Options (``BinaryName``, ``Root``, ``SystemdCgroup``,
+    ``NoPivotRoot``, ``ShimCgroup``, ``IoUid``/``IoGid``, ``Criu*``…; names matched without regard to
+    case, others ignored, as containerd's TOML decoding does), sent with every pod and container of
+    this handler; ``SystemdCgroup`` is also RuntimeConfig's cgroup driver."""
     sandboxer: str = "podsandbox"
     """The sandbox controller that runs this handler's pods (``podsandbox``: the pause container)."""
     runtime_path: str = field(default="", metadata=inert(_NO_PODS))
@@ -70,6 +105,10 @@ class RuntimeHandler:
     treat_ro_mounts_as_rro: bool = field(default=False, metadata=inert(_NO_PODS))
     runtime_engine: str = field(default="", metadata=inert(_REMOVED))
     runtime_root: str = field(default="", metadata=inert(_REMOVED))
+
+    def __post_init__(self) -> None:
+        if self.runtime_type in RUNC_RUNTIME_TYPES:
+            runc_options(self)  # a wrong type is the config's error, not the first pod's
 
 
 def _default_runtimes() -> dict[str, RuntimeHandler]:

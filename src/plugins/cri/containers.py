@@ -409,7 +409,9 @@ class CRIContainers:
                         await self._metadata.view(ContainerStore).create(
                             Container(
                                 id=container_id,
-                                runtime=ContainerRuntime(c.runtime_type),
+                                runtime=ContainerRuntime(
+                                    c.runtime_type, self._pods.runtime_options(pod.runtime_handler)
+                                ),
                                 labels={**spec.labels, KIND_LABEL: "container"},
                                 image=image.references[0] if image.references else image.id,
                                 spec=AnyValue(SPEC_TYPE_URL, specs.spec_json(oci)),

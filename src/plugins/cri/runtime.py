@@ -20,7 +20,7 @@ from corral import __version__
 from corral.kernel import InitContext, Registration, encode
 from corral.plugins import types
 from corral.plugins.cni import conf_files
-from corral.plugins.cri.config import RuntimeConfig, split_v2_section
+from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, runc_options, split_v2_section
 
 __all__ = [
     "CNI_NOT_INITIALIZED",
@@ -41,7 +41,6 @@ NETWORK_READY = "NetworkReady"
 NO_DEPRECATION_WARNINGS = "ContainerdHasNoDeprecationWarnings"
 NETWORK_NOT_READY_REASON = "NetworkPluginNotReady"
 CNI_NOT_INITIALIZED = "cni plugin not initialized"
-RUNC_RUNTIME_TYPES = ("io.containerd.runc.v2", "io.containerd.runc.v1")
 
 
 @dataclass(frozen=True)
@@ -186,7 +185,7 @@ class CRIRuntimeService:
         for name in self.handler_names():
             handler = self.config.containerd.runtimes[name]
             if handler.runtime_type in RUNC_RUNTIME_TYPES:
-                return "systemd" if handler.options.get("SystemdCgroup") is True else "cgroupfs"
+                return "systemd" if runc_options(handler).get("SystemdCgroup") is True else "cgroupfs"
         return "systemd" if _systemd_running() else "cgroupfs"
 
     def runtime_snapshotters(self) -> dict[str, str]:

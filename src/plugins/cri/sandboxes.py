@@ -24,7 +24,7 @@ import structlog
 
 from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.core import namespace
-from corral.plugins.cri.config import RuntimeConfig
+from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, runc_options
 from corral.plugins.metadata import AnyValue, Sandbox, SandboxRuntime, SandboxStore
 from corral.plugins.nri import NRIEvents, PodInfo
 from corral.plugins.sandbox import (
@@ -177,11 +177,13 @@ class PodSandboxes:
         store: SandboxStore | None,
         controllers: SandboxControllers,
         nri: NRIEvents | None = None,
+        encode_runc_options: Callable[[Mapping[str, bool | int | str]], AnyValue] | None = None,
     ) -> None:
         self.config = config
         self._store = store
         self._controllers = controllers
         self._nri = nri
+        self._encode_runc_options = encode_runc_options
         self._pods: dict[str, CRISandbox] = {}
         self._names: dict[str, str] = {}
         self._loaded = False
@@ -257,6 +259,17 @@ class PodSandboxes:
             raise invalid(f'no runtime for "{name}" is configured')
         return handler.runtime_type, handler.sandboxer or "podsandbox"
 
+    def runtime_options(self, runtime_handler: str) -> AnyValue | None:
+        """What the handler's ``options`` tell its shim (containerd's GenerateRuntimeOptions): the
+        runc shim's Options for a runc handler with options, else nothing."""
+        name = runtime_handler or self.config.containerd.default_runtime_name
+        handler = self.config.containerd.runtimes.get(name)
+        if handler is None or handler.runtime_type not in RUNC_RUNTIME_TYPES or not handler.options:
+            return None
+        if self._encode_runc_options is None:
+            return None
+        return self._encode_runc_options(runc_options(handler))
+
     async def run(self, pod: PodSandboxSpec, config: bytes, runtime_handler: str = "") -> str:
         await self._load()
         store = self._require_store()
@@ -279,7 +292,7 @@ class PodSandboxes:
             )
             record = Sandbox(
                 id=sandbox_id,
-                runtime=SandboxRuntime(runtime_type),
+                runtime=SandboxRuntime(runtime_type, self.runtime_options(runtime_handler)),
                 labels={NAME_LABEL: name},
                 sandboxer=sandboxer,
                 extensions={METADATA_EXTENSION: AnyValue(METADATA_TYPE_URL, cri.metadata_json())},

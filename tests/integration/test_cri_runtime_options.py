@@ -1,0 +1,107 @@
+"""A CRI runtime handler's ``options`` reach the runc shim, as containerd's GenerateRuntimeOptions
+sends them: a handler whose ``BinaryName`` is a wrapper around runc and whose ``Root`` is a runc
+state directory of the test's own runs its pods' pause containers and their containers through that
+binary, with that root; a value of the wrong type is the config's error, naming the file and key."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cri_client import CRIClient
+from harness import BIN
+from test_cri_pods import (
+    container,
+    create,
+    cstatus,
+    import_busybox,
+    pod,
+    remove,
+    remove_all,
+    run,
+    start_daemon,
+    stop,
+)
+from test_pod_sandboxes import Node, node, write_network
+from tooling import require_tool
+
+from corral.api.types.runtime import v1 as pb
+
+__all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
+
+pytestmark = pytest.mark.root
+
+
+def test_a_handlers_binary_name_and_root_run_its_pods_and_containers(tmp_path: Path, node: Node) -> None:
+    runc = shutil.which(require_tool("runc"))
+    calls = tmp_path / "runc-calls"
+    wrapper = tmp_path / "runc-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {runc} "$@"\n')
+    wrapper.chmod(0o755)
+    root = tmp_path / "runc-root"
+    network = write_network(tmp_path)
+    extra = f"""
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wrapped]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wrapped.options]
+        binaryname = "{wrapper}"
+        Root = "{root}"
+        NotARuncOption = "ignored, as containerd ignores it"
+    """
+    daemon = start_daemon(tmp_path, node, network, extra)
+    try:
+        import_busybox(daemon, tmp_path)
+        cri = CRIClient(daemon.socket)
+        sandbox = pod("wrapped")
+        pod_id = run(cri, sandbox, handler="wrapped")
+        cid = create(cri, pod_id, container("main", "sleep 300"), sandbox)
+        cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+        assert cstatus(cri, cid).state == pb.ContainerState.CONTAINER_RUNNING
+        # Both went through the wrapper, with the handler's root (the shim keeps a namespace per
+        # directory under it).
+        made = [line for line in calls.read_text().splitlines() if " create " in f" {line} "]
+        assert any(pod_id in line for line in made) and any(cid in line for line in made), made
+        assert all(f"--root {root / 'k8s.io'}" in line for line in made), made
+        listed = subprocess.run(
+            [runc, "--root", str(root / "k8s.io"), "list", "-q"], capture_output=True, text=True
+        )
+        assert {pod_id, cid} <= set(listed.stdout.split())
+
+        # A pod of the default handler does not use them.
+        before = calls.read_text()
+        plain = run(cri, pod("plain"))
+        assert calls.read_text() == before
+        stop(cri, plain)
+        remove(cri, plain)
+
+        stop(cri, pod_id)
+        remove(cri, pod_id)
+        listed = subprocess.run(
+            [runc, "--root", str(root / "k8s.io"), "list", "-q"], capture_output=True, text=True
+        )
+        assert listed.stdout.split() == []
+    finally:
+        remove_all(daemon)
+        daemon.stop()
+
+
+def test_a_runc_option_of_the_wrong_type_is_a_config_error_naming_the_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'version = 3\n[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wrapped]\n'
+        'runtime_type = "io.containerd.runc.v2"\n'
+        '[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wrapped.options]\n'
+        'SystemdCgroup = "yes"\n'
+    )
+    checked = subprocess.run(
+        [str(BIN / "corral"), "config", "validate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode != 0
+    assert checked.stderr.strip() == (
+        f'corral: config error: {config}: plugins."io.containerd.cri.v1.runtime".containerd.runtimes.'
+        "wrapped: options.SystemdCgroup must be a boolean, not 'yes'"
+    )

@@ -5,6 +5,7 @@ binary, with that root; a value of the wrong type is the config's error, naming 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -68,6 +69,17 @@ def test_a_handlers_binary_name_and_root_run_its_pods_and_containers(tmp_path: P
             [runc, "--root", str(root / "k8s.io"), "list", "-q"], capture_output=True, text=True
         )
         assert {pod_id, cid} <= set(listed.stdout.split())
+        # ContainerStatus's verbose info shows them, as containerd's ContainerInfo does.
+        verbose = cri.runtime("container_status", pb.ContainerStatusRequest(container_id=cid, verbose=True))
+        info = json.loads(verbose.info["info"])
+        assert info["runtimeOptions"] == {"binary_name": str(wrapper), "root": str(root)}
+        assert (info["sandboxID"], info["runtimeType"], info["snapshotKey"]) == (
+            pod_id, "io.containerd.runc.v2", cid,
+        )  # fmt: skip
+        assert b"sleep" in Path(f"/proc/{info['pid']}/cmdline").read_bytes()
+        assert info["config"]["metadata"] == {"name": "main"} and info["config"]["args"] == ["sleep 300"]
+        assert info["runtimeSpec"]["annotations"]["io.kubernetes.cri.container-name"] == "main"
+        assert cri.runtime("container_status", pb.ContainerStatusRequest(container_id=cid)).info == {}
 
         # A pod of the default handler does not use them.
         before = calls.read_text()

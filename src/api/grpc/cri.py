@@ -8,6 +8,8 @@ The section ``[plugins."io.containerd.grpc.v1.cri"]`` is containerd 2.x's server
 
 from __future__ import annotations
 
+import base64
+import enum
 import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -15,6 +17,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import betterproto2
 
 from corral.api.grpc import GRPCServices
 from corral.api.sandbox_wire import pod_spec_from_config
@@ -293,6 +296,7 @@ class RuntimeServiceGRPC(pb.RuntimeServiceBase):
             message.pod_sandbox_id,
             container_spec_from_config(config) if config is not None and has_meta else None,
             pod_config_has_metadata=pod is not None and pod.metadata is not None,
+            config=_go_json(config) if config is not None else None,
         )
         return pb.CreateContainerResponse(container_id=container_id)
 
@@ -310,7 +314,8 @@ class RuntimeServiceGRPC(pb.RuntimeServiceBase):
 
     async def container_status(self, message: pb.ContainerStatusRequest) -> pb.ContainerStatusResponse:
         c = await self._containers.status(message.container_id)
-        return pb.ContainerStatusResponse(status=_wire_container_status(c))
+        info = await self._containers.verbose_info(c) if message.verbose else {}
+        return pb.ContainerStatusResponse(status=_wire_container_status(c), info=info)
 
     async def list_containers(self, message: pb.ListContainersRequest) -> pb.ListContainersResponse:
         f = message.filter
@@ -417,6 +422,26 @@ def _runc_options(options: Mapping[str, bool | int | str]) -> AnyValue:
     fields = {name: re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() for name in options}
     message = runc_pb.Options(**{fields[name]: value for name, value in options.items()})  # type: ignore[arg-type]
     return AnyValue(RUNC_OPTIONS_TYPE_URL, bytes(message))
+
+
+def _go_json(message: pb.ContainerConfig) -> dict[str, Any]:
+    """A ContainerConfig as Go's encoding/json shows the CRI's generated struct (containerd's
+    verbose info): proto field names, zero values left out, enums as numbers."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {("CDI_devices" if k == "cdi_devices" else k): plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, enum.Enum):
+            return int(value.value)
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode()
+        return value
+
+    raw = message.to_dict(output_format=betterproto2.OutputFormat.PYTHON, casing=betterproto2.Casing.SNAKE)
+    out: dict[str, Any] = plain(raw)
+    return out
 
 
 async def init(ic: InitContext) -> GRPCServices:

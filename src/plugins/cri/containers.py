@@ -113,6 +113,8 @@ class CRIContainer:
     message: str = ""
     runtime_type: str = ""
     cgroup: str = ""
+    config: Mapping[str, Any] = field(default_factory=dict)
+    """The request's ContainerConfig as JSON, for ContainerStatus's verbose info."""
     exited: anyio.Event = field(default_factory=anyio.Event)
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -126,7 +128,7 @@ class CRIContainer:
             "created_at": t(self.created_at), "state": self.state, "pid": self.pid,
             "started_at": t(self.started_at), "finished_at": t(self.finished_at),
             "exit_code": self.exit_code, "reason": self.reason, "message": self.message,
-            "runtime_type": self.runtime_type, "cgroup": self.cgroup,
+            "runtime_type": self.runtime_type, "cgroup": self.cgroup, "config": dict(self.config),
         }  # fmt: skip
 
     @classmethod
@@ -142,6 +144,7 @@ class CRIContainer:
             started_at=t(obj["started_at"]), finished_at=t(obj["finished_at"]),
             exit_code=obj["exit_code"], reason=obj["reason"], message=obj["message"],
             runtime_type=obj.get("runtime_type", ""), cgroup=obj.get("cgroup", ""),
+            config=obj.get("config") or {},
         )  # fmt: skip
 
 
@@ -319,7 +322,12 @@ class CRIContainers:
 
     # -- CreateContainer --------------------------------------------------------------------------
     async def create(
-        self, sandbox_id: str, spec: ContainerSpec | None, *, pod_config_has_metadata: bool = True
+        self,
+        sandbox_id: str,
+        spec: ContainerSpec | None,
+        *,
+        pod_config_has_metadata: bool = True,
+        config: Mapping[str, Any] | None = None,
     ) -> str:
         """A container in the ready pod ``sandbox_id``; ``spec`` None when the request's config has
         no metadata (refused after the pod is found, as containerd checks)."""
@@ -345,13 +353,15 @@ class CRIContainers:
             )
         self._names[name] = container_id
         try:
-            return await self._create(container_id, name, pod, spec)
+            return await self._create(container_id, name, pod, spec, config or {})
         except BaseException:
             if self._names.get(name) == container_id:
                 del self._names[name]
             raise
 
-    async def _create(self, container_id: str, name: str, pod: CRISandbox, spec: ContainerSpec) -> str:
+    async def _create(
+        self, container_id: str, name: str, pod: CRISandbox, spec: ContainerSpec, config: Mapping[str, Any]
+    ) -> str:
         try:
             image = await self._images.resolve(spec.image)
         except CorralError as exc:
@@ -364,7 +374,7 @@ class CRIContainers:
         )
         c = CRIContainer(
             container_id, name, pod.id, spec, image.id, spec.image, log_path, datetime.now(UTC),
-            runtime_type=runtime_type, cgroup=oci["linux"].get("cgroupsPath", ""),
+            runtime_type=runtime_type, cgroup=oci["linux"].get("cgroupsPath", ""), config=config,
         )  # fmt: skip
         devices = list(spec.cdi_devices)
         if devices or any(k.startswith("cdi.k8s.io/") for k in spec.annotations):
@@ -731,6 +741,22 @@ class CRIContainers:
             raise worded(
                 type(exc), f'an error occurred when try to find container "{container_id}": {exc}'
             ) from None
+
+    async def verbose_info(self, c: CRIContainer) -> dict[str, str]:
+        """ContainerStatus's ``info`` with ``verbose``: containerd's ContainerInfo as JSON."""
+        snapshotter, snapshot_key, options = "", "", None
+        with namespace(K8S), contextlib.suppress(CorralError):
+            record = await self._metadata.view(ContainerStore).get(c.id)
+            snapshotter, snapshot_key = record.snapshotter, record.snapshot_key
+        pod = self._pods.sandbox_of(c.sandbox_id)
+        if pod is not None:
+            options = self._pods.runtime_options_json(pod.runtime_handler)
+        info = {
+            "sandboxID": c.sandbox_id, "pid": c.pid, "removing": False, "snapshotKey": snapshot_key,
+            "snapshotter": snapshotter, "runtimeType": c.runtime_type, "runtimeOptions": options,
+            "config": dict(c.config), "runtimeSpec": dict(await self._oci_of(c)) or None,
+        }  # fmt: skip
+        return {"info": json.dumps(info, separators=(",", ":"))}
 
     async def list(self, wanted: ContainerFilter | None = None) -> list[CRIContainer]:
         await self._load()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import structlog
 
 from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.core import namespace
-from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, runc_options
+from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, RuntimeHandler, runc_options
 from corral.plugins.metadata import AnyValue, Sandbox, SandboxRuntime, SandboxStore
 from corral.plugins.nri import NRIEvents, PodInfo
 from corral.plugins.sandbox import (
@@ -259,11 +260,23 @@ class PodSandboxes:
             raise invalid(f'no runtime for "{name}" is configured')
         return handler.runtime_type, handler.sandboxer or "podsandbox"
 
+    def runtime_options_json(self, runtime_handler: str) -> dict[str, Any] | None:
+        """The handler's runc Options as containerd's verbose info shows them (Go's JSON of the
+        Options message: snake_case names, zero values left out); None without options."""
+        handler = self._handler(runtime_handler)
+        if handler is None or handler.runtime_type not in RUNC_RUNTIME_TYPES or not handler.options:
+            return None
+        return {_snake(k): v for k, v in runc_options(handler).items() if v}
+
+    def _handler(self, runtime_handler: str) -> RuntimeHandler | None:
+        return self.config.containerd.runtimes.get(
+            runtime_handler or self.config.containerd.default_runtime_name
+        )
+
     def runtime_options(self, runtime_handler: str) -> AnyValue | None:
         """What the handler's ``options`` tell its shim (containerd's GenerateRuntimeOptions): the
         runc shim's Options for a runc handler with options, else nothing."""
-        name = runtime_handler or self.config.containerd.default_runtime_name
-        handler = self.config.containerd.runtimes.get(name)
+        handler = self._handler(runtime_handler)
         if handler is None or handler.runtime_type not in RUNC_RUNTIME_TYPES or not handler.options:
             return None
         if self._encode_runc_options is None:
@@ -466,3 +479,8 @@ class PodSandboxes:
     def sandbox_of(self, sandbox_id: str) -> CRISandbox | None:
         """The pod with exactly this id, for containers joining it."""
         return self._pods.get(sandbox_id)
+
+
+def _snake(go_name: str) -> str:
+    """A Go field name as its protobuf field name: ``BinaryName`` → ``binary_name``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", go_name).lower()

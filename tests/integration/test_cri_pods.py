@@ -46,13 +46,13 @@ pytestmark = pytest.mark.root
 
 
 def start_daemon(base: Path, node: Node, network: Network, extra: str = "") -> NodeDaemon:
+    # CNI where an operator's containerd config has it: the pod sandbox controller takes it from
+    # the CRI runtime plugin's section.
     config = f"""
         version = 3
-        [plugins."io.containerd.podsandbox.controller.v1.podsandbox"]
-        cni_conf_dir = "{network.conf_dir}"
-        cni_bin_dirs = ["{CNI_BIN}"]
         [plugins."io.containerd.cri.v1.runtime".cni]
         conf_dir = "{network.conf_dir}"
+        bin_dir = "{CNI_BIN}"
         {extra}
     """
     return NodeDaemon(base / "corral", config, node_netns=node.netns).start()  # type: ignore[return-value]

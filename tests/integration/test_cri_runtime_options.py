@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cri_client import CRIClient
-from harness import BIN
+from harness import BIN, Daemon
 from test_cri_pods import (
     container,
     create,
@@ -26,7 +26,7 @@ from test_cri_pods import (
     stop,
 )
 from test_pod_sandboxes import Node, node, write_network
-from tooling import require_tool
+from tooling import require_root, require_tool
 
 from corral.api.types.runtime import v1 as pb
 
@@ -117,3 +117,31 @@ def test_a_runc_option_of_the_wrong_type_is_a_config_error_naming_the_file_and_k
         f'corral: config error: {config}: plugins."io.containerd.cri.v1.runtime".containerd.runtimes.'
         "wrapped: options.SystemdCgroup must be a boolean, not 'yes'"
     )
+
+
+def test_the_pod_controller_takes_cni_from_the_cri_runtime_section_as_containerd_keeps_it(
+    tmp_path: Path, ctr: str
+) -> None:
+    require_root()
+    config = f"""
+        version = 3
+        [plugins."io.containerd.cri.v1.runtime".cni]
+        conf_dir = "{tmp_path}/net.d"
+        bin_dir = "{tmp_path}/cni-bin"
+    """
+    d = Daemon(tmp_path / "corral", config=config).start()
+    try:
+        info = d.corral("plugins", "info", "io.containerd.podsandbox.controller.v1.podsandbox").stdout
+        assert f"cni_conf_dir={tmp_path}/net.d" in info and f"cni_bin_dirs={tmp_path}/cni-bin" in info
+    finally:
+        d.stop()
+    both = tmp_path / "both.toml"
+    both.write_text(
+        f'version = 3\n[plugins."io.containerd.cri.v1.runtime".cni]\nbin_dir = "{tmp_path}/a"\n'
+        f'bin_dirs = ["{tmp_path}/b"]\n'
+    )
+    checked = subprocess.run(
+        [str(BIN / "corral"), "config", "validate", "--config", str(both)], capture_output=True, text=True
+    )
+    assert checked.returncode != 0
+    assert checked.stderr.strip().endswith("`cni.bin_dir` and `cni.bin_dirs` cannot be set at the same time")

@@ -16,8 +16,10 @@ from datetime import timedelta
 from typing import Any
 
 from corral.kernel import inert
+from corral.plugins.cni import DEFAULT_BIN_DIRS
 
 __all__ = [
+    "DEFAULT_CNI_BIN_DIRS",
     "RUNC_OPTIONS",
     "RUNC_RUNTIME_TYPES",
     "CNIConfig",
@@ -43,6 +45,8 @@ _NO_STREAMING = "no CRI streaming server yet (Exec, Attach and PortForward are n
 _REMOVED = "removed in containerd 2.0; accepted so a 1.x config loads"
 
 RUNC_RUNTIME_TYPES = ("io.containerd.runc.v2", "io.containerd.runc.v1")
+DEFAULT_CNI_BIN_DIRS = DEFAULT_BIN_DIRS
+"""containerd's ``/opt/cni/bin``, then Debian's ``/usr/lib/cni``."""
 RUNC_OPTIONS: Mapping[str, type] = {
     "NoPivotRoot": bool, "NoNewKeyring": bool, "ShimCgroup": str, "IoUid": int, "IoGid": int,
     "BinaryName": str, "Root": str, "CriuPath": str, "SystemdCgroup": bool, "CriuImagePath": str,
@@ -143,12 +147,22 @@ class CNIConfig:
     """Where network configs are looked for; none there is NetworkReady false in Status."""
     max_conf_num: int = 1
     """How many config files are loaded (in name order); 0 or less means all of them."""
-    bin_dirs: tuple[str, ...] = field(default=("/usr/lib/cni", "/opt/cni/bin"), metadata=inert(_NO_PODS))
-    bin_dir: str = field(default="", metadata=inert(_NO_PODS))
+    bin_dirs: tuple[str, ...] = DEFAULT_CNI_BIN_DIRS
+    """Where CNI plugin binaries are looked for, in order; the pod sandbox controller runs them."""
+    bin_dir: str = ""
+    """Deprecated in containerd 2.0 for ``bin_dirs``: when set, the one directory (and setting both
+    to something of their own is an error, as in containerd)."""
     setup_serially: bool = field(default=False, metadata=inert(_NO_PODS))
     conf_template: str = field(default="", metadata=inert(_NO_PODS))
     ip_pref: str = field(default="", metadata=inert(_NO_PODS))
     use_internal_loopback: bool = field(default=False, metadata=inert(_NO_PODS))
+
+    def __post_init__(self) -> None:
+        if self.bin_dir:
+            if self.bin_dirs not in ((), DEFAULT_CNI_BIN_DIRS):
+                raise ValueError("`cni.bin_dir` and `cni.bin_dirs` cannot be set at the same time")
+            object.__setattr__(self, "bin_dirs", (self.bin_dir,))
+            object.__setattr__(self, "bin_dir", "")
 
 
 @dataclass(frozen=True)

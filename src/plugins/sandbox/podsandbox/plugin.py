@@ -10,7 +10,7 @@ namespaces are kept under the plugin's state directory (``netns/cni-…``), CNI 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -36,10 +36,15 @@ class PodSandboxPluginConfig:
     snapshotter: str = "overlayfs"
     runtime_type: str = "io.containerd.runc.v2"
     """The runtime of a sandbox whose record names none."""
-    cni_conf_dir: str = DEFAULT_CONF_DIR
-    cni_bin_dirs: tuple[str, ...] = field(default_factory=lambda: DEFAULT_BIN_DIRS)
-    cni_max_conf_num: int = 1
-    """How many networks of the configuration directory a pod joins (0: all)."""
+    cni_conf_dir: str = ""
+    """Where pods' network configs are ("": the CRI runtime plugin's ``cni.conf_dir``, where
+    containerd keeps CNI settings, or ``/etc/cni/net.d`` without that plugin)."""
+    cni_bin_dirs: tuple[str, ...] = ()
+    """Where CNI plugin binaries are (empty: the CRI runtime plugin's ``cni.bin_dirs``, or
+    ``/opt/cni/bin`` then ``/usr/lib/cni``)."""
+    cni_max_conf_num: int = -1
+    """How many networks of the configuration directory a pod joins (0: all; -1: the CRI runtime
+    plugin's ``cni.max_conf_num``, or 1)."""
 
 
 async def init(ic: InitContext) -> PodSandboxController:
@@ -49,11 +54,20 @@ async def init(ic: InitContext) -> PodSandboxController:
     runtime = ic.get_by_id(types.RUNTIME_V2, "task", PlatformRuntime)
     metadata = ic.get_single(types.METADATA, Metadata)
     transferrers = ic.get_by_type(types.TRANSFER, Transferrer)
+    # CNI is the CRI's setting in containerd: this section's keys override it when set.
+    cri = ic.get_by_type(types.CRI).get("runtime")
+    cri_cni = getattr(getattr(cri, "config", None), "cni", None)
+    conf_dir = config.cni_conf_dir or getattr(cri_cni, "conf_dir", "") or DEFAULT_CONF_DIR
+    bin_dirs = tuple(config.cni_bin_dirs or getattr(cri_cni, "bin_dirs", ()) or DEFAULT_BIN_DIRS)
     cni = CNI(
         CNISettings(
-            conf_dir=Path(config.cni_conf_dir),
-            bin_dirs=tuple(config.cni_bin_dirs),
-            max_conf_num=config.cni_max_conf_num,
+            conf_dir=Path(conf_dir),
+            bin_dirs=bin_dirs,
+            max_conf_num=(
+                config.cni_max_conf_num
+                if config.cni_max_conf_num >= 0
+                else getattr(cri_cni, "max_conf_num", 1)
+            ),
             cache_dir=ic.state / "cni",
         )
     )
@@ -78,7 +92,9 @@ async def init(ic: InitContext) -> PodSandboxController:
     ic.start_soon(partial(controller.serve, ready), name="sandboxes")
     await ready.wait()
     await controller.recover()
-    ic.meta.exports.update({"netns_dir": str(settings.netns_dir), "cni_conf_dir": config.cni_conf_dir})
+    ic.meta.exports.update(
+        {"netns_dir": str(settings.netns_dir), "cni_conf_dir": conf_dir, "cni_bin_dirs": ":".join(bin_dirs)}
+    )
     return controller
 
 
@@ -87,7 +103,7 @@ registration = Registration(
     id="podsandbox",
     init=init,
     requires=(types.METADATA, types.RUNTIME_V2),
-    after=(types.TRANSFER, types.SNAPSHOTTER, types.EVENT),
+    after=(types.TRANSFER, types.SNAPSHOTTER, types.EVENT, types.CRI),
     config=PodSandboxPluginConfig,
     description="pod sandboxes: a pause container per pod holding its network (CNI), IPC and UTS namespaces",
 )

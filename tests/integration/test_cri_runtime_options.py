@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from cri_client import CRIClient
+from grpclib.const import Status
 from harness import BIN, Daemon
 from test_cri_pods import (
+    code_of,
     container,
     create,
     cstatus,
@@ -145,3 +147,45 @@ def test_the_pod_controller_takes_cni_from_the_cri_runtime_section_as_containerd
     )
     assert checked.returncode != 0
     assert checked.stderr.strip().endswith("`cni.bin_dir` and `cni.bin_dirs` cannot be set at the same time")
+
+
+def test_update_runtime_config_writes_the_cni_config_from_the_template_and_the_network_turns_ready(
+    tmp_path: Path,
+) -> None:
+    template = tmp_path / "cni.template"
+    template.write_text(
+        '{"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [{"type": "bridge", "ipam": '
+        '{"type": "host-local", "ranges": [{{range $i, $r := .PodCIDRRanges}}{{if $i}}, {{end}}'
+        '[{"subnet": "{{$r}}"}]{{end}}]}}]}'
+    )
+    config = f"""
+        version = 3
+        [plugins."io.containerd.cri.v1.runtime".cni]
+        conf_dir = "{tmp_path}/net.d"
+        conf_template = "{template}"
+    """
+    d = Daemon(tmp_path / "corral", config=config).start()
+    try:
+        cri = CRIClient(d.socket)
+
+        def network_ready() -> bool:
+            status = cri.runtime("status", pb.StatusRequest())
+            return any(c.type == "NetworkReady" and c.status for c in status.status.conditions)
+
+        assert not network_ready()
+        bad = pb.UpdateRuntimeConfigRequest(
+            runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr="10.1.0.0/16,bogus"))
+        )
+        assert code_of(lambda: cri.runtime("update_runtime_config", bad)) == (
+            Status.INVALID_ARGUMENT, "get routes: invalid CIDR address: bogus",
+        )  # fmt: skip
+        assert not (tmp_path / "net.d").exists()
+        good = pb.UpdateRuntimeConfigRequest(
+            runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr="10.1.0.0/16"))
+        )
+        cri.runtime("update_runtime_config", good)
+        written = json.loads((tmp_path / "net.d" / "10-containerd-net.conflist").read_text())
+        assert written["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.1.0.0/16"}]]
+        assert network_ready()
+    finally:
+        d.stop()

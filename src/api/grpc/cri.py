@@ -54,7 +54,6 @@ NOT_YET = (
     "list_container_stats",
     "pod_sandbox_stats",
     "list_pod_sandbox_stats",
-    "update_runtime_config",
     "checkpoint_container",
     "list_metric_descriptors",
     "list_pod_sandbox_metrics",
@@ -397,6 +396,16 @@ class RuntimeServiceGRPC(pb.RuntimeServiceBase):
                 cgroup_driver=pb.CgroupDriver.SYSTEMD if driver == "systemd" else pb.CgroupDriver.CGROUPFS
             )
         )
+
+    async def update_runtime_config(
+        self, message: pb.UpdateRuntimeConfigRequest
+    ) -> pb.UpdateRuntimeConfigResponse:
+        config = message.runtime_config
+        network = config.network_config if config is not None else None
+        await anyio.to_thread.run_sync(
+            self._runtime.update_runtime_config, network.pod_cidr if network else ""
+        )
+        return pb.UpdateRuntimeConfigResponse()
 
     async def get_container_events(
         self, message: pb.GetEventsRequest

@@ -153,7 +153,10 @@ class CNIConfig:
     """Deprecated in containerd 2.0 for ``bin_dirs``: when set, the one directory (and setting both
     to something of their own is an error, as in containerd)."""
     setup_serially: bool = field(default=False, metadata=inert(_NO_PODS))
-    conf_template: str = field(default="", metadata=inert(_NO_PODS))
+    conf_template: str = ""
+    """A Go template of a CNI conflist (``.PodCIDR``, ``.PodCIDRRanges``, ``.Routes``): written as
+    ``conf_dir/10-containerd-net.conflist`` when the kubelet sends the node's pod CIDR and no network
+    config is there yet."""
     ip_pref: str = field(default="", metadata=inert(_NO_PODS))
     use_internal_loopback: bool = field(default=False, metadata=inert(_NO_PODS))
 

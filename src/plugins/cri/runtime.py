@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from corral import __version__
-from corral.kernel import InitContext, Registration, encode
+from corral.kernel import CorralError, FailedPrecondition, InitContext, InvalidArgument, Registration, encode
 from corral.plugins import types
 from corral.plugins.cni import conf_files
 from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, runc_options, split_v2_section
+from corral.plugins.cri.podcidr import TemplateError, pod_cidr_routes, write_cni_config
 
 __all__ = [
     "CNI_NOT_INITIALIZED",
@@ -32,6 +35,8 @@ __all__ = [
     "RuntimeStatus",
     "load_network_configs",
 ]
+
+log = structlog.get_logger("corral.cri.runtime")
 
 CRI_VERSION = "v1"
 KUBE_API_VERSION = "0.1.0"
@@ -122,6 +127,13 @@ def _network_problem(network: Any, is_list: bool) -> str:
     return ""
 
 
+def _worded(kind: type[CorralError], message: str) -> CorralError:
+    err = kind.__new__(kind)
+    Exception.__init__(err, message)
+    err.detail = message
+    return err
+
+
 def _systemd_running() -> bool:
     return os.path.isdir("/run/systemd/system")
 
@@ -137,6 +149,31 @@ class CRIRuntimeService:
             "runtime_version": __version__,
             "runtime_api_version": CRI_VERSION,
         }
+
+    def update_runtime_config(self, pod_cidrs: str) -> Path | None:
+        """UpdateRuntimeConfig's pod CIDRs, as containerd's: with ``cni.conf_template`` set and no
+        loadable network config, the conflist written from the template (returned); else nothing
+        changes. A malformed CIDR is InvalidArgument, a broken template FailedPrecondition."""
+        if not pod_cidrs:
+            return None
+        cidrs = [cidr.strip() for cidr in pod_cidrs.split(",")]
+        try:
+            pod_cidr_routes(cidrs)
+        except ValueError as exc:
+            raise _worded(InvalidArgument, f"get routes: {exc}") from None
+        template = self.config.cni.conf_template
+        if not template:
+            log.info("cri_pod_cidr_no_template", pod_cidrs=cidrs)
+            return None
+        if not load_network_configs(self.config.cni.conf_dir, self.config.cni.max_conf_num).error:
+            log.info("cri_pod_cidr_network_ready", template=template)
+            return None
+        try:
+            written = write_cni_config(self.config.cni.conf_dir, template, cidrs)
+        except TemplateError as exc:
+            raise _worded(FailedPrecondition, str(exc)) from None
+        log.info("cri_cni_config_written", path=str(written), template=template, pod_cidrs=cidrs)
+        return written
 
     def handler_names(self) -> list[str]:
         """The handlers, the default first, then by name (containerd's order for the cgroup driver)."""

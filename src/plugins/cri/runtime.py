@@ -19,10 +19,11 @@ from typing import Any
 import structlog
 
 from corral import __version__
-from corral.kernel import CorralError, FailedPrecondition, InitContext, InvalidArgument, Registration, encode
+from corral.kernel import FailedPrecondition, InitContext, InvalidArgument, Registration, encode
 from corral.plugins import types
 from corral.plugins.cni import conf_files
 from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, runc_options, split_v2_section
+from corral.plugins.cri.errors import worded
 from corral.plugins.cri.podcidr import TemplateError, pod_cidr_routes, write_cni_config
 
 __all__ = [
@@ -127,13 +128,6 @@ def _network_problem(network: Any, is_list: bool) -> str:
     return ""
 
 
-def _worded(kind: type[CorralError], message: str) -> CorralError:
-    err = kind.__new__(kind)
-    Exception.__init__(err, message)
-    err.detail = message
-    return err
-
-
 def _systemd_running() -> bool:
     return os.path.isdir("/run/systemd/system")
 
@@ -160,7 +154,7 @@ class CRIRuntimeService:
         try:
             pod_cidr_routes(cidrs)
         except ValueError as exc:
-            raise _worded(InvalidArgument, f"get routes: {exc}") from None
+            raise worded(InvalidArgument, f"get routes: {exc}") from None
         template = self.config.cni.conf_template
         if not template:
             log.info("cri_pod_cidr_no_template", pod_cidrs=cidrs)
@@ -171,7 +165,7 @@ class CRIRuntimeService:
         try:
             written = write_cni_config(self.config.cni.conf_dir, template, cidrs)
         except TemplateError as exc:
-            raise _worded(FailedPrecondition, str(exc)) from None
+            raise worded(FailedPrecondition, str(exc)) from None
         log.info("cri_cni_config_written", path=str(written), template=template, pod_cidrs=cidrs)
         return written
 

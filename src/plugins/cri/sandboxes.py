@@ -26,6 +26,7 @@ import structlog
 from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.core import namespace
 from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, RuntimeHandler, runc_options
+from corral.plugins.cri.errors import invalid, precondition, worded
 from corral.plugins.metadata import AnyValue, Sandbox, SandboxRuntime, SandboxStore
 from corral.plugins.nri import NRIEvents, PodInfo
 from corral.plugins.sandbox import (
@@ -59,25 +60,6 @@ K8S = "k8s.io"
 NAME_LABEL = "name"
 METADATA_EXTENSION = "metadata"
 METADATA_TYPE_URL = "github.com/containerd/containerd/v2/internal/cri/store/sandbox/Metadata"
-
-
-def worded(kind: type[CorralError], message: str) -> CorralError:
-    """An error of ``kind`` whose text is exactly ``message`` (Go's wrapped errors keep the kind's
-    code but not its word)."""
-    err = kind.__new__(kind)
-    Exception.__init__(err, message)
-    err.detail = message
-    return err
-
-
-def invalid(message: str) -> CorralError:
-    """Bad input, in containerd's words (where containerd answers Unknown, corral says InvalidArgument)."""
-    return worded(InvalidArgument, message)
-
-
-def precondition(message: str) -> CorralError:
-    """A call the object's state refuses, in containerd's words (containerd: Unknown)."""
-    return worded(FailedPrecondition, message)
 
 
 def sandbox_name(pod: PodSandboxSpec) -> str:

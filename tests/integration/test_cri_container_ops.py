@@ -411,3 +411,74 @@ def test_stop_container_sends_the_images_stop_signal_or_the_requests(tmp_path: P
     finally:
         remove_all(daemon)
         daemon.stop()
+
+
+def test_corral_cri_stats_statsp_and_update_show_and_change_what_the_cri_answers(
+    tmp_path: Path, node: Node
+) -> None:
+    network = write_network(tmp_path)
+    daemon = start_daemon(tmp_path, node, network)
+    try:
+        import_busybox(daemon, tmp_path)
+        cri = CRIClient(daemon.socket)
+        sandbox = pod("clistats")
+        pod_id = run(cri, sandbox)
+        busy = create(cri, pod_id, container("spin", "while :; do :; done"), sandbox)
+        idle = create(cri, pod_id, container("idle", "exec sleep 1000"), sandbox)
+        start(cri, busy)
+        start(cri, idle)
+
+        out = daemon.corral("cri", "stats").stdout
+        print(out)
+        header, *rows = out.splitlines()
+        assert header.split() == ["CONTAINER", "NAME", "CPU", "%", "MEM", "DISK", "INODES"]
+        by_name = {row.split()[1]: row.split() for row in rows}
+        assert set(by_name) == {"spin", "idle"} and by_name["spin"][0] == busy[:13]
+        assert float(by_name["spin"][2]) > 20.0 and float(by_name["idle"][2]) < 20.0
+        assert by_name["spin"][3].endswith("B")
+        one = daemon.corral("cri", "stats", "--id", idle[:10]).stdout.splitlines()[1:]
+        assert [row.split()[1] for row in one] == ["idle"]
+        listed = json.loads(daemon.corral("cri", "stats", busy, "--format", "json").stdout)["stats"]
+        assert [s["attributes"]["id"] for s in listed] == [busy]
+        assert int(listed[0]["cpu"]["usageCoreNanoSeconds"]["value"]) > 0
+        assert int(listed[0]["memory"]["workingSetBytes"]["value"]) > 0
+
+        pods = daemon.corral("cri", "statsp").stdout
+        print(pods)
+        header, *rows = pods.splitlines()
+        assert header.split() == ["POD", "POD", "ID", "CPU", "%", "MEM"]
+        assert [row.split()[:2] for row in rows] == [["clistats", pod_id[:13]]]
+        assert daemon.corral("cri", "stats", "--pods").stdout.splitlines()[1].split()[:2] == [
+            "clistats",
+            pod_id[:13],
+        ]
+        as_json = json.loads(daemon.corral("cri", "statsp", "--format", "json").stdout)["stats"]
+        assert [s["attributes"]["id"] for s in as_json] == [pod_id]
+        assert {c["attributes"]["id"] for c in as_json[0]["linux"]["containers"]} == {busy, idle}
+
+        pid = task_pid(daemon, idle)
+        assert (
+            daemon.corral("cri", "update", "--memory", "96m", "--cpu-quota", "30000", idle).stdout
+            == f"{idle}\n"
+        )
+        assert (memory_limit(pid), cpu_quota(pid)) == (96 * MiB, 30_000)
+        updated = json.loads(
+            daemon.corral(
+                "cri", "update", "--memory", "100663296", "--cpu-period", "50000", idle, "--format", "json"
+            ).stdout
+        )
+        print(json.dumps(updated, indent=2))
+        linux = updated[0]["resources"]["linux"]
+        assert (updated[0]["id"], linux["memoryLimitInBytes"], linux["cpuQuota"], linux["cpuPeriod"]) == (
+            idle, "100663296", "30000", "50000",
+        )  # fmt: skip
+        bad = daemon.corral("cri", "update", "--memory", "lots", idle, check=False)
+        assert bad.returncode == 2 and "--memory must be bytes or a size" in bad.stderr
+        missing = daemon.corral("cri", "update", "--memory", "1g", "f" * 64, check=False)
+        assert missing.returncode == 1 and "failed to find container: not found" in missing.stderr
+        assert memory_limit(pid) == 96 * MiB
+        remove(cri, pod_id)
+        assert_nothing_left(daemon, node, network, [pod_id, busy, idle], [])
+    finally:
+        remove_all(daemon)
+        daemon.stop()

@@ -11,13 +11,18 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cri_client import CRIClient
 from grpclib.const import Status
 from test_cri_pods import (
+    CONTAINERD_CONFIG,
+    _answers,
+    _busybox_archive,
     code_of,
     container,
     create,
@@ -28,12 +33,15 @@ from test_cri_pods import (
     remove_all,
     run,
     start_daemon,
+    stop,
     wait_for,
 )
-from test_pod_sandboxes import NS, Node, NodeDaemon, assert_nothing_left, node, write_network
+from test_pod_sandboxes import CNI_BIN, NS, Node, NodeDaemon, assert_nothing_left, node, write_network
+from tooling import require_tool
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.images.build import build_image, busybox_rootfs, layer_from_directory
+from corral.plugins.sandbox.podsandbox import PAUSE_IMAGE, build_pause_image
 
 __all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
 
@@ -482,3 +490,172 @@ def test_corral_cri_stats_statsp_and_update_show_and_change_what_the_cri_answers
     finally:
         remove_all(daemon)
         daemon.stop()
+
+
+# -- the same calls against Debian's containerd 1.6 CRI ---------------------------------------------
+QUITS_ON_USR1 = "example.com/quits-on-usr1:1"
+
+
+def ops_scenario(cri: CRIClient, ctr: Callable[..., str], base: Path) -> dict[str, object]:
+    """Resource updates, a log rotation, stats and a stop signal: what a kubelet would observe."""
+    facts: dict[str, object] = {}
+    base.mkdir(parents=True, exist_ok=True)
+    ctr("images", "import", str(_busybox_archive(base)))
+    ctr("images", "import", str(_image_with_stop_signal(base, QUITS_ON_USR1, "SIGUSR1")))
+    config = pod("ops", labels={"app": "ops"})
+    config.log_directory = str(base / "logs")
+    config.linux = pb.LinuxPodSandboxConfig(cgroup_parent=f"/corral-cmp-{secrets.token_hex(4)}")
+    pod_id = run(cri, config)
+    limited = pb.LinuxContainerConfig(resources=pb.LinuxContainerResources(memory_limit_in_bytes=64 * MiB))
+    count = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.02; done"
+    main = create(cri, pod_id, container("main", count, log="main.log", linux=limited), config)
+    spin = create(cri, pod_id, container("spin", "while :; do :; done"), config)
+    later = create(cri, pod_id, container("later", "exec sleep 1000"), config)
+    quitter = container("quitter", "trap 'exit 7' USR1; trap '' TERM; while true; do sleep 0.1; done")
+    quitter.image = pb.ImageSpec(image=QUITS_ON_USR1)
+    quits = create(cri, pod_id, quitter, config)
+    reopen = "reopen_container_log"
+    facts["reopen created"] = code_of(
+        lambda: cri.runtime(reopen, pb.ReopenContainerLogRequest(container_id=later))
+    )
+    facts["update unknown"] = code_of(lambda: update(cri, "f" * 64, memory_limit_in_bytes=MiB))[0]
+    for cid in (main, spin, quits):
+        start(cri, cid)
+    pid = _pid_of(ctr, main)
+    facts["limit at start"] = memory_limit(pid)
+    update(cri, main, memory_limit_in_bytes=128 * MiB, cpu_quota=50_000, cpu_period=100_000)
+    update(cri, main, cpu_quota=40_000)
+    facts["cgroup after update"] = (memory_limit(pid), cpu_quota(pid))
+    info = json.loads(ctr("containers", "info", main))["Spec"]["linux"]["resources"]
+    facts["spec after update"] = (info["memory"]["limit"], info["cpu"]["quota"], info["cpu"]["period"])
+    update(cri, later, memory_limit_in_bytes=96 * MiB)
+    facts["created spec"] = json.loads(ctr("containers", "info", later))["Spec"]["linux"]["resources"][
+        "memory"
+    ]
+    start(cri, later)
+    facts["created at start"] = memory_limit(_pid_of(ctr, later))
+
+    log_file = base / "logs" / "main.log"
+    wait_for(lambda: log_file.exists() and log_file.read_text().count("\n") >= 10)
+    log_file.rename(base / "logs" / "main.log.1")
+    cri.runtime(reopen, pb.ReopenContainerLogRequest(container_id=main))
+    wait_for(lambda: log_file.exists() and log_file.read_text().count("\n") >= 10)
+
+    def shape(s: pb.ContainerStats) -> tuple[object, ...]:
+        return (
+            s.attributes.metadata.name, s.attributes.labels, s.cpu is not None, s.memory is not None,
+            s.memory is not None and 0 < s.memory.working_set_bytes.value <= s.memory.usage_bytes.value,
+            s.writable_layer.fs_id.mountpoint.rsplit("/", 1)[-1], s.writable_layer.used_bytes is not None,
+        )  # fmt: skip
+
+    list_stats(cri)
+    time.sleep(1)
+    second = {s.attributes.metadata.name: s for s in list_stats(cri)}
+    facts["stats shape"] = sorted(shape(s) for s in second.values())
+    facts["busy rate"] = second["spin"].cpu.usage_nano_cores.value > 300_000_000
+    facts["stats by pod"] = len(list_stats(cri, pb.ContainerStatsFilter(pod_sandbox_id=pod_id)))
+    facts["stats by label"] = [
+        s.attributes.metadata.name
+        for s in list_stats(cri, pb.ContainerStatsFilter(label_selector={"c": "spin"}))
+    ]
+    single = cri.runtime("container_stats", pb.ContainerStatsRequest(container_id=spin)).stats
+    facts["single"] = shape(single)
+    pods = list_pod_stats(cri)
+    linux = pods[0].linux
+    facts["pod stats"] = (
+        [p.attributes.metadata.name for p in pods], pods[0].attributes.labels,
+        linux.cpu.usage_core_nano_seconds.value >= second["spin"].cpu.usage_core_nano_seconds.value,
+        linux.memory.working_set_bytes.value > 0, linux.network.default_interface.name, len(linux.containers),
+    )  # fmt: skip
+    facts["pod interfaces"] = [i.name for i in linux.network.interfaces]
+    facts["pod stats by label"] = len(
+        list_pod_stats(cri, pb.PodSandboxStatsFilter(label_selector={"app": "x"}))
+    )
+
+    started = time.monotonic()
+    cri.runtime("stop_container", pb.StopContainerRequest(container_id=quits, timeout=20))
+    facts["stop signal"] = (time.monotonic() - started < 10, cstatus(cri, quits).exit_code)
+    cri.runtime("stop_container", pb.StopContainerRequest(container_id=main, timeout=0))
+    numbers = [
+        int(line.rsplit(" ", 1)[1])
+        for f in (base / "logs" / "main.log.1", log_file)
+        for line in f.read_text().splitlines()
+    ]
+    facts["log continuous"] = numbers == list(range(1, len(numbers) + 1))
+    facts["reopen exited"] = code_of(
+        lambda: cri.runtime(reopen, pb.ReopenContainerLogRequest(container_id=main))
+    )
+    stop(cri, pod_id)
+    remove(cri, pod_id)
+    return facts
+
+
+def _pid_of(ctr: Callable[..., str], cid: str) -> int:
+    for line in ctr("tasks", "ls").splitlines()[1:]:
+        fields = line.split()
+        if fields[0] == cid:
+            return int(fields[1])
+    raise AssertionError(f"no task {cid}")
+
+
+def test_updates_log_reopens_stats_and_stop_signals_match_containerd_1_6s_cri(
+    tmp_path: Path, node: Node
+) -> None:
+    containerd = require_tool("containerd")
+    network = write_network(tmp_path / "corral-net")
+    daemon = start_daemon(tmp_path, node, network)
+    try:
+        ours = ops_scenario(
+            CRIClient(daemon.socket), lambda *a: daemon.ctr(*a, namespace=NS).stdout, tmp_path / "corral-run"
+        )
+    finally:
+        remove_all(daemon)
+        daemon.stop()
+
+    base = tmp_path / "containerd"
+    base.mkdir()
+    theirs_net = write_network(base / "net")
+    socket = str(base / "containerd.sock")
+    config = base / "config.toml"
+    config.write_text(
+        CONTAINERD_CONFIG.format(
+            base=base, socket=socket, pause=PAUSE_IMAGE, cni=theirs_net.conf_dir, bin=CNI_BIN
+        )
+    )
+    log = (base / "containerd.log").open("ab")
+    proc = subprocess.Popen(
+        ["nsenter", f"--net={node.netns}", containerd, "--config", str(config)], stdout=log, stderr=log
+    )
+
+    def their_ctr(*args: str) -> str:
+        done = subprocess.run(
+            ["ctr", "-a", socket, "-n", NS, *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        cri = CRIClient(socket)
+        wait_for(lambda: _answers(cri), timeout=30)
+        pause = base / "pause.tar"
+        pause.write_bytes(build_pause_image().oci_archive([PAUSE_IMAGE]))
+        their_ctr("images", "import", str(pause))
+        theirs = ops_scenario(cri, their_ctr, base / "run")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for line in (base / "containerd.log").read_text().splitlines()[-5:]:
+            print(line)
+    # Where containerd answers Unknown for a call the container's state refuses, corral answers
+    # FailedPrecondition (never Unknown for a caller's mistake); the words are the same.
+    for key in ("reopen created", "reopen exited"):
+        our_code, our_words = ours.pop(key)  # type: ignore[misc]
+        their_code, their_words = theirs.pop(key)  # type: ignore[misc]
+        assert (our_code, their_code, our_words) == (Status.FAILED_PRECONDITION, Status.UNKNOWN, their_words)
+    # containerd 2.x lists every interface of the pod's network namespace, 1.6 only the default one.
+    assert (ours.pop("pod interfaces"), theirs.pop("pod interfaces")) == (["eth0"], [])
+    assert ours == theirs

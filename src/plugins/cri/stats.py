@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from corral.plugins.cri.cgroups import (
 )
 from corral.plugins.cri.containers import CONTAINER_RUNNING, CRIContainer, CRIContainers
 from corral.plugins.cri.images import CRIImageService
-from corral.plugins.cri.sandboxes import K8S, CRISandbox, PodSandboxes, worded
+from corral.plugins.cri.sandboxes import K8S, CRISandbox, PodSandboxes, find_by_prefix, worded
 from corral.plugins.metadata import ContainerStore, Metadata, NamespacedSnapshots
 
 __all__ = [
@@ -139,7 +139,9 @@ class CRIStats:
         """Every matching container (not only running ones: those answer attributes and their
         writable layer only), with usage_nano_cores from the previous list's sample."""
         found = []
-        for c in await self._matching(wanted):
+        listed = await self._containers.list()
+        self._prune({c.id for c in listed})
+        for c in await self._matching(listed, wanted):
             usage = await self._measure(c)
             if usage.cpu is not None:
                 cpu = self._rate(c.id, usage.cpu)
@@ -149,14 +151,15 @@ class CRIStats:
             found.append(usage)
         return found
 
-    async def _matching(self, wanted: ContainerStatsFilter | None) -> list[CRIContainer]:
-        listed = await self._containers.list()
+    async def _matching(
+        self, listed: list[CRIContainer], wanted: ContainerStatsFilter | None
+    ) -> list[CRIContainer]:
         if wanted is None:
             return listed
         wanted_id, wanted_pod = wanted.id, wanted.pod_sandbox_id
         if wanted_id:
             with contextlib.suppress(CorralError):
-                wanted_id = (await self._containers.get(wanted_id)).id
+                wanted_id = find_by_prefix([c.id for c in listed], wanted_id)
         if wanted_pod:
             with contextlib.suppress(CorralError):
                 wanted_pod = (await self._pods.get(wanted_pod)).id
@@ -214,9 +217,10 @@ class CRIStats:
         rate = int((sample.usage_core_nano_seconds - usage) / interval * 1_000_000_000)
         return CpuSample(sample.timestamp, sample.usage_core_nano_seconds, rate)
 
-    def forget(self, ids: Sequence[str]) -> None:
-        for key in ids:
-            self._last.pop(key, None)
+    def _prune(self, live: set[str]) -> None:
+        """Drop the samples of containers and pods that are gone."""
+        for key in [k for k in self._last if k not in live and self._pods.sandbox_of(k) is None]:
+            del self._last[key]
 
     # -- pods -------------------------------------------------------------------------------------
     async def pod(self, sandbox_id: str) -> PodUsage:

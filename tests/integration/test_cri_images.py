@@ -210,9 +210,9 @@ def test_runtime_config_reports_the_default_handlers_cgroup_driver(tmp_path: Pat
 @pytest.mark.parametrize(
     ("method", "request_"),
     [
-        ("update_container_resources", pb.UpdateContainerResourcesRequest()),
-        ("reopen_container_log", pb.ReopenContainerLogRequest()),
-        ("list_container_stats", pb.ListContainerStatsRequest()),
+        ("update_runtime_config", pb.UpdateRuntimeConfigRequest()),
+        ("checkpoint_container", pb.CheckpointContainerRequest()),
+        ("list_metric_descriptors", pb.ListMetricDescriptorsRequest()),
     ],
 )
 def test_container_calls_answer_unimplemented_by_name(

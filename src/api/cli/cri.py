@@ -1,9 +1,9 @@
 """``corral cri``: crictl's verbs over the CRI (runtime.v1) on corrald's socket.
 
-``version``, ``info``, ``images``, ``pull``, ``rmi``, ``inspecti`` and the pod verbs ``runp``,
-``stopp``, ``rmp``, ``pods`` and ``inspectp``, and the container verbs ``create``, ``start``, ``stop``,
-``rm``, ``ps``, ``inspect``, ``logs`` and ``exec`` call the RuntimeService and
-ImageService a kubelet calls, so a node operator can look at what the kubelet sees without
+``version``, ``info``, ``images``, ``pull``, ``rmi``, ``inspecti``, the pod verbs ``runp``,
+``stopp``, ``rmp``, ``pods``, ``inspectp`` and ``statsp``, and the container verbs ``create``,
+``start``, ``stop``, ``rm``, ``ps``, ``inspect``, ``logs``, ``exec``, ``stats`` and ``update``
+call the RuntimeService and ImageService a kubelet calls, so a node operator can look at what the kubelet sees without
 crictl. JSON output is the CRI messages in proto3 JSON, as crictl prints them.
 """
 
@@ -579,3 +579,163 @@ def exec_command(limit: int, container_id: str, command: tuple[str, ...]) -> Non
     click.echo(reply.stderr, nl=False, err=True)
     if reply.exit_code:
         raise SystemExit(reply.exit_code)
+
+
+# -- stats and resources ---------------------------------------------------------------------------
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+def _bytes(value: str | None) -> int:
+    """``134217728``, ``128m``, ``1g``: docker's RAMInBytes (binary units)."""
+    if not value:
+        return 0
+    found = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", value.strip())
+    if found is None or found.group(2).lower() not in _SIZE_UNITS:
+        raise UsageProblem(f"--memory must be bytes or a size such as 128m, not {value!r}")
+    return int(found.group(1)) * _SIZE_UNITS[found.group(2).lower()]
+
+
+def _cpu_percent(new: pb.CpuUsage | None, old: pb.CpuUsage | None) -> str:
+    """crictl's CPU %: the usage between two samples over the time between them."""
+    if (
+        new is None
+        or old is None
+        or new.usage_core_nano_seconds is None
+        or old.usage_core_nano_seconds is None
+    ):
+        return "0.00"
+    span = new.timestamp - old.timestamp
+    used = new.usage_core_nano_seconds.value - old.usage_core_nano_seconds.value
+    return f"{used / span * 100:.2f}" if span > 0 and new.usage_core_nano_seconds.value else "0.00"
+
+
+def _value(v: pb.UInt64Value | None) -> int:
+    return v.value if v is not None else 0
+
+
+@cri_group.command("stats")
+@click.argument("containers", nargs=-1)
+@click.option("-a", "--all", "show_all", is_flag=True, help="containers that are not running too")
+@click.option("--id", "container_id", default="", help="only the container with this id (or unique prefix)")
+@click.option("-p", "--pod", "pod_id", default="", help="only containers of this pod")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="only containers with this label")
+@click.option("--pods", "pods", is_flag=True, help="the pods' stats instead (as statsp)")
+@click.option("-s", "--seconds", default=1.0, type=click.FloatRange(min=0.1), help="the CPU sample's length")
+@format_option("table", "json")
+def stats_command(
+    containers: tuple[str, ...], show_all: bool, container_id: str, pod_id: str, labels: tuple[str, ...],
+    pods: bool, seconds: float, output_format: str,
+) -> None:  # fmt: skip
+    """Containers' CPU, memory and writable layer (CONTAINERS, or those the filters match), as
+    crictl stats shows them: CPU % over a sample of --seconds."""
+    if pods:
+        _pod_stats(container_id or (containers[0] if containers else ""), labels, seconds, output_format)
+        return
+    wanted = [container_id] if container_id else list(containers) or [""]
+
+    def request(cid: str) -> pb.ListContainerStatsRequest:
+        return pb.ListContainerStatsRequest(
+            filter=pb.ContainerStatsFilter(id=cid, pod_sandbox_id=pod_id, label_selector=_labels(labels))
+        )
+
+    def sample() -> list[pb.ContainerStats]:
+        found: list[pb.ContainerStats] = []
+        for cid in wanted:
+            asked = request(cid)
+            found += _cri(lambda rt, _, r=asked: rt.list_container_stats(r)).stats  # type: ignore[misc]
+        return found
+
+    if output_format == "json":
+        emit(to_json({"stats": [s.to_dict() for s in sample()]}))
+        return
+    old = {s.attributes.id: s for s in sample() if s.attributes is not None}
+    time.sleep(seconds)
+    rows = []
+    for s in sample():
+        attributes = s.attributes or pb.ContainerAttributes()
+        memory = _value(s.memory.working_set_bytes) if s.memory is not None else 0
+        cpu = _value(s.cpu.usage_core_nano_seconds) if s.cpu is not None else 0
+        if (not show_all and cpu == 0 and memory == 0) or attributes.id not in old:
+            continue
+        layer = s.writable_layer or pb.FilesystemUsage()
+        rows.append((
+            attributes.id[:13], attributes.metadata.name if attributes.metadata else "",
+            _cpu_percent(s.cpu, old[attributes.id].cpu), human_size(memory),
+            human_size(_value(layer.used_bytes)), str(_value(layer.inodes_used)),
+        ))  # fmt: skip
+    emit(table(("CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"), rows))
+
+
+def _pod_stats(pod_id: str, labels: tuple[str, ...], seconds: float, output_format: str) -> None:
+    request = pb.ListPodSandboxStatsRequest(
+        filter=pb.PodSandboxStatsFilter(id=pod_id, label_selector=_labels(labels))
+    )
+
+    def sample() -> list[pb.PodSandboxStats]:
+        return list(_cri(lambda rt, _: rt.list_pod_sandbox_stats(request)).stats)
+
+    if output_format == "json":
+        emit(to_json({"stats": [s.to_dict() for s in sample()]}))
+        return
+    old = {s.attributes.id: s for s in sample() if s.attributes is not None}
+    time.sleep(seconds)
+    rows = []
+    for s in sample():
+        attributes = s.attributes or pb.PodSandboxAttributes()
+        if attributes.id not in old:
+            continue
+        linux, before = (
+            s.linux or pb.LinuxPodSandboxStats(),
+            old[attributes.id].linux or pb.LinuxPodSandboxStats(),
+        )
+        memory = _value(linux.memory.working_set_bytes) if linux.memory is not None else 0
+        name = attributes.metadata.name if attributes.metadata else ""
+        rows.append((name, attributes.id[:13], _cpu_percent(linux.cpu, before.cpu), human_size(memory)))
+    emit(table(("POD", "POD ID", "CPU %", "MEM"), rows))
+
+
+@cri_group.command("statsp")
+@click.option("--id", "pod_id", default="", help="only the pod with this id (or unique prefix)")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="only pods with this label")
+@click.option("-s", "--seconds", default=1.0, type=click.FloatRange(min=0.1), help="the CPU sample's length")
+@format_option("table", "json")
+def statsp_command(pod_id: str, labels: tuple[str, ...], seconds: float, output_format: str) -> None:
+    """Ready pods' CPU and memory (their cgroup), as crictl statsp shows them."""
+    _pod_stats(pod_id, labels, seconds, output_format)
+
+
+@cri_group.command("update")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("--cpu-period", default=0, type=click.IntRange(min=0), help="CFS period (µs)")
+@click.option("--cpu-quota", default=0, type=int, help="CFS quota (µs per period)")
+@click.option("--cpu-share", "cpu_shares", default=0, type=click.IntRange(min=0), help="CPU shares (weight)")
+@click.option("--cpuset-cpus", default="", help="CPUs it may run on (0-3, 0,1)")
+@click.option("--cpuset-mems", default="", help="memory nodes it may use")
+@click.option("--memory", default=None, help="memory limit: bytes, or 128m, 1g …")
+@click.option("--memory-swap", default=None, help="memory and swap limit: bytes, or 256m …")
+@format_option("table", "json")
+def update_command(
+    containers: tuple[str, ...], cpu_period: int, cpu_quota: int, cpu_shares: int, cpuset_cpus: str,
+    cpuset_mems: str, memory: str | None, memory_swap: str | None, output_format: str,
+) -> None:  # fmt: skip
+    """Change running (or created) CONTAINERS' resource limits; options left out stay as they are."""
+    resources = pb.LinuxContainerResources(
+        cpu_period=cpu_period, cpu_quota=cpu_quota, cpu_shares=cpu_shares, cpuset_cpus=cpuset_cpus,
+        cpuset_mems=cpuset_mems, memory_limit_in_bytes=_bytes(memory),
+        memory_swap_limit_in_bytes=_bytes(memory_swap),
+    )  # fmt: skip
+    answers = []
+    for cid in containers:
+        request = pb.UpdateContainerResourcesRequest(container_id=cid, linux=resources)
+        _cri(lambda rt, _, r=request: rt.update_container_resources(r))  # type: ignore[misc]
+        if output_format == "json":
+            status = _cri(
+                lambda rt, _, c=cid: rt.container_status(pb.ContainerStatusRequest(container_id=c))  # type: ignore[misc]
+            ).status
+            answers.append(
+                {"id": status.id, "resources": status.resources.to_dict() if status.resources else {}}
+            )
+        else:
+            emit(f"{cid}\n")
+    if output_format == "json":
+        emit(to_json(answers))

@@ -1,8 +1,10 @@
 """io.containerd.grpc.v1.cri — runtime.v1.RuntimeService and runtime.v1.ImageService.
 
 Thin adapters over the CRI plugins (``corral.plugins.cri``). Pod sandboxes go through the sandbox
-store and the pod sandbox controller (``corral.plugins.cri.sandboxes``). Container, streaming and
-stats calls are not served yet: each answers Unimplemented naming itself, never a silent success.
+store and the pod sandbox controller (``corral.plugins.cri.sandboxes``), containers through
+``corral.plugins.cri.containers``, stats through ``corral.plugins.cri.stats``. The calls in NOT_YET
+(streaming, checkpoints, metrics descriptors …) are not served yet: each answers Unimplemented
+naming itself, never a silent success.
 The section ``[plugins."io.containerd.grpc.v1.cri"]`` is containerd 2.x's server config.
 """
 
@@ -36,7 +38,17 @@ from corral.plugins.cri.containers import (
     CRIContainers,
     HostMount,
 )
+from corral.plugins.cri.resources import HugepageLimit, ResourceUpdate
 from corral.plugins.cri.sandboxes import CRISandbox, PodSandboxes, SandboxFilter, invalid
+from corral.plugins.cri.signals import cri_signal_name
+from corral.plugins.cri.stats import (
+    ContainerStatsFilter,
+    ContainerUsage,
+    CpuSample,
+    CRIStats,
+    PodStatsFilter,
+    PodUsage,
+)
 from corral.plugins.events.types import optional_publisher
 from corral.plugins.metadata import AnyValue, Metadata, SandboxStore
 from corral.plugins.nri import NRIService
@@ -45,15 +57,9 @@ from corral.plugins.sandbox import Controller, PodSandboxSpec
 from corral.plugins.sandbox.controllers import SandboxControllers
 
 NOT_YET = (
-    "update_container_resources",
-    "reopen_container_log",
     "exec",
     "attach",
     "port_forward",
-    "container_stats",
-    "list_container_stats",
-    "pod_sandbox_stats",
-    "list_pod_sandbox_stats",
     "checkpoint_container",
     "list_metric_descriptors",
     "list_pod_sandbox_metrics",
@@ -66,9 +72,7 @@ def _rpc_name(method: str) -> str:
 
 
 def _not_yet(method: str) -> Unimplemented:
-    return Unimplemented(
-        f"{_rpc_name(method)} is not served yet: corral's CRI serves images and runtime status only"
-    )
+    return Unimplemented(f"{_rpc_name(method)} is not served yet by corral's CRI")
 
 
 def _wire_image(image: CRIImage) -> pb.Image:
@@ -233,6 +237,39 @@ def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
     )
 
 
+def stop_signal_from_config(config: pb.ContainerConfig | None) -> str:
+    """The request's stop signal by its CRI enum name ("" for RUNTIME_DEFAULT; an unknown value as
+    its number, which CreateContainer refuses)."""
+    value = int(config.stop_signal) if config is not None else 0
+    names = {int(s): s.name or "" for s in pb.Signal}
+    return "" if value == 0 else names.get(value, str(value))
+
+
+def resource_update_from(res: pb.LinuxContainerResources | None) -> ResourceUpdate:
+    res = res or pb.LinuxContainerResources()
+    return ResourceUpdate(
+        cpu_period=res.cpu_period,
+        cpu_quota=res.cpu_quota,
+        cpu_shares=res.cpu_shares,
+        memory_limit=res.memory_limit_in_bytes,
+        memory_swap_limit=res.memory_swap_limit_in_bytes,
+        cpuset_cpus=res.cpuset_cpus,
+        cpuset_mems=res.cpuset_mems,
+        hugepage_limits=tuple(HugepageLimit(h.page_size, h.limit) for h in res.hugepage_limits),
+        unified=dict(res.unified),
+    )
+
+
+def _wire_stop_signal(c: CRIContainer) -> pb.Signal:
+    """containerd's toCRISignal: a name the enum has, else RUNTIME_DEFAULT; SIGTERM for none."""
+    if not c.stop_signal:
+        return pb.Signal.SIGTERM
+    try:
+        return pb.Signal[cri_signal_name(c.stop_signal)]
+    except KeyError:
+        return pb.Signal.RUNTIME_DEFAULT
+
+
 def _ns(at: object) -> int:
     return int(at.timestamp() * 1_000_000_000) if isinstance(at, datetime) else 0
 
@@ -278,14 +315,104 @@ def _wire_container_status(c: CRIContainer) -> pb.ContainerStatus:
             for m in c.spec.mounts
         ],
         log_path=c.log_path,
+        resources=pb.ContainerResources(linux=pb.LinuxContainerResources.from_dict(dict(c.resources))),
+        stop_signal=_wire_stop_signal(c),
+    )
+
+
+def _u64(value: int) -> pb.UInt64Value:
+    return pb.UInt64Value(value=value)
+
+
+def _wire_cpu(cpu: CpuSample | None) -> pb.CpuUsage | None:
+    if cpu is None:
+        return None
+    return pb.CpuUsage(
+        timestamp=cpu.timestamp,
+        usage_core_nano_seconds=_u64(cpu.usage_core_nano_seconds),
+        usage_nano_cores=None if cpu.usage_nano_cores is None else _u64(cpu.usage_nano_cores),
+    )
+
+
+def _wire_memory(u: ContainerUsage | PodUsage) -> pb.MemoryUsage | None:
+    stats = u.cgroup
+    if stats is None or stats.memory_usage is None:
+        return None
+    return pb.MemoryUsage(
+        timestamp=u.timestamp,
+        working_set_bytes=_u64(stats.working_set),
+        available_bytes=_u64(stats.available),
+        usage_bytes=_u64(stats.memory_usage),
+        rss_bytes=_u64(stats.rss),
+        page_faults=_u64(stats.page_faults),
+        major_page_faults=_u64(stats.major_page_faults),
+    )
+
+
+def _wire_container_stats(u: ContainerUsage) -> pb.ContainerStats:
+    c, layer = u.container, u.writable_layer
+    return pb.ContainerStats(
+        attributes=pb.ContainerAttributes(
+            id=c.id,
+            metadata=pb.ContainerMetadata(name=c.spec.name, attempt=c.spec.attempt),
+            labels=dict(c.spec.labels),
+            annotations=dict(c.spec.annotations),
+        ),
+        cpu=_wire_cpu(u.cpu),
+        memory=_wire_memory(u),
+        writable_layer=pb.FilesystemUsage(
+            timestamp=layer.timestamp,
+            fs_id=pb.FilesystemIdentifier(mountpoint=layer.mountpoint),
+            used_bytes=_u64(layer.used_bytes),
+            inodes_used=_u64(layer.inodes_used),
+        ),
+    )
+
+
+def _wire_pod_stats(u: PodUsage) -> pb.PodSandboxStats:
+    network = None
+    if u.interfaces is not None:
+        interfaces = [
+            pb.NetworkInterfaceUsage(
+                name=i.name,
+                rx_bytes=_u64(i.rx_bytes),
+                rx_errors=_u64(i.rx_errors),
+                tx_bytes=_u64(i.tx_bytes),
+                tx_errors=_u64(i.tx_errors),
+            )
+            for i in u.interfaces
+        ]
+        default = u.default_interface
+        network = pb.NetworkUsage(
+            timestamp=u.timestamp,
+            default_interface=None if default is None else interfaces[u.interfaces.index(default)],
+            interfaces=interfaces,
+        )
+    return pb.PodSandboxStats(
+        attributes=pb.PodSandboxAttributes(
+            id=u.pod.id,
+            metadata=_pod_metadata(u.pod.pod),
+            labels=dict(u.pod.pod.labels),
+            annotations=dict(u.pod.pod.annotations),
+        ),
+        linux=pb.LinuxPodSandboxStats(
+            cpu=_wire_cpu(u.cpu),
+            memory=_wire_memory(u),
+            network=network,
+            process=pb.ProcessUsage(timestamp=u.timestamp, process_count=_u64(u.process_count)),
+            containers=[_wire_container_stats(c) for c in u.containers],
+        ),
     )
 
 
 class RuntimeServiceGRPC(pb.RuntimeServiceBase):
-    def __init__(self, runtime: CRIRuntimeService, pods: PodSandboxes, containers: CRIContainers) -> None:
+    def __init__(
+        self, runtime: CRIRuntimeService, pods: PodSandboxes, containers: CRIContainers, stats: CRIStats
+    ) -> None:
         self._runtime = runtime
         self._pods = pods
         self._containers = containers
+        self._stats = stats
 
     async def create_container(self, message: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
         config = message.config
@@ -296,6 +423,7 @@ class RuntimeServiceGRPC(pb.RuntimeServiceBase):
             container_spec_from_config(config) if config is not None and has_meta else None,
             pod_config_has_metadata=pod is not None and pod.metadata is not None,
             config=_go_json(config) if config is not None else None,
+            stop_signal=stop_signal_from_config(config),
         )
         return pb.CreateContainerResponse(container_id=container_id)
 
@@ -332,6 +460,45 @@ class RuntimeServiceGRPC(pb.RuntimeServiceBase):
             message.container_id, list(message.cmd), float(message.timeout)
         )
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    async def update_container_resources(
+        self, message: pb.UpdateContainerResourcesRequest
+    ) -> pb.UpdateContainerResourcesResponse:
+        await self._containers.update_resources(message.container_id, resource_update_from(message.linux))
+        return pb.UpdateContainerResourcesResponse()
+
+    async def reopen_container_log(
+        self, message: pb.ReopenContainerLogRequest
+    ) -> pb.ReopenContainerLogResponse:
+        await self._containers.reopen_log(message.container_id)
+        return pb.ReopenContainerLogResponse()
+
+    async def container_stats(self, message: pb.ContainerStatsRequest) -> pb.ContainerStatsResponse:
+        usage = await self._stats.container(message.container_id)
+        return pb.ContainerStatsResponse(stats=_wire_container_stats(usage))
+
+    async def list_container_stats(
+        self, message: pb.ListContainerStatsRequest
+    ) -> pb.ListContainerStatsResponse:
+        f = message.filter
+        wanted = ContainerStatsFilter(
+            id=f.id, pod_sandbox_id=f.pod_sandbox_id, labels=dict(f.label_selector)
+        ) if f is not None else None  # fmt: skip
+        found = await self._stats.containers(wanted)
+        return pb.ListContainerStatsResponse(stats=[_wire_container_stats(u) for u in found])
+
+    async def pod_sandbox_stats(self, message: pb.PodSandboxStatsRequest) -> pb.PodSandboxStatsResponse:
+        return pb.PodSandboxStatsResponse(
+            stats=_wire_pod_stats(await self._stats.pod(message.pod_sandbox_id))
+        )
+
+    async def list_pod_sandbox_stats(
+        self, message: pb.ListPodSandboxStatsRequest
+    ) -> pb.ListPodSandboxStatsResponse:
+        f = message.filter
+        wanted = PodStatsFilter(id=f.id, labels=dict(f.label_selector)) if f is not None else None
+        found = await self._stats.pods(wanted)
+        return pb.ListPodSandboxStatsResponse(stats=[_wire_pod_stats(u) for u in found])
 
     async def run_pod_sandbox(self, message: pb.RunPodSandboxRequest) -> pb.RunPodSandboxResponse:
         config = message.config
@@ -482,7 +649,10 @@ async def init(ic: InitContext) -> GRPCServices:
     ready = anyio.Event()
     ic.start_soon(partial(containers.serve, ready), name="cri-containers")
     await ready.wait()
-    return GRPCServices((RuntimeServiceGRPC(runtime, pods, containers), ImageServiceGRPC(images)))
+    stats = CRIStats(
+        containers=containers, pods=pods, images=images, metadata=ic.get_single(types.METADATA, Metadata)
+    )
+    return GRPCServices((RuntimeServiceGRPC(runtime, pods, containers, stats), ImageServiceGRPC(images)))
 
 
 registration = Registration(

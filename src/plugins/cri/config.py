@@ -41,6 +41,7 @@ CRI_IMAGES = "io.containerd.cri.v1.images"
 CRI_RUNTIME = "io.containerd.cri.v1.runtime"
 
 _NO_PODS = "not acted on by corral's CRI pods and containers yet"
+_HUGETLB = "acted on by UpdateContainerResources only: CreateContainer sets no hugepage limits yet"
 _NO_STREAMING = "no CRI streaming server yet (Exec, Attach and PortForward are not built)"
 _REMOVED = "removed in containerd 2.0; accepted so a 1.x config loads"
 
@@ -181,8 +182,8 @@ class RuntimeConfig:
     restrict_oom_score_adj: bool = field(default=False, metadata=inert(_NO_PODS))
     disable_proc_mount: bool = field(default=False, metadata=inert(_NO_PODS))
     unset_seccomp_profile: str = field(default="", metadata=inert(_NO_PODS))
-    tolerate_missing_hugetlb_controller: bool = field(default=True, metadata=inert(_NO_PODS))
-    disable_hugetlb_controller: bool = field(default=True, metadata=inert(_NO_PODS))
+    tolerate_missing_hugetlb_controller: bool = field(default=True, metadata=inert(_HUGETLB))
+    disable_hugetlb_controller: bool = field(default=True, metadata=inert(_HUGETLB))
     device_ownership_from_security_context: bool = field(default=False, metadata=inert(_NO_PODS))
     ignore_image_defined_volumes: bool = field(default=False, metadata=inert(_NO_PODS))
     netns_mounts_under_state_dir: bool = field(default=False, metadata=inert(_NO_PODS))

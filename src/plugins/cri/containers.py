@@ -1,6 +1,6 @@
 """CRI containers in pods: CreateContainer, StartContainer, StopContainer, RemoveContainer,
-ContainerStatus, ListContainers and ExecSync, after containerd 2.0's
-``internal/cri/server/container_*.go``.
+ContainerStatus, ListContainers, ExecSync, UpdateContainerResources and ReopenContainerLog, after
+containerd 2.x's ``internal/cri/server/container_*.go``.
 
 A container is a record in the metadata store (labels ``io.cri-containerd.kind=container``), a
 snapshot of its image, and a status file here (state, pid, times, exit code, reason) so a restarted
@@ -8,7 +8,8 @@ daemon finds it again. It joins its pod's network, IPC and UTS namespaces (and P
 shares one) through the pause process. Its stdout and stderr go through FIFOs to the log file the
 kubelet names, one line per record as ``<RFC3339Nano> stdout|stderr F|P <line>``. When its process
 exits the task is deleted (no shim stays) and the exit is recorded: reason ``Completed``, ``Error``,
-or ``OOMKilled`` when the container's cgroup saw an OOM kill.
+or ``OOMKilled`` when the container's cgroup saw an OOM kill. StopContainer sends the stop signal
+the request or the image's config names (SIGTERM when neither does).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import secrets
 import signal
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,16 @@ from corral.kernel import (
 from corral.plugins.cdi import DeviceInjector
 from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
 from corral.plugins.core.private import fsync_dir
+from corral.plugins.cri.container_log import MAX_LOG_LINE, ContainerLog, kubelet_log_lines, rfc3339_nano
 from corral.plugins.cri.images import CRIImage, CRIImageService
+from corral.plugins.cri.resources import (
+    RESOURCES_TYPE_URL,
+    ResourceUpdate,
+    hugetlb_controller_present,
+    resources_of,
+    swap_controller_available,
+    with_resources,
+)
 from corral.plugins.cri.sandboxes import (
     K8S,
     CRISandbox,
@@ -50,6 +60,7 @@ from corral.plugins.cri.sandboxes import (
     precondition,
     worded,
 )
+from corral.plugins.cri.signals import oci_stop_signal, parse_signal
 from corral.plugins.cri.spec import ContainerSpec, HostMount, oci_spec
 from corral.plugins.events.types import TaskIO
 from corral.plugins.metadata import (
@@ -70,12 +81,15 @@ __all__ = [
     "CONTAINER_EXITED",
     "CONTAINER_RUNNING",
     "CONTAINER_UNKNOWN",
+    "MAX_LOG_LINE",
     "CRIContainer",
     "CRIContainers",
     "ContainerFilter",
+    "ContainerLog",
     "ContainerSpec",
     "ExecResult",
     "HostMount",
+    "ResourceUpdate",
     "kubelet_log_lines",
 ]
 
@@ -88,8 +102,6 @@ CONTAINER_UNKNOWN = "CONTAINER_UNKNOWN"
 KIND_LABEL = "io.cri-containerd.kind"
 PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 UNKNOWN_EXIT = 255
-MAX_LOG_LINE = 16 * 1024
-"""containerd's default max_container_log_line_size: longer lines are split into P records."""
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
 SNAPSHOT_LEASE = timedelta(minutes=10)
 
@@ -115,6 +127,10 @@ class CRIContainer:
     cgroup: str = ""
     config: Mapping[str, Any] = field(default_factory=dict)
     """The request's ContainerConfig as JSON, for ContainerStatus's verbose info."""
+    stop_signal: str = ""
+    """The request's stop signal, else the image config's StopSignal ("" for neither: SIGTERM)."""
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    """The CRI LinuxContainerResources its spec holds (proto3 JSON names), as ContainerStatus tells."""
     exited: anyio.Event = field(default_factory=anyio.Event)
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -129,6 +145,7 @@ class CRIContainer:
             "started_at": t(self.started_at), "finished_at": t(self.finished_at),
             "exit_code": self.exit_code, "reason": self.reason, "message": self.message,
             "runtime_type": self.runtime_type, "cgroup": self.cgroup, "config": dict(self.config),
+            "stop_signal": self.stop_signal, "resources": dict(self.resources),
         }  # fmt: skip
 
     @classmethod
@@ -145,6 +162,7 @@ class CRIContainer:
             exit_code=obj["exit_code"], reason=obj["reason"], message=obj["message"],
             runtime_type=obj.get("runtime_type", ""), cgroup=obj.get("cgroup", ""),
             config=obj.get("config") or {},
+            stop_signal=obj.get("stop_signal", ""), resources=obj.get("resources", {}),
         )  # fmt: skip
 
 
@@ -161,29 +179,6 @@ class ExecResult:
     stdout: bytes
     stderr: bytes
     exit_code: int
-
-
-def kubelet_log_lines(stream: str, data: bytes, now: datetime | None = None) -> tuple[bytes, bytes]:
-    """The complete records in ``data`` (``<RFC3339Nano> <stream> F <line>\\n``, lines longer than
-    MAX_LOG_LINE split into P records) and the unfinished tail to keep for the next read."""
-    out = bytearray()
-    stamp = _rfc3339_nano(now or datetime.now(UTC)).encode()
-    while True:
-        nl = data.find(b"\n")
-        if nl < 0 and len(data) < MAX_LOG_LINE:
-            return bytes(out), data
-        if 0 <= nl < MAX_LOG_LINE:
-            line, data, tag = data[:nl], data[nl + 1 :], b"F"
-        else:
-            line, data, tag = data[:MAX_LOG_LINE], data[MAX_LOG_LINE:], b"P"
-        out += stamp + b" " + stream.encode() + b" " + tag + b" " + line + b"\n"
-
-
-def _rfc3339_nano(at: datetime) -> str:
-    """Go's time.RFC3339Nano in UTC: trailing zeros of the fraction dropped."""
-    at = at.astimezone(UTC)
-    fraction = f"{at.microsecond:06d}000".rstrip("0")
-    return at.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
 
 def _nanos(at: datetime | None) -> int:
@@ -212,6 +207,7 @@ class CRIContainers:
         self._state = state
         self._nri = nri
         self._containers: dict[str, CRIContainer] = {}
+        self._logs: dict[str, ContainerLog] = {}
         self._names: dict[str, str] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._loaded = False
@@ -328,9 +324,11 @@ class CRIContainers:
         *,
         pod_config_has_metadata: bool = True,
         config: Mapping[str, Any] | None = None,
+        stop_signal: str = "",
     ) -> str:
         """A container in the ready pod ``sandbox_id``; ``spec`` None when the request's config has
-        no metadata (refused after the pod is found, as containerd checks)."""
+        no metadata (refused after the pod is found, as containerd checks). ``stop_signal`` is the
+        request's by its CRI enum name ("" for the image's)."""
         await self._load()
         try:
             pod = await self._pods.get(sandbox_id)
@@ -343,6 +341,10 @@ class CRIContainers:
             raise invalid("container config must include metadata")
         if not pod_config_has_metadata:
             raise invalid("pod sandbox config must include metadata")
+        try:
+            stop_signal = oci_stop_signal(stop_signal)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
         container_id = secrets.token_hex(32)
         name = "_".join((spec.name, pod.pod.name, pod.pod.namespace, pod.pod.uid, str(spec.attempt)))
         owner = self._names.get(name)
@@ -353,14 +355,20 @@ class CRIContainers:
             )
         self._names[name] = container_id
         try:
-            return await self._create(container_id, name, pod, spec, config or {})
+            return await self._create(container_id, name, pod, spec, config or {}, stop_signal)
         except BaseException:
             if self._names.get(name) == container_id:
                 del self._names[name]
             raise
 
     async def _create(
-        self, container_id: str, name: str, pod: CRISandbox, spec: ContainerSpec, config: Mapping[str, Any]
+        self,
+        container_id: str,
+        name: str,
+        pod: CRISandbox,
+        spec: ContainerSpec,
+        config: Mapping[str, Any],
+        stop_signal: str,
     ) -> str:
         try:
             image = await self._images.resolve(spec.image)
@@ -375,6 +383,7 @@ class CRIContainers:
         c = CRIContainer(
             container_id, name, pod.id, spec, image.id, spec.image, log_path, datetime.now(UTC),
             runtime_type=runtime_type, cgroup=oci["linux"].get("cgroupsPath", ""), config=config,
+            stop_signal=stop_signal or str((image.spec.get("config") or {}).get("StopSignal") or ""),
         )  # fmt: skip
         devices = list(spec.cdi_devices)
         if devices or any(k.startswith("cdi.k8s.io/") for k in spec.annotations):
@@ -388,6 +397,7 @@ class CRIContainers:
                 raise worded(type(exc), f"failed to inject CDI devices: {exc}") from None
         if self._nri is not None:
             oci = dict(await self._nri.create_container(self._pods.pod_info(pod), self._info(c), oci))
+        c.resources = resources_of(oci)
         try:
             await self._store_created(c, container_id, pod, spec, image, oci)
         except BaseException:
@@ -489,11 +499,12 @@ class CRIContainers:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
             self._group().start_soon(self._pump, c, stream, fd)
 
+    def _log_of(self, c: CRIContainer) -> ContainerLog:
+        return self._logs.setdefault(c.id, ContainerLog(c.log_path))
+
     async def _pump(self, c: CRIContainer, stream: str, fd: int) -> None:
-        out = None
-        if c.log_path:
-            Path(c.log_path).parent.mkdir(parents=True, exist_ok=True)
-            out = open(c.log_path, "ab")  # noqa: SIM115, ASYNC230 - held for the container's life; appends are quick
+        out = self._log_of(c)
+        out.acquire()
         tail = b""
         try:
             while True:
@@ -509,16 +520,14 @@ class CRIContainers:
                 if not chunk:  # every writer closed: the process (and its children) ended
                     break
                 records, tail = kubelet_log_lines(stream, tail + chunk)
-                if records and out is not None:
+                if records:
                     out.write(records)
-                    out.flush()
-            if tail and out is not None:  # the output ended mid-line: a partial record, as containerd's
-                stamp = _rfc3339_nano(datetime.now(UTC)).encode()
+            if tail:  # the output ended mid-line: a partial record, as containerd's
+                stamp = rfc3339_nano(datetime.now(UTC)).encode()
                 out.write(stamp + b" " + stream.encode() + b" P " + tail + b"\n")
         finally:
             os.close(fd)
-            if out is not None:
-                out.close()
+            out.release()
 
     async def start(self, container_id: str) -> None:
         try:
@@ -661,7 +670,7 @@ class CRIContainers:
             except NotFound:
                 return
             if grace > 0:
-                sig = _stop_signal(c.spec)
+                sig = _stop_signal(c)
                 with contextlib.suppress(NotFound):
                     await task.kill(sig)
                 with anyio.move_on_after(grace):
@@ -714,6 +723,7 @@ class CRIContainers:
             if snapshotter:
                 with contextlib.suppress(NotFound):
                     await self._metadata.view(NamespacedSnapshots).get(snapshotter).remove(c.id)
+        self._logs.pop(c.id, None)
         directory = self._dir(c.id)
         for path in sorted(directory.rglob("*"), reverse=True) if directory.exists() else []:
             with contextlib.suppress(FileNotFoundError):
@@ -780,6 +790,94 @@ class CRIContainers:
                 continue
             out.append(c)
         return out
+
+    # -- UpdateContainerResources / ReopenContainerLog --------------------------------------------
+    async def update_resources(self, container_id: str, update: ResourceUpdate) -> None:
+        """Write ``update`` into the container's spec (so a restart keeps it) and, while it runs,
+        apply it through its task's Update; the spec is put back when that fails."""
+        try:
+            c = await self.get(container_id)
+        except CorralError as exc:
+            raise worded(type(exc), f"failed to find container: {exc}") from None
+        pod = self._pods.sandbox_of(c.sandbox_id)
+        if pod is None:
+            raise worded(NotFound, f"sandbox {c.sandbox_id}: not found")
+        async with c.lock:
+            try:
+                await self._update_resources(c, pod, update)
+            except CorralError as exc:
+                raise worded(type(exc), f"failed to update resources: {exc}") from None
+
+    async def _update_resources(self, c: CRIContainer, pod: CRISandbox, update: ResourceUpdate) -> None:
+        if c.id not in self._containers:
+            raise precondition(f'container "{c.id}" is in removing state')
+        config = self._pods.config
+        with namespace(K8S):
+            store = self._metadata.view(ContainerStore)
+            try:
+                record = await store.get(c.id)
+            except CorralError as exc:
+                raise worded(type(exc), f"failed to get container spec: {exc}") from None
+            old = json.loads(record.spec.value) if record.spec else {}
+            try:
+                new = with_resources(
+                    old, update,
+                    tolerate_missing_hugetlb=config.tolerate_missing_hugetlb_controller,
+                    disable_hugetlb=config.disable_hugetlb_controller,
+                    swap=swap_controller_available(),
+                    hugetlb=hugetlb_controller_present(),
+                )  # fmt: skip
+            except CorralError as exc:
+                raise worded(
+                    type(exc),
+                    f"failed to update resource in spec: unable to set linux container resources: {exc}",
+                ) from None
+            if self._nri is not None:
+                wanted = await self._nri.update_container(
+                    self._pods.pod_info(pod), self._info(c), new, new["linux"]["resources"]
+                )
+                if wanted is not None:
+                    new["linux"]["resources"] = dict(wanted)
+            await store.update(replace(record, spec=AnyValue(SPEC_TYPE_URL, specs.spec_json(new))), ["spec"])
+            try:
+                await self._apply_resources(c, new["linux"]["resources"])
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(CorralError):
+                    await store.update(record, ["spec"])
+                raise
+        c.resources = resources_of(new)
+        self._save(c)
+        log.info("cri_container_resources_updated", id=c.id, running=c.state == CONTAINER_RUNNING)
+
+    async def _apply_resources(self, c: CRIContainer, resources: Mapping[str, Any]) -> None:
+        """A running container's task is updated; a created or exited one only has its spec."""
+        if c.state != CONTAINER_RUNNING:
+            return
+        try:
+            task = await self._runtime.get(c.id)
+            await task.update(AnyValue(RESOURCES_TYPE_URL, json.dumps(resources).encode()), {})
+        except NotFound:
+            return  # the task exited meanwhile
+        except CorralError as exc:
+            raise worded(type(exc), f"failed to update resources: {exc}") from None
+
+    async def reopen_log(self, container_id: str) -> None:
+        """Open the container's log path anew (the kubelet renamed the file to rotate it)."""
+        try:
+            c = await self.get(container_id)
+        except CorralError as exc:
+            raise worded(
+                type(exc), f'an error occurred when try to find container "{container_id}": {exc}'
+            ) from None
+        if c.state != CONTAINER_RUNNING:
+            raise precondition("container is not running")
+        try:
+            self._log_of(c).reopen()
+        except OSError as exc:
+            raise worded(
+                FailedPrecondition, f'failed to create and open log file "{c.log_path}": {exc.strerror}'
+            ) from None
+        log.info("cri_container_log_reopened", id=c.id, path=c.log_path)
 
     # -- ExecSync ---------------------------------------------------------------------------------
     async def exec_sync(self, container_id: str, cmd: Sequence[str], limit: float) -> ExecResult:
@@ -885,5 +983,9 @@ def _go_duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def _stop_signal(spec: ContainerSpec) -> int:
-    return int(signal.SIGTERM)
+def _stop_signal(c: CRIContainer) -> int:
+    """The signal StopContainer sends first: the container's stop signal, else SIGTERM."""
+    try:
+        return parse_signal(c.stop_signal) if c.stop_signal else int(signal.SIGTERM)
+    except ValueError as exc:
+        raise precondition(f'failed to parse stop signal "{c.stop_signal}": {exc}') from None

@@ -202,6 +202,7 @@ def build_image(
     history: Sequence[str] | None = None,
     created: str = EPOCH,
     annotations: Mapping[str, str] | None = None,
+    stop_signal: str = "",
 ) -> BuiltImage:
     """An image of ``layers`` (bottom first) for ``platform`` (this host by default).
 
@@ -226,6 +227,7 @@ def build_image(
             cmd=tuple(cmd),
             working_dir=working_dir,
             labels=dict(labels or {}),
+            stop_signal=stop_signal,
         ),
         created=created,
         history=tuple(HistoryEntry(created=created, created_by=step) for step in steps),

@@ -59,9 +59,12 @@ class RuntimeHandler:
     runtime_path: str = field(default="", metadata=inert(_NO_PODS))
     pod_annotations: tuple[str, ...] = field(default=(), metadata=inert(_NO_PODS))
     container_annotations: tuple[str, ...] = field(default=(), metadata=inert(_NO_PODS))
-    privileged_without_host_devices: bool = field(default=False, metadata=inert(_NO_PODS))
-    privileged_without_host_devices_all_devices_allowed: bool = field(default=False, metadata=inert(_NO_PODS))
-    cgroup_writable: bool = field(default=False, metadata=inert(_NO_PODS))
+    privileged_without_host_devices: bool = False
+    """A privileged container of this handler gets no host devices (nor the rule allowing all)."""
+    privileged_without_host_devices_all_devices_allowed: bool = False
+    """With privileged_without_host_devices: the rule allowing every device is still given."""
+    cgroup_writable: bool = False
+    """The container's /sys/fs/cgroup is mounted read-write, so it can make sub-cgroups (containerd 2.1)."""
     base_runtime_spec: str = field(default="", metadata=inert(_NO_PODS))
     cni_conf_dir: str = field(default="", metadata=inert(_NO_PODS))
     cni_max_conf_num: int = field(default=0, metadata=inert(_NO_PODS))

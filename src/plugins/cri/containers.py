@@ -39,6 +39,7 @@ from corral.kernel import (
 )
 from corral.plugins.cdi import DeviceInjector
 from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
+from corral.plugins.core.mount import Mount, temporary_mount
 from corral.plugins.core.private import fsync_dir
 from corral.plugins.cri.images import CRIImageService
 from corral.plugins.cri.sandboxes import (
@@ -50,7 +51,14 @@ from corral.plugins.cri.sandboxes import (
     precondition,
     worded,
 )
-from corral.plugins.cri.spec import ContainerSpec, HostMount, oci_spec
+from corral.plugins.cri.spec import (
+    ContainerSpec,
+    HostMount,
+    apply_rootfs_spec_opts,
+    handler_options,
+    oci_spec,
+    rootfs_spec_opts,
+)
 from corral.plugins.events.types import TaskIO
 from corral.plugins.metadata import (
     AnyValue,
@@ -360,24 +368,13 @@ class CRIContainers:
         log_path = os.path.join(pod.pod.log_directory, spec.log_path) if spec.log_path else ""
         cgroup = f"{pod.pod.cgroup_parent.rstrip('/')}/{container_id}" if pod.pod.cgroup_parent else ""
         oci = oci_spec(
-            container_id, pod, spec, image.spec, image.references[0] if image.references else image.id, cgroup
-        )
+            container_id, pod, spec, image.spec, image.references[0] if image.references else image.id, cgroup,
+            handler_options(self._pods.config, pod.runtime_handler),
+        )  # fmt: skip
         c = CRIContainer(
             container_id, name, pod.id, spec, image.id, spec.image, log_path, datetime.now(UTC),
             runtime_type=runtime_type, cgroup=oci["linux"].get("cgroupsPath", ""),
         )  # fmt: skip
-        devices = list(spec.cdi_devices)
-        if devices or any(k.startswith("cdi.k8s.io/") for k in spec.annotations):
-            if self._cdi is None:
-                raise worded(FailedPrecondition, "CDI devices were asked for but CDI is not enabled")
-            try:
-                self._cdi.inject_annotated(oci)
-                if devices:
-                    self._cdi.inject(oci, devices)
-            except CorralError as exc:
-                raise worded(type(exc), f"failed to inject CDI devices: {exc}") from None
-        if self._nri is not None:
-            oci = dict(await self._nri.create_container(self._pods.pod_info(pod), self._info(c), oci))
         snapshotter_name = self._images.snapshotter_for(pod.runtime_handler)
         with namespace(K8S):
             snapshots = self._metadata.view(NamespacedSnapshots)
@@ -387,8 +384,9 @@ class CRIContainers:
             lease = await leases.create(labels={GC_EXPIRE: expiry})
             try:
                 with bound_lease(lease.id):
-                    await snapshotter.prepare(container_id, image.chain_id)
+                    mounts = await snapshotter.prepare(container_id, image.chain_id)
                     try:
+                        oci = await self._finish_spec(c, pod, spec, image.spec, oci, mounts)
                         await self._metadata.view(ContainerStore).create(
                             Container(
                                 id=container_id,
@@ -417,6 +415,28 @@ class CRIContainers:
         self._containers[container_id] = c
         log.info("cri_container_created", id=container_id, name=name, sandbox=pod.id)
         return container_id
+
+    async def _finish_spec(
+        self, c: CRIContainer, pod: CRISandbox, spec: ContainerSpec, image: Mapping[str, Any],
+        oci: dict[str, Any], mounts: Sequence[Mount],
+    ) -> dict[str, Any]:  # fmt: skip
+        """What containerd applies with the snapshot made: the user and groups read in the image's
+        files, AppArmor and seccomp, then CDI devices and NRI's adjustments."""
+        async with temporary_mount(mounts) as rootfs:
+            apply_rootfs_spec_opts(oci, rootfs_spec_opts(c.id, spec, image, rootfs))
+        devices = list(spec.cdi_devices)
+        if devices or any(k.startswith("cdi.k8s.io/") for k in spec.annotations):
+            if self._cdi is None:
+                raise worded(FailedPrecondition, "CDI devices were asked for but CDI is not enabled")
+            try:
+                self._cdi.inject_annotated(oci)
+                if devices:
+                    self._cdi.inject(oci, devices)
+            except CorralError as exc:
+                raise worded(type(exc), f"failed to inject CDI devices: {exc}") from None
+        if self._nri is not None:
+            oci = dict(await self._nri.create_container(self._pods.pod_info(pod), self._info(c), oci))
+        return oci
 
     def _info(self, c: CRIContainer) -> ContainerInfo:
         state = {CONTAINER_RUNNING: "running", CONTAINER_EXITED: "stopped"}.get(c.state, "created")

@@ -491,8 +491,8 @@ def default_seccomp_profile(
             syscalls.append(_allow(*_CAPABILITY_SYSCALLS[cap]))
     if not admin:
         index = 1 if arch == "s390x" else 0
-        clone = _arg(index, CLONE_NEW_NAMESPACES, "SCMP_CMP_MASKED_EQ")
-        syscalls.append(_allow("clone", args=[{**clone, "valueTwo": 0}]))
+        # valueTwo is 0, which the spec's JSON leaves out (omitempty)
+        syscalls.append(_allow("clone", args=[_arg(index, CLONE_NEW_NAMESPACES, "SCMP_CMP_MASKED_EQ")]))
         syscalls.append({"names": ["clone3"], "action": ERRNO, "errnoRet": ENOSYS})
     profile: dict[str, Any] = {"defaultAction": ERRNO}
     if _ARCHES.get(arch):

@@ -487,9 +487,9 @@ def _with_capabilities(spec: ContainerSpec) -> specs.SpecOpt:
     added = [c for c in spec.add_capabilities if c.upper() != "ALL"]
     dropped = [c for c in spec.drop_capabilities if c.upper() != "ALL"]
     opts: list[specs.SpecOpt] = []
-    if "ALL" in spec.add_capabilities:
+    if len(added) < len(spec.add_capabilities):
         opts.append(specs.with_capabilities(specs.current_capabilities()))
-    if "ALL" in spec.drop_capabilities:
+    if len(dropped) < len(spec.drop_capabilities):
         opts.append(specs.with_capabilities([]))
     opts.append(specs.with_added_capabilities([f"CAP_{c.upper()}" for c in added]))
     opts.append(specs.with_dropped_capabilities([f"CAP_{c.upper()}" for c in dropped]))

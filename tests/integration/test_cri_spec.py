@@ -220,10 +220,33 @@ def test_a_restricted_container_runs_confined_as_containerd_confines_it(tmp_path
         assert "seccomp" not in plain_spec["linux"] and "maskedPaths" not in plain_spec["linux"]
 
 
+def test_an_image_root_left_mounted_by_a_killed_daemon_is_unmounted_at_start(
+    tmp_path: Path, node: Node
+) -> None:
+    network = write_network(tmp_path / "net")
+    stale = tmp_path / "corral" / "state" / "io.containerd.grpc.v1.cri" / "rootfs-mounts" / "corral-mount-x"
+    stale.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(stale)], check=True)
+    try:
+        daemon = start_daemon(tmp_path, node, network)
+        try:
+            wait_for(lambda: not stale.exists())
+        finally:
+            daemon.stop()
+    finally:
+        if os.path.ismount(stale):
+            subprocess.run(["umount", str(stale)], check=False)
+
+
 def test_a_privileged_container_gets_every_capability_and_host_device_and_no_filter(
     tmp_path: Path, node: Node
 ) -> None:
-    with corral_node(tmp_path, node) as (daemon, cri):
+    extra = """
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.nodevs]
+        runtime_type = "io.containerd.runc.v2"
+        privileged_without_host_devices = true
+    """
+    with corral_node(tmp_path, node, extra) as (daemon, cri):
         sandbox = pod_config("root", privileged=True)
         pod_id = run(cri, sandbox)
         config = container("admin", "exec sleep 1000")
@@ -246,6 +269,16 @@ def test_a_privileged_container_gets_every_capability_and_host_device_and_no_fil
         assert "maskedPaths" not in stored["linux"] and "seccomp" not in stored["linux"]
         cgroup_mount = next(m for m in stored["mounts"] if m["destination"] == "/sys/fs/cgroup")
         assert "rw" in cgroup_mount["options"]
+
+        # A handler with privileged_without_host_devices: privileged, but only the default devices.
+        bare = pod_config("bare", privileged=True)
+        reply = cri.runtime("run_pod_sandbox", pb.RunPodSandboxRequest(config=bare, runtime_handler="nodevs"))
+        lean = create(cri, reply.pod_sandbox_id, config, bare)
+        start(cri, lean)
+        assert sh(cri, lean, f"test -b /dev/{host_block} || echo absent")[0] == "absent\n"
+        assert int(status_field(sh(cri, lean, "cat /proc/self/status")[0], "CapEff"), 16) == ours
+        lean_spec = spec_of(lambda *a: daemon.ctr(*a, namespace=NS).stdout, lean)
+        assert {"allow": True, "access": "rwm"} not in lean_spec["linux"]["resources"]["devices"]
 
         # Not in a privileged pod: refused, nothing made.
         plain_pod = pod_config("plain")
@@ -355,6 +388,10 @@ def test_mount_propagation_and_recursive_read_only_are_checked_as_containerd_che
     with corral_node(tmp_path, node) as (daemon, cri):
         sandbox = pod_config("mounts")
         pod_id = run(cri, sandbox)
+        handlers = cri.status().runtime_handlers
+        assert [h.features.recursive_read_only_mounts for h in handlers] == [
+            recursive_read_only_supported()
+        ] * 2
         private = tmp_path / "private"
         private.mkdir()
         host_mount = next(

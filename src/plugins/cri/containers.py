@@ -39,7 +39,7 @@ from corral.kernel import (
 )
 from corral.plugins.cdi import DeviceInjector
 from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
-from corral.plugins.core.mount import Mount, temporary_mount
+from corral.plugins.core.mount import Mount, temporary_mount, unmount
 from corral.plugins.core.private import fsync_dir
 from corral.plugins.cri.images import CRIImageService
 from corral.plugins.cri.sandboxes import (
@@ -100,6 +100,8 @@ MAX_LOG_LINE = 16 * 1024
 """containerd's default max_container_log_line_size: longer lines are split into P records."""
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
 SNAPSHOT_LEASE = timedelta(minutes=10)
+ROOTFS_MOUNTS = "rootfs-mounts"
+"""Where a new container's image root is mounted while its user and groups are read."""
 
 
 @dataclass
@@ -235,9 +237,20 @@ class CRIContainers:
         """Find a previous daemon's containers at once (not at the first call): exits that came
         while it was down are recorded and their shims go."""
         try:
+            await self._unmount_stale_rootfs()
             await self._load()
         except Exception as exc:
             log.warning("cri_containers_load_failed", error=str(exc))
+
+    async def _unmount_stale_rootfs(self) -> None:
+        """The image roots a killed daemon had mounted to read a new container's users from."""
+        base = self._state / ROOTFS_MOUNTS
+        for path in sorted(base.iterdir()) if base.is_dir() else []:
+            while os.path.ismount(path):
+                await unmount(path)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            log.info("cri_stale_rootfs_mount_removed", path=str(path))
 
     def _group(self) -> anyio.abc.TaskGroup:
         if self._tg is None:
@@ -422,7 +435,9 @@ class CRIContainers:
     ) -> dict[str, Any]:  # fmt: skip
         """What containerd applies with the snapshot made: the user and groups read in the image's
         files, AppArmor and seccomp, then CDI devices and NRI's adjustments."""
-        async with temporary_mount(mounts) as rootfs:
+        base = self._state / ROOTFS_MOUNTS
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        async with temporary_mount(mounts, base=base) as rootfs:
             apply_rootfs_spec_opts(oci, rootfs_spec_opts(c.id, spec, image, rootfs))
         devices = list(spec.cdi_devices)
         if devices or any(k.startswith("cdi.k8s.io/") for k in spec.annotations):

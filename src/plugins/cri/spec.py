@@ -11,11 +11,8 @@ the options that read the image's own files or follow the capabilities (containe
 from __future__ import annotations
 
 import functools
-import json
 import os
-import shutil
 import socket
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any
 
 from corral.kernel import CorralError, InvalidArgument
 from corral.plugins.cri.config import RuntimeConfig
+from corral.plugins.cri.runtime import recursive_read_only_supported
 from corral.plugins.cri.sandboxes import K8S, CRISandbox, invalid, worded
 from corral.plugins.cri.seccomp import SecurityProfile, apparmor_spec_opt, profile_from_path, seccomp_spec_opt
 from corral.plugins.runtimes import spec as specs
@@ -439,21 +437,6 @@ def _host_cgroup2_options() -> list[str]:
 @functools.cache
 def _cgroup2_unified() -> bool:
     return (CGROUP2_ROOT / "cgroup.controllers").exists()
-
-
-@functools.cache
-def recursive_read_only_supported(runtime: str = "runc") -> bool:
-    """Whether the runtime can make ``rro`` mounts (``runc features`` lists it and the kernel has
-    mount_setattr), as containerd asks of a runc handler at start."""
-    binary = shutil.which(runtime)
-    if binary is None:
-        return False
-    try:
-        done = subprocess.run([binary, "features"], capture_output=True, text=True, timeout=10, check=False)
-        features = json.loads(done.stdout) if done.returncode == 0 else {}
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return False
-    return isinstance(features, dict) and specs.supports_recursive_read_only(features)
 
 
 # -- confinement -------------------------------------------------------------------------------------

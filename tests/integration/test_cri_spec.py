@@ -196,6 +196,12 @@ def test_a_restricted_container_runs_confined_as_containerd_confines_it(tmp_path
         assert int(sh(cri, plain, "wc -c < /proc/timer_list")[0]) > 0
         assert sh(cri, plain, "touch /probe && echo ok")[0] == "ok\n"
 
+        # A sysctl no namespace of the pod holds is refused by the runtime: no pod is left.
+        pods = cri.runtime("list_pod_sandbox", pb.ListPodSandboxRequest()).items
+        code, message = code_of(lambda: run(cri, pod_config("bad", sysctls={"vm.swappiness": "10"})))
+        assert code != Status.OK and "vm.swappiness" in message, message
+        assert cri.runtime("list_pod_sandbox", pb.ListPodSandboxRequest()).items == pods
+
         stored = spec_of(lambda *a: daemon.ctr(*a, namespace=NS).stdout, secure)
         seccomp = stored["linux"]["seccomp"]
         only = ["CAP_NET_BIND_SERVICE"]

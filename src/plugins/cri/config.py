@@ -128,8 +128,10 @@ class RuntimeConfig:
     restrict_oom_score_adj: bool = field(default=False, metadata=inert(_NO_PODS))
     disable_proc_mount: bool = field(default=False, metadata=inert(_NO_PODS))
     unset_seccomp_profile: str = field(default="", metadata=inert(_NO_PODS))
-    tolerate_missing_hugetlb_controller: bool = field(default=True, metadata=inert(_NO_PODS))
-    disable_hugetlb_controller: bool = field(default=True, metadata=inert(_NO_PODS))
+    tolerate_missing_hugetlb_controller: bool = True
+    """Without a hugetlb cgroup controller, a container's hugepage limits are dropped (else refused)."""
+    disable_hugetlb_controller: bool = True
+    """A container's hugepage limits are dropped (containerd's default)."""
     device_ownership_from_security_context: bool = field(default=False, metadata=inert(_NO_PODS))
     ignore_image_defined_volumes: bool = field(default=False, metadata=inert(_NO_PODS))
     netns_mounts_under_state_dir: bool = field(default=False, metadata=inert(_NO_PODS))

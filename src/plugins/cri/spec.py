@@ -151,14 +151,21 @@ class HandlerOptions:
     cgroup_writable: bool = False
     privileged_without_host_devices: bool = False
     privileged_without_host_devices_all_devices_allowed: bool = False
+    disable_hugetlb_controller: bool = True
+    tolerate_missing_hugetlb_controller: bool = True
 
 
 def handler_options(config: RuntimeConfig, runtime_handler: str) -> HandlerOptions:
     """The options of the pod's runtime handler (the default handler's when it names none)."""
     handler = config.containerd.runtimes.get(runtime_handler or config.containerd.default_runtime_name)
+    hugetlb = {
+        "disable_hugetlb_controller": config.disable_hugetlb_controller,
+        "tolerate_missing_hugetlb_controller": config.tolerate_missing_hugetlb_controller,
+    }
     if handler is None:
-        return HandlerOptions()
+        return HandlerOptions(**hugetlb)
     return HandlerOptions(
+        **hugetlb,
         cgroup_writable=handler.cgroup_writable,
         privileged_without_host_devices=handler.privileged_without_host_devices,
         privileged_without_host_devices_all_devices_allowed=(
@@ -230,7 +237,7 @@ def _linux_spec_opts(
     if spec.readonly_rootfs:
         opts.append(specs.with_readonly_rootfs)
     if spec.has_resources:
-        opts.append(_with_resources(spec))
+        opts.append(_with_resources(spec, handler))
     if cgroup:
         opts.append(specs.with_cgroup(cgroup))
     if spec.has_resources:
@@ -493,10 +500,20 @@ def _swap_controller_available() -> bool:
     return (CGROUP2_ROOT / "memory" / "memory.memsw.limit_in_bytes").exists()
 
 
-def _with_resources(request: ContainerSpec) -> specs.SpecOpt:
+def _hugetlb_controller_present() -> bool:
+    if _cgroup2_unified():
+        try:
+            return "hugetlb" in (CGROUP2_ROOT / "cgroup.controllers").read_text().split()
+        except OSError:
+            return False
+    return (CGROUP2_ROOT / "hugetlb").is_dir()
+
+
+def _with_resources(request: ContainerSpec, handler: HandlerOptions) -> specs.SpecOpt:
     """containerd's ``WithResources``: CPU, cpuset, memory (swap equal to the limit when the
-    request names none and the host can limit swap), the cgroup v2 ``unified`` keys. Hugepage
-    limits are dropped, as containerd's default ``disable_hugetlb_controller`` drops them."""
+    request names none and the host can limit swap), hugepage limits unless
+    ``disable_hugetlb_controller`` (containerd's default) drops them, the cgroup v2 ``unified``
+    keys."""
 
     def opt(spec: specs.Spec) -> None:
         res = spec.setdefault("linux", {}).setdefault("resources", {})
@@ -519,6 +536,16 @@ def _with_resources(request: ContainerSpec) -> specs.SpecOpt:
                 memory["swap"] = request.memory_limit
         if request.memory_swap_limit and swap_ok:
             memory["swap"] = request.memory_swap_limit
+        if not handler.disable_hugetlb_controller:
+            if _hugetlb_controller_present():
+                limits = [{"pageSize": size, "limit": limit} for size, limit in request.hugepage_limits]
+                if limits:
+                    res["hugepageLimits"] = [*res.get("hugepageLimits", []), *limits]
+            elif not handler.tolerate_missing_hugetlb_controller:
+                raise ValueError(
+                    "huge pages limits are specified but hugetlb cgroup controller is missing. "
+                    "Please set tolerate_missing_hugetlb_controller to `true` to ignore this error"
+                )
         if request.unified:
             res["unified"] = {**res.get("unified", {}), **request.unified}
 

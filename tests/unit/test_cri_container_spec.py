@@ -12,6 +12,7 @@ import pytest
 from corral.api.grpc.cri import container_spec_from_config
 from corral.api.types.runtime import v1 as pb
 from corral.kernel import InvalidArgument
+from corral.plugins.cri import spec as cri_spec
 from corral.plugins.cri.sandboxes import CRISandbox
 from corral.plugins.cri.seccomp import (
     SecurityProfile,
@@ -163,3 +164,22 @@ def test_capabilities_all_comes_first_and_privileged_needs_a_privileged_pod(tmp_
     assert made["mounts"][-1] == {
         "destination": "/m", "type": "bind", "source": str(missing), "options": ["rbind", "rprivate", "rw"]
     }  # fmt: skip
+
+
+def test_hugepage_limits_follow_the_hugetlb_config_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = ContainerSpec("c", has_resources=True, hugepage_limits=(("2MB", 1 << 21),), cpuset_cpus="0-1")
+    dropped = oci_spec("c" * 64, _pod(), request, IMAGE, "img", "")  # containerd's default: disabled
+    assert "hugepageLimits" not in dropped["linux"]["resources"]
+    assert dropped["linux"]["resources"]["cpu"] == {"cpus": "0-1"}
+    enabled = cri_spec.HandlerOptions(disable_hugetlb_controller=False)
+    monkeypatch.setattr(cri_spec, "_hugetlb_controller_present", lambda: True)
+    applied = oci_spec("c" * 64, _pod(), request, IMAGE, "img", "", enabled)
+    assert applied["linux"]["resources"]["hugepageLimits"] == [{"pageSize": "2MB", "limit": 1 << 21}]
+    monkeypatch.setattr(cri_spec, "_hugetlb_controller_present", lambda: False)
+    tolerated = oci_spec("c" * 64, _pod(), request, IMAGE, "img", "", enabled)
+    assert "hugepageLimits" not in tolerated["linux"]["resources"]
+    strict = cri_spec.HandlerOptions(
+        disable_hugetlb_controller=False, tolerate_missing_hugetlb_controller=False
+    )
+    with pytest.raises(InvalidArgument, match="hugetlb cgroup controller is missing"):
+        oci_spec("c" * 64, _pod(), request, IMAGE, "img", "", strict)

@@ -84,6 +84,7 @@ def pod_config(
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
         hostname=name,
+        annotations={"io.example/pod": name, "other": "not passed"},
         linux=pb.LinuxPodSandboxConfig(
             sysctls=sysctls or {},
             security_context=pb.LinuxSandboxSecurityContext(privileged=privileged),
@@ -118,6 +119,7 @@ def secure_container(name: str) -> pb.ContainerConfig:
     dropped but NET_BIND_SERVICE, no new privileges, a read-only rootfs and an OOM score."""
     config = container(name, "exec sleep 1000")
     config.image = pb.ImageSpec(image=USERS_IMAGE)
+    config.annotations = {"io.example.c/kept": "yes", "io.example.c/sub/deep": "no", "dropped": "z"}
     config.linux = pb.LinuxContainerConfig(
         security_context=pb.LinuxContainerSecurityContext(
             seccomp=RUNTIME_DEFAULT,
@@ -578,6 +580,8 @@ def containerd_16(tmp_path: Path, node: Node) -> Iterator[tuple[CRIClient, Calla
         CONTAINERD_CONFIG.format(
             base=base, socket=socket, pause=PAUSE_IMAGE, cni=network.conf_dir, bin=CNI_BIN
         )
+        + '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]'
+        + PASSTHROUGH
     )
     log = (base / "containerd.log").open("ab")
     proc = subprocess.Popen(
@@ -613,11 +617,21 @@ def containerd_16(tmp_path: Path, node: Node) -> Iterator[tuple[CRIClient, Calla
             print(line)
 
 
+PASSTHROUGH = """
+    runtime_type = "io.containerd.runc.v2"
+    pod_annotations = ["io.example/*"]
+    container_annotations = ["io.example.c/*"]
+"""
+
+
 def test_the_stored_spec_and_what_runs_match_containerd_1_6s_cri(tmp_path: Path, node: Node) -> None:
-    with corral_node(tmp_path / "corral", node) as (daemon, cri):
+    handler = '[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]' + PASSTHROUGH
+    with corral_node(tmp_path / "corral", node, handler) as (daemon, cri):
         ours = spec_facts(cri, lambda *a: daemon.ctr(*a, namespace=NS).stdout, tmp_path / "corral-run")
     with containerd_16(tmp_path, node) as (cri16, ctr16):
         theirs = spec_facts(cri16, ctr16, tmp_path / "containerd-run")
     assert ours["secure spec"]["linux"]["maskedPaths"] == KUBELET_MASKED
+    passed = {k: v for k, v in ours["secure spec"]["annotations"].items() if "example" in k}
+    assert passed == {"io.example/pod": "cmp", "io.example.c/kept": "yes"}  # no other request annotation
     assert "maskedPaths" not in ours["plain spec"]["linux"]  # none asked for, none applied (also 1.6.20)
     assert ours == theirs

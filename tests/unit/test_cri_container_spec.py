@@ -183,3 +183,13 @@ def test_hugepage_limits_follow_the_hugetlb_config_keys(monkeypatch: pytest.Monk
     )
     with pytest.raises(InvalidArgument, match="hugetlb cgroup controller is missing"):
         oci_spec("c" * 64, _pod(), request, IMAGE, "img", "", strict)
+
+
+def test_passthrough_annotations_match_as_gos_path_match() -> None:
+    given = {"io.x/a": "1", "io.x/a/b": "2", "io.y": "3", "io.x/[z]": "4"}
+    assert cri_spec.passthrough_annotations(given, ["io.x/*"]) == {"io.x/a": "1", "io.x/[z]": "4"}
+    assert cri_spec.passthrough_annotations(given, ["io.?", "io.x/a/*"]) == {"io.y": "3", "io.x/a/b": "2"}
+    assert cri_spec.passthrough_annotations(given, ["io.[xy]*"]) == {"io.y": "3"}
+    assert cri_spec.passthrough_annotations(given, ["[", ""]) == {}
+    spec = oci_spec("c" * 64, _pod(), ContainerSpec("c", annotations={"a": "b"}), IMAGE, "img", "")
+    assert "a" not in spec["annotations"] and spec["annotations"]["io.kubernetes.cri.container-name"] == "c"

@@ -57,8 +57,10 @@ class RuntimeHandler:
     sandboxer: str = "podsandbox"
     """The sandbox controller that runs this handler's pods (``podsandbox``: the pause container)."""
     runtime_path: str = field(default="", metadata=inert(_NO_PODS))
-    pod_annotations: tuple[str, ...] = field(default=(), metadata=inert(_NO_PODS))
-    container_annotations: tuple[str, ...] = field(default=(), metadata=inert(_NO_PODS))
+    pod_annotations: tuple[str, ...] = ()
+    """Pod annotations (Go ``path.Match`` patterns) copied into the pod's containers' specs."""
+    container_annotations: tuple[str, ...] = ()
+    """Container annotations (patterns) copied into the container's spec; no others are."""
     privileged_without_host_devices: bool = False
     """A privileged container of this handler gets no host devices (nor the rule allowing all)."""
     privileged_without_host_devices_all_devices_allowed: bool = False

@@ -37,7 +37,7 @@ from corral.kernel import (
     InvalidArgument,
     NotFound,
 )
-from corral.plugins.cdi import DeviceInjector
+from corral.plugins.cdi import DeviceInjector, SpecError, devices_from_annotations
 from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
 from corral.plugins.core.mount import Mount, temporary_mount, unmount
 from corral.plugins.core.private import fsync_dir
@@ -439,14 +439,17 @@ class CRIContainers:
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
         async with temporary_mount(mounts, base=base) as rootfs:
             apply_rootfs_spec_opts(oci, rootfs_spec_opts(c.id, spec, image, rootfs))
+        # containerd's WithCDI: the request's devices, then those its annotations name, once each.
         devices = list(spec.cdi_devices)
         if devices or any(k.startswith("cdi.k8s.io/") for k in spec.annotations):
             if self._cdi is None:
                 raise worded(FailedPrecondition, "CDI devices were asked for but CDI is not enabled")
             try:
-                self._cdi.inject_annotated(oci)
-                if devices:
-                    self._cdi.inject(oci, devices)
+                try:
+                    devices += devices_from_annotations(dict(spec.annotations))
+                except SpecError as exc:
+                    raise InvalidArgument(f"failed to parse CDI device annotations: {exc}") from None
+                self._cdi.inject(oci, list(dict.fromkeys(devices)))
             except CorralError as exc:
                 raise worded(type(exc), f"failed to inject CDI devices: {exc}") from None
         if self._nri is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "apply_rootfs_spec_opts",
     "handler_options",
     "oci_spec",
+    "passthrough_annotations",
     "recursive_read_only_supported",
     "rootfs_spec_opts",
 ]
@@ -153,24 +155,28 @@ class HandlerOptions:
     privileged_without_host_devices_all_devices_allowed: bool = False
     disable_hugetlb_controller: bool = True
     tolerate_missing_hugetlb_controller: bool = True
+    pod_annotations: tuple[str, ...] = ()
+    container_annotations: tuple[str, ...] = ()
 
 
 def handler_options(config: RuntimeConfig, runtime_handler: str) -> HandlerOptions:
     """The options of the pod's runtime handler (the default handler's when it names none)."""
     handler = config.containerd.runtimes.get(runtime_handler or config.containerd.default_runtime_name)
-    hugetlb = {
-        "disable_hugetlb_controller": config.disable_hugetlb_controller,
-        "tolerate_missing_hugetlb_controller": config.tolerate_missing_hugetlb_controller,
-    }
+    disable, tolerate = config.disable_hugetlb_controller, config.tolerate_missing_hugetlb_controller
     if handler is None:
-        return HandlerOptions(**hugetlb)
+        return HandlerOptions(
+            disable_hugetlb_controller=disable, tolerate_missing_hugetlb_controller=tolerate
+        )
     return HandlerOptions(
-        **hugetlb,
         cgroup_writable=handler.cgroup_writable,
         privileged_without_host_devices=handler.privileged_without_host_devices,
         privileged_without_host_devices_all_devices_allowed=(
             handler.privileged_without_host_devices_all_devices_allowed
         ),
+        disable_hugetlb_controller=disable,
+        tolerate_missing_hugetlb_controller=tolerate,
+        pod_annotations=tuple(handler.pod_annotations),
+        container_annotations=tuple(handler.container_annotations),
     )
 
 
@@ -246,7 +252,8 @@ def _linux_spec_opts(
     opts.append(
         specs.with_annotations(
             {
-                **spec.annotations,
+                **passthrough_annotations(pod.pod.annotations, handler.pod_annotations),
+                **passthrough_annotations(spec.annotations, handler.container_annotations),
                 CONTAINER_TYPE: "container",
                 CONTAINER_NAME: spec.name,
                 SANDBOX_ID: pod.id,
@@ -258,6 +265,41 @@ def _linux_spec_opts(
         )
     )
     return opts
+
+
+def _go_path_pattern(pattern: str) -> re.Pattern[str] | None:
+    """Go's ``path.Match`` pattern as a regex (``*`` and ``?`` stop at ``/``); None when malformed."""
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                return None
+            body = pattern[i + 1 : end]
+            out += "[" + ("^" + body[1:] if body.startswith("^") else body).replace("/", "") + "]"
+            i = end
+        else:
+            out += re.escape(c)
+        i += 1
+    try:
+        return re.compile(out)
+    except re.error:
+        return None
+
+
+def passthrough_annotations(annotations: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
+    """The annotations a handler's ``pod_annotations`` / ``container_annotations`` patterns let
+    into the spec (containerd's ``GetPassthroughAnnotations``); no other request annotation is."""
+    compiled = [p for p in (_go_path_pattern(pattern) for pattern in patterns) if p is not None]
+    return {k: v for k, v in annotations.items() if any(p.fullmatch(k) for p in compiled)}
 
 
 def _with_process_args(spec: ContainerSpec, config: Mapping[str, Any]) -> specs.SpecOpt:

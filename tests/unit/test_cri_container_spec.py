@@ -193,3 +193,16 @@ def test_passthrough_annotations_match_as_gos_path_match() -> None:
     assert cri_spec.passthrough_annotations(given, ["[", ""]) == {}
     spec = oci_spec("c" * 64, _pod(), ContainerSpec("c", annotations={"a": "b"}), IMAGE, "img", "")
     assert "a" not in spec["annotations"] and spec["annotations"]["io.kubernetes.cri.container-name"] == "c"
+
+
+def test_restrict_oom_score_adj_keeps_a_container_at_or_above_the_daemons_score() -> None:
+    ours = int(Path("/proc/self/oom_score_adj").read_text())
+    request = ContainerSpec("c", has_resources=True, oom_score_adj=ours - 1)
+    assert oci_spec("c" * 64, _pod(), request, IMAGE, "img", "")["process"]["oomScoreAdj"] == ours - 1
+    restricted = cri_spec.HandlerOptions(restrict_oom_score_adj=True)
+    assert oci_spec("c" * 64, _pod(), request, IMAGE, "img", "", restricted)["process"]["oomScoreAdj"] == ours
+    higher = ContainerSpec("c", has_resources=True, oom_score_adj=ours + 1)
+    assert (
+        oci_spec("c" * 64, _pod(), higher, IMAGE, "img", "", restricted)["process"]["oomScoreAdj"] == ours + 1
+    )
+    assert "oomScoreAdj" not in oci_spec("c" * 64, _pod(), ContainerSpec("c"), IMAGE, "img", "")["process"]

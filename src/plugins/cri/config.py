@@ -127,7 +127,8 @@ class RuntimeConfig:
     selinux_category_range: int = field(default=1024, metadata=inert(_NO_PODS))
     max_container_log_line_size: int = field(default=16384, metadata=inert(_NO_PODS))
     disable_apparmor: bool = field(default=False, metadata=inert(_NO_PODS))
-    restrict_oom_score_adj: bool = field(default=False, metadata=inert(_NO_PODS))
+    restrict_oom_score_adj: bool = False
+    """A container's oom_score_adj is raised to the daemon's own when it asks for less."""
     disable_proc_mount: bool = field(default=False, metadata=inert(_NO_PODS))
     unset_seccomp_profile: str = field(default="", metadata=inert(_NO_PODS))
     tolerate_missing_hugetlb_controller: bool = True

@@ -10,6 +10,7 @@ the options that read the image's own files or follow the capabilities (containe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -157,24 +158,27 @@ class HandlerOptions:
     tolerate_missing_hugetlb_controller: bool = True
     pod_annotations: tuple[str, ...] = ()
     container_annotations: tuple[str, ...] = ()
+    restrict_oom_score_adj: bool = False
 
 
 def handler_options(config: RuntimeConfig, runtime_handler: str) -> HandlerOptions:
-    """The options of the pod's runtime handler (the default handler's when it names none)."""
+    """The options of the pod's runtime handler (the default handler's when it names none) and
+    the runtime section's own that change a container's spec."""
     handler = config.containerd.runtimes.get(runtime_handler or config.containerd.default_runtime_name)
-    disable, tolerate = config.disable_hugetlb_controller, config.tolerate_missing_hugetlb_controller
+    section = HandlerOptions(
+        disable_hugetlb_controller=config.disable_hugetlb_controller,
+        tolerate_missing_hugetlb_controller=config.tolerate_missing_hugetlb_controller,
+        restrict_oom_score_adj=config.restrict_oom_score_adj,
+    )
     if handler is None:
-        return HandlerOptions(
-            disable_hugetlb_controller=disable, tolerate_missing_hugetlb_controller=tolerate
-        )
-    return HandlerOptions(
+        return section
+    return dataclasses.replace(
+        section,
         cgroup_writable=handler.cgroup_writable,
         privileged_without_host_devices=handler.privileged_without_host_devices,
         privileged_without_host_devices_all_devices_allowed=(
             handler.privileged_without_host_devices_all_devices_allowed
         ),
-        disable_hugetlb_controller=disable,
-        tolerate_missing_hugetlb_controller=tolerate,
         pod_annotations=tuple(handler.pod_annotations),
         container_annotations=tuple(handler.container_annotations),
     )
@@ -247,7 +251,7 @@ def _linux_spec_opts(
     if cgroup:
         opts.append(specs.with_cgroup(cgroup))
     if spec.has_resources:
-        opts.append(_with_oom_score_adj(spec.oom_score_adj))
+        opts.append(_with_oom_score_adj(spec.oom_score_adj, handler.restrict_oom_score_adj))
     opts += [_with_pod_namespaces(pod, spec), _with_supplemental_groups(spec.supplemental_groups)]
     opts.append(
         specs.with_annotations(
@@ -594,9 +598,18 @@ def _with_resources(request: ContainerSpec, handler: HandlerOptions) -> specs.Sp
     return opt
 
 
-def _with_oom_score_adj(adj: int) -> specs.SpecOpt:
+def _daemon_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"could not get the daemon oom_score_adj: {exc}") from None
+
+
+def _with_oom_score_adj(adj: int, restrict: bool) -> specs.SpecOpt:
+    """The request's score; with ``restrict_oom_score_adj`` never below the daemon's own."""
+
     def opt(spec: specs.Spec) -> None:
-        spec.setdefault("process", {})["oomScoreAdj"] = adj
+        spec.setdefault("process", {})["oomScoreAdj"] = max(adj, _daemon_oom_score_adj()) if restrict else adj
 
     return opt
 

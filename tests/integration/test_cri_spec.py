@@ -377,6 +377,25 @@ def test_seccomp_localhost_profile_devices_and_bad_security_contexts(tmp_path: P
             'failed to get container spec opts: failed to generate user string: user group "5" is specified '
             "without user"
         )
+
+        # A container in a PID namespace of its own, and one that joins it (TARGET).
+        def in_pid_namespace(name: str, mode: pb.NamespaceMode, target: str = "") -> pb.ContainerConfig:
+            cfg = container(name, "exec sleep 1000")
+            options = pb.NamespaceOption(pid=mode, target_id=target)
+            cfg.linux = pb.LinuxContainerConfig(
+                security_context=pb.LinuxContainerSecurityContext(namespace_options=options)
+            )
+            return cfg
+
+        own = create(cri, pod_id, in_pid_namespace("own", pb.NamespaceMode.CONTAINER), sandbox)
+        start(cri, own)
+        debug = create(cri, pod_id, in_pid_namespace("debug", pb.NamespaceMode.TARGET, own), sandbox)
+        start(cri, debug)
+        seen = {c: sh(cri, c, "readlink /proc/self/ns/pid")[0] for c in (cid, own, debug)}
+        assert seen[debug] == seen[own] != seen[cid], seen
+        assert refused(in_pid_namespace("g", pb.NamespaceMode.TARGET, "nonesuch")).endswith(
+            'failed to generate spec opts: invalid target container: container "nonesuch" does not exist: not found'
+        )
         nodev = container("f", "true")
         nodev.devices = [pb.Device(container_path="/dev/x", host_path="/dev/nonesuch", permissions="rwm")]
         assert refused(nodev).endswith(

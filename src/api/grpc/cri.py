@@ -251,6 +251,7 @@ def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
         apparmor=_profile(security.apparmor),
         apparmor_profile=security.apparmor_profile,
         pid_mode=pb.NamespaceMode(namespaces.pid).name,
+        target_id=namespaces.target_id,
         devices=tuple(DeviceRequest(d.container_path, d.host_path, d.permissions) for d in config.devices),
         has_resources=linux.resources is not None,
         oom_score_adj=res.oom_score_adj,

@@ -383,6 +383,7 @@ class CRIContainers:
         oci = oci_spec(
             container_id, pod, spec, image.spec, image.references[0] if image.references else image.id, cgroup,
             handler_options(self._pods.config, pod.runtime_handler),
+            target_pid=self._target_pid(container_id, pod.id, spec) if spec.pid_mode == "TARGET" else 0,
         )  # fmt: skip
         c = CRIContainer(
             container_id, name, pod.id, spec, image.id, spec.image, log_path, datetime.now(UTC),
@@ -428,6 +429,25 @@ class CRIContainers:
         self._containers[container_id] = c
         log.info("cri_container_created", id=container_id, name=name, sandbox=pod.id)
         return container_id
+
+    def _target_pid(self, container_id: str, sandbox_id: str, spec: ContainerSpec) -> int:
+        """The pid of the running container of the same pod whose PID namespace ``spec`` targets
+        (containerd's validateTargetContainer)."""
+        target = self._containers.get(spec.target_id)
+        problem = ""
+        if target is None:
+            problem = f'container "{spec.target_id}" does not exist: not found'
+        elif target.sandbox_id != sandbox_id:
+            owner = f"(sandbox {target.sandbox_id})"
+            problem = f'container "{spec.target_id}" {owner} does not belong to sandbox {sandbox_id}'
+        elif target.state != CONTAINER_RUNNING:
+            problem = f'container "{spec.target_id}" is not running - in state {target.state}'
+        if target is None or problem:
+            raise invalid(
+                f'failed to generate container "{container_id}" spec: failed to generate spec opts: '
+                f"invalid target container: {problem}"
+            )
+        return target.pid
 
     async def _finish_spec(
         self, c: CRIContainer, pod: CRISandbox, spec: ContainerSpec, image: Mapping[str, Any],

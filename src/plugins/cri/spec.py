@@ -115,6 +115,7 @@ class ContainerSpec:
     apparmor: SecurityProfile | None = None
     apparmor_profile: str = ""
     pid_mode: str = "POD"
+    target_id: str = ""
     devices: tuple[DeviceRequest, ...] = ()
     # The rest of the resources; ``has_resources`` as the request's ``resources`` was sent or not.
     has_resources: bool = False
@@ -186,14 +187,14 @@ def handler_options(config: RuntimeConfig, runtime_handler: str) -> HandlerOptio
 
 def oci_spec(
     container_id: str, pod: CRISandbox, spec: ContainerSpec, image: Mapping[str, Any],
-    image_name: str, cgroup: str, handler: HandlerOptions | None = None,
+    image_name: str, cgroup: str, handler: HandlerOptions | None = None, *, target_pid: int = 0,
 ) -> specs.Spec:  # fmt: skip
     """containerd's ``buildLinuxSpec`` over its default spec; bad input is InvalidArgument in
     containerd's words (``failed to generate container "<id>" spec: ...``)."""
     handler = handler or HandlerOptions()
     config = image.get("config") or {}
     try:
-        opts = _linux_spec_opts(container_id, pod, spec, config, image_name, cgroup, handler)
+        opts = _linux_spec_opts(container_id, pod, spec, config, image_name, cgroup, handler, target_pid)
     except (ValueError, CorralError) as exc:
         raise worded(
             InvalidArgument,
@@ -210,7 +211,7 @@ def oci_spec(
 
 def _linux_spec_opts(
     container_id: str, pod: CRISandbox, spec: ContainerSpec, config: Mapping[str, Any], image_name: str,
-    cgroup: str, handler: HandlerOptions,
+    cgroup: str, handler: HandlerOptions, target_pid: int = 0,
 ) -> list[specs.SpecOpt]:  # fmt: skip
     opts: list[specs.SpecOpt] = [
         specs.without_run_mount,
@@ -252,7 +253,7 @@ def _linux_spec_opts(
         opts.append(specs.with_cgroup(cgroup))
     if spec.has_resources:
         opts.append(_with_oom_score_adj(spec.oom_score_adj, handler.restrict_oom_score_adj))
-    opts += [_with_pod_namespaces(pod, spec), _with_supplemental_groups(spec.supplemental_groups)]
+    opts += [_with_pod_namespaces(pod, spec, target_pid), _with_supplemental_groups(spec.supplemental_groups)]
     opts.append(
         specs.with_annotations(
             {
@@ -614,9 +615,9 @@ def _with_oom_score_adj(adj: int, restrict: bool) -> specs.SpecOpt:
     return opt
 
 
-def _with_pod_namespaces(pod: CRISandbox, spec: ContainerSpec) -> specs.SpecOpt:
+def _with_pod_namespaces(pod: CRISandbox, spec: ContainerSpec, target_pid: int = 0) -> specs.SpecOpt:
     """containerd's ``WithPodNamespaces``: the pause process's network, IPC and UTS namespaces,
-    and its PID namespace unless the container asks for its own."""
+    and its PID namespace unless the container asks for its own (or a target container's)."""
     pid = pod.pid
     opts = [
         specs.with_linux_namespace("network", f"/proc/{pid}/ns/net"),
@@ -624,7 +625,7 @@ def _with_pod_namespaces(pod: CRISandbox, spec: ContainerSpec) -> specs.SpecOpt:
         specs.with_linux_namespace("uts", f"/proc/{pid}/ns/uts"),
     ]
     if spec.pid_mode != "CONTAINER":
-        opts.append(specs.with_linux_namespace("pid", f"/proc/{pid}/ns/pid"))
+        opts.append(specs.with_linux_namespace("pid", f"/proc/{target_pid or pid}/ns/pid"))
     return specs.compose(*opts)
 
 

@@ -41,6 +41,7 @@ from corral.plugins.cri.containers import (
 from corral.plugins.cri.resources import HugepageLimit, ResourceUpdate
 from corral.plugins.cri.sandboxes import CRISandbox, PodSandboxes, SandboxFilter, invalid
 from corral.plugins.cri.signals import cri_signal_name
+from corral.plugins.cri.spec import DeviceRequest, SecurityProfile
 from corral.plugins.cri.stats import (
     ContainerStatsFilter,
     ContainerUsage,
@@ -199,6 +200,23 @@ def _wire_pod_status(cri: CRISandbox) -> pb.PodSandboxStatus:
     )
 
 
+def _profile(profile: pb.SecurityProfile | None) -> SecurityProfile | None:
+    if profile is None:
+        return None
+    return SecurityProfile(pb.SecurityProfileProfileType(profile.profile_type).name, profile.localhost_ref)
+
+
+def _mount(m: pb.Mount) -> HostMount:
+    return HostMount(
+        m.container_path,
+        m.host_path,
+        m.readonly,
+        pb.MountPropagation(m.propagation).name,
+        recursive_read_only=m.recursive_read_only,
+        selinux_relabel=m.selinux_relabel,
+    )
+
+
 def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
     """The record of a CRI ContainerConfig that CreateContainer works from."""
     meta = config.metadata or pb.ContainerMetadata()
@@ -206,6 +224,7 @@ def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
     security = linux.security_context or pb.LinuxContainerSecurityContext()
     caps = security.capabilities or pb.Capability()
     res = linux.resources or pb.LinuxContainerResources()
+    namespaces = security.namespace_options or pb.NamespaceOption()
     return ContainerSpec(
         name=meta.name,
         attempt=meta.attempt,
@@ -214,10 +233,7 @@ def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
         args=tuple(config.args),
         working_dir=config.working_dir,
         envs=tuple((e.key, e.value) for e in config.envs),
-        mounts=tuple(
-            HostMount(m.container_path, m.host_path, m.readonly, pb.MountPropagation(m.propagation).name)
-            for m in config.mounts
-        ),
+        mounts=tuple(_mount(m) for m in config.mounts),
         labels=dict(config.labels),
         annotations=dict(config.annotations),
         log_path=config.log_path,
@@ -234,6 +250,25 @@ def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
         cpu_quota=res.cpu_quota,
         cpu_shares=res.cpu_shares,
         memory_limit=res.memory_limit_in_bytes,
+        run_as_username=security.run_as_username,
+        supplemental_groups=tuple(security.supplemental_groups),
+        supplemental_groups_policy=pb.SupplementalGroupsPolicy(security.supplemental_groups_policy).name,
+        masked_paths=tuple(security.masked_paths),
+        readonly_paths=tuple(security.readonly_paths),
+        seccomp=_profile(security.seccomp),
+        seccomp_profile_path=security.seccomp_profile_path,
+        apparmor=_profile(security.apparmor),
+        apparmor_profile=security.apparmor_profile,
+        pid_mode=pb.NamespaceMode(namespaces.pid).name,
+        target_id=namespaces.target_id,
+        devices=tuple(DeviceRequest(d.container_path, d.host_path, d.permissions) for d in config.devices),
+        has_resources=linux.resources is not None,
+        oom_score_adj=res.oom_score_adj,
+        cpuset_cpus=res.cpuset_cpus,
+        cpuset_mems=res.cpuset_mems,
+        hugepage_limits=tuple((h.page_size, h.limit) for h in res.hugepage_limits),
+        unified=dict(res.unified),
+        memory_swap_limit=res.memory_swap_limit_in_bytes,
     )
 
 

@@ -41,7 +41,6 @@ CRI_IMAGES = "io.containerd.cri.v1.images"
 CRI_RUNTIME = "io.containerd.cri.v1.runtime"
 
 _NO_PODS = "not acted on by corral's CRI pods and containers yet"
-_HUGETLB = "acted on by UpdateContainerResources only: CreateContainer sets no hugepage limits yet"
 _NO_STREAMING = "no CRI streaming server yet (Exec, Attach and PortForward are not built)"
 _REMOVED = "removed in containerd 2.0; accepted so a 1.x config loads"
 
@@ -97,11 +96,16 @@ class RuntimeHandler:
     sandboxer: str = "podsandbox"
     """The sandbox controller that runs this handler's pods (``podsandbox``: the pause container)."""
     runtime_path: str = field(default="", metadata=inert(_NO_PODS))
-    pod_annotations: tuple[str, ...] = field(default=(), metadata=inert(_NO_PODS))
-    container_annotations: tuple[str, ...] = field(default=(), metadata=inert(_NO_PODS))
-    privileged_without_host_devices: bool = field(default=False, metadata=inert(_NO_PODS))
-    privileged_without_host_devices_all_devices_allowed: bool = field(default=False, metadata=inert(_NO_PODS))
-    cgroup_writable: bool = field(default=False, metadata=inert(_NO_PODS))
+    pod_annotations: tuple[str, ...] = ()
+    """Pod annotations (Go ``path.Match`` patterns) copied into the pod's containers' specs."""
+    container_annotations: tuple[str, ...] = ()
+    """Container annotations (patterns) copied into the container's spec; no others are."""
+    privileged_without_host_devices: bool = False
+    """A privileged container of this handler gets no host devices (nor the rule allowing all)."""
+    privileged_without_host_devices_all_devices_allowed: bool = False
+    """With privileged_without_host_devices: the rule allowing every device is still given."""
+    cgroup_writable: bool = False
+    """The container's /sys/fs/cgroup is mounted read-write, so it can make sub-cgroups (containerd 2.1)."""
     base_runtime_spec: str = field(default="", metadata=inert(_NO_PODS))
     cni_conf_dir: str = field(default="", metadata=inert(_NO_PODS))
     cni_max_conf_num: int = field(default=0, metadata=inert(_NO_PODS))
@@ -179,11 +183,14 @@ class RuntimeConfig:
     selinux_category_range: int = field(default=1024, metadata=inert(_NO_PODS))
     max_container_log_line_size: int = field(default=16384, metadata=inert(_NO_PODS))
     disable_apparmor: bool = field(default=False, metadata=inert(_NO_PODS))
-    restrict_oom_score_adj: bool = field(default=False, metadata=inert(_NO_PODS))
+    restrict_oom_score_adj: bool = False
+    """A container's oom_score_adj is raised to the daemon's own when it asks for less."""
     disable_proc_mount: bool = field(default=False, metadata=inert(_NO_PODS))
     unset_seccomp_profile: str = field(default="", metadata=inert(_NO_PODS))
-    tolerate_missing_hugetlb_controller: bool = field(default=True, metadata=inert(_HUGETLB))
-    disable_hugetlb_controller: bool = field(default=True, metadata=inert(_HUGETLB))
+    tolerate_missing_hugetlb_controller: bool = True
+    """Without a hugetlb cgroup controller, a container's hugepage limits are dropped (else refused)."""
+    disable_hugetlb_controller: bool = True
+    """A container's hugepage limits are dropped (containerd's default)."""
     device_ownership_from_security_context: bool = field(default=False, metadata=inert(_NO_PODS))
     ignore_image_defined_volumes: bool = field(default=False, metadata=inert(_NO_PODS))
     netns_mounts_under_state_dir: bool = field(default=False, metadata=inert(_NO_PODS))

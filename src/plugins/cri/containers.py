@@ -38,8 +38,9 @@ from corral.kernel import (
     InvalidArgument,
     NotFound,
 )
-from corral.plugins.cdi import DeviceInjector
+from corral.plugins.cdi import DeviceInjector, SpecError, devices_from_annotations
 from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
+from corral.plugins.core.mount import Mount, temporary_mount, unmount
 from corral.plugins.core.private import fsync_dir
 from corral.plugins.cri.container_log import MAX_LOG_LINE, ContainerLog, kubelet_log_lines, rfc3339_nano
 from corral.plugins.cri.images import CRIImage, CRIImageService
@@ -61,7 +62,14 @@ from corral.plugins.cri.sandboxes import (
     worded,
 )
 from corral.plugins.cri.signals import oci_stop_signal, parse_signal
-from corral.plugins.cri.spec import ContainerSpec, HostMount, oci_spec
+from corral.plugins.cri.spec import (
+    ContainerSpec,
+    HostMount,
+    apply_rootfs_spec_opts,
+    handler_options,
+    oci_spec,
+    rootfs_spec_opts,
+)
 from corral.plugins.events.types import TaskIO
 from corral.plugins.metadata import (
     AnyValue,
@@ -104,6 +112,8 @@ PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 UNKNOWN_EXIT = 255
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
 SNAPSHOT_LEASE = timedelta(minutes=10)
+ROOTFS_MOUNTS = "rootfs-mounts"
+"""Where a new container's image root is mounted while its user and groups are read."""
 
 
 @dataclass
@@ -226,9 +236,20 @@ class CRIContainers:
         """Find a previous daemon's containers at once (not at the first call): exits that came
         while it was down are recorded and their shims go."""
         try:
+            await self._unmount_stale_rootfs()
             await self._load()
         except Exception as exc:
             log.warning("cri_containers_load_failed", error=str(exc))
+
+    async def _unmount_stale_rootfs(self) -> None:
+        """The image roots a killed daemon had mounted to read a new container's users from."""
+        base = self._state / ROOTFS_MOUNTS
+        for path in sorted(base.iterdir()) if base.is_dir() else []:
+            while os.path.ismount(path):
+                await unmount(path)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            log.info("cri_stale_rootfs_mount_removed", path=str(path))
 
     def _group(self) -> anyio.abc.TaskGroup:
         if self._tg is None:
@@ -378,41 +399,33 @@ class CRIContainers:
         log_path = os.path.join(pod.pod.log_directory, spec.log_path) if spec.log_path else ""
         cgroup = f"{pod.pod.cgroup_parent.rstrip('/')}/{container_id}" if pod.pod.cgroup_parent else ""
         oci = oci_spec(
-            container_id, pod, spec, image.spec, image.references[0] if image.references else image.id, cgroup
-        )
+            container_id, pod, spec, image.spec, image.references[0] if image.references else image.id, cgroup,
+            handler_options(self._pods.config, pod.runtime_handler),
+            target_pid=self._target_pid(container_id, pod.id, spec) if spec.pid_mode == "TARGET" else 0,
+        )  # fmt: skip
         c = CRIContainer(
             container_id, name, pod.id, spec, image.id, spec.image, log_path, datetime.now(UTC),
             runtime_type=runtime_type, cgroup=oci["linux"].get("cgroupsPath", ""), config=config,
             stop_signal=stop_signal or str((image.spec.get("config") or {}).get("StopSignal") or ""),
         )  # fmt: skip
-        devices = list(spec.cdi_devices)
-        if devices or any(k.startswith("cdi.k8s.io/") for k in spec.annotations):
-            if self._cdi is None:
-                raise worded(FailedPrecondition, "CDI devices were asked for but CDI is not enabled")
-            try:
-                self._cdi.inject_annotated(oci)
-                if devices:
-                    self._cdi.inject(oci, devices)
-            except CorralError as exc:
-                raise worded(type(exc), f"failed to inject CDI devices: {exc}") from None
-        if self._nri is not None:
-            oci = dict(await self._nri.create_container(self._pods.pod_info(pod), self._info(c), oci))
-        c.resources = resources_of(oci)
+        # The spec NRI plugins adjusted, once they have: a create failing after that is taken back.
+        adjusted: list[specs.Spec] = []
         try:
-            await self._store_created(c, container_id, pod, spec, image, oci)
+            await self._store_created(c, container_id, pod, spec, image, oci, adjusted)
         except BaseException:
             # containerd's UndoCreateContainer: plugins that saw the create see it go.
-            with anyio.CancelScope(shield=True):
-                await self._tell_nri("remove_container", c, oci)
+            if adjusted:
+                with anyio.CancelScope(shield=True):
+                    await self._tell_nri("remove_container", c, adjusted[0])
             raise
         self._containers[container_id] = c
         log.info("cri_container_created", id=container_id, name=name, sandbox=pod.id)
-        await self._tell_nri("post_create_container", c, oci)
+        await self._tell_nri("post_create_container", c, adjusted[0] if adjusted else None)
         return container_id
 
     async def _store_created(
         self, c: CRIContainer, container_id: str, pod: CRISandbox, spec: ContainerSpec, image: CRIImage,
-        oci: specs.Spec,
+        oci: specs.Spec, adjusted: list[specs.Spec],
     ) -> None:  # fmt: skip
         """The container's snapshot, metadata record and status file, or none of them."""
         snapshotter_name = self._images.snapshotter_for(pod.runtime_handler)
@@ -424,8 +437,11 @@ class CRIContainers:
             lease = await leases.create(labels={GC_EXPIRE: expiry})
             try:
                 with bound_lease(lease.id):
-                    await snapshotter.prepare(container_id, image.chain_id)
+                    mounts = await snapshotter.prepare(container_id, image.chain_id)
                     try:
+                        oci = await self._finish_spec(c, pod, spec, image.spec, oci, mounts)
+                        adjusted.append(oci)
+                        c.resources = resources_of(oci)
                         await self._metadata.view(ContainerStore).create(
                             Container(
                                 id=container_id,
@@ -477,6 +493,52 @@ class CRIContainers:
                 spec: dict[str, Any] = json.loads(record.spec.value)
                 return spec
         return {}
+
+    def _target_pid(self, container_id: str, sandbox_id: str, spec: ContainerSpec) -> int:
+        """The pid of the running container of the same pod whose PID namespace ``spec`` targets
+        (containerd's validateTargetContainer)."""
+        target = self._containers.get(spec.target_id)
+        problem = ""
+        if target is None:
+            problem = f'container "{spec.target_id}" does not exist: not found'
+        elif target.sandbox_id != sandbox_id:
+            owner = f"(sandbox {target.sandbox_id})"
+            problem = f'container "{spec.target_id}" {owner} does not belong to sandbox {sandbox_id}'
+        elif target.state != CONTAINER_RUNNING:
+            problem = f'container "{spec.target_id}" is not running - in state {target.state}'
+        if target is None or problem:
+            raise invalid(
+                f'failed to generate container "{container_id}" spec: failed to generate spec opts: '
+                f"invalid target container: {problem}"
+            )
+        return target.pid
+
+    async def _finish_spec(
+        self, c: CRIContainer, pod: CRISandbox, spec: ContainerSpec, image: Mapping[str, Any],
+        oci: dict[str, Any], mounts: Sequence[Mount],
+    ) -> dict[str, Any]:  # fmt: skip
+        """What containerd applies with the snapshot made: the user and groups read in the image's
+        files, AppArmor and seccomp, then CDI devices and NRI's adjustments."""
+        base = self._state / ROOTFS_MOUNTS
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        async with temporary_mount(mounts, base=base) as rootfs:
+            apply_rootfs_spec_opts(oci, rootfs_spec_opts(c.id, spec, image, rootfs))
+        # containerd's WithCDI: the request's devices, then those its annotations name, once each.
+        devices = list(spec.cdi_devices)
+        if devices or any(k.startswith("cdi.k8s.io/") for k in spec.annotations):
+            if self._cdi is None:
+                raise worded(FailedPrecondition, "CDI devices were asked for but CDI is not enabled")
+            try:
+                try:
+                    devices += devices_from_annotations(dict(spec.annotations))
+                except SpecError as exc:
+                    raise InvalidArgument(f"failed to parse CDI device annotations: {exc}") from None
+                self._cdi.inject(oci, list(dict.fromkeys(devices)))
+            except CorralError as exc:
+                raise worded(type(exc), f"failed to inject CDI devices: {exc}") from None
+        if self._nri is not None:
+            oci = dict(await self._nri.create_container(self._pods.pod_info(pod), self._info(c), oci))
+        return oci
 
     def _info(self, c: CRIContainer) -> ContainerInfo:
         state = {CONTAINER_RUNNING: "running", CONTAINER_EXITED: "stopped"}.get(c.state, "created")

@@ -9,8 +9,11 @@ handlers, and RuntimeConfig (the cgroup driver the default handler's options ask
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from corral.plugins.cni import conf_files
 from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, runc_options, split_v2_section
 from corral.plugins.cri.errors import worded
 from corral.plugins.cri.podcidr import TemplateError, pod_cidr_routes, write_cni_config
+from corral.plugins.runtimes import spec as specs
 
 __all__ = [
     "CNI_NOT_INITIALIZED",
@@ -194,9 +198,11 @@ class CRIRuntimeService:
             if warnings
             else Condition(NO_DEPRECATION_WARNINGS, True)
         )
-        handlers = [HandlerFeatures(name) for name in sorted(self.config.containerd.runtimes)]
-        if self.config.containerd.default_runtime_name in self.config.containerd.runtimes:
-            handlers.insert(0, HandlerFeatures(""))
+        runtimes = self.config.containerd.runtimes
+        handlers = [HandlerFeatures(name, _rro(runtimes[name].runtime_type)) for name in sorted(runtimes)]
+        default = self.config.containerd.default_runtime_name
+        if default in runtimes:
+            handlers.insert(0, HandlerFeatures("", _rro(runtimes[default].runtime_type)))
         info: dict[str, str] = {}
         if verbose:
             info["config"] = json.dumps(encode(self.config), separators=(",", ":"))
@@ -227,6 +233,27 @@ async def init(ic: InitContext) -> CRIRuntimeService:
     config: RuntimeConfig = ic.config
     ic.meta.exports["CRIVersion"] = CRI_VERSION
     return CRIRuntimeService(dataclasses.replace(config))
+
+
+def _rro(runtime_type: str) -> bool:
+    """A runc handler can make recursive read-only mounts when runc and the kernel can (containerd
+    asks ``runc features`` of its runc handlers only)."""
+    return runtime_type in RUNC_RUNTIME_TYPES and recursive_read_only_supported()
+
+
+@functools.cache
+def recursive_read_only_supported(runtime: str = "runc") -> bool:
+    """Whether the runtime can make ``rro`` mounts (``runc features`` lists it and the kernel has
+    mount_setattr), as containerd asks of a runc handler at start."""
+    binary = shutil.which(runtime)
+    if binary is None:
+        return False
+    try:
+        done = subprocess.run([binary, "features"], capture_output=True, text=True, timeout=10, check=False)
+        features = json.loads(done.stdout) if done.returncode == 0 else {}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return False
+    return isinstance(features, dict) and specs.supports_recursive_read_only(features)
 
 
 registration = Registration(

@@ -99,6 +99,8 @@ class CRISandbox:
     netns_path: str = ""
     resolv_path: str = ""
     shm_path: str = ""
+    hostname_path: str = ""
+    hosts_path: str = ""
     pid: int = 0
     info: Mapping[str, str] = field(default_factory=dict)
 
@@ -224,6 +226,8 @@ class PodSandboxes:
         pod.netns_path = info.pop("netns_path", "")
         pod.resolv_path = info.pop("resolv_path", "")
         pod.shm_path = info.pop("shm_path", "")
+        pod.hostname_path = info.pop("hostname_path", "")
+        pod.hosts_path = info.pop("hosts_path", "")
         pod.ip = info.pop("ip", "")
         extra = info.pop("additional_ips", "")
         pod.additional_ips = tuple(i for i in extra.split(",") if i)

@@ -1,22 +1,45 @@
-"""The OCI spec of a CRI container, after containerd 2.0's ``internal/cri/server/container_create_linux.go``
-and ``internal/cri/opts/spec_linux.go``: what CreateContainer's ContainerConfig becomes.
+"""The OCI spec of a CRI container, after containerd 2.x's ``internal/cri/server/container_create*.go``
+and ``internal/cri/opts/spec_linux*.go``: what CreateContainer's ContainerConfig becomes.
 
 ``ContainerSpec`` is the part of a ContainerConfig the node keeps (decoded at the wire's edge and
-saved with the container so a restarted daemon has it); ``oci_spec`` turns it, the pod and the
-image's config into the runtime spec.
+saved with the container so a restarted daemon has it). ``oci_spec`` turns it, the pod and the
+image's config into the runtime spec (containerd's ``buildLinuxSpec``); ``rootfs_spec_opts`` are
+the options that read the image's own files or follow the capabilities (containerd's
+``platformSpecOpts``: user, groups, AppArmor, seccomp), applied once the snapshot is mounted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import functools
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from corral.kernel import CorralError, InvalidArgument
+from corral.plugins.cri.config import RuntimeConfig
+from corral.plugins.cri.runtime import recursive_read_only_supported
 from corral.plugins.cri.sandboxes import K8S, CRISandbox, invalid, worded
+from corral.plugins.cri.seccomp import SecurityProfile, apparmor_spec_opt, profile_from_path, seccomp_spec_opt
 from corral.plugins.runtimes import spec as specs
 
-__all__ = ["ContainerSpec", "HostMount", "oci_spec"]
+__all__ = [
+    "ContainerSpec",
+    "DeviceRequest",
+    "HandlerOptions",
+    "HostMount",
+    "SecurityProfile",
+    "apply_rootfs_spec_opts",
+    "handler_options",
+    "oci_spec",
+    "passthrough_annotations",
+    "recursive_read_only_supported",
+    "rootfs_spec_opts",
+]
 
 # containerd's CRI annotations on a container's spec.
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
@@ -27,6 +50,10 @@ SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
 SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
 IMAGE_NAME = "io.kubernetes.cri.image-name"
 
+ETC_HOSTNAME, ETC_HOSTS, RESOLV_CONF, DEV_SHM = "/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/dev/shm"
+CGROUP_MOUNT_OPTIONS = ("nosuid", "noexec", "nodev", "relatime")
+CGROUP2_ROOT = Path("/sys/fs/cgroup")
+
 
 @dataclass(frozen=True)
 class HostMount:
@@ -36,6 +63,17 @@ class HostMount:
     host_path: str
     readonly: bool = False
     propagation: str = "PROPAGATION_PRIVATE"
+    recursive_read_only: bool = False
+    selinux_relabel: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """A CRI Device: the host's node (or directory of nodes) and its cgroup permissions."""
+
+    container_path: str
+    host_path: str
+    permissions: str = "rwm"
 
 
 @dataclass(frozen=True)
@@ -66,113 +104,161 @@ class ContainerSpec:
     cpu_quota: int = 0
     cpu_shares: int = 0
     memory_limit: int = 0
+    # The rest of the security context.
+    run_as_username: str = ""
+    supplemental_groups: tuple[int, ...] = ()
+    supplemental_groups_policy: str = "Merge"
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+    seccomp: SecurityProfile | None = None
+    seccomp_profile_path: str = ""
+    apparmor: SecurityProfile | None = None
+    apparmor_profile: str = ""
+    pid_mode: str = "POD"
+    target_id: str = ""
+    devices: tuple[DeviceRequest, ...] = ()
+    # The rest of the resources; ``has_resources`` as the request's ``resources`` was sent or not.
+    has_resources: bool = False
+    oom_score_adj: int = 0
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+    hugepage_limits: tuple[tuple[str, int], ...] = ()
+    unified: Mapping[str, str] = field(default_factory=dict)
+    memory_swap_limit: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["mounts"] = [asdict(m) for m in self.mounts]
-        return out
+        return asdict(self)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ContainerSpec:
-        values = dict(obj)
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in obj.items() if k in known}
         values["mounts"] = tuple(HostMount(**m) for m in values.get("mounts", ()))
+        values["devices"] = tuple(DeviceRequest(**d) for d in values.get("devices", ()))
         values["envs"] = tuple(tuple(e) for e in values.get("envs", ()))
-        for key in ("command", "args", "cdi_devices", "add_capabilities", "drop_capabilities"):
+        values["hugepage_limits"] = tuple(tuple(h) for h in values.get("hugepage_limits", ()))
+        for key in ("seccomp", "apparmor"):
+            if values.get(key) is not None:
+                values[key] = SecurityProfile(**values[key])
+        for key in (
+            "command", "args", "cdi_devices", "add_capabilities", "drop_capabilities",
+            "supplemental_groups", "masked_paths", "readonly_paths",
+        ):  # fmt: skip
             values[key] = tuple(values.get(key, ()))
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class HandlerOptions:
+    """What the pod's runtime handler changes in its containers' specs."""
+
+    cgroup_writable: bool = False
+    privileged_without_host_devices: bool = False
+    privileged_without_host_devices_all_devices_allowed: bool = False
+    disable_hugetlb_controller: bool = True
+    tolerate_missing_hugetlb_controller: bool = True
+    pod_annotations: tuple[str, ...] = ()
+    container_annotations: tuple[str, ...] = ()
+    restrict_oom_score_adj: bool = False
+
+
+def handler_options(config: RuntimeConfig, runtime_handler: str) -> HandlerOptions:
+    """The options of the pod's runtime handler (the default handler's when it names none) and
+    the runtime section's own that change a container's spec."""
+    handler = config.containerd.runtimes.get(runtime_handler or config.containerd.default_runtime_name)
+    section = HandlerOptions(
+        disable_hugetlb_controller=config.disable_hugetlb_controller,
+        tolerate_missing_hugetlb_controller=config.tolerate_missing_hugetlb_controller,
+        restrict_oom_score_adj=config.restrict_oom_score_adj,
+    )
+    if handler is None:
+        return section
+    return dataclasses.replace(
+        section,
+        cgroup_writable=handler.cgroup_writable,
+        privileged_without_host_devices=handler.privileged_without_host_devices,
+        privileged_without_host_devices_all_devices_allowed=(
+            handler.privileged_without_host_devices_all_devices_allowed
+        ),
+        pod_annotations=tuple(handler.pod_annotations),
+        container_annotations=tuple(handler.container_annotations),
+    )
+
+
 def oci_spec(
     container_id: str, pod: CRISandbox, spec: ContainerSpec, image: Mapping[str, Any],
-    image_name: str, cgroup: str,
+    image_name: str, cgroup: str, handler: HandlerOptions | None = None, *, target_pid: int = 0,
 ) -> specs.Spec:  # fmt: skip
+    """containerd's ``buildLinuxSpec`` over its default spec; bad input is InvalidArgument in
+    containerd's words (``failed to generate container "<id>" spec: ...``)."""
+    handler = handler or HandlerOptions()
     config = image.get("config") or {}
-    entrypoint = list(config.get("Entrypoint") or [])
-    cmd = list(config.get("Cmd") or [])
-    if spec.command:
-        args = [*spec.command, *spec.args]
-    elif spec.args:
-        args = [*entrypoint, *spec.args]
-    else:
-        args = [*entrypoint, *cmd]
-    if not args:
-        raise invalid("no command specified")
-    env = list(config.get("Env") or [])
-    env = specs.replace_or_append_env(env, [f"{key}={value}" for key, value in spec.envs])
+    try:
+        opts = _linux_spec_opts(container_id, pod, spec, config, image_name, cgroup, handler, target_pid)
+    except (ValueError, CorralError) as exc:
+        raise worded(
+            InvalidArgument,
+            f'failed to generate container "{container_id}" spec: failed to generate spec opts: {exc}',
+        ) from None
+    try:
+        return specs.generate_spec(K8S, container_id, *opts)
+    except (ValueError, OSError, CorralError) as exc:
+        raise worded(
+            InvalidArgument,
+            f'failed to generate container "{container_id}" spec: failed to generate spec: {exc}',
+        ) from None
+
+
+def _linux_spec_opts(
+    container_id: str, pod: CRISandbox, spec: ContainerSpec, config: Mapping[str, Any], image_name: str,
+    cgroup: str, handler: HandlerOptions, target_pid: int = 0,
+) -> list[specs.SpecOpt]:  # fmt: skip
     opts: list[specs.SpecOpt] = [
-        specs.with_process_args(*args),
-        specs.with_env(env),
+        specs.without_run_mount,
+        _without_default_security_settings,
+        specs.with_rootfs_path("rootfs"),
+        _with_process_args(spec, config),
+        specs.with_default_path_env,
+        specs.with_new_privileges,
     ]
     cwd = spec.working_dir or config.get("WorkingDir") or ""
     if cwd:
         opts.append(specs.with_process_cwd(cwd))
-    if cgroup:
-        opts.append(specs.with_cgroup(cgroup))
-    pid = pod.pid
-    if pod.pod.host_network:
-        opts += [specs.with_host_namespace("network"), specs.with_host_namespace("uts")]
-    else:
-        opts += [
-            specs.with_linux_namespace("network", pod.netns_path or f"/proc/{pid}/ns/net"),
-            specs.with_linux_namespace("uts", f"/proc/{pid}/ns/uts"),
-        ]
-    if pod.pod.ipc_mode == "NODE":
-        opts.append(specs.with_host_namespace("ipc"))
-    else:
-        opts.append(specs.with_linux_namespace("ipc", f"/proc/{pid}/ns/ipc"))
-    if pod.pod.pid_mode == "NODE":
-        opts.append(specs.with_host_namespace("pid"))
-    elif pod.pod.pid_mode == "POD":
-        opts.append(specs.with_linux_namespace("pid", f"/proc/{pid}/ns/pid"))
-    mounts = []
-    for m in spec.mounts:
-        flags = ["rbind", "ro" if m.readonly else "rw"]
-        flags.append(
-            {"PROPAGATION_HOST_TO_CONTAINER": "rslave", "PROPAGATION_BIDIRECTIONAL": "rshared"}.get(
-                m.propagation, "rprivate"
-            )
-        )
-        mounts.append(
-            {"source": m.host_path, "destination": m.container_path, "type": "bind", "options": flags}
-        )
-    asked = {m.container_path for m in spec.mounts}
-    # The pod's resolv.conf and /dev/shm, as containerd binds its sandbox's: unless the request
-    # mounts those paths itself.
-    if "/etc/resolv.conf" not in asked and pod.resolv_path:
-        mode = "ro" if spec.readonly_rootfs else "rw"
-        mounts.append({"source": pod.resolv_path, "destination": "/etc/resolv.conf",
-                       "type": "bind", "options": ["rbind", "rprivate", mode]})  # fmt: skip
-    if "/dev/shm" not in asked and pod.shm_path:
-        mounts.append({"source": pod.shm_path, "destination": "/dev/shm", "type": "bind",
-                       "options": ["rbind", "rprivate", "rw", "nosuid", "nodev", "noexec"]})  # fmt: skip
-    if mounts:
-        opts += [
-            specs.without_mounts(*(str(m["destination"]) for m in mounts)),
-            specs.with_mounts(mounts),
-        ]
+    if spec.tty:
+        opts.append(specs.with_tty)
+    opts.append(specs.with_env([f"HOSTNAME={pod.pod.hostname or socket.gethostname()}"]))
+    env = [*(config.get("Env") or []), *(f"{key}={value}" for key, value in spec.envs)]
+    opts.append(specs.with_env(env))
+    if _cgroup2_unified() and not spec.privileged:
+        opts.append(specs.with_linux_namespace("cgroup"))
+    opts.append(_with_mounts(container_mounts(pod, spec), handler.cgroup_writable))
+    opts += _masked_and_readonly_paths(spec)
+    opts += [_with_devices(spec.devices), _with_capabilities(spec)]
     if spec.privileged:
+        if not pod.pod.privileged:
+            raise ValueError("no privileged container allowed in sandbox")
         opts.append(specs.with_privileged)
-    else:
-        if spec.add_capabilities:
-            opts.append(specs.with_added_capabilities([_cap(c) for c in spec.add_capabilities]))
-        if spec.drop_capabilities:
-            opts.append(specs.with_dropped_capabilities([_cap(c) for c in spec.drop_capabilities]))
-    if spec.readonly_rootfs:
-        opts.append(specs.with_readonly_rootfs)
-    if spec.run_as_user is not None:
-        opts.append(specs.with_uid_gid(spec.run_as_user, spec.run_as_group or 0))
+        if not handler.privileged_without_host_devices:
+            opts += [specs.with_host_devices, specs.with_all_devices_allowed]
+        elif handler.privileged_without_host_devices_all_devices_allowed:
+            opts.append(specs.with_all_devices_allowed)
+    opts.append(_without_ambient_capabilities)
     if spec.no_new_privs:
         opts.append(specs.with_no_new_privileges)
-    if spec.cpu_shares:
-        opts.append(specs.with_cpu_shares(spec.cpu_shares))
-    if spec.cpu_quota or spec.cpu_period:
-        opts.append(specs.with_cpu_cfs(spec.cpu_quota, spec.cpu_period))
-    if spec.memory_limit:
-        opts.append(specs.with_memory_limit(spec.memory_limit))
+    if spec.readonly_rootfs:
+        opts.append(specs.with_readonly_rootfs)
+    if spec.has_resources:
+        opts.append(_with_resources(spec, handler))
+    if cgroup:
+        opts.append(specs.with_cgroup(cgroup))
+    if spec.has_resources:
+        opts.append(_with_oom_score_adj(spec.oom_score_adj, handler.restrict_oom_score_adj))
+    opts += [_with_pod_namespaces(pod, spec, target_pid), _with_supplemental_groups(spec.supplemental_groups)]
     opts.append(
         specs.with_annotations(
             {
-                **spec.annotations,
+                **passthrough_annotations(pod.pod.annotations, handler.pod_annotations),
+                **passthrough_annotations(spec.annotations, handler.container_annotations),
                 CONTAINER_TYPE: "container",
                 CONTAINER_NAME: spec.name,
                 SANDBOX_ID: pod.id,
@@ -183,12 +269,463 @@ def oci_spec(
             }
         )
     )
+    return opts
+
+
+def _go_path_pattern(pattern: str) -> re.Pattern[str] | None:
+    """Go's ``path.Match`` pattern as a regex (``*`` and ``?`` stop at ``/``); None when malformed."""
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                return None
+            body = pattern[i + 1 : end]
+            out += "[" + ("^" + body[1:] if body.startswith("^") else body).replace("/", "") + "]"
+            i = end
+        else:
+            out += re.escape(c)
+        i += 1
     try:
-        return specs.generate_spec(K8S, container_id, *opts)
-    except (ValueError, CorralError) as exc:
-        raise worded(InvalidArgument, f"failed to generate container spec: {exc}") from None
+        return re.compile(out)
+    except re.error:
+        return None
 
 
-def _cap(name: str) -> str:
-    upper = name.upper()
-    return upper if upper.startswith("CAP_") else f"CAP_{upper}"
+def passthrough_annotations(annotations: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
+    """The annotations a handler's ``pod_annotations`` / ``container_annotations`` patterns let
+    into the spec (containerd's ``GetPassthroughAnnotations``); no other request annotation is."""
+    compiled = [p for p in (_go_path_pattern(pattern) for pattern in patterns) if p is not None]
+    return {k: v for k, v in annotations.items() if any(p.fullmatch(k) for p in compiled)}
+
+
+def _with_process_args(spec: ContainerSpec, config: Mapping[str, Any]) -> specs.SpecOpt:
+    """containerd's ``WithProcessArgs``: the request's command and args over the image's."""
+    command, args = list(spec.command), list(spec.args)
+    if not command:
+        if not args:
+            args = list(config.get("Cmd") or [])
+        entrypoint = list(config.get("Entrypoint") or [])
+        if entrypoint != [""]:
+            command = entrypoint
+
+    def opt(oci: specs.Spec) -> None:
+        if not command and not args:
+            raise ValueError("no command specified")
+        specs.with_process_args(*command, *args)(oci)
+
+    return opt
+
+
+def _without_default_security_settings(spec: specs.Spec) -> None:
+    process = spec.setdefault("process", {})
+    process.pop("apparmorProfile", None)
+    process.pop("rlimits", None)
+    spec.setdefault("linux", {}).pop("seccomp", None)
+
+
+def _without_ambient_capabilities(spec: specs.Spec) -> None:
+    spec.setdefault("process", {}).setdefault("capabilities", {}).pop("ambient", None)
+
+
+# -- mounts ------------------------------------------------------------------------------------------
+
+
+def container_mounts(pod: CRISandbox, spec: ContainerSpec) -> list[HostMount]:
+    """The request's mounts, then the pod's files it does not mount itself (containerd's
+    ``linuxContainerMounts``): /etc/hostname, /etc/hosts, /etc/resolv.conf and /dev/shm."""
+    asked = {os.path.normpath(m.container_path) for m in spec.mounts}
+    extra = []
+    for path, source in (
+        (ETC_HOSTNAME, pod.hostname_path),
+        (ETC_HOSTS, pod.hosts_path),
+        (RESOLV_CONF, pod.resolv_path),
+    ):
+        if path not in asked and source and os.path.exists(source):
+            extra.append(HostMount(path, source, readonly=spec.readonly_rootfs, selinux_relabel=True))
+    if DEV_SHM not in asked:
+        shm = DEV_SHM if pod.pod.ipc_mode == "NODE" else pod.shm_path
+        if shm and os.path.exists(shm):
+            extra.append(HostMount(DEV_SHM, shm, selinux_relabel=shm != DEV_SHM))
+    return [*spec.mounts, *extra]
+
+
+def _parts(m: HostMount) -> int:
+    return os.path.normpath(m.container_path).count("/")
+
+
+def _with_mounts(mounts: Sequence[HostMount], cgroup_writable: bool) -> specs.SpecOpt:
+    """containerd's ``withMounts``: the container's cgroup mount (``rw`` with the handler's
+    ``cgroup_writable``), the defaults a requested mount does not replace, then the requested
+    mounts, fewest path parts first. A missing host path is made as a directory."""
+    ordered = sorted(mounts, key=_parts)
+
+    def opt(spec: specs.Spec) -> None:
+        has_cgroupns = any(ns.get("type") == "cgroup" for ns in spec.get("linux", {}).get("namespaces", []))
+        options = [*CGROUP_MOUNT_OPTIONS, "rw" if cgroup_writable else "ro"]
+        if not has_cgroupns:
+            options += _host_cgroup2_options()
+        spec["mounts"] = [*spec.get("mounts", []), {"destination": "/sys/fs/cgroup", "type": "cgroup",
+                                                     "source": "cgroup", "options": options}]  # fmt: skip
+        wanted = {os.path.normpath(m.container_path) for m in ordered}
+        kept = []
+        for m in spec["mounts"]:
+            dst = os.path.normpath(m["destination"])
+            if dst in wanted or ("/dev" in wanted and dst.startswith("/dev/")):
+                continue
+            kept.append(m)
+        spec["mounts"] = kept
+        for m in ordered:
+            spec["mounts"].append(_bind_mount(spec, m))
+
+    return opt
+
+
+def _bind_mount(spec: specs.Spec, m: HostMount) -> dict[str, Any]:
+    src = m.host_path
+    if not os.path.lexists(src):
+        os.makedirs(src, 0o755, exist_ok=True)
+    src = os.path.realpath(src)
+    options = ["rbind"]
+    linux = spec.setdefault("linux", {})
+    if m.propagation == "PROPAGATION_BIDIRECTIONAL":
+        _ensure_shared(src, slave_ok=False)
+        options.append("rshared")
+        linux["rootfsPropagation"] = "rshared"
+    elif m.propagation == "PROPAGATION_HOST_TO_CONTAINER":
+        _ensure_shared(src, slave_ok=True)
+        options.append("rslave")
+        if linux.get("rootfsPropagation") not in ("rshared", "rslave"):
+            linux["rootfsPropagation"] = "rslave"
+    else:
+        options.append("rprivate")
+    if m.readonly:
+        if m.recursive_read_only:
+            if not recursive_read_only_supported():
+                raise ValueError(
+                    "RROUnsupported: runtime handler does not support recursive read-only mounts "
+                    f'(hostPath="{m.host_path}")'
+                )
+            if m.propagation != "PROPAGATION_PRIVATE":
+                raise ValueError(
+                    f'recursive read-only mount needs private propagation, got "{m.propagation}" '
+                    f'(hostPath="{m.host_path}")'
+                )
+            options.append("rro")
+        else:
+            options.append("ro")
+    else:
+        if m.recursive_read_only:
+            raise ValueError(f'recursive read-only mount conflicts with RW mount (hostPath="{m.host_path}")')
+        options.append("rw")
+    # SELinux relabelling: a no-op on a host without SELinux, as containerd's label.Relabel is there.
+    return {"destination": m.container_path, "type": "bind", "source": src, "options": options}
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mountpoint: str
+    optional: tuple[str, ...]
+    vfs_options: tuple[str, ...]
+
+
+def _mountinfo(path: Path = Path("/proc/self/mountinfo")) -> list[MountInfo]:
+    out = []
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        dash = fields.index("-")
+        out.append(
+            MountInfo(
+                fields[4].encode().decode("unicode_escape"),
+                tuple(fields[6:dash]),
+                tuple(fields[dash + 3].split(",")) if len(fields) > dash + 3 else (),
+            )
+        )
+    return out
+
+
+def lookup_mount(path: str) -> MountInfo:
+    """The mount that ``path`` is on (containerd's ``mount.Lookup``: the longest mountpoint prefix,
+    the last one mounted winning)."""
+    best: MountInfo | None = None
+    for info in _mountinfo():
+        mp = info.mountpoint
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and (
+            best is None or len(mp) >= len(best.mountpoint)
+        ):
+            best = info
+    if best is None:
+        raise ValueError(f"failed to find the mount info for {path!r}")
+    return best
+
+
+def _ensure_shared(path: str, *, slave_ok: bool) -> None:
+    info = lookup_mount(path)
+    prefixes = ("shared:", "master:") if slave_ok else ("shared:",)
+    if any(opt.startswith(prefixes) for opt in info.optional):
+        return
+    kind = "a shared or slave mount" if slave_ok else "a shared mount"
+    raise ValueError(f'path "{path}" is mounted on "{info.mountpoint}" but it is not {kind}')
+
+
+def _host_cgroup2_options() -> list[str]:
+    """``nsdelegate`` and ``memory_recursiveprot`` of the host's cgroup2 mount, kept when the
+    container shares the host's cgroup namespace (one superblock: stripping them would change it)."""
+    if not _cgroup2_unified():
+        return []
+    try:
+        info = lookup_mount(str(CGROUP2_ROOT))
+    except (OSError, ValueError):
+        return []
+    return [o for o in info.vfs_options if o in ("nsdelegate", "memory_recursiveprot")]
+
+
+@functools.cache
+def _cgroup2_unified() -> bool:
+    return (CGROUP2_ROOT / "cgroup.controllers").exists()
+
+
+# -- confinement -------------------------------------------------------------------------------------
+
+
+def _masked_and_readonly_paths(spec: ContainerSpec) -> list[specs.SpecOpt]:
+    """containerd 2.x's rule: none of the default spec's, the request's own lists when it sends
+    them (cleared again for a privileged container)."""
+    opts = [specs.with_masked_paths([]), specs.with_readonly_paths([])]
+    if spec.masked_paths:
+        opts.append(specs.with_masked_paths(spec.masked_paths))
+    if spec.readonly_paths:
+        opts.append(specs.with_readonly_paths(spec.readonly_paths))
+    return opts
+
+
+def _with_devices(devices: Sequence[DeviceRequest]) -> specs.SpecOpt:
+    def opt(spec: specs.Spec) -> None:
+        for device in devices:
+            path = os.path.realpath(device.host_path)
+            if not os.path.exists(path):
+                raise ValueError(f"lstat {device.host_path}: no such file or directory")
+            specs.with_devices(path, device.container_path, device.permissions)(spec)
+
+    return opt
+
+
+def _with_capabilities(spec: ContainerSpec) -> specs.SpecOpt:
+    """containerd's ``WithCapabilities``: "ALL" adds (or drops) every one first, so single
+    names still apply after it."""
+    added = [c for c in spec.add_capabilities if c.upper() != "ALL"]
+    dropped = [c for c in spec.drop_capabilities if c.upper() != "ALL"]
+    opts: list[specs.SpecOpt] = []
+    if len(added) < len(spec.add_capabilities):
+        opts.append(specs.with_capabilities(specs.current_capabilities()))
+    if len(dropped) < len(spec.drop_capabilities):
+        opts.append(specs.with_capabilities([]))
+    opts.append(specs.with_added_capabilities([f"CAP_{c.upper()}" for c in added]))
+    opts.append(specs.with_dropped_capabilities([f"CAP_{c.upper()}" for c in dropped]))
+    return specs.compose(*opts)
+
+
+# -- resources and namespaces ------------------------------------------------------------------------
+
+
+def _swap_controller_available() -> bool:
+    if _cgroup2_unified():
+        try:
+            own = Path("/proc/self/cgroup").read_text().splitlines()
+        except OSError:
+            return False
+        unified = next((line.split(":", 2)[2] for line in own if line.startswith("0::")), "/")
+        return (CGROUP2_ROOT / unified.lstrip("/") / "memory.swap.max").exists()
+    return (CGROUP2_ROOT / "memory" / "memory.memsw.limit_in_bytes").exists()
+
+
+def _hugetlb_controller_present() -> bool:
+    if _cgroup2_unified():
+        try:
+            return "hugetlb" in (CGROUP2_ROOT / "cgroup.controllers").read_text().split()
+        except OSError:
+            return False
+    return (CGROUP2_ROOT / "hugetlb").is_dir()
+
+
+def _with_resources(request: ContainerSpec, handler: HandlerOptions) -> specs.SpecOpt:
+    """containerd's ``WithResources``: CPU, cpuset, memory (swap equal to the limit when the
+    request names none and the host can limit swap), hugepage limits unless
+    ``disable_hugetlb_controller`` (containerd's default) drops them, the cgroup v2 ``unified``
+    keys."""
+
+    def opt(spec: specs.Spec) -> None:
+        res = spec.setdefault("linux", {}).setdefault("resources", {})
+        cpu = res.setdefault("cpu", {})
+        memory = res.setdefault("memory", {})
+        if request.cpu_period:
+            cpu["period"] = request.cpu_period
+        if request.cpu_quota:
+            cpu["quota"] = request.cpu_quota
+        if request.cpu_shares:
+            cpu["shares"] = request.cpu_shares
+        if request.cpuset_cpus:
+            cpu["cpus"] = request.cpuset_cpus
+        if request.cpuset_mems:
+            cpu["mems"] = request.cpuset_mems
+        swap_ok = _swap_controller_available()
+        if request.memory_limit:
+            memory["limit"] = request.memory_limit
+            if not request.memory_swap_limit and swap_ok:
+                memory["swap"] = request.memory_limit
+        if request.memory_swap_limit and swap_ok:
+            memory["swap"] = request.memory_swap_limit
+        if not handler.disable_hugetlb_controller:
+            if _hugetlb_controller_present():
+                limits = [{"pageSize": size, "limit": limit} for size, limit in request.hugepage_limits]
+                if limits:
+                    res["hugepageLimits"] = [*res.get("hugepageLimits", []), *limits]
+            elif not handler.tolerate_missing_hugetlb_controller:
+                raise ValueError(
+                    "huge pages limits are specified but hugetlb cgroup controller is missing. "
+                    "Please set tolerate_missing_hugetlb_controller to `true` to ignore this error"
+                )
+        if request.unified:
+            res["unified"] = {**res.get("unified", {}), **request.unified}
+
+    return opt
+
+
+def _daemon_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"could not get the daemon oom_score_adj: {exc}") from None
+
+
+def _with_oom_score_adj(adj: int, restrict: bool) -> specs.SpecOpt:
+    """The request's score; with ``restrict_oom_score_adj`` never below the daemon's own."""
+
+    def opt(spec: specs.Spec) -> None:
+        spec.setdefault("process", {})["oomScoreAdj"] = max(adj, _daemon_oom_score_adj()) if restrict else adj
+
+    return opt
+
+
+def _with_pod_namespaces(pod: CRISandbox, spec: ContainerSpec, target_pid: int = 0) -> specs.SpecOpt:
+    """containerd's ``WithPodNamespaces``: the pause process's network, IPC and UTS namespaces,
+    and its PID namespace unless the container asks for its own (or a target container's)."""
+    pid = pod.pid
+    opts = [
+        specs.with_linux_namespace("network", f"/proc/{pid}/ns/net"),
+        specs.with_linux_namespace("ipc", f"/proc/{pid}/ns/ipc"),
+        specs.with_linux_namespace("uts", f"/proc/{pid}/ns/uts"),
+    ]
+    if spec.pid_mode != "CONTAINER":
+        opts.append(specs.with_linux_namespace("pid", f"/proc/{target_pid or pid}/ns/pid"))
+    return specs.compose(*opts)
+
+
+def _merge_gids(*groups: Sequence[int]) -> list[int]:
+    return sorted({g for gids in groups for g in gids})
+
+
+def _with_supplemental_groups(groups: Sequence[int]) -> specs.SpecOpt:
+    def opt(spec: specs.Spec) -> None:
+        user = spec.setdefault("process", {}).setdefault("user", {"uid": 0, "gid": 0})
+        merged = _merge_gids(user.get("additionalGids", []), [g & 0xFFFFFFFF for g in groups])
+        if merged:
+            user["additionalGids"] = merged
+        else:
+            user.pop("additionalGids", None)
+
+    return opt
+
+
+# -- what reads the image's files ----------------------------------------------------------------------
+
+
+def _user_string(spec: ContainerSpec) -> str:
+    """containerd's ``GenerateUserString``."""
+    user = str(spec.run_as_user) if spec.run_as_user is not None else ""
+    if spec.run_as_username:
+        user = spec.run_as_username
+    group = str(spec.run_as_group) if spec.run_as_group is not None else ""
+    if not user:
+        if group:
+            raise ValueError(
+                f'failed to generate user string: user group "{group}" is specified without user'
+            )
+        return ""
+    return f"{user}:{group}" if group else user
+
+
+def _with_additional_gids(user: str, rootfs: str | Path) -> specs.SpecOpt:
+    """The CRI's ``WithAdditionalGIDs``: the groups /etc/group lists ``user`` in, merged with those
+    already set, sorted."""
+
+    def opt(spec: specs.Spec) -> None:
+        before = list(spec.get("process", {}).get("user", {}).get("additionalGids", []))
+        specs.with_additional_gids(user, rootfs)(spec)
+        u = spec["process"]["user"]
+        u["additionalGids"] = _merge_gids(u.get("additionalGids", []), before)
+
+    return opt
+
+
+def rootfs_spec_opts(
+    container_id: str, spec: ContainerSpec, image: Mapping[str, Any], rootfs: str | Path
+) -> list[specs.SpecOpt]:
+    """containerd's ``platformSpecOpts`` for Linux: the user (read in the image's /etc/passwd and
+    /etc/group under ``rootfs``), its supplementary groups and the request's, AppArmor and seccomp.
+    Errors are InvalidArgument in containerd's words."""
+    config = image.get("config") or {}
+    try:
+        opts: list[specs.SpecOpt] = []
+        user = _user_string(spec) or str(config.get("User") or "")
+        if user:
+            opts.append(specs.with_user(user, rootfs))
+        if spec.supplemental_groups_policy != "Merge" and spec.supplemental_groups_policy != "Strict":
+            raise ValueError(
+                "not implemented in this containerd release: "
+                f"SupplementalGroupsPolicy={spec.supplemental_groups_policy}"
+            )
+        if spec.supplemental_groups_policy == "Merge":
+            group_user = spec.run_as_username or (
+                str(spec.run_as_user)
+                if spec.run_as_user is not None
+                else str(config.get("User") or "").split(":")[0]
+            )
+            opts.append(_with_additional_gids(group_user or "0", rootfs))
+        opts.append(_with_supplemental_groups(spec.supplemental_groups))
+        try:
+            apparmor = spec.apparmor or (
+                profile_from_path(spec.apparmor_profile) if spec.apparmor_profile else None
+            )
+            apparmor_spec_opt(apparmor)
+        except ValueError as exc:
+            raise ValueError(f"failed to generate apparmor spec opts: {exc}") from None
+        try:
+            seccomp = spec.seccomp or (
+                profile_from_path(spec.seccomp_profile_path) if spec.seccomp_profile_path else None
+            )
+            seccomp_opt = seccomp_spec_opt(seccomp, spec.privileged)
+        except ValueError as exc:
+            raise ValueError(f"failed to generate seccomp spec opts: {exc}") from None
+    except ValueError as exc:
+        raise invalid(f"failed to get container spec opts: {exc}") from None
+    if seccomp_opt is not None:
+        opts.append(seccomp_opt)
+    return opts
+
+
+def apply_rootfs_spec_opts(oci: specs.Spec, opts: Sequence[specs.SpecOpt]) -> None:
+    """Apply ``rootfs_spec_opts``: what fails here (a user not in the image, a profile file that
+    cannot be read) is InvalidArgument as ``failed to create containerd container: ...``."""
+    try:
+        specs.apply_opts(oci, *opts)
+    except (ValueError, OSError, CorralError) as exc:
+        raise invalid(f"failed to create containerd container: {exc}") from None

@@ -64,7 +64,7 @@ from corral.plugins.sandbox import (
     PodSandboxSpec,
 )
 from corral.plugins.sandbox.podsandbox._pause import ensure_pause_image
-from corral.plugins.sandbox.podsandbox._spec import pause_spec, resolv_conf
+from corral.plugins.sandbox.podsandbox._spec import copy_host_hosts, pause_spec, pod_files, resolv_conf
 from corral.plugins.transfer import Transferrer
 
 log = structlog.get_logger("corral.podsandbox")
@@ -292,6 +292,7 @@ class PodSandboxController:
         root.mkdir(parents=True, exist_ok=True, mode=0o755)
         (root / "hostname").write_text((pod.hostname or os.uname().nodename) + "\n")
         (root / "resolv.conf").write_text(resolv_conf(pod))
+        copy_host_hosts(root / "hosts")
         shm = self._shm_dir(p)
         if pod.ipc_mode != "NODE":
             shm.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -490,6 +491,7 @@ class PodSandboxController:
         # The files a pod's containers bind (containerd's CRI binds its sandbox's resolv.conf and shm).
         resolv, shm = self._root_dir(p) / "resolv.conf", self._shm_dir(p)
         if p.phase == "ready":
+            info.update(pod_files(self._root_dir(p)))
             info["resolv_path"] = str(resolv) if resolv.exists() else ""
             info["shm_path"] = str(shm) if os.path.ismount(shm) else ""
         if verbose:

@@ -10,6 +10,7 @@ from corral.plugins.sandbox import PodSandboxSpec
 
 DEV_SHM = "/dev/shm"
 RESOLV_CONF = "/etc/resolv.conf"
+ETC_HOSTS = "/etc/hosts"
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024
 DEFAULT_SANDBOX_CPU_SHARES = 2
 DEFAULT_SANDBOX_OOM_ADJ = -998
@@ -102,6 +103,17 @@ def current_oom_score_adj() -> int:
         return int(Path("/proc/self/oom_score_adj").read_text())
     except (OSError, ValueError):
         return 0
+
+
+def copy_host_hosts(target: Path, host: Path = Path(ETC_HOSTS)) -> None:
+    """The pod's /etc/hosts: a copy of the host's, mode 0644 (containerd's setupSandboxFiles)."""
+    target.write_bytes(host.read_bytes())
+    target.chmod(0o644)
+
+
+def pod_files(root: Path) -> dict[str, str]:
+    """The pod's /etc/hostname and /etc/hosts, which every container of the pod binds."""
+    return {f"{name}_path": str(root / name) for name in ("hostname", "hosts") if (root / name).exists()}
 
 
 def resolv_conf(pod: PodSandboxSpec, host: Path = Path(RESOLV_CONF)) -> str:

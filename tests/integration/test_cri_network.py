@@ -344,6 +344,33 @@ def test_a_host_port_answers_on_127_0_0_1_the_host_ip_the_lan_and_the_pod_itself
         daemon.stop()
 
 
+def test_a_host_port_bound_to_one_host_ip_answers_there_only(tmp_path: Path, lan: Lan) -> None:
+    """PortMapping.host_ip: portmap's DNAT matches that destination only."""
+    network = write_network(tmp_path)
+    daemon = start_daemon(tmp_path, lan.node, network)
+    try:
+        import_busybox(lambda *a: daemon.ctr(*a, namespace=NS), tmp_path)
+        cri = CRIClient(daemon.socket)
+        before = rules(lan.node)
+        port = host_port()
+        config = web_pod("bound", port, tmp_path / "logs")
+        config.port_mappings[0].host_ip = lan.host_ip
+        pod_id = run(cri, config)
+        start_web(cri, pod_id, config)
+        ip = status(cri, pod_id).status.network.ip
+        assert fetch(lan.peer, lan.host_ip, port) == PAGE
+        assert fetch(lan.node, lan.host_ip, port) == PAGE
+        assert fetch(lan.node, "127.0.0.1", port, timeout=0) == ""
+        dnat = [line for line in added_rules(before, rules(lan.node)) if "DNAT --to-destination" in line]
+        assert dnat and all(f"-d {lan.host_ip}/32" in line for line in dnat), dnat
+        remove(cri, pod_id)
+        assert_only_shared_chains(before, rules(lan.node), [pod_id, ip, str(port)])
+        assert_nothing_left(daemon, lan.node, network, [pod_id], [ip])
+    finally:
+        remove_all(daemon)
+        daemon.stop()
+
+
 def test_two_host_ports_of_two_pods_each_reach_their_own_pod(tmp_path: Path, lan: Lan) -> None:
     network = write_network(tmp_path)
     daemon = start_daemon(tmp_path, lan.node, network)

@@ -36,6 +36,9 @@ from benchmarks.report import collect_environment, render_markdown, to_json
 from benchmarks.runner import DaemonFactory, Runner
 
 # isort: split
+from benchmarks import cri as _cri  # noqa: F401  (registers the CRI pod scenario)
+
+# isort: split
 # Registered last, so the load scenarios' RSS row is read after every other running scenario.
 from benchmarks import load as _load  # noqa: F401
 

@@ -7,15 +7,18 @@ import ctypes
 import ctypes.util
 import os
 import secrets
-import shutil
+import threading
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 from corral.kernel import FailedPrecondition
 
 NETNS_PREFIX = "cni-"
 _MNT_DETACH = 2
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
 
 
 def _libc() -> ctypes.CDLL:
@@ -39,19 +42,38 @@ def is_mounted_netns(path: Path) -> bool:
     return own.st_dev != parent.st_dev and own.st_size == 0 and own.st_ino != 0
 
 
+def _bind_new_netns(path: Path) -> str:
+    """In a thread of its own, as containerd's pkg/netns does on a locked OS thread: unshare the
+    thread's network namespace and bind it on ``path``; the thread then ends, the mount keeps the
+    namespace. "" on success, else what failed."""
+    failed: list[str] = []
+
+    def body() -> None:
+        libc = _libc()
+        if libc.unshare(_CLONE_NEWNET) != 0:
+            failed.append(f"unshare: {os.strerror(ctypes.get_errno())}")
+            return
+        own = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+        if libc.mount(own, str(path).encode(), None, _MS_BIND, None) != 0:
+            failed.append(f"mount: {os.strerror(ctypes.get_errno())}")
+
+    thread = threading.Thread(target=body, name="netns", daemon=True)
+    thread.start()
+    thread.join()
+    return failed[0] if failed else ""
+
+
 async def create_netns(directory: Path, name: str = "") -> Path:
     """A new network namespace kept at ``directory/name`` (a fresh ``cni-…`` name by default)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o755)
     path = directory / (name or netns_name())
     path.touch(mode=0o444, exist_ok=False)
-    unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    done = await anyio.run_process([unshare, f"--net={path}", "true"], check=False)
-    if done.returncode != 0:
+    with anyio.CancelScope(shield=True):
+        problem = await anyio.to_thread.run_sync(_bind_new_netns, path)
+    if problem:
         with contextlib.suppress(OSError):
             path.unlink()
-        raise FailedPrecondition(
-            f"failed to create network namespace {path}: {done.stderr.decode(errors='replace').strip()}"
-        )
+        raise FailedPrecondition(f"failed to create network namespace {path}: {problem}")
     return path
 
 

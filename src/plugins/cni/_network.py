@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import structlog
 
 from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
@@ -176,10 +177,16 @@ class CNI:
     def _cache_path(self, container_id: str, network: str, ifname: str) -> Path:
         return self.settings.cache_dir / f"{network}-{container_id}-{ifname}.json"
 
-    def _write_cache(self, path: Path, entry: Mapping[str, Any]) -> None:
+    async def _write_cache(self, path: Path, entry: Mapping[str, Any]) -> None:
+        """Durably, in a worker thread: the fsync would stall every other pod's calls."""
+        text = json.dumps(entry)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._write_cache_file, path, text)
+
+    def _write_cache_file(self, path: Path, text: str) -> None:
         self.settings.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entry))
+        tmp.write_text(text)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -259,14 +266,14 @@ class CNI:
             "result": None,
         }
         # Recorded before the ADD: a daemon killed during it leaves what a restart tears down.
-        self._write_cache(path, entry)
+        await self._write_cache(path, entry)
         invocation = Invocation("ADD", container_id, netns, ifname, tuple(args), self.settings.bin_dirs)
         result: Mapping[str, Any] | None = None
         for plugin in net.plugins:
             stdin = plugin_stdin(net, plugin, result, runtime_config)
             result = await run_plugin(plugin.type, net.name, invocation, stdin)
         entry["result"] = result
-        self._write_cache(path, entry)
+        await self._write_cache(path, entry)
         return Attachment(net.name, ifname, result or {})
 
     async def teardown(self, container_id: str, netns: str = "") -> None:

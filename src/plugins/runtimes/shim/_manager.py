@@ -457,11 +457,15 @@ class TaskManager:
     async def _shutdown(self, shim: _Shim) -> None:
         """Shutdown, then wait for the shim to hang up (closing first if it does not)."""
         conn = shim.conn
+        # A shim that still runs another task (the containers of a pod share their sandbox's
+        # shim) stays up after Shutdown: close this connection at once, as containerd does.
+        shared = bool(shim.address) and any(s.address == shim.address for s in self._shims.values())
         if conn is not None and not conn.closed:
             with contextlib.suppress(Exception), anyio.move_on_after(SHUTDOWN_TIMEOUT):
                 await conn.shutdown(shim.id)
-            with anyio.move_on_after(CLOSE_TIMEOUT):
-                await conn.wait_closed()
+            if not shared:
+                with anyio.move_on_after(CLOSE_TIMEOUT):
+                    await conn.wait_closed()
         shim.close_scope.cancel()
         await shim.gone.wait()
 

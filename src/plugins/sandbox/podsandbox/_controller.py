@@ -11,6 +11,8 @@ followed by a start that finds its ready pods again and undoes a start that did 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -23,6 +25,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import structlog
 
 from corral.kernel import (
@@ -111,6 +114,7 @@ class _Pod:
     container_created: bool = False
     exited: anyio.Event = field(default_factory=anyio.Event)
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+    save_lock: anyio.Lock = field(default_factory=anyio.Lock)
     task: Task | None = None
 
     @property
@@ -213,16 +217,13 @@ class PodSandboxController:
     def _shm_dir(self, p: _Pod) -> Path:
         return self.settings.state / "shm" / p.namespace / p.id
 
-    def _save(self, p: _Pod) -> None:
-        path = self._state_file(p)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(p.to_json(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+    async def _save(self, p: _Pod) -> None:
+        """Write the pod's state durably, in a worker thread (the fsyncs would stall every other
+        pod's calls); one pod's saves are kept in order by its own lock."""
+        async with p.save_lock:
+            state = json.dumps(p.to_json())
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_write_durably, self._state_file(p), state)
 
     def _pod(self, sandbox_id: str, missing: str) -> _Pod:
         found = self._pods.get((namespace_required(), sandbox_id))
@@ -248,7 +249,7 @@ class PodSandboxController:
         p = _Pod(ns, sandbox.id, pod, sandbox.runtime, netns_path=options.netns_path)
         self._pods[key] = p
         try:
-            self._save(p)
+            await self._save(p)
         except BaseException:
             self._pods.pop(key, None)
             raise
@@ -279,14 +280,14 @@ class PodSandboxController:
         p.owns_netns = p.owns_network = p.container_created = False
         p.task = None
         with contextlib.suppress(OSError):
-            self._save(p)
+            await self._save(p)
         log.warning("sandbox_start_failed", namespace=p.namespace, id=p.id, error=str(exc))
 
     async def _start(self, p: _Pod, undo: list[_Undo]) -> ControllerInstance:
         s = self.settings
         pod = p.pod
         p.phase = "starting"
-        self._save(p)
+        await self._save(p)
         undo.append(("dirs", lambda: self._remove_dirs(p)))
         root = self._root_dir(p)
         root.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -296,15 +297,7 @@ class PodSandboxController:
         shm = self._shm_dir(p)
         if pod.ipc_mode != "NODE":
             shm.mkdir(parents=True, exist_ok=True, mode=0o700)
-            await _run(
-                "mount",
-                "-t",
-                "tmpfs",
-                "-o",
-                f"nosuid,nodev,noexec,mode=1777,size={SHM_SIZE}",
-                "shm",
-                str(shm),
-            )
+            _mount_shm(shm)
             undo.append(("shm", lambda: _unmount(shm)))
 
         # The pod's network: its own namespace unless it shares the node's, attached through CNI
@@ -312,12 +305,12 @@ class PodSandboxController:
         if not pod.host_network and not p.netns_path:
             path = s.netns_dir / netns_name()
             p.netns_path, p.owns_netns = str(path), True
-            self._save(p)  # before it exists: a restart then knows to remove it
+            await self._save(p)  # before it exists: a restart then knows to remove it
             await create_netns(s.netns_dir, path.name)
             undo.append(("netns", lambda: _remove_netns(path)))
         if p.owns_netns:
             p.owns_network = True
-            self._save(p)
+            await self._save(p)
             undo.append(("network", lambda: self.cni.teardown(p.id, p.netns_path)))
             ports = [
                 PortMapping(m.host_port, m.container_port, m.protocol.lower(), m.host_ip)
@@ -357,7 +350,7 @@ class PodSandboxController:
         try:
             with bound_lease(lease.id):
                 p.container_created = True
-                self._save(p)
+                await self._save(p)
                 mounts = await snapshotter.prepare(p.id, image.chain_id)
                 undo.append(("snapshot", lambda: _ignore_missing(snapshotter.remove(p.id))))
                 container = Container(
@@ -394,7 +387,7 @@ class PodSandboxController:
         p.created_at = created.created_at
         p.phase = "ready"
         p.exited = anyio.Event()
-        self._save(p)
+        await self._save(p)
         self._group().start_soon(self._watch, p, task)
         log.info("sandbox_started", namespace=ns, id=p.id, pid=p.pid, ips=p.ips)
         return ControllerInstance(
@@ -422,7 +415,7 @@ class PodSandboxController:
                     if p.phase == "ready":
                         p.phase = "stopped"
                     with contextlib.suppress(OSError):
-                        self._save(p)
+                        await self._save(p)
                     p.exited.set()
                     log.info("sandbox_exited", namespace=p.namespace, id=p.id, exit_status=status)
 
@@ -458,7 +451,7 @@ class PodSandboxController:
             p.phase, p.exit_status, p.exited_at = "stopped", UNKNOWN_EXIT, datetime.now(UTC)
             p.exited.set()
         await self._release(p)
-        self._save(p)
+        await self._save(p)
         log.info("sandbox_stopped", namespace=p.namespace, id=p.id)
 
     async def _release(self, p: _Pod) -> None:
@@ -468,12 +461,12 @@ class PodSandboxController:
             await self.cni.teardown(p.id, p.netns_path)
             p.owns_network = False
             p.ips = []
-            self._save(p)
+            await self._save(p)
         if p.owns_netns and p.netns_path:
             remove_netns(Path(p.netns_path))
             p.owns_netns = False
             p.netns_path = ""
-            self._save(p)
+            await self._save(p)
         await _unmount(self._shm_dir(p))
 
     async def wait(self, sandbox_id: str) -> ExitStatus:
@@ -601,7 +594,7 @@ class PodSandboxController:
             await self._rollback_network(p)
             await self._remove_dirs(p)
             p.phase, p.pid, p.ips = "created", 0, []
-            self._save(p)
+            await self._save(p)
             log.info("sandbox_start_undone", namespace=p.namespace, id=p.id)
             return
         if p.phase != "ready":
@@ -621,7 +614,7 @@ class PodSandboxController:
         await self._delete_task(p)
         p.phase, p.exit_status, p.exited_at = "stopped", UNKNOWN_EXIT, datetime.now(UTC)
         p.exited.set()
-        self._save(p)
+        await self._save(p)
         log.info("sandbox_recovered_not_ready", namespace=p.namespace, id=p.id)
 
     async def _rollback_network(self, p: _Pod) -> None:
@@ -634,6 +627,17 @@ class PodSandboxController:
         p.owns_network = p.owns_netns = False
 
 
+def _write_durably(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 async def _remove_netns(path: Path) -> None:
     remove_netns(path)
 
@@ -643,14 +647,25 @@ async def _ignore_missing(call: Awaitable[None]) -> None:
         await call
 
 
-async def _run(*argv: str) -> None:
-    done = await anyio.run_process(list(argv), check=False)
-    if done.returncode != 0:
-        raise FailedPrecondition(f"{argv[0]}: {done.stderr.decode(errors='replace').strip()}")
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _mount_shm(path: Path) -> None:
+    """The pod's /dev/shm: a tmpfs (nosuid, nodev, noexec, mode 1777, SHM_SIZE), by the mount
+    system call (a process per mount would cost more than the mount)."""
+    data = f"mode=1777,size={SHM_SIZE}".encode()
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    if _libc().mount(b"shm", str(path).encode(), b"tmpfs", flags, data) != 0:
+        raise FailedPrecondition(f"mount shm on {path}: {os.strerror(ctypes.get_errno())}")
 
 
 async def _unmount(path: Path) -> None:
     """Unmount ``path`` if something is mounted there."""
     if not path.exists() or not os.path.ismount(path):
         return
-    await _run("umount", str(path))
+    if _libc().umount2(str(path).encode(), 0) != 0:
+        raise FailedPrecondition(f"umount {path}: {os.strerror(ctypes.get_errno())}")

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from corral.api.grpc import GRPCServices
-from corral.api.sandbox_wire import pod_spec_from_config
+from corral.api.sandbox_wire import pod_spec_from_config, userns_fields
 from corral.api.types.runtime import v1 as pb
 from corral.kernel import InitContext, Registration, Unimplemented
 from corral.plugins import types
@@ -225,6 +225,7 @@ def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
         cpu_quota=res.cpu_quota,
         cpu_shares=res.cpu_shares,
         memory_limit=res.memory_limit_in_bytes,
+        **userns_fields((security.namespace_options or pb.NamespaceOption()).userns_options),
     )
 
 

@@ -51,6 +51,7 @@ from corral.plugins.cri.sandboxes import (
     worded,
 )
 from corral.plugins.cri.spec import ContainerSpec, HostMount, oci_spec
+from corral.plugins.cri.userns import prepare_rootfs
 from corral.plugins.events.types import TaskIO
 from corral.plugins.metadata import (
     AnyValue,
@@ -387,7 +388,9 @@ class CRIContainers:
             lease = await leases.create(labels={GC_EXPIRE: expiry})
             try:
                 with bound_lease(lease.id):
-                    await snapshotter.prepare(container_id, image.chain_id)
+                    await prepare_rootfs(
+                        snapshotter, snapshotter_name, container_id, image.chain_id, pod, spec
+                    )
                     try:
                         await self._metadata.view(ContainerStore).create(
                             Container(

@@ -14,6 +14,7 @@ from typing import Any
 
 from corral.kernel import CorralError, InvalidArgument
 from corral.plugins.cri.sandboxes import K8S, CRISandbox, invalid, worded
+from corral.plugins.cri.userns import container_idmap, userns_of, userns_spec_opts
 from corral.plugins.runtimes import spec as specs
 
 __all__ = ["ContainerSpec", "HostMount", "oci_spec"]
@@ -66,6 +67,10 @@ class ContainerSpec:
     cpu_quota: int = 0
     cpu_shares: int = 0
     memory_limit: int = 0
+    userns_mode: str = ""
+    """The container's own ``namespace_options.userns_options`` (it must be the pod's)."""
+    uid_mappings: tuple[tuple[int, int, int], ...] = ()
+    gid_mappings: tuple[tuple[int, int, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -79,6 +84,8 @@ class ContainerSpec:
         values["envs"] = tuple(tuple(e) for e in values.get("envs", ()))
         for key in ("command", "args", "cdi_devices", "add_capabilities", "drop_capabilities"):
             values[key] = tuple(values.get(key, ()))
+        for key in ("uid_mappings", "gid_mappings"):
+            values[key] = tuple(tuple(m) for m in values.get(key, ()))
         return cls(**values)
 
 
@@ -124,6 +131,7 @@ def oci_spec(
         opts.append(specs.with_host_namespace("pid"))
     elif pod.pod.pid_mode == "POD":
         opts.append(specs.with_linux_namespace("pid", f"/proc/{pid}/ns/pid"))
+    opts += _user_namespace_opts(pod, spec)
     mounts = []
     for m in spec.mounts:
         flags = ["rbind", "ro" if m.readonly else "rw"]
@@ -187,6 +195,15 @@ def oci_spec(
         return specs.generate_spec(K8S, container_id, *opts)
     except (ValueError, CorralError) as exc:
         raise worded(InvalidArgument, f"failed to generate container spec: {exc}") from None
+
+
+def _user_namespace_opts(pod: CRISandbox, spec: ContainerSpec) -> list[specs.SpecOpt]:
+    """The pod's user namespace, when it has one of its own (``corral.plugins.cri.userns``)."""
+    try:
+        idmap = container_idmap(userns_of(pod.pod), userns_of(spec))
+    except InvalidArgument as exc:
+        raise worded(InvalidArgument, f"failed to generate container spec: {exc.detail}") from None
+    return [] if idmap is None else userns_spec_opts(idmap, pod.pid, pod.pod.host_network)
 
 
 def _cap(name: str) -> str:

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,12 +82,17 @@ def exec_out(cri: CRIClient, cid: str, *cmd: str) -> str:
     return str(reply.stdout.decode())
 
 
-def open_for_traversal(base: Path) -> None:
-    """The pod's root (a host uid of the mapping) must reach the bundles under pytest's private dirs."""
-    for parent in [base, *base.parents]:
-        if parent == Path("/tmp"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o111)
+@pytest.fixture
+def open_base() -> Iterator[Path]:
+    """A daemon base the pod's root (a host uid of the mapping) can traverse to its bundles: not
+    under /tmp/pytest-of-root, which every pytest session on the machine sets back to 0700."""
+    base = Path(tempfile.mkdtemp(prefix="corral-userns-", dir="/tmp"))
+    base.chmod(0o711)
+    try:
+        yield base
+    finally:
+        if not any(str(base) in line for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def owner_of_netns(pid: int) -> int:
@@ -103,9 +111,9 @@ def task_pid(daemon: object, container_id: str) -> int:
 
 
 def test_a_pod_with_its_own_user_namespace_maps_root_and_idmaps_the_rootfs(
-    tmp_path: Path, node: Node
+    open_base: Path, node: Node
 ) -> None:
-    open_for_traversal(tmp_path)
+    tmp_path = open_base
     network = write_network(tmp_path)
     daemon = start_daemon(tmp_path, node, network)
     try:
@@ -164,8 +172,8 @@ def test_a_pod_with_its_own_user_namespace_maps_root_and_idmaps_the_rootfs(
         daemon.stop()
 
 
-def test_user_namespace_options_are_checked_as_containerd_checks_them(tmp_path: Path, node: Node) -> None:
-    open_for_traversal(tmp_path)
+def test_user_namespace_options_are_checked_as_containerd_checks_them(open_base: Path, node: Node) -> None:
+    tmp_path = open_base
     network = write_network(tmp_path)
     daemon = start_daemon(tmp_path, node, network)
     try:

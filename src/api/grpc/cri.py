@@ -206,7 +206,14 @@ def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
         working_dir=config.working_dir,
         envs=tuple((e.key, e.value) for e in config.envs),
         mounts=tuple(
-            HostMount(m.container_path, m.host_path, m.readonly, pb.MountPropagation(m.propagation).name)
+            HostMount(
+                m.container_path,
+                m.host_path,
+                m.readonly,
+                pb.MountPropagation(m.propagation).name,
+                image=m.image.image if m.image else "",
+                image_sub_path=m.image_sub_path,
+            )
             for m in config.mounts
         ),
         labels=dict(config.labels),
@@ -270,6 +277,8 @@ def _wire_container_status(c: CRIContainer) -> pb.ContainerStatus:
                 host_path=m.host_path,
                 readonly=m.readonly,
                 propagation=pb.MountPropagation[m.propagation],
+                image=pb.ImageSpec(image=m.image) if m.image else None,
+                image_sub_path=m.image_sub_path,
             )
             for m in c.spec.mounts
         ],

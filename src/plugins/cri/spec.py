@@ -37,6 +37,9 @@ class HostMount:
     host_path: str
     readonly: bool = False
     propagation: str = "PROPAGATION_PRIVATE"
+    image: str = ""
+    """An image volume: the image whose layers are mounted (``corral.plugins.cri.volumes``)."""
+    image_sub_path: str = ""
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,13 @@ from test_cri_pods import (
     start_daemon,
     stop,
 )
+from test_cri_userns import GIDS, UIDS, container_in, open_base, userns, with_userns
 from test_pod_sandboxes import NS, Node, NodeDaemon, assert_nothing_left, node, write_network
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.images.build import build_image, layer_from_directory
 
-__all__ = ["node"]
+__all__ = ["node", "open_base"]
 
 pytestmark = pytest.mark.root
 
@@ -209,6 +210,34 @@ def test_corrald_killed_with_an_image_volume_mounted_cleans_it_up_when_the_pod_g
         assert listed(cri) == [] and volume_mounts(daemon) == []
         assert mounted[0] not in daemon.ctr("snapshots", "ls", namespace=NS).stdout
         assert pod_id not in daemon.ctr("leases", "ls", namespace=NS).stdout
+        assert_nothing_left(daemon, node, network, [pod_id, cid], [])
+    finally:
+        remove_all(daemon)
+        daemon.stop()
+
+
+def test_an_image_volume_in_a_pod_with_its_own_user_namespace_shows_its_files_as_root_s(
+    open_base: Path, node: Node
+) -> None:
+    network = write_network(open_base)
+    daemon = start_daemon(open_base, node, network)
+    try:
+        import_busybox(daemon, open_base)
+        import_data_image(daemon, open_base)
+        cri = CRIClient(daemon.socket)
+        options = userns(pb.NamespaceMode.POD, UIDS, GIDS)
+        sandbox = with_userns(pod("mapped"), options)
+        pod_id = run(cri, sandbox)
+        config = with_volume(container_in("reader", options, "sleep 1000"), "/data", DATA)
+        cid = create(cri, pod_id, config, sandbox)
+        cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+        seen = exec_in(cri, cid, "stat -c %u:%g /data/models/weights.bin; cat /data/models/weights.bin")
+        assert seen.stdout == b"0:0\n0.25 0.5 0.75\n", seen
+        # Without the idmap the image's root-owned files would show as the overflow id inside.
+        host = (Path(volume_mounts(daemon)[0]) / "models" / "weights.bin").stat()
+        assert (host.st_uid, host.st_gid) == (100000, 200000)
+        remove(cri, pod_id)
+        assert volume_mounts(daemon) == []
         assert_nothing_left(daemon, node, network, [pod_id, cid], [])
     finally:
         remove_all(daemon)

@@ -34,6 +34,7 @@ __all__ = [
     "IDMapping",
     "detach",
     "idmapped_bind",
+    "remove_scratch",
     "resolve_idmapped",
     "supports_idmapped_overlay",
     "user_namespace",

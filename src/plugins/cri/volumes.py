@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
+import anyio.to_thread
 
 from corral.kernel import AlreadyExists, CorralError, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.core import Mount, bound_lease, namespace
-from corral.plugins.core.idmap import IDMap, resolve_idmapped
+from corral.plugins.core.idmap import IDMap, remove_scratch, resolve_idmapped
 from corral.plugins.core.mount import mount_all
 from corral.plugins.cri.images import CRIImageService
 from corral.plugins.cri.sandboxes import K8S, worded
@@ -143,6 +144,9 @@ class ImageVolumes:
         with namespace(K8S):
             snapshots = self._metadata.view(NamespacedSnapshots).get(snapshotter)
             for target in sorted(base.iterdir()):
+                if target.name.startswith("."):  # idmapped layers a killed daemon left
+                    await anyio.to_thread.run_sync(remove_scratch, target)
+                    continue
                 while os.path.ismount(target):
                     await _unmount(target)
                 with contextlib.suppress(NotFound):

@@ -426,7 +426,10 @@ class CRIContainers:
 
     async def _mount_image_volumes(self, pod: CRISandbox, spec: ContainerSpec) -> ContainerSpec:
         """The spec with its image mounts' host paths filled in (``corral.plugins.cri.volumes``)."""
-        idmap = container_idmap(userns_of(pod.pod), userns_of(spec)) if spec.userns_mode else None
+        try:  # checked before anything is mounted: a pod's volumes are idmapped for its namespace
+            idmap = container_idmap(userns_of(pod.pod), userns_of(spec))
+        except InvalidArgument as exc:
+            raise worded(InvalidArgument, f"failed to generate container spec: {exc.detail}") from None
         snapshotter = self._images.snapshotter_for(pod.runtime_handler)
         paths = await self._volumes.mount(pod.id, spec.mounts, snapshotter, idmap)
         if not paths:

@@ -22,6 +22,7 @@ import pytest
 from cri_client import CRIClient
 from grpclib.const import Status
 from test_cri_pods import (
+    BUSYBOX,
     _pid,
     code_of,
     container,
@@ -34,9 +35,10 @@ from test_cri_pods import (
     run,
     start_daemon,
 )
-from test_pod_sandboxes import NS, Node, assert_nothing_left, node, write_network
+from test_pod_sandboxes import CNI_BIN, NS, Node, NodeDaemon, assert_nothing_left, node, write_network
 
 from corral.api.types.runtime import v1 as pb
+from corral.plugins.images.build import build_busybox_image
 
 __all__ = ["node"]
 
@@ -224,6 +226,53 @@ def test_user_namespace_options_are_checked_as_containerd_checks_them(open_base:
         assert cri.runtime("list_containers", pb.ListContainersRequest()).containers == []
         cid = create(cri, pod_id, container_in("c", options, "true"), sandbox)
         assert cstatus(cri, cid).state == pb.ContainerState.CONTAINER_CREATED
+    finally:
+        remove_all(daemon)
+        daemon.stop()
+
+
+def test_on_a_snapshotter_without_idmapped_mounts_the_rootfs_is_a_chowned_copy_shared_by_the_pod(
+    open_base: Path, node: Node
+) -> None:
+    """containerd's fallback for snapshotters other than overlayfs (``WithUserNSRemappedSnapshot``)."""
+    network = write_network(open_base)
+    config = f"""
+        version = 3
+        [plugins."io.containerd.podsandbox.controller.v1.podsandbox"]
+        cni_conf_dir = "{network.conf_dir}"
+        cni_bin_dirs = ["{CNI_BIN}"]
+        snapshotter = "native"
+        [plugins."io.containerd.cri.v1.images"]
+        snapshotter = "native"
+        [plugins."io.containerd.cri.v1.runtime".cni]
+        conf_dir = "{network.conf_dir}"
+    """
+    daemon = NodeDaemon(open_base / "corral", config, node_netns=node.netns).start()
+    try:
+        archive = open_base / "busybox.tar"
+        build_busybox_image(archive, names=(BUSYBOX,))
+        daemon.ctr("images", "import", "--snapshotter", "native", str(archive), namespace=NS)
+        cri = CRIClient(daemon.socket)
+        options = userns(pb.NamespaceMode.POD, UIDS, GIDS)
+        sandbox = with_userns(pod("chowned"), options)
+        pod_id = run(cri, sandbox)
+        first = create(cri, pod_id, container_in("first", options, "touch /mine; sleep 1000"), sandbox)
+        second = create(cri, pod_id, container_in("second", options, "sleep 1000"), sandbox)
+        for cid in (first, second):
+            cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+        assert exec_out(cri, first, "id").startswith("uid=0(root) gid=0(root)")
+        assert exec_out(cri, first, "stat", "-c", "%u:%g", "/bin/busybox").strip() == "0:0"
+        made = os.stat(f"/proc/{task_pid(daemon, first)}/root/mine")
+        assert (made.st_uid, made.st_gid) == (100000, 200000)
+        # One chowned copy of the image for the mappings, the parent of both containers' rootfs;
+        # the pause image has its own. Each copy is a committed child of its image's chain.
+        ls = daemon.ctr("snapshots", "--snapshotter", "native", "ls", namespace=NS).stdout
+        parents = {key: parent for key, parent, *_ in (line.split() for line in ls.splitlines()[1:])}
+        assert parents[first] == parents[second] != parents[pod_id]
+        for copy in (parents[first], parents[pod_id]):
+            assert copy.startswith("sha256:") and parents[copy].startswith("sha256:"), ls
+        remove(cri, pod_id)
+        assert_nothing_left(daemon, node, network, [pod_id, first, second], [])
     finally:
         remove_all(daemon)
         daemon.stop()

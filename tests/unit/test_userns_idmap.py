@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from corral.kernel import FailedPrecondition, InvalidArgument
-from corral.plugins.core import Mount
 from corral.plugins.core.idmap import GID_MAPPING_LABEL, UID_MAPPING_LABEL, IDMap, IDMapping
-from corral.plugins.cri.userns import check_remapped, container_idmap
-from corral.plugins.sandbox.userns import userns_idmap
+from corral.plugins.cri.userns import container_idmap
+from corral.plugins.sandbox.userns import prepare_remapped, remapped_snapshot_id, userns_idmap
+from corral.plugins.snapshots.native import NativeSnapshotter
 from corral.plugins.snapshots.overlayfs import OverlaySnapshotter
 
 UIDS = ((0, 100000, 1000), (1000, 300000, 64536))
@@ -75,12 +75,38 @@ def test_a_container_must_ask_for_its_pods_user_namespace_exactly() -> None:
             container_idmap(pod, other)
 
 
-def test_a_rootfs_without_uidmap_options_is_refused_by_name() -> None:
-    check_remapped(
-        "overlayfs", [Mount("overlay", "overlay", ("uidmap=0:1:1", "gidmap=0:1:1", "lowerdir=/a"))]
-    )
+@pytest.mark.anyio
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown and bind mounts need root")
+async def test_a_snapshotter_that_cannot_idmap_gets_containerds_chowned_copy_of_the_image(
+    tmp_path: Path,
+) -> None:
+    snapshotter = NativeSnapshotter(tmp_path / "native")
+    layer = await snapshotter.prepare("layer-active")
+    root = Path(layer[0].source)
+    (root / "bin").mkdir()
+    (root / "bin" / "su").write_text("#!/bin/sh\n")
+    (root / "bin" / "su").chmod(0o4755)
+    os.link(root / "bin" / "su", root / "bin" / "su-link")
+    (root / "home").mkdir()
+    os.lchown(root / "home", 1000, 1000)
+    await snapshotter.commit("layer", "layer-active")
+    idmap = IDMap.parse("0:100000:1000,1000:300000:64536", "0:200000:65536")
+
     with pytest.raises(FailedPrecondition, match='snapshotter "native" doesn\'t support idmap mounts'):
-        check_remapped("native", [Mount("bind", "/x", ("rbind", "rw"))])
+        await prepare_remapped(snapshotter, "native", "refused", "layer", idmap, chown=False)
+    assert [i.name async for i in snapshotter.walk()] == ["layer"]
+
+    mounts = await prepare_remapped(snapshotter, "native", "c1", "layer", idmap, chown=True)
+    remapped = remapped_snapshot_id("layer", idmap)
+    assert (await snapshotter.stat("c1")).parent == remapped
+    rootfs = Path(mounts[0].source)
+    su, home = (rootfs / "bin" / "su").stat(), (rootfs / "home").stat()
+    assert (su.st_uid, su.st_gid, su.st_mode & 0o7777, su.st_nlink) == (100000, 200000, 0o4755, 2)
+    assert (home.st_uid, home.st_gid) == (300000, 201000)
+    # A second container with the same mappings shares the chowned copy.
+    await prepare_remapped(snapshotter, "native", "c2", "layer", idmap, chown=True)
+    assert sorted([i.name async for i in snapshotter.walk()]) == sorted(["layer", remapped, "c1", "c2"])
+    await snapshotter.aclose()
 
 
 def test_mapping_text_is_parsed_as_containerd_parses_it() -> None:

@@ -10,20 +10,17 @@ namespace's ids without a copy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Protocol
 
-import anyio
-
-from corral.kernel import FailedPrecondition, InvalidArgument
+from corral.kernel import InvalidArgument
 from corral.plugins.core import Mount
 from corral.plugins.core.idmap import IDMap
 from corral.plugins.cri.sandboxes import CRISandbox
 from corral.plugins.runtimes import spec as specs
-from corral.plugins.sandbox.userns import userns_idmap
+from corral.plugins.sandbox.userns import prepare_remapped, userns_idmap
 from corral.plugins.snapshots import Snapshotter
 
-__all__ = ["check_remapped", "container_idmap", "prepare_rootfs", "userns_of", "userns_spec_opts"]
+__all__ = ["container_idmap", "prepare_rootfs", "userns_of", "userns_spec_opts"]
 
 Ranges = tuple[tuple[int, int, int], ...]
 
@@ -97,29 +94,12 @@ def userns_spec_opts(idmap: IDMap, sandbox_pid: int, host_network: bool) -> list
     return opts
 
 
-def check_remapped(snapshotter: str, mounts: Sequence[Mount]) -> None:
-    """Refuse a rootfs that the snapshotter did not remap, in containerd's words for overlayfs
-    without idmapped mounts (corral has no ``slow_chown`` fallback, for any snapshotter)."""
-    if not any(o.startswith("uidmap=") for m in mounts for o in m.options):
-        raise FailedPrecondition(
-            f'snapshotter "{snapshotter}" doesn\'t support idmap mounts on this host '
-            "(corral has no chown fallback: use overlayfs on a kernel with idmapped overlay layers)"
-        )
-
-
 async def prepare_rootfs(
     snapshotter: Snapshotter, name: str, key: str, chain_id: str, pod: CRISandbox, container: _HasUserns
 ) -> list[Mount]:
-    """The container's rootfs snapshot, labelled with the pod's id mappings when it has a user
-    namespace of its own (containerd's snapshotterRemapOpts); refused, and removed, when the
-    snapshotter did not remap it."""
+    """The container's rootfs snapshot, its ids remapped to the pod's user namespace when it has
+    one of its own (containerd's snapshotterRemapOpts; ``prepare_remapped``)."""
     idmap = container_idmap(userns_of(pod.pod), userns_of(container))
-    mounts = await snapshotter.prepare(key, chain_id, idmap.labels() if idmap else None)
-    if idmap is not None:
-        try:
-            check_remapped(name, mounts)
-        except FailedPrecondition:
-            with anyio.CancelScope(shield=True):
-                await snapshotter.remove(key)
-            raise
-    return mounts
+    if idmap is None:
+        return await snapshotter.prepare(key, chain_id)
+    return await prepare_remapped(snapshotter, name, key, chain_id, idmap, chown=name != "overlayfs")

@@ -11,19 +11,37 @@ kernel checks ``uid_map``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
+import hashlib
+import json
 import os
+import stat
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import anyio
+import anyio.to_thread
 
-from corral.kernel import FailedPrecondition, InvalidArgument
+from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
+from corral.plugins.core import Mount
 from corral.plugins.core.idmap import IDMap, IDMapping, detach, user_namespace
+from corral.plugins.core.mount import temporary_mount
 from corral.plugins.runtimes import spec as specs
 from corral.plugins.sandbox import PodSandboxSpec
+from corral.plugins.snapshots import Info
 
-__all__ = ["netns_within_userns", "pin_user_namespace", "pod_idmap", "unpin", "userns_idmap"]
+__all__ = [
+    "netns_within_userns",
+    "pin_user_namespace",
+    "pod_idmap",
+    "prepare_remapped",
+    "remapped_snapshot_id",
+    "unpin",
+    "userns_idmap",
+]
 
 _NS_GET_USERNS = 0xB701
 _MS_BIND = 4096
@@ -124,3 +142,73 @@ def unpin(pinned: Path) -> None:
     if pinned.exists():
         detach(pinned)
         pinned.unlink(missing_ok=True)
+
+
+# -- a rootfs with ids remapped ---------------------------------------------------------------------
+
+
+def remapped_snapshot_id(parent: str, idmap: IDMap) -> str:
+    """containerd's remappedSnapshot.ID: the digest of the parent and the (sorted) mappings."""
+
+    def ranges(given: tuple[IDMapping, ...]) -> list[dict[str, int]]:
+        return [m.to_spec() for m in sorted(given, key=lambda m: m.container_id)]
+
+    doc = {"Parent": parent, "IDMap": {"UidMap": ranges(idmap.uids), "GidMap": ranges(idmap.gids)}}
+    return "sha256:" + hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+
+
+class SnapshotsFor(Protocol):
+    async def stat(self, key: str) -> Info: ...
+    async def prepare(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Mount]: ...
+    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None: ...
+    async def remove(self, key: str) -> None: ...
+
+
+async def prepare_remapped(
+    snapshotter: SnapshotsFor, name: str, key: str, parent: str, idmap: IDMap, *, chown: bool
+) -> list[Mount]:
+    """The active snapshot ``key`` on ``parent`` with ids remapped by ``idmap``: the snapshotter's
+    idmapped mounts (``uidmap=`` options) when it hands them out; else, where ``chown`` allows (as
+    containerd: every snapshotter but overlayfs, whose fallback is opt-in), containerd's fallback:
+    a committed copy of ``parent`` chowned to the mapped ids, shared by every container with the
+    same mappings (containerd's resolveSnapshotOptions)."""
+    mounts = await snapshotter.prepare(key, parent, idmap.labels())
+    if any(o.startswith("uidmap=") for m in mounts for o in m.options):
+        return mounts
+    with anyio.CancelScope(shield=True):
+        await snapshotter.remove(key)
+    if not chown:
+        raise FailedPrecondition(
+            f'snapshotter "{name}" doesn\'t support idmap mounts on this host '
+            "(and corral's overlayfs has no `slow_chown` fallback)"
+        )
+    remapped = remapped_snapshot_id(parent, idmap)
+    try:
+        await snapshotter.stat(remapped)
+    except NotFound:
+        work = await snapshotter.prepare(f"{remapped}-remap", parent)
+        try:
+            async with temporary_mount(work) as root:
+                await anyio.to_thread.run_sync(_chown_tree, root, idmap)
+            await snapshotter.commit(remapped, f"{remapped}-remap")
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(CorralError):
+                await snapshotter.remove(f"{remapped}-remap")
+            raise
+    return await snapshotter.prepare(key, remapped, idmap.labels())
+
+
+def _chown_tree(root: Path, idmap: IDMap) -> None:
+    """Every file's owner shifted into the mapping (containerd's remapRootFS)."""
+    seen: set[tuple[int, int]] = set()
+    for path in [root, *root.rglob("*")]:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) in seen:  # a hard link: shifted once
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        uid, gid = idmap.to_host(st.st_uid, st.st_gid)
+        os.lchown(path, uid, gid)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(st.st_mode))  # chown clears set-id bits: put them back

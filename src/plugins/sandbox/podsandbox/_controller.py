@@ -65,7 +65,13 @@ from corral.plugins.sandbox import (
 )
 from corral.plugins.sandbox.podsandbox._pause import ensure_pause_image
 from corral.plugins.sandbox.podsandbox._spec import pause_spec, resolv_conf
-from corral.plugins.sandbox.userns import netns_within_userns, pin_user_namespace, pod_idmap, unpin
+from corral.plugins.sandbox.userns import (
+    netns_within_userns,
+    pin_user_namespace,
+    pod_idmap,
+    prepare_remapped,
+    unpin,
+)
 from corral.plugins.transfer import Transferrer
 
 log = structlog.get_logger("corral.podsandbox")
@@ -372,7 +378,17 @@ class PodSandboxController:
             with bound_lease(lease.id):
                 p.container_created = True
                 self._save(p)
-                mounts = await snapshotter.prepare(p.id, image.chain_id, idmap.labels() if idmap else None)
+                if idmap is None:
+                    mounts = await snapshotter.prepare(p.id, image.chain_id)
+                else:
+                    mounts = await prepare_remapped(
+                        snapshotter,
+                        s.snapshotter,
+                        p.id,
+                        image.chain_id,
+                        idmap,
+                        chown=s.snapshotter != "overlayfs",
+                    )
                 undo.append(("snapshot", lambda: _ignore_missing(snapshotter.remove(p.id))))
                 container = Container(
                     id=p.id,

@@ -34,6 +34,7 @@ from test_cri_pods import (
     remove_all,
     run,
     start_daemon,
+    status,
 )
 from test_pod_sandboxes import CNI_BIN, NS, Node, NodeDaemon, assert_nothing_left, node, write_network
 
@@ -125,6 +126,11 @@ def test_a_pod_with_its_own_user_namespace_maps_root_and_idmaps_the_rootfs(
         sandbox = with_userns(pod("users"), options)
         pod_id = run(cri, sandbox)
         pod_pid = _pid(cri, pod_id)
+        shown = status(cri, pod_id).status.linux.namespaces.options.userns_options
+        assert (
+            shown.mode == pb.NamespaceMode.POD
+            and [(m.container_id, m.host_id, m.length) for m in shown.uids] == UIDS
+        )
         assert os.readlink(f"/proc/{pod_pid}/ns/user") != os.readlink("/proc/self/ns/user")
         assert Path(f"/proc/{pod_pid}/uid_map").read_text().split() == [
             "0",

@@ -181,12 +181,25 @@ def _wire_pod_status(cri: CRISandbox) -> pb.PodSandboxStatus:
                     network=pb.NamespaceMode[pod.network_mode],
                     pid=pb.NamespaceMode[pod.pid_mode],
                     ipc=pb.NamespaceMode[pod.ipc_mode],
+                    userns_options=_wire_userns(pod.userns_mode, pod.uid_mappings, pod.gid_mappings),
                 )
             )
         ),
         labels=dict(pod.labels),
         annotations=dict(pod.annotations),
         runtime_handler=cri.runtime_handler,
+    )
+
+
+def _wire_userns(
+    mode: str, uids: tuple[tuple[int, int, int], ...], gids: tuple[tuple[int, int, int], ...]
+) -> pb.UserNamespace | None:
+    if not mode:
+        return None
+    return pb.UserNamespace(
+        mode=pb.NamespaceMode[mode],
+        uids=[pb.IdMapping(container_id=c, host_id=h, length=n) for c, h, n in uids],
+        gids=[pb.IdMapping(container_id=c, host_id=h, length=n) for c, h, n in gids],
     )
 
 

@@ -45,6 +45,8 @@ GID_MAPPING_LABEL = "containerd.io/snapshot/gidmapping"
 """containerd's snapshot labels asking a snapshotter for ids remapped (``0:100000:65536,…``)."""
 
 INVALID_ID = (1 << 32) - 1
+HELPER_LIFETIME = 60
+"""Seconds the process holding a new user namespace lives at most (it is killed once used)."""
 
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
@@ -234,7 +236,8 @@ async def user_namespace(idmap: IDMap, *, net: bool = False) -> AsyncIterator[in
     owns) for the block: its pid, to open ``/proc/<pid>/ns/{user,net}`` from. It is killed after."""
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
     sleep = shutil.which("sleep") or "/bin/sleep"
-    argv = [unshare, "--user", *(["--net"] if net else []), "--", sleep, "infinity"]
+    # Not "infinity": a daemon killed meanwhile must not leave it (and its namespaces) for good.
+    argv = [unshare, "--user", *(["--net"] if net else []), "--", sleep, str(HELPER_LIFETIME)]
     own = os.stat("/proc/self/ns/user").st_ino
     process = await anyio.open_process(argv, stdin=None, stdout=None, stderr=None)
     try:

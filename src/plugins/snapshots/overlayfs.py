@@ -44,8 +44,11 @@ class OverlayConfig:
     """Delete a snapshot's directory during ``remove``; otherwise the next ``cleanup`` does, as in containerd."""
     mount_options: tuple[str, ...] = ()
     """Extra options for every overlay mount, after ``lowerdir``."""
-    slow_chown: bool = field(default=False, metadata=inert("corral's overlayfs does not remap ids"))
-    """Accepted so containerd configs load; setting it is reported (corral does not remap ids)."""
+    slow_chown: bool = field(
+        default=False, metadata=inert("corral's overlayfs has no chown fallback for user namespaces")
+    )
+    """Accepted so containerd configs load; setting it is reported: corral's overlayfs remaps ids
+    only with idmapped layers (capability ``remap-ids``), and refuses where the kernel has none."""
 
 
 class OverlaySnapshotter(DirectoryBackend):

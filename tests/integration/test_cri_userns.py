@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,6 +280,45 @@ def test_on_a_snapshotter_without_idmapped_mounts_the_rootfs_is_a_chowned_copy_s
             assert copy.startswith("sha256:") and parents[copy].startswith("sha256:"), ls
         remove(cri, pod_id)
         assert_nothing_left(daemon, node, network, [pod_id, first, second], [])
+    finally:
+        remove_all(daemon)
+        daemon.stop()
+
+
+def test_corrald_killed_with_a_user_namespaced_pod_running_finds_it_and_removes_it_leaving_nothing(
+    open_base: Path, node: Node
+) -> None:
+    network = write_network(open_base)
+    daemon = start_daemon(open_base, node, network)
+    try:
+        import_busybox(daemon, open_base)
+        cri = CRIClient(daemon.socket)
+        options = userns(pb.NamespaceMode.POD, UIDS, GIDS)
+        sandbox = with_userns(pod("durable"), options)
+        pod_id = run(cri, sandbox)
+        cid = create(cri, pod_id, container_in("main", options, "sleep 1000"), sandbox)
+        cri.runtime("start_container", pb.StartContainerRequest(container_id=cid))
+        pinned = list(daemon.base.glob(f"**/pinned-namespaces/*/{pod_id}/user"))
+        assert len(pinned) == 1 and os.path.ismount(pinned[0])
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait()
+        daemon.proc = None
+        daemon.start()
+
+        cri = CRIClient(daemon.socket)
+        assert cstatus(cri, cid).state == pb.ContainerState.CONTAINER_RUNNING
+        assert exec_out(cri, cid, "id", "-u").strip() == "0"
+        # A new container after the restart still joins the pod's user namespace.
+        late = create(cri, pod_id, container_in("late", options, "sleep 1000"), sandbox)
+        cri.runtime("start_container", pb.StartContainerRequest(container_id=late))
+        pod_pid = _pid(cri, pod_id)
+        assert exec_out(cri, late, "readlink", "/proc/self/ns/user").strip() == os.readlink(
+            f"/proc/{pod_pid}/ns/user"
+        )
+        remove(cri, pod_id)
+        assert not pinned[0].exists()
+        assert_nothing_left(daemon, node, network, [pod_id, cid, late], [])
     finally:
         remove_all(daemon)
         daemon.stop()

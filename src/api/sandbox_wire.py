@@ -4,6 +4,8 @@ controller service and for CRI's RunPodSandbox alike)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from corral.api.types.containerd import types as ctypes
 from corral.api.types.runtime import v1 as cri
 from corral.api.wire import any_from_wire, any_to_wire, extensions_from_wire, extensions_to_wire
@@ -11,7 +13,13 @@ from corral.kernel import InvalidArgument
 from corral.plugins.metadata import AnyValue, Sandbox, SandboxRuntime
 from corral.plugins.sandbox import POD_SANDBOX_CONFIG_TYPE_URL, PodPortMapping, PodSandboxSpec
 
-__all__ = ["pod_spec_from_any", "pod_spec_from_config", "sandbox_from_wire", "sandbox_to_wire"]
+__all__ = [
+    "pod_spec_from_any",
+    "pod_spec_from_config",
+    "sandbox_from_wire",
+    "sandbox_to_wire",
+    "userns_fields",
+]
 
 _PREFIX = "type.googleapis.com/"
 
@@ -82,7 +90,19 @@ def pod_spec_from_config(config: cri.PodSandboxConfig) -> PodSandboxSpec:
         run_as_user=security.run_as_user.value if security.run_as_user is not None else None,
         run_as_group=security.run_as_group.value if security.run_as_group is not None else None,
         supplemental_groups=tuple(security.supplemental_groups),
+        **userns_fields(modes.userns_options),
     )
+
+
+def userns_fields(userns: cri.UserNamespace | None) -> dict[str, Any]:
+    """A CRI UserNamespace as the record's ``userns_mode``, ``uid_mappings``, ``gid_mappings``."""
+    if userns is None:
+        return {}
+    return {
+        "userns_mode": cri.NamespaceMode(userns.mode).name,
+        "uid_mappings": tuple((m.container_id, m.host_id, m.length) for m in userns.uids),
+        "gid_mappings": tuple((m.container_id, m.host_id, m.length) for m in userns.gids),
+    }
 
 
 def pod_spec_from_any(options: AnyValue | None) -> PodSandboxSpec | None:

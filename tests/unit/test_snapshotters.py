@@ -30,6 +30,7 @@ from corral.kernel import (
     builtin_candidate,
 )
 from corral.plugins.core import Mount
+from corral.plugins.core.idmap import supports_idmapped_overlay
 from corral.plugins.core.mount import PAGE_SIZE, temporary_mount
 from corral.plugins.snapshots import Kind, Snapshotter, native, overlayfs
 from corral.plugins.snapshots import conformance as cf
@@ -589,7 +590,9 @@ async def test_the_plugin_exports_its_root_and_serves_the_host_platform(uri: str
         assert record is not None and record.ok, record
         assert record.meta.exports == {"root": str(tmp_path / "root" / uri)}
         assert record.meta.platforms == [Platform.host()]
-        assert record.meta.capabilities == []
+        # containerd's overlay snapshotter announces "remap-ids" where the kernel idmaps its layers.
+        remaps = uri == OVERLAY and await supports_idmapped_overlay()
+        assert record.meta.capabilities == (["remap-ids"] if remaps else [])
         assert isinstance(record.instance, Snapshotter)
         await record.instance.prepare("works")
     assert (tmp_path / "root" / uri / "metadata.db").is_file()

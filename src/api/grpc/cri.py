@@ -22,7 +22,7 @@ import anyio
 import betterproto2
 
 from corral.api.grpc import GRPCServices
-from corral.api.sandbox_wire import pod_spec_from_config
+from corral.api.sandbox_wire import pod_spec_from_config, userns_fields
 from corral.api.types.containerd.runc import v1 as runc_pb
 from corral.api.types.runtime import v1 as pb
 from corral.api.wire import RUNC_OPTIONS_TYPE_URL
@@ -191,6 +191,7 @@ def _wire_pod_status(cri: CRISandbox) -> pb.PodSandboxStatus:
                     network=pb.NamespaceMode[pod.network_mode],
                     pid=pb.NamespaceMode[pod.pid_mode],
                     ipc=pb.NamespaceMode[pod.ipc_mode],
+                    userns_options=_wire_userns(pod.userns_mode, pod.uid_mappings, pod.gid_mappings),
                 )
             )
         ),
@@ -214,6 +215,20 @@ def _mount(m: pb.Mount) -> HostMount:
         pb.MountPropagation(m.propagation).name,
         recursive_read_only=m.recursive_read_only,
         selinux_relabel=m.selinux_relabel,
+        image=m.image.image if m.image else "",
+        image_sub_path=m.image_sub_path,
+    )
+
+
+def _wire_userns(
+    mode: str, uids: tuple[tuple[int, int, int], ...], gids: tuple[tuple[int, int, int], ...]
+) -> pb.UserNamespace | None:
+    if not mode:
+        return None
+    return pb.UserNamespace(
+        mode=pb.NamespaceMode[mode],
+        uids=[pb.IdMapping(container_id=c, host_id=h, length=n) for c, h, n in uids],
+        gids=[pb.IdMapping(container_id=c, host_id=h, length=n) for c, h, n in gids],
     )
 
 
@@ -269,6 +284,7 @@ def container_spec_from_config(config: pb.ContainerConfig) -> ContainerSpec:
         hugepage_limits=tuple((h.page_size, h.limit) for h in res.hugepage_limits),
         unified=dict(res.unified),
         memory_swap_limit=res.memory_swap_limit_in_bytes,
+        **userns_fields((security.namespace_options or pb.NamespaceOption()).userns_options),
     )
 
 
@@ -346,6 +362,8 @@ def _wire_container_status(c: CRIContainer) -> pb.ContainerStatus:
                 host_path=m.host_path,
                 readonly=m.readonly,
                 propagation=pb.MountPropagation[m.propagation],
+                image=pb.ImageSpec(image=m.image) if m.image else None,
+                image_sub_path=m.image_sub_path,
             )
             for m in c.spec.mounts
         ],

@@ -70,6 +70,8 @@ from corral.plugins.cri.spec import (
     oci_spec,
     rootfs_spec_opts,
 )
+from corral.plugins.cri.userns import container_idmap, prepare_rootfs, userns_of
+from corral.plugins.cri.volumes import ImageVolumes
 from corral.plugins.events.types import TaskIO
 from corral.plugins.metadata import (
     AnyValue,
@@ -216,6 +218,7 @@ class CRIContainers:
         self._runtime = runtime
         self._state = state
         self._nri = nri
+        self._volumes = ImageVolumes(images=images, metadata=metadata, state=state)
         self._containers: dict[str, CRIContainer] = {}
         self._logs: dict[str, ContainerLog] = {}
         self._names: dict[str, str] = {}
@@ -396,6 +399,7 @@ class CRIContainers:
         except CorralError as exc:
             raise worded(type(exc), f'failed to resolve image "{spec.image}": {exc}') from None
         runtime_type, _ = self._pods.handler_of(pod.runtime_handler)
+        spec = await self._mount_image_volumes(pod, spec)
         log_path = os.path.join(pod.pod.log_directory, spec.log_path) if spec.log_path else ""
         cgroup = f"{pod.pod.cgroup_parent.rstrip('/')}/{container_id}" if pod.pod.cgroup_parent else ""
         oci = oci_spec(
@@ -437,7 +441,9 @@ class CRIContainers:
             lease = await leases.create(labels={GC_EXPIRE: expiry})
             try:
                 with bound_lease(lease.id):
-                    mounts = await snapshotter.prepare(container_id, image.chain_id)
+                    mounts = await prepare_rootfs(
+                        snapshotter, snapshotter_name, container_id, image.chain_id, pod, spec
+                    )
                     try:
                         oci = await self._finish_spec(c, pod, spec, image.spec, oci, mounts)
                         adjusted.append(oci)
@@ -539,6 +545,19 @@ class CRIContainers:
         if self._nri is not None:
             oci = dict(await self._nri.create_container(self._pods.pod_info(pod), self._info(c), oci))
         return oci
+
+    async def _mount_image_volumes(self, pod: CRISandbox, spec: ContainerSpec) -> ContainerSpec:
+        """The spec with its image mounts' host paths filled in (``corral.plugins.cri.volumes``)."""
+        try:  # checked before anything is mounted: a pod's volumes are idmapped for its namespace
+            idmap = container_idmap(userns_of(pod.pod), userns_of(spec))
+        except InvalidArgument as exc:
+            raise worded(InvalidArgument, f"failed to generate container spec: {exc.detail}") from None
+        snapshotter = self._images.snapshotter_for(pod.runtime_handler)
+        paths = await self._volumes.mount(pod.id, spec.mounts, snapshotter, idmap)
+        if not paths:
+            return spec
+        mounts = tuple(replace(m, host_path=paths[i]) if i in paths else m for i, m in enumerate(spec.mounts))
+        return replace(spec, mounts=mounts)
 
     def _info(self, c: CRIContainer) -> ContainerInfo:
         state = {CONTAINER_RUNNING: "running", CONTAINER_EXITED: "stopped"}.get(c.state, "created")
@@ -798,12 +817,16 @@ class CRIContainers:
         await self._load()
         for c in [c for c in self._containers.values() if c.sandbox_id == sandbox_id]:
             await self._stop(c, 0)
+        pod = self._pods.sandbox_of(sandbox_id)
+        handler = pod.runtime_handler if pod is not None else ""
+        await self._volumes.unmount_all(sandbox_id, self._images.snapshotter_for(handler))
 
     async def remove_in(self, sandbox_id: str) -> None:
         """Every container of the pod removed (RemovePodSandbox)."""
         await self._load()
         for c in [c for c in self._containers.values() if c.sandbox_id == sandbox_id]:
             await self.remove(c.id)
+        await self._volumes.release(sandbox_id)
 
     # -- ContainerStatus / ListContainers ---------------------------------------------------------
     async def status(self, container_id: str) -> CRIContainer:

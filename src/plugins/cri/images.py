@@ -37,7 +37,7 @@ from corral.plugins.cri.config import ImageConfig, split_v2_section
 from corral.plugins.images import oci
 from corral.plugins.metadata import Image, Metadata, NamespacedContent, NamespacedSnapshots
 from corral.plugins.services.images import ImagesService
-from corral.plugins.unpack import ChainLocks, LayerApplier, UnpackTarget, select_manifest
+from corral.plugins.unpack import ChainLocks, LayerApplier, UnpackTarget, select_manifest, unpack_image
 
 log = structlog.get_logger("corral.cri")
 
@@ -248,6 +248,24 @@ class CRIImageService:
             return await self.resolve(ref_or_id)
         except NotFound:
             return None
+
+    async def unpacked(self, image: CRIImage, snapshotter_name: str) -> str:
+        """``image`` unpacked in ``snapshotter_name`` (containerd's ``Image.Unpack``, a no-op when it
+        is): the chain id. What it makes is held by the lease bound by the caller."""
+        with bound_namespace(K8S_NAMESPACE):
+            snapshotter = self._snapshots.get(snapshotter_name)
+            try:
+                await snapshotter.stat(image.chain_id)
+                return image.chain_id
+            except NotFound:
+                pass
+            record = await self._images.get(image.references[0] if image.references else image.id)
+            target = oci.Descriptor(record.target.media_type, record.target.digest, record.target.size)
+            into = UnpackTarget(snapshotter_name, snapshotter, self._applier, oci.default_matcher())
+            result = await unpack_image(self._content, target, into, locks=self._locks)
+        if result is None:
+            raise NotFound(f"no manifest of {record.target.digest} for this platform")
+        return result.chain_id
 
     # -- changing --------------------------------------------------------------------------
     async def pull(self, name: str, *, auth: AuthConfig | None = None, runtime_handler: str = "") -> str:

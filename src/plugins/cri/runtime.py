@@ -25,6 +25,7 @@ from corral import __version__
 from corral.kernel import FailedPrecondition, InitContext, InvalidArgument, Registration, encode
 from corral.plugins import types
 from corral.plugins.cni import conf_files
+from corral.plugins.core.idmap import supports_idmapped_overlay
 from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, runc_options, split_v2_section
 from corral.plugins.cri.errors import worded
 from corral.plugins.cri.podcidr import TemplateError, pod_cidr_routes, write_cni_config
@@ -137,8 +138,20 @@ def _systemd_running() -> bool:
 
 
 class CRIRuntimeService:
+    user_namespaces = False
+    """Whether runc handlers run pods with user namespaces: the kernel mounts idmapped overlay
+    layers (corrald idmaps them itself, so runc need not; ``corral.plugins.cri.userns``)."""
+
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
+
+    def _features(self, name: str) -> HandlerFeatures:
+        handler = self.config.containerd.runtimes[name or self.config.containerd.default_runtime_name]
+        return HandlerFeatures(
+            name,
+            recursive_read_only_mounts=_rro(handler.runtime_type),
+            user_namespaces=self.user_namespaces and handler.runtime_type in RUNC_RUNTIME_TYPES,
+        )
 
     def version(self) -> dict[str, str]:
         return {
@@ -198,11 +211,9 @@ class CRIRuntimeService:
             if warnings
             else Condition(NO_DEPRECATION_WARNINGS, True)
         )
-        runtimes = self.config.containerd.runtimes
-        handlers = [HandlerFeatures(name, _rro(runtimes[name].runtime_type)) for name in sorted(runtimes)]
-        default = self.config.containerd.default_runtime_name
-        if default in runtimes:
-            handlers.insert(0, HandlerFeatures("", _rro(runtimes[default].runtime_type)))
+        handlers = [self._features(name) for name in sorted(self.config.containerd.runtimes)]
+        if self.config.containerd.default_runtime_name in self.config.containerd.runtimes:
+            handlers.insert(0, self._features(""))
         info: dict[str, str] = {}
         if verbose:
             info["config"] = json.dumps(encode(self.config), separators=(",", ":"))
@@ -232,7 +243,9 @@ class CRIRuntimeService:
 async def init(ic: InitContext) -> CRIRuntimeService:
     config: RuntimeConfig = ic.config
     ic.meta.exports["CRIVersion"] = CRI_VERSION
-    return CRIRuntimeService(dataclasses.replace(config))
+    service = CRIRuntimeService(dataclasses.replace(config))
+    service.user_namespaces = await supports_idmapped_overlay()
+    return service
 
 
 def _rro(runtime_type: str) -> bool:

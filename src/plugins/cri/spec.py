@@ -25,6 +25,7 @@ from corral.plugins.cri.config import RuntimeConfig
 from corral.plugins.cri.runtime import recursive_read_only_supported
 from corral.plugins.cri.sandboxes import K8S, CRISandbox, invalid, worded
 from corral.plugins.cri.seccomp import SecurityProfile, apparmor_spec_opt, profile_from_path, seccomp_spec_opt
+from corral.plugins.cri.userns import container_idmap, userns_of, userns_spec_opts
 from corral.plugins.runtimes import spec as specs
 
 __all__ = [
@@ -65,6 +66,10 @@ class HostMount:
     propagation: str = "PROPAGATION_PRIVATE"
     recursive_read_only: bool = False
     selinux_relabel: bool = False
+
+    image: str = ""
+    """An image volume: the image whose layers are mounted (``corral.plugins.cri.volumes``)."""
+    image_sub_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,10 @@ class ContainerSpec:
     hugepage_limits: tuple[tuple[str, int], ...] = ()
     unified: Mapping[str, str] = field(default_factory=dict)
     memory_swap_limit: int = 0
+    userns_mode: str = ""
+    """The container's own ``namespace_options.userns_options`` (it must be the pod's)."""
+    uid_mappings: tuple[tuple[int, int, int], ...] = ()
+    gid_mappings: tuple[tuple[int, int, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +154,8 @@ class ContainerSpec:
             "supplemental_groups", "masked_paths", "readonly_paths",
         ):  # fmt: skip
             values[key] = tuple(values.get(key, ()))
+        for key in ("uid_mappings", "gid_mappings"):
+            values[key] = tuple(tuple(m) for m in values.get(key, ()))
         return cls(**values)
 
 
@@ -234,6 +245,7 @@ def _linux_spec_opts(
     opts.append(_with_mounts(container_mounts(pod, spec), handler.cgroup_writable))
     opts += _masked_and_readonly_paths(spec)
     opts += [_with_devices(spec.devices), _with_capabilities(spec)]
+    opts += _user_namespace_opts(pod, spec)
     if spec.privileged:
         if not pod.pod.privileged:
             raise ValueError("no privileged container allowed in sandbox")
@@ -729,3 +741,12 @@ def apply_rootfs_spec_opts(oci: specs.Spec, opts: Sequence[specs.SpecOpt]) -> No
         specs.apply_opts(oci, *opts)
     except (ValueError, OSError, CorralError) as exc:
         raise invalid(f"failed to create containerd container: {exc}") from None
+
+
+def _user_namespace_opts(pod: CRISandbox, spec: ContainerSpec) -> list[specs.SpecOpt]:
+    """The pod's user namespace, when it has one of its own (``corral.plugins.cri.userns``)."""
+    try:
+        idmap = container_idmap(userns_of(pod.pod), userns_of(spec))
+    except InvalidArgument as exc:
+        raise worded(InvalidArgument, f"failed to generate container spec: {exc.detail}") from None
+    return [] if idmap is None else userns_spec_opts(idmap, pod.pid, pod.pod.host_network)

@@ -84,6 +84,12 @@ class PodSandboxSpec:
     run_as_group: int | None = None
     supplemental_groups: tuple[int, ...] = ()
     has_dns_config: bool = False
+    userns_mode: str = ""
+    """The pod's user namespace (``userns_options.mode``): "" when none was asked (the node's),
+    "NODE", or "POD" (its own, with ``uid_mappings``/``gid_mappings``)."""
+    uid_mappings: tuple[tuple[int, int, int], ...] = ()
+    """(container_id, host_id, length) ranges, as the CRI's IDMapping orders them in the wire."""
+    gid_mappings: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def host_network(self) -> bool:
@@ -100,6 +106,8 @@ class PodSandboxSpec:
         values["port_mappings"] = tuple(PodPortMapping(**p) for p in values.get("port_mappings", ()))
         for key in ("dns_servers", "dns_searches", "dns_options", "supplemental_groups"):
             values[key] = tuple(values.get(key, ()))
+        for key in ("uid_mappings", "gid_mappings"):
+            values[key] = tuple(tuple(m) for m in values.get(key, ()))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 

@@ -12,16 +12,17 @@ import builtins
 import ctypes
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
-from corral.kernel import InitContext, Platform, Registration, SkipPlugin, inert
+from corral.kernel import CorralError, InitContext, InvalidArgument, Platform, Registration, SkipPlugin, inert
 from corral.plugins import types
 from corral.plugins.core import Mount
+from corral.plugins.core.idmap import IDMap, supports_idmapped_overlay
 from corral.plugins.snapshots import Info, Kind
 from corral.plugins.snapshots.storage import DirectoryBackend
 
@@ -43,14 +44,20 @@ class OverlayConfig:
     """Delete a snapshot's directory during ``remove``; otherwise the next ``cleanup`` does, as in containerd."""
     mount_options: tuple[str, ...] = ()
     """Extra options for every overlay mount, after ``lowerdir``."""
-    slow_chown: bool = field(default=False, metadata=inert("corral's overlayfs does not remap ids"))
-    """Accepted so containerd configs load; setting it is reported (corral does not remap ids)."""
+    slow_chown: bool = field(
+        default=False, metadata=inert("corral's overlayfs has no chown fallback for user namespaces")
+    )
+    """Accepted so containerd configs load; setting it is reported: corral's overlayfs remaps ids
+    only with idmapped layers (capability ``remap-ids``), and refuses where the kernel has none."""
 
 
 class OverlaySnapshotter(DirectoryBackend):
     """A ``Snapshotter`` over overlayfs; see the module docstring."""
 
     max_parents = MAX_LOWER_LAYERS
+    remap_ids = False
+    """Hand out ``uidmap=``/``gidmap=`` options for snapshots labelled with id mappings (set at
+    init where the kernel mounts overlays over idmapped layers: the capability ``remap-ids``)."""
 
     def __init__(
         self,
@@ -98,10 +105,49 @@ class OverlaySnapshotter(DirectoryBackend):
     def own_tree(self, directory: Path) -> Path:
         return directory / "fs"
 
+    # -- id remapping, as containerd 2.x's overlay snapshotter --------------------------------------
+    async def prepare(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Mount]:
+        idmap = _idmap_of(labels)
+        mounts = await super().prepare(key, parent, labels)
+        if idmap is not None:
+            # The new layer's root belongs to the namespace's root, so it can write there.
+            uid, gid = idmap.root()
+            snapshot_id, _, _ = await self.store.get_info(key)
+            os.lchown(self.directory(snapshot_id) / "fs", uid, gid)
+        return self._remapped(mounts, idmap)
+
+    async def view(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> builtins.list[Mount]:
+        idmap = _idmap_of(labels)
+        return self._remapped(await super().view(key, parent, labels), idmap)
+
+    async def mounts(self, key: str) -> builtins.list[Mount]:
+        info = await self.stat(key)
+        return self._remapped(await super().mounts(key), _idmap_of(info.labels))
+
+    def _remapped(self, mounts: builtins.list[Mount], idmap: IDMap | None) -> builtins.list[Mount]:
+        if idmap is None or not self.remap_ids:
+            return mounts
+        return [replace(m, options=(*idmap.options(), *m.options)) for m in mounts]
+
     def decorate(self, info: Info, directory: Path) -> Info:
         if not self.upperdir_label:
             return info
         return replace(info, labels={**info.labels, UPPERDIR_LABEL: f"{directory}/fs"})
+
+
+def _idmap_of(labels: Mapping[str, str] | None) -> IDMap | None:
+    """The id mapping a snapshot's labels ask for; InvalidArgument when it maps no root."""
+    try:
+        idmap = IDMap.from_labels(dict(labels or {}))
+        if idmap is not None:
+            idmap.root()
+    except CorralError as exc:
+        raise InvalidArgument(f"failed to find root pair: {exc}") from None
+    return idmap
 
 
 def overlay_supported() -> bool:
@@ -186,6 +232,9 @@ async def init(ic: InitContext) -> OverlaySnapshotter:
             mount_options=config.mount_options,
         )
     )
+    if await supports_idmapped_overlay(root):
+        snapshotter.remap_ids = True
+        ic.meta.capabilities.append("remap-ids")
     announce_host_root(ic, root)
     return snapshotter
 

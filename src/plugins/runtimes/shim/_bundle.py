@@ -21,6 +21,7 @@ from typing import Any
 
 from corral.kernel import InvalidArgument
 from corral.plugins.core import validate_identifier
+from corral.plugins.core.idmap import remove_scratch
 from corral.plugins.metadata import AnyValue
 from corral.plugins.runtimes import SPEC_TYPE_URL
 
@@ -29,6 +30,8 @@ LOG_FIFO = "log"
 ADDRESS_FILE = "address"
 BINARY_FILE = "shim-binary-path"
 BOOTSTRAP_FILE = "bootstrap.json"
+IDMAPPED_DIR = "idmapped"
+"""Where a task's create bind-mounts idmapped layers for the shim (detached once it has mounted)."""
 
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -66,6 +69,7 @@ class Bundle:
         unmount_recursive(self.rootfs)
         with contextlib.suppress(FileNotFoundError):
             self.rootfs.rmdir()
+        remove_scratch(self.path / IDMAPPED_DIR)
         _atomic_delete(self.path)
         if work is not None:
             _atomic_delete(Path(work))
@@ -130,6 +134,7 @@ def load_bundles(state: Path) -> list[Bundle]:
                 # A delete interrupted after its rename: finish it.
                 if task_dir.is_dir() and not task_dir.is_symlink():
                     unmount_recursive(task_dir / "rootfs")
+                    remove_scratch(task_dir / IDMAPPED_DIR)
                     shutil.rmtree(task_dir, ignore_errors=True)
                 continue
             if task_dir.is_dir():

@@ -34,6 +34,7 @@ from corral.kernel import (
     Unimplemented,
 )
 from corral.plugins.core import namespace_required, validate_identifier
+from corral.plugins.core.idmap import resolve_idmapped
 from corral.plugins.events.types import Publisher, TaskDelete, TaskExit
 from corral.plugins.metadata import AnyValue
 from corral.plugins.runtimes import (
@@ -49,6 +50,7 @@ from corral.plugins.runtimes.shim import ShimConnection, ShimCreate, ShimProtoco
 from corral.plugins.runtimes.shim._binary import ShimBinary, read_bootstrap, resolve_runtime
 from corral.plugins.runtimes.shim._bundle import (
     BINARY_FILE,
+    IDMAPPED_DIR,
     LOG_FIFO,
     Bundle,
     load_bundles,
@@ -327,9 +329,11 @@ class TaskManager:
                 raise prefixed(exc, "failed to start shim: ") from None
             conn = shim.connection()
             try:
-                await conn.create(
-                    ShimCreate(task_id, str(bundle.path), opts.rootfs, opts.io, opts.checkpoint, options)
-                )
+                # A shim of containerd 1.6 knows no uidmap=/gidmap= options: resolved here.
+                async with resolve_idmapped(opts.rootfs, bundle.path / IDMAPPED_DIR) as rootfs:
+                    await conn.create(
+                        ShimCreate(task_id, str(bundle.path), rootfs, opts.io, opts.checkpoint, options)
+                    )
             except CorralError as exc:
                 raise prefixed(exc, "failed to create shim task: ") from None
             shim.task_pid = (await conn.connect(task_id)).task_pid

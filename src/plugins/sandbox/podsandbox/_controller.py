@@ -68,6 +68,13 @@ from corral.plugins.sandbox import (
 )
 from corral.plugins.sandbox.podsandbox._pause import ensure_pause_image
 from corral.plugins.sandbox.podsandbox._spec import copy_host_hosts, pause_spec, pod_files, resolv_conf
+from corral.plugins.sandbox.userns import (
+    netns_within_userns,
+    pin_user_namespace,
+    pod_idmap,
+    prepare_remapped,
+    unpin,
+)
 from corral.plugins.transfer import Transferrer
 
 log = structlog.get_logger("corral.podsandbox")
@@ -214,6 +221,9 @@ class PodSandboxController:
     def _root_dir(self, p: _Pod) -> Path:
         return self.settings.root / "sandboxes" / p.namespace / p.id
 
+    def _pinned_userns(self, p: _Pod) -> Path:
+        return self.settings.state / "pinned-namespaces" / p.namespace / p.id / "user"
+
     def _shm_dir(self, p: _Pod) -> Path:
         return self.settings.state / "shm" / p.namespace / p.id
 
@@ -286,6 +296,7 @@ class PodSandboxController:
     async def _start(self, p: _Pod, undo: list[_Undo]) -> ControllerInstance:
         s = self.settings
         pod = p.pod
+        idmap = pod_idmap(pod)
         p.phase = "starting"
         await self._save(p)
         undo.append(("dirs", lambda: self._remove_dirs(p)))
@@ -306,8 +317,17 @@ class PodSandboxController:
             path = s.netns_dir / netns_name()
             p.netns_path, p.owns_netns = str(path), True
             await self._save(p)  # before it exists: a restart then knows to remove it
-            await create_netns(s.netns_dir, path.name)
+            if idmap is None:
+                await create_netns(s.netns_dir, path.name)
+            else:
+                await netns_within_userns(path, idmap)
             undo.append(("netns", lambda: _remove_netns(path)))
+        userns_path = ""
+        if idmap is not None and p.netns_path:
+            pinned = self._pinned_userns(p)
+            pin_user_namespace(Path(p.netns_path), pinned)
+            undo.append(("userns", lambda: _unpin(pinned)))
+            userns_path = str(pinned)
         if p.owns_netns:
             p.owns_network = True
             await self._save(p)
@@ -342,6 +362,7 @@ class PodSandboxController:
         spec = pause_spec(
             ns, p.id, pod, image.config, image.name,
             netns_path=p.netns_path, shm_path=shm, resolv_path=root / "resolv.conf",
+            idmap=idmap, userns_path=userns_path,
         )  # fmt: skip
         labels = {**pod.labels, KIND_LABEL: "sandbox"}
         leases = self._metadata.view(LeaseStore)
@@ -351,7 +372,17 @@ class PodSandboxController:
             with bound_lease(lease.id):
                 p.container_created = True
                 await self._save(p)
-                mounts = await snapshotter.prepare(p.id, image.chain_id)
+                if idmap is None:
+                    mounts = await snapshotter.prepare(p.id, image.chain_id)
+                else:
+                    mounts = await prepare_remapped(
+                        snapshotter,
+                        s.snapshotter,
+                        p.id,
+                        image.chain_id,
+                        idmap,
+                        chown=s.snapshotter != "overlayfs",
+                    )
                 undo.append(("snapshot", lambda: _ignore_missing(snapshotter.remove(p.id))))
                 container = Container(
                     id=p.id,
@@ -468,6 +499,7 @@ class PodSandboxController:
             p.netns_path = ""
             await self._save(p)
         await _unmount(self._shm_dir(p))
+        await _unpin(self._pinned_userns(p))
 
     async def wait(self, sandbox_id: str) -> ExitStatus:
         p = self._pod(sandbox_id, f'failed to get exit channel. "{sandbox_id}"')
@@ -544,6 +576,11 @@ class PodSandboxController:
 
     async def _remove_dirs(self, p: _Pod) -> None:
         await _unmount(self._shm_dir(p))
+        pinned = self._pinned_userns(p)
+        await _unpin(pinned)
+        for directory in (pinned.parent, pinned.parent.parent):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         for path in (self._shm_dir(p), self._root_dir(p)):
             with contextlib.suppress(FileNotFoundError):
                 if path.is_dir():
@@ -636,6 +673,10 @@ def _write_durably(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+async def _unpin(pinned: Path) -> None:
+    unpin(pinned)
 
 
 async def _remove_netns(path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from corral.plugins.core.idmap import IDMap
 from corral.plugins.images import oci
 from corral.plugins.runtimes import spec as specs
 from corral.plugins.sandbox import PodSandboxSpec
@@ -35,6 +36,8 @@ def pause_spec(
     netns_path: str,
     shm_path: Path,
     resolv_path: Path,
+    idmap: IDMap | None = None,
+    userns_path: str = "",
 ) -> specs.Spec:
     """Read-only rootfs, the image's entrypoint, the pod's hostname and sysctls, the pod's own
     network (joined at ``netns_path``), IPC, UTS and PID namespaces unless the pod shares the
@@ -70,6 +73,8 @@ def pause_spec(
             ]
         ),
     ]
+    if idmap is not None:
+        opts += user_namespace_opts(pod, idmap, userns_path)
     sysctls = dict(pod.sysctls)
     if not pod.host_network:
         sysctls.setdefault("net.ipv4.ip_unprivileged_port_start", "0")
@@ -94,6 +99,26 @@ def pause_spec(
     spec = specs.generate_spec(namespace, sandbox_id, *opts)
     spec["process"]["oomScoreAdj"] = max(DEFAULT_SANDBOX_OOM_ADJ, current_oom_score_adj())
     return spec
+
+
+def user_namespace_opts(pod: PodSandboxSpec, idmap: IDMap, userns_path: str) -> list[specs.SpecOpt]:
+    """The pod's own user namespace with its mappings, joined at ``userns_path`` when one is made
+    (with its network namespace); a pod on the node's network gets /sys bound, as containerd
+    does (a sysfs cannot be mounted from a user namespace that does not own the network)."""
+    opts = [
+        specs.with_user_namespace(
+            [specs.IDMapping(m.container_id, m.host_id, m.size) for m in idmap.uids],
+            [specs.IDMapping(m.container_id, m.host_id, m.size) for m in idmap.gids],
+        )
+    ]
+    if userns_path:
+        opts.append(specs.with_linux_namespace("user", userns_path))
+    if pod.host_network:
+        # containerd binds it "rro"; runc 1.1 knows no rro, so read-only at the top.
+        sys_bind = {"source": "/sys", "destination": "/sys", "type": "bind",
+                    "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}  # fmt: skip
+        opts += [specs.without_mounts("/sys"), specs.with_mounts([sys_bind])]
+    return opts
 
 
 def current_oom_score_adj() -> int:

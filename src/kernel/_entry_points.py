@@ -2,11 +2,12 @@
 
 ``importlib.metadata`` is a tenth of what a bare daemon imports (zipfile, email, csv, …), and
 listing the entry points reads every distribution's ``entry_points.txt``. What it found is kept
-beside corral's bytecode with a fingerprint of everything it read: each ``sys.path`` entry (its
-absolute path and mtime) and, in each directory, every ``*.dist-info`` / ``*.egg-info`` with the
-mtime and size of the files that name a distribution and its entry points. Installing, removing or
-editing a distribution changes the fingerprint, and the next start asks ``importlib.metadata``
-again; so does a ``sys.meta_path`` finder that could supply distributions of its own. The cache is
+beside corral's bytecode with a fingerprint of what it read: each ``sys.path`` entry (its absolute
+path and mtime: a distribution installed, upgraded or removed adds or renames a ``*.dist-info``
+there) and, in each directory, every ``*.dist-info`` / ``*.egg-info`` with the mtime and size of its
+``entry_points.txt`` (edited in place). A changed fingerprint makes the next start ask
+``importlib.metadata`` again; so does a ``sys.meta_path`` finder that could supply distributions of
+its own. The cache is
 written as bytecode is (not under ``PYTHONDONTWRITEBYTECODE``, nor where the directory is not
 writable).
 """
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 FORMAT = 1
-_INFO_FILES = ("entry_points.txt", "METADATA", "PKG-INFO")
 
 
 class EntryPointLike(Protocol):
@@ -99,11 +99,9 @@ def fingerprint() -> list[list[Any]] | None:
         for name in names:
             if not name.endswith((".dist-info", ".egg-info")):
                 continue
-            info = os.path.join(path, name)
-            for file in ("", *_INFO_FILES):
-                with contextlib.suppress(OSError):
-                    s = os.stat(os.path.join(info, file) if file else info)
-                    found.append([name, file, s.st_mtime_ns, s.st_size])
+            with contextlib.suppress(OSError):
+                s = os.stat(os.path.join(path, name, "entry_points.txt"))
+                found.append([name, s.st_mtime_ns, s.st_size])
     return found
 
 

@@ -264,14 +264,34 @@ class Daemon(ABC):
         self.stop()
 
 
+CORRAL_CRI_PLUGINS = (
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.cri.v1.images",
+    "io.containerd.cri.v1.runtime",
+)
+"""corral's CRI, split as containerd 2.x splits it; containerd 1.6's is the one plugin
+``io.containerd.grpc.v1.cri``. Both daemons are measured with their CRI off (see ContainerdDaemon)."""
+
+
 class CorralDaemon(Daemon):
     kind = CORRAL
     label = "corrald"
     socket_name = "corral.sock"
+    with_cri: ClassVar[bool] = False
 
     def write_config(self) -> None:
-        # An explicit, almost empty config, so /etc/corral/config.toml is never read.
-        self.config_path.write_text("version = 3\n")
+        # An explicit, almost empty config, so /etc/corral/config.toml is never read; the CRI off,
+        # as containerd's is.
+        lines = ["version = 3"]
+        if not self.with_cri:
+            lines.append(f"disabled_plugins = {json.dumps(list(CORRAL_CRI_PLUGINS))}")
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+
+class CorralDaemonWithCRI(CorralDaemon):
+    """corrald on its defaults: its CRI plugins on (no counterpart measured for containerd)."""
+
+    with_cri = True
 
 
 class ContainerdDaemon(Daemon):

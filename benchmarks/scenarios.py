@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import random
 import statistics
 import time
 
 from benchmarks import content
-from benchmarks.daemons import CORRAL
+from benchmarks.daemons import CORRAL, CorralDaemonWithCRI, corrald_binary
 from benchmarks.registry import Metric, Sample, Target, scenario
 from benchmarks.timing import time_call
 from corral.kernel import InitContext, Registration, resolve_order
 
 MS = 1000.0
+_serial = itertools.count(1)
 KIB_PER_MIB = 1024.0
 BYTES_PER_MIB = float(content.MIB)
 
@@ -40,6 +42,25 @@ def startup(target: Target) -> Sample:
             "startup-cpu": daemon.cpu_after_start_seconds * MS,
             "rss": daemon.rss_after_start_kib / KIB_PER_MIB,
         }
+
+
+@scenario(
+    "startup-with-cri",
+    needs="fresh",
+    kinds=(CORRAL,),
+    metrics=(
+        Metric("startup-cri", "Start-up with corral's CRI plugins on (its defaults)", "ms"),
+        Metric(
+            "startup-cri-cpu", "Start-up with corral's CRI plugins on: CPU time at the first answer", "ms"
+        ),
+    ),
+)
+def startup_with_cri(target: Target) -> Sample:
+    """As ``startup``, with the config's CRI plugins left on (containerd's stay off)."""
+    with CorralDaemonWithCRI(
+        corrald_binary(), target.workdir / f"corral-cri-{next(_serial):03d}", target.ctr
+    ) as d:
+        return {"startup-cri": d.startup_seconds * MS, "startup-cri-cpu": d.cpu_after_start_seconds * MS}
 
 
 @scenario("ctr-version", needs="running", warmup=1, metrics=(Metric("ctr-version", "`ctr version`", "ms"),))

@@ -92,6 +92,29 @@ def generate(out_dir: Path) -> None:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"protoc failed with exit code {proc.returncode}")
     strip_descriptor_import(out_dir)
+    defer_dateutil_import(out_dir)
+
+
+DATEUTIL_IMPORT = "import dateutil.parser\n"
+DATEUTIL_USE = "            dt = dateutil.parser.isoparse(value)\n"
+
+
+def defer_dateutil_import(out_dir: Path) -> None:
+    """Import ``dateutil.parser`` where a Timestamp is parsed from a JSON string, not with the module.
+
+    betterproto2's Timestamp imports it at the top of ``google/protobuf``, which every service's
+    types import; dateutil (with ``ctypes``, ``decimal`` and its time zone modules) is then part of
+    every daemon's start-up for a conversion that only ``from_dict`` of a string needs.
+    """
+    for path in sorted(out_dir.rglob("*.py")):
+        text = path.read_text()
+        if DATEUTIL_IMPORT not in text:
+            continue
+        if text.count(DATEUTIL_IMPORT) != 1 or text.count("dateutil.") != 2 or DATEUTIL_USE not in text:
+            raise SystemExit(f"{path}: dateutil is used in a way defer_dateutil_import does not know")
+        text = text.replace(DATEUTIL_IMPORT, "", 1)
+        text = text.replace(DATEUTIL_USE, "            import dateutil.parser\n\n" + DATEUTIL_USE, 1)
+        path.write_text(text)
 
 
 def strip_descriptor_import(out_dir: Path) -> None:

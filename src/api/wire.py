@@ -9,19 +9,12 @@ import dataclasses
 import importlib
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import betterproto2
 
 from corral.api.edge import UNKNOWN, code_for
 from corral.api.types.containerd import types as ctypes
-from corral.api.types.containerd.services.containers import v1 as containers_pb
-from corral.api.types.containerd.services.content import v1 as content_pb
-from corral.api.types.containerd.services.images import v1 as images_pb
-from corral.api.types.containerd.services.introspection import v1 as introspection
-from corral.api.types.containerd.services.leases import v1 as leases_pb
-from corral.api.types.containerd.services.namespaces import v1 as namespaces_pb
-from corral.api.types.containerd.services.snapshots import v1 as snapshots_pb
 from corral.api.types.google import protobuf, rpc
 from corral.api.types.message_pool import default_message_pool
 from corral.kernel import InvalidArgument, PluginRecord, Status
@@ -33,6 +26,40 @@ from corral.plugins.snapshots import Info as SnapshotInfo
 from corral.plugins.snapshots import Kind
 
 T = TypeVar("T")
+
+
+class _OnFirstUse:
+    """A service's generated module, imported when a conversion first reads from it, which then
+    takes this stand-in's place in this module. corrald starts plugins that need a few of these
+    conversions (the events service's envelopes) and not every service's messages."""
+
+    def __init__(self, name: str, module: str) -> None:
+        self._name = name
+        self._module = module
+
+    def __getattr__(self, attr: str) -> Any:
+        module = importlib.import_module(self._module)
+        globals()[self._name] = module
+        return getattr(module, attr)
+
+
+if TYPE_CHECKING:
+    from corral.api.types.containerd.services.containers import v1 as containers_pb
+    from corral.api.types.containerd.services.content import v1 as content_pb
+    from corral.api.types.containerd.services.images import v1 as images_pb
+    from corral.api.types.containerd.services.introspection import v1 as introspection
+    from corral.api.types.containerd.services.leases import v1 as leases_pb
+    from corral.api.types.containerd.services.namespaces import v1 as namespaces_pb
+    from corral.api.types.containerd.services.snapshots import v1 as snapshots_pb
+else:
+    _SERVICES = "corral.api.types.containerd.services"
+    containers_pb = _OnFirstUse("containers_pb", f"{_SERVICES}.containers.v1")
+    content_pb = _OnFirstUse("content_pb", f"{_SERVICES}.content.v1")
+    images_pb = _OnFirstUse("images_pb", f"{_SERVICES}.images.v1")
+    introspection = _OnFirstUse("introspection", f"{_SERVICES}.introspection.v1")
+    leases_pb = _OnFirstUse("leases_pb", f"{_SERVICES}.leases.v1")
+    namespaces_pb = _OnFirstUse("namespaces_pb", f"{_SERVICES}.namespaces.v1")
+    snapshots_pb = _OnFirstUse("snapshots_pb", f"{_SERVICES}.snapshots.v1")
 
 
 # -- mounts and descriptors ---------------------------------------------------------------------

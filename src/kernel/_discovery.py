@@ -1,17 +1,19 @@
 """Finding plugins: the entry-point group ``corral.plugins``, listed without importing anything.
 
 A root daemon must not run code just because a package in its environment declares an entry
-point, so third-party plugins are imported only once the config enables them.
+point, so third-party plugins are imported only once the config enables them. The listing itself
+comes from ``importlib.metadata``, or from what it found at an earlier start when nothing installed
+has changed since (``_entry_points``).
 """
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from corral.kernel._entry_points import EntryPointLike, installed
 from corral.kernel._records import Origin, split_uri
 from corral.kernel._registration import Registration
 
@@ -32,40 +34,13 @@ class Candidate:
     type: str
     id: str
     origin: Origin
-    entry_point: md.EntryPoint | None = None
+    entry_point: EntryPointLike | None = None
     registration: Registration | None = None
     """Set for plugins handed to the kernel directly (tests, embedding) instead of by entry point."""
 
 
 class PluginLoadError(Exception):
     """An enabled plugin whose entry point could not be imported or is not a Registration."""
-
-
-def _dist_name(ep: md.EntryPoint, seen: dict[int, tuple[str, str]]) -> tuple[str, str]:
-    """The distribution's name and version, read once per distribution (``seen``)."""
-    dist = getattr(ep, "dist", None)
-    if dist is None:
-        return "", ""
-    known = seen.get(id(dist))
-    if known is None:
-        known = seen[id(dist)] = _name_and_version(dist)
-    return known
-
-
-def _name_and_version(dist: md.Distribution) -> tuple[str, str]:
-    # ``dist.metadata`` runs the e-mail parser over the whole file, on every access; the two
-    # headers needed stand at its top, one line each (core metadata never folds them).
-    found: dict[str, str] = {}
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
-    for line in text.splitlines():
-        if not line.strip():
-            break  # the headers end at the first blank line
-        key, sep, value = line.partition(":")
-        if sep and key in ("Name", "Version") and key not in found:
-            found[key] = value.strip()
-        if len(found) == 2:
-            return found["Name"], found["Version"]
-    return str(dist.metadata["Name"] or ""), str(dist.version or "")
 
 
 def _normalise(name: str) -> str:
@@ -75,9 +50,8 @@ def _normalise(name: str) -> str:
 def discover(group: str = GROUP) -> list[Candidate]:
     """Every plugin entry point, built-ins first, each group sorted, so the order is stable."""
     found: dict[str, Candidate] = {}
-    seen: dict[int, tuple[str, str]] = {}
-    for ep in md.entry_points(group=group):
-        dist, version = _dist_name(ep, seen)
+    for listed in installed(group, (GROUP, CONFIG_GROUP)):
+        ep, dist, version = listed.entry_point, listed.distribution, listed.version
         builtin = _normalise(dist) == BUILTIN_DISTRIBUTION
         plugin_type, plugin_id = split_uri(ep.name)
         origin = Origin(dist, version, ep.name, ep.value, builtin)
@@ -99,7 +73,7 @@ class ConfigSource:
 
     key: str
     origin: Origin
-    entry_point: md.EntryPoint | None = None
+    entry_point: EntryPointLike | None = None
     provider: ConfigProvider | None = None
     """Set for providers handed to the kernel directly (tests, embedding) instead of by entry point."""
 
@@ -107,9 +81,8 @@ class ConfigSource:
 def discover_config_sources(group: str = CONFIG_GROUP) -> list[ConfigSource]:
     """Every provider of config-defined plugins, built-ins first, then by distribution."""
     found: dict[str, ConfigSource] = {}
-    seen: dict[int, tuple[str, str]] = {}
-    for ep in md.entry_points(group=group):
-        dist, version = _dist_name(ep, seen)
+    for listed in installed(group, (GROUP, CONFIG_GROUP)):
+        ep, dist, version = listed.entry_point, listed.distribution, listed.version
         origin = Origin(dist, version, ep.name, ep.value, _normalise(dist) == BUILTIN_DISTRIBUTION)
         found.setdefault(f"{ep.name}\0{dist}", ConfigSource(ep.name, origin, ep))
     return sorted(found.values(), key=lambda s: (not s.origin.builtin, _normalise(s.origin.distribution)))

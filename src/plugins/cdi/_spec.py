@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0")
 HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 ANNOTATION_PREFIX = "cdi.k8s.io/"
@@ -212,6 +210,8 @@ def validate_edits(value: Any, where: str) -> dict[str, Any]:
 
 def parse_spec(data: bytes | str, path: str, priority: int = 0) -> Spec:
     """A spec file's content, validated; SpecError says what is wrong with it."""
+    import yaml  # here: a daemon with no spec files starts without PyYAML's import
+
     try:
         text = data.decode() if isinstance(data, bytes) else data
         raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import secrets
 import threading
@@ -22,7 +21,9 @@ _MS_BIND = 4096
 
 
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return ctypes.CDLL(
+        None, use_errno=True
+    )  # the C library the interpreter links (find_library runs ldconfig)
 
 
 def netns_name() -> str:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import ssl
-
-import httpx
+from typing import TYPE_CHECKING
 
 from corral.kernel import (
     CorralError,
@@ -24,8 +23,18 @@ from corral.kernel import (
     Unimplemented,
 )
 
-TRANSPORT_ERRORS = (httpx.TransportError, ssl.SSLError)
-"""What a request that got no usable answer raises; TLS alerts after the handshake escape httpx as SSLError."""
+if TYPE_CHECKING:
+    import httpx
+
+
+def transport_errors() -> tuple[type[Exception], ...]:
+    """What a request that got no usable answer raises; TLS alerts after the handshake escape httpx as
+    SSLError. A function, so that httpx is imported with the first session (``except`` evaluates it
+    only when something was raised), not with corrald."""
+    import httpx
+
+    return (httpx.TransportError, ssl.SSLError)
+
 
 _KINDS: dict[int, type[CorralError]] = {
     400: InvalidArgument,
@@ -87,6 +96,8 @@ def status_error(registry: str, response: httpx.Response, body: bytes = b"") -> 
 def transport_error(registry: str, request: httpx.Request, exc: Exception) -> CorralError:
     """The kernel error for a request that got no answer: refused, reset, timed out, TLS rejected."""
     where = f"registry {registry}: {describe_request(request)}"
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return DeadlineExceeded(f"{where}: timed out ({type(exc).__name__})")
     cause: BaseException | None = exc

@@ -12,10 +12,10 @@ import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import certifi
-import httpx
 import structlog
 
 from corral.kernel import InvalidArgument
@@ -23,6 +23,9 @@ from corral.plugins.core.tracing import span
 from corral.plugins.remotes import _errors
 from corral.plugins.remotes.auth import Authorizer
 from corral.plugins.remotes.hosts import RegistryHost
+
+if TYPE_CHECKING:
+    import httpx
 
 log = structlog.get_logger("corral.remotes")
 
@@ -82,6 +85,8 @@ class Session:
         self.authorizer = authorizer
         self._timeout = timeout
         self._user_agent = user_agent
+        import httpx  # here, not with the module: corrald starts without it, a pull's session brings it
+
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=10, keepalive_expiry=30.0
         )
@@ -91,6 +96,8 @@ class Session:
         key: _ClientKey = (host.scheme, host.ca, host.client_certs, host.skip_verify, host.dial_timeout)
         client = self._clients.get(key)
         if client is None:
+            import httpx
+
             verify: ssl.SSLContext | bool = ssl_context(host) if host.scheme == "https" else True
             timeout = httpx.Timeout(self._timeout, connect=host.dial_timeout or self._timeout)
             client = httpx.AsyncClient(
@@ -152,7 +159,7 @@ class Session:
         response = await self._send(host, method, url, scopes, headers or {}, content, last_host)
         try:
             await response.aread()
-        except _errors.TRANSPORT_ERRORS as exc:
+        except _errors.transport_errors() as exc:
             raise _errors.transport_error(host.host, response.request, exc) from exc
         finally:
             await response.aclose()
@@ -185,7 +192,7 @@ class Session:
                         request, stream=True, follow_redirects=method in ("GET", "HEAD")
                     )
                     current.set_attributes({"http.response.status_code": response.status_code})
-            except _errors.TRANSPORT_ERRORS as exc:
+            except _errors.transport_errors() as exc:
                 if final or not last_host or not replayable or not _transient(exc):
                     raise _errors.transport_error(host.host, request, exc) from exc
                 log.debug("registry_retry", host=host.host, method=method, url=_path(request), error=str(exc))
@@ -220,6 +227,8 @@ class Session:
         raise AssertionError("unreachable: the last attempt always returns")
 
     def _headers(self, host: RegistryHost, extra: Mapping[str, str]) -> httpx.Headers:
+        import httpx
+
         headers = httpx.Headers([(name, value) for name, values in host.header.items() for value in values])
         for name, value in extra.items():
             headers[name] = value
@@ -251,6 +260,8 @@ def _retry_after(response: httpx.Response) -> float:
 
 def _transient(exc: Exception) -> bool:
     """Resets and timeouts may pass; a refused connection or a TLS rejection will not."""
+    import httpx
+
     return isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError | httpx.ReadTimeout | httpx.WriteError)
 
 

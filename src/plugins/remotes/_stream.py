@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from typing import Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol
 
 from corral.kernel import FailedPrecondition, InvalidArgument
 from corral.plugins.remotes import _errors
 from corral.plugins.remotes._records import Descriptor
+
+if TYPE_CHECKING:
+    import httpx  # imported by the session when a registry is first used
 
 READ_CHUNK = 1 << 20
 
@@ -80,7 +81,7 @@ class BlobStream:
         try:
             async for chunk in self._verified(size):
                 yield chunk
-        except _errors.TRANSPORT_ERRORS as exc:
+        except _errors.transport_errors() as exc:
             raise _errors.transport_error(self.registry, self._response.request, exc) from exc
 
     async def _verified(self, size: int) -> AsyncIterator[bytes]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import httpx
 import structlog
 
 from corral.kernel import FailedPrecondition, Unavailable
@@ -15,6 +15,9 @@ from corral.plugins.remotes._records import Descriptor, PushOutcome, PushResult
 from corral.plugins.remotes._stream import new_hasher
 from corral.plugins.remotes.auth import repository_scope
 from corral.plugins.remotes.hosts import RegistryHost
+
+if TYPE_CHECKING:
+    import httpx  # imported by the session when a registry is first used
 
 log = structlog.get_logger("corral.remotes")
 

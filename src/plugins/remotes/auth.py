@@ -13,14 +13,16 @@ import base64
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 import structlog
 
 from corral.kernel import CorralError, InvalidArgument, PermissionDenied, Unavailable
 from corral.plugins.remotes import _errors
+
+if TYPE_CHECKING:
+    import httpx  # imported by the session when a registry is first used
 
 __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
@@ -279,7 +281,7 @@ class Authorizer:
         try:
             response = await client.send(request)
             await response.aread()
-        except _errors.TRANSPORT_ERRORS as exc:
+        except _errors.transport_errors() as exc:
             raise _errors.transport_error(f"{host} token endpoint", request, exc) from exc
         return response
 

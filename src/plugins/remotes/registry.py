@@ -12,9 +12,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import httpx
 import structlog
 
 from corral import __version__
@@ -42,6 +41,9 @@ from corral.plugins.remotes._stream import BlobStream, Hasher, new_hasher
 from corral.plugins.remotes.auth import Authorizer, Credentials, repository_scope
 from corral.plugins.remotes.hosts import Capability, RegistryHost, load_hosts
 from corral.plugins.remotes.reference import DOCKER_HUB, DOCKER_HUB_REGISTRY, Reference, parse_reference
+
+if TYPE_CHECKING:
+    import httpx  # imported by the session when a registry is first used
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "HostsLookup", "RegistryClient"]
 
@@ -188,7 +190,7 @@ class RegistryClient:
                 media_type = _media_type(got)
                 try:
                     digest, size = await _digest_of(endpoint, ref, got.aiter_bytes(), digest)
-                except _errors.TRANSPORT_ERRORS as exc:
+                except _errors.transport_errors() as exc:
                     raise _errors.transport_error(endpoint.host.host, got.request, exc) from exc
         if media_type == MEDIA_TYPE_DOCKER_SCHEMA1:
             raise Unimplemented(f"registry {endpoint.host.host}: {ref}: schema 1 manifests are not supported")

@@ -77,8 +77,15 @@ class ErofsDiffer:
         self.walking = WalkingDiffer(content)
         self.mkfs = mkfs
         self.mkfs_options = tuple(mkfs_options)
-        self.tar_input = mkfs_reads_tar(mkfs) if tar_input is None else tar_input
-        """Whether mkfs.erofs converts the tar itself (``--tar=f``) rather than a directory."""
+        self._tar_input = tar_input
+
+    @property
+    def tar_input(self) -> bool:
+        """Whether mkfs.erofs converts the tar itself (``--tar=f``) rather than a directory: asked of
+        mkfs.erofs (``--help``) at the first apply that needs to know, not at start-up."""
+        if self._tar_input is None:
+            self._tar_input = mkfs_reads_tar(self.mkfs)
+        return self._tar_input
 
     async def apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
         native = is_erofs_media_type(desc.media_type)
@@ -95,6 +102,8 @@ class ErofsDiffer:
         # The same layer's image may be made again (an apply cut short, repeated); a native image
         # carries its own UUID, so it is never taken for a repeat.
         await anyio.to_thread.run_sync(check_applicable, layer, "" if native else layer_uuid(desc.digest))
+        if not native and self._tar_input is None:
+            self._tar_input = await anyio.to_thread.run_sync(mkfs_reads_tar, self.mkfs)
         started = time.perf_counter()
         if native:
             applied = await self._copy_native(desc, layer)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -34,7 +33,7 @@ IDMAPPED_DIR = "idmapped"
 """Where a task's create bind-mounts idmapped layers for the shim (detached once it has mounted)."""
 
 _MNT_DETACH = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter links (find_library runs ldconfig)
 
 
 @dataclass(frozen=True)

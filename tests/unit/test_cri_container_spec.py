@@ -172,10 +172,10 @@ def test_hugepage_limits_follow_the_hugetlb_config_keys(monkeypatch: pytest.Monk
     assert "hugepageLimits" not in dropped["linux"]["resources"]
     assert dropped["linux"]["resources"]["cpu"] == {"cpus": "0-1"}
     enabled = cri_spec.HandlerOptions(disable_hugetlb_controller=False)
-    monkeypatch.setattr(cri_spec, "_hugetlb_controller_present", lambda: True)
+    monkeypatch.setattr(cri_spec, "hugetlb_controller_present", lambda: True)
     applied = oci_spec("c" * 64, _pod(), request, IMAGE, "img", "", enabled)
     assert applied["linux"]["resources"]["hugepageLimits"] == [{"pageSize": "2MB", "limit": 1 << 21}]
-    monkeypatch.setattr(cri_spec, "_hugetlb_controller_present", lambda: False)
+    monkeypatch.setattr(cri_spec, "hugetlb_controller_present", lambda: False)
     tolerated = oci_spec("c" * 64, _pod(), request, IMAGE, "img", "", enabled)
     assert "hugepageLimits" not in tolerated["linux"]["resources"]
     strict = cri_spec.HandlerOptions(

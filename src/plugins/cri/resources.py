@@ -55,10 +55,16 @@ def unified_mode(root: Path = CGROUP_ROOT) -> bool:
     return (root / "cgroup.controllers").exists()
 
 
-def swap_controller_available(root: Path = CGROUP_ROOT) -> bool:
-    """containerd's SwapControllerAvailable: ``memory.swap.max`` (v2) or ``memsw`` (v1) exists."""
+def swap_controller_available(root: Path = CGROUP_ROOT, own: Path = Path("/proc/self/cgroup")) -> bool:
+    """containerd's SwapControllerAvailable: ``memory.swap.max`` in the daemon's own cgroup (v2), or
+    ``memory.memsw.limit_in_bytes`` (v1), exists."""
     if unified_mode(root):
-        return any(root.glob("*/memory.swap.max"))
+        try:
+            lines = own.read_text().splitlines()
+        except OSError:
+            return False
+        unified = next((line.split(":", 2)[2] for line in lines if line.startswith("0::")), "/")
+        return (root / unified.lstrip("/") / "memory.swap.max").exists()
     return (root / "memory" / "memory.memsw.limit_in_bytes").exists()
 
 

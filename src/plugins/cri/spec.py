@@ -22,6 +22,7 @@ from typing import Any
 
 from corral.kernel import CorralError, InvalidArgument
 from corral.plugins.cri.config import RuntimeConfig
+from corral.plugins.cri.resources import hugetlb_controller_present, swap_controller_available
 from corral.plugins.cri.runtime import recursive_read_only_supported
 from corral.plugins.cri.sandboxes import K8S, CRISandbox, invalid, worded
 from corral.plugins.cri.seccomp import SecurityProfile, apparmor_spec_opt, profile_from_path, seccomp_spec_opt
@@ -548,26 +549,6 @@ def _with_capabilities(spec: ContainerSpec) -> specs.SpecOpt:
 # -- resources and namespaces ------------------------------------------------------------------------
 
 
-def _swap_controller_available() -> bool:
-    if _cgroup2_unified():
-        try:
-            own = Path("/proc/self/cgroup").read_text().splitlines()
-        except OSError:
-            return False
-        unified = next((line.split(":", 2)[2] for line in own if line.startswith("0::")), "/")
-        return (CGROUP2_ROOT / unified.lstrip("/") / "memory.swap.max").exists()
-    return (CGROUP2_ROOT / "memory" / "memory.memsw.limit_in_bytes").exists()
-
-
-def _hugetlb_controller_present() -> bool:
-    if _cgroup2_unified():
-        try:
-            return "hugetlb" in (CGROUP2_ROOT / "cgroup.controllers").read_text().split()
-        except OSError:
-            return False
-    return (CGROUP2_ROOT / "hugetlb").is_dir()
-
-
 def _with_resources(request: ContainerSpec, handler: HandlerOptions) -> specs.SpecOpt:
     """containerd's ``WithResources``: CPU, cpuset, memory (swap equal to the limit when the
     request names none and the host can limit swap), hugepage limits unless
@@ -588,7 +569,7 @@ def _with_resources(request: ContainerSpec, handler: HandlerOptions) -> specs.Sp
             cpu["cpus"] = request.cpuset_cpus
         if request.cpuset_mems:
             cpu["mems"] = request.cpuset_mems
-        swap_ok = _swap_controller_available()
+        swap_ok = swap_controller_available()
         if request.memory_limit:
             memory["limit"] = request.memory_limit
             if not request.memory_swap_limit and swap_ok:
@@ -596,7 +577,7 @@ def _with_resources(request: ContainerSpec, handler: HandlerOptions) -> specs.Sp
         if request.memory_swap_limit and swap_ok:
             memory["swap"] = request.memory_swap_limit
         if not handler.disable_hugetlb_controller:
-            if _hugetlb_controller_present():
+            if hugetlb_controller_present():
                 limits = [{"pageSize": size, "limit": limit} for size, limit in request.hugepage_limits]
                 if limits:
                     res["hugepageLimits"] = [*res.get("hugepageLimits", []), *limits]

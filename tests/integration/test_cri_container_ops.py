@@ -11,17 +11,15 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from containerd16_cri import containerd_16
 from cri_client import CRIClient
 from grpclib.const import Status
 from test_cri_pods import (
-    CONTAINERD_CONFIG,
-    _answers,
     _busybox_archive,
     code_of,
     container,
@@ -36,12 +34,11 @@ from test_cri_pods import (
     stop,
     wait_for,
 )
-from test_pod_sandboxes import CNI_BIN, NS, Node, NodeDaemon, assert_nothing_left, node, write_network
+from test_pod_sandboxes import NS, Node, NodeDaemon, assert_nothing_left, node, write_network
 from tooling import require_tool
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.images.build import build_image, busybox_rootfs, layer_from_directory
-from corral.plugins.sandbox.podsandbox import PAUSE_IMAGE, build_pause_image
 
 __all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
 
@@ -617,7 +614,7 @@ def _pid_of(ctr: Callable[..., str], cid: str) -> int:
 def test_updates_log_reopens_stats_and_stop_signals_match_containerd_1_6s_cri(
     tmp_path: Path, node: Node
 ) -> None:
-    containerd = require_tool("containerd")
+    require_tool("containerd")
     network = write_network(tmp_path / "corral-net")
     daemon = start_daemon(tmp_path, node, network)
     try:
@@ -629,43 +626,8 @@ def test_updates_log_reopens_stats_and_stop_signals_match_containerd_1_6s_cri(
         daemon.stop()
 
     base = tmp_path / "containerd"
-    base.mkdir()
-    theirs_net = write_network(base / "net")
-    socket = str(base / "containerd.sock")
-    config = base / "config.toml"
-    config.write_text(
-        CONTAINERD_CONFIG.format(
-            base=base, socket=socket, pause=PAUSE_IMAGE, cni=theirs_net.conf_dir, bin=CNI_BIN
-        )
-    )
-    log = (base / "containerd.log").open("ab")
-    proc = subprocess.Popen(
-        ["nsenter", f"--net={node.netns}", containerd, "--config", str(config)], stdout=log, stderr=log
-    )
-
-    def their_ctr(*args: str) -> str:
-        done = subprocess.run(
-            ["ctr", "-a", socket, "-n", NS, *args], capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    try:
-        cri = CRIClient(socket)
-        wait_for(lambda: _answers(cri), timeout=30)
-        pause = base / "pause.tar"
-        pause.write_bytes(build_pause_image().oci_archive([PAUSE_IMAGE]))
-        their_ctr("images", "import", str(pause))
+    with containerd_16(base, node.netns) as (cri, their_ctr, _network):
         theirs = ops_scenario(cri, their_ctr, base / "run")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for line in (base / "containerd.log").read_text().splitlines()[-5:]:
-            print(line)
     # Where containerd answers Unknown for a call the container's state refuses, corral answers
     # FailedPrecondition (never Unknown for a caller's mistake); the words are the same.
     for key in ("reopen created", "reopen exited"):

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from containerd16_cri import containerd_16
 from cri_client import CRIClient
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from test_cri_pods import (
     BUSYBOX,
-    CONTAINERD_CONFIG,
     container,
     create,
     listed,
@@ -48,7 +48,6 @@ from test_cri_pods import (
     start_daemon,
     status,
     stop,
-    wait_for,
 )
 from test_pod_sandboxes import (
     CNI_BIN,
@@ -64,7 +63,6 @@ from tooling import require_root, require_tool
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.images.build import build_busybox_image
-from corral.plugins.sandbox.podsandbox import PAUSE_IMAGE, build_pause_image
 
 pytestmark = pytest.mark.root
 
@@ -542,7 +540,7 @@ def test_a_pod_whose_network_setup_fails_halfway_is_rolled_back_leaving_nothing(
 
 # -- the same hostPort scenario against Debian's containerd 1.6 CRI --------------------------------
 def test_the_host_port_scenario_matches_containerd_1_6s_cri(tmp_path: Path) -> None:
-    containerd = require_tool("containerd")
+    require_tool("containerd")
     with make_lan() as lan:
         network = write_network(tmp_path / "corral-net")
         daemon = start_daemon(tmp_path, lan.node, network)
@@ -561,56 +559,9 @@ def test_the_host_port_scenario_matches_containerd_1_6s_cri(tmp_path: Path) -> N
 
     with make_lan() as lan:
         base = tmp_path / "containerd"
-        base.mkdir()
-        theirs_net = write_network(base / "net")
-        socket = str(base / "containerd.sock")
-        (base / "config.toml").write_text(
-            CONTAINERD_CONFIG.format(
-                base=base, socket=socket, pause=PAUSE_IMAGE, cni=theirs_net.conf_dir, bin=CNI_BIN
-            )
-        )
-        log = (base / "containerd.log").open("ab")
-        proc = subprocess.Popen(
-            ["nsenter", f"--net={lan.node.netns}", containerd, "--config", str(base / "config.toml")],
-            stdout=log,
-            stderr=log,
-        )
-
-        def their_ctr(*args: str) -> str:
-            done = subprocess.run(
-                ["ctr", "-a", socket, "-n", NS, *args], capture_output=True, text=True, timeout=60
-            )
-            assert done.returncode == 0, done.stderr
-            return done.stdout
-
-        try:
-            cri = CRIClient(socket)
-            wait_for(lambda: _answers(cri), timeout=30)
-            pause = base / "pause.tar"
-            pause.write_bytes(build_pause_image().oci_archive([PAUSE_IMAGE]))
-            their_ctr("images", "import", str(pause))
+        with containerd_16(base, lan.node.netns, network_list=write_network) as (cri, their_ctr, theirs_net):
             theirs = hostport_scenario(cri, their_ctr, lan, theirs_net, base / "run")
-        finally:
-            with contextlib.suppress(Exception):
-                for item in listed(CRIClient(socket)):
-                    remove(CRIClient(socket), item.id)
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            for line in (base / "containerd.log").read_text().splitlines()[-5:]:
-                print(line)
     ours_links, theirs_links = ours.pop("links"), theirs.pop("links")
     assert ours_links == sorted([*EXPECTED_LINKS, network.bridge])
     assert theirs_links == sorted([*EXPECTED_LINKS, theirs_net.bridge])
     assert ours == theirs
-
-
-def _answers(cri: CRIClient) -> bool:
-    try:
-        cri.version()
-    except (OSError, GRPCError):
-        return False
-    return True

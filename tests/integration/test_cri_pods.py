@@ -13,12 +13,12 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from containerd16_cri import containerd_16
 from cri_client import CRIClient
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -38,7 +38,6 @@ from tooling import require_tool
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.images.build import build_busybox_image
-from corral.plugins.sandbox.podsandbox import PAUSE_IMAGE, build_pause_image
 
 __all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
 
@@ -642,29 +641,6 @@ def test_a_container_in_one_pod_reaches_a_server_in_another_by_its_pod_ip(tmp_pa
 
 
 # -- the same scenario against Debian's containerd 1.6 CRI ------------------------------------------
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{base}/root"
-state = "{base}/state"
-[grpc]
-  address = "{socket}"
-[ttrpc]
-  address = "{socket}.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{base}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "{cni}"
-    bin_dir = "{bin}"
-"""
-
-
 def scenario(cri: CRIClient, ctr: Any, base: Path) -> dict[str, object]:
     """A pod and a busybox container through the CRI: what a kubelet would observe."""
     facts: dict[str, object] = {}
@@ -727,7 +703,7 @@ def _busybox_archive(base: Path) -> Path:
 
 
 def test_the_pod_and_container_scenario_matches_containerd_1_6s_cri(tmp_path: Path, node: Node) -> None:
-    containerd = require_tool("containerd")
+    require_tool("containerd")
     network = write_network(tmp_path / "corral-net")
     daemon = start_daemon(tmp_path, node, network)
     try:
@@ -739,54 +715,11 @@ def test_the_pod_and_container_scenario_matches_containerd_1_6s_cri(tmp_path: Pa
         daemon.stop()
 
     base = tmp_path / "containerd"
-    base.mkdir()
-    theirs_net = write_network(base / "net")
-    socket = str(base / "containerd.sock")
-    config = base / "config.toml"
-    config.write_text(
-        CONTAINERD_CONFIG.format(
-            base=base, socket=socket, pause=PAUSE_IMAGE, cni=theirs_net.conf_dir, bin=CNI_BIN
-        )
-    )
-    log = (base / "containerd.log").open("ab")
-    proc = subprocess.Popen(
-        ["nsenter", f"--net={node.netns}", containerd, "--config", str(config)], stdout=log, stderr=log
-    )
-
-    def their_ctr(*args: str) -> str:
-        done = subprocess.run(
-            ["ctr", "-a", socket, "-n", NS, *args], capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    try:
-        cri = CRIClient(socket)
-        wait_for(lambda: _answers(cri), timeout=30)
-        pause = base / "pause.tar"
-        pause.write_bytes(build_pause_image().oci_archive([PAUSE_IMAGE]))
-        their_ctr("images", "import", str(pause))
+    with containerd_16(base, node.netns) as (cri, their_ctr, _network):
         theirs = scenario(cri, their_ctr, base / "run")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for line in (base / "containerd.log").read_text().splitlines()[-5:]:
-            print(line)
     # Where containerd answers Unknown for a call the container's state refuses, corral answers
     # FailedPrecondition (never Unknown for a caller's mistake); the words are the same.
     our_code, our_words = ours.pop("exec exited")  # type: ignore[misc]
     their_code, their_words = theirs.pop("exec exited")  # type: ignore[misc]
     assert (our_code, their_code, our_words) == (Status.FAILED_PRECONDITION, Status.UNKNOWN, their_words)
     assert ours == theirs
-
-
-def _answers(cri: CRIClient) -> bool:
-    try:
-        cri.version()
-    except (OSError, GRPCError):
-        return False
-    return True

@@ -18,13 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import containerd16_cri
 import pytest
 from cri_client import CRIClient
 from grpclib.const import Status
 from test_cri_pods import (
     BUSYBOX,
-    CONTAINERD_CONFIG,
-    _answers,
     code_of,
     container,
     containers,
@@ -34,14 +33,12 @@ from test_cri_pods import (
     start_daemon,
     wait_for,
 )
-from test_pod_sandboxes import CNI_BIN, NS, Network, Node, NodeDaemon, node, write_network
-from tooling import require_tool
+from test_pod_sandboxes import NS, Node, NodeDaemon, node, write_network
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.cri.seccomp import default_seccomp_profile
 from corral.plugins.cri.spec import recursive_read_only_supported
 from corral.plugins.images.build import build_image, busybox_rootfs, layer_from_directory
-from corral.plugins.sandbox.podsandbox import PAUSE_IMAGE, build_pause_image
 
 __all__ = ["node"]
 
@@ -589,51 +586,9 @@ def spec_facts(cri: CRIClient, ctr: Callable[..., str], base: Path) -> dict[str,
 
 @contextlib.contextmanager
 def containerd_16(tmp_path: Path, node: Node) -> Iterator[tuple[CRIClient, Callable[..., str]]]:
-    containerd = require_tool("containerd")
-    base = tmp_path / "containerd"
-    base.mkdir()
-    network: Network = write_network(base / "net")
-    socket = str(base / "containerd.sock")
-    config = base / "config.toml"
-    config.write_text(
-        CONTAINERD_CONFIG.format(
-            base=base, socket=socket, pause=PAUSE_IMAGE, cni=network.conf_dir, bin=CNI_BIN
-        )
-        + '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]'
-        + PASSTHROUGH
-    )
-    log = (base / "containerd.log").open("ab")
-    proc = subprocess.Popen(
-        ["nsenter", f"--net={node.netns}", containerd, "--config", str(config)], stdout=log, stderr=log
-    )
-
-    def their_ctr(*args: str) -> str:
-        done = subprocess.run(
-            ["ctr", "-a", socket, "-n", NS, *args], capture_output=True, text=True, timeout=60
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    cri = CRIClient(socket)
-    try:
-        wait_for(lambda: _answers(cri), timeout=30)
-        pause = base / "pause.tar"
-        pause.write_bytes(build_pause_image().oci_archive([PAUSE_IMAGE]))
-        their_ctr("images", "import", str(pause))
-        yield cri, their_ctr
-    finally:
-        with contextlib.suppress(Exception):
-            for item in cri.runtime("list_pod_sandbox", pb.ListPodSandboxRequest()).items:
-                cri.runtime("stop_pod_sandbox", pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
-                cri.runtime("remove_pod_sandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for line in (base / "containerd.log").read_text().splitlines()[-5:]:
-            print(line)
+    extra = '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]' + PASSTHROUGH
+    with containerd16_cri.containerd_16(tmp_path / "containerd", node.netns, extra) as (cri, ctr, _network):
+        yield cri, ctr
 
 
 PASSTHROUGH = """

@@ -2,13 +2,14 @@
 containerd 2.1's ``internal/cri/server/container_image_mount*.go``.
 
 As containerd does, an image volume belongs to the pod: the first container of the pod that
-mounts an image makes it — the image resolved in ``k8s.io`` (not pulled: the kubelet pulls image
-volumes first), unpacked in the pod's snapshotter if it is not, an active snapshot of its chain
-keyed by its mount point ``<state>/image-volumes/<pod>/<image id>``, held by a lease named after
-the pod, mounted there (``volatile`` for an overlay) — and every container of the pod that asks for
-the same image binds that directory (or a directory inside it, ``image_sub_path``). They are
-unmounted and their snapshots removed when the pod stops, and the lease goes when it is removed;
-after a daemon is killed, the directories on disk are what the next stop cleans up.
+mounts an image makes it — the image resolved in ``k8s.io`` (pulled first when it is missing,
+where containerd 2.1 fails and leaves the pull to the kubelet), unpacked in the pod's snapshotter
+if it is not, an active snapshot of its chain keyed by its mount point
+``<state>/image-volumes/<pod>/<image id>``, held by a lease named after the pod, mounted there
+(``volatile`` for an overlay) — and every container of the pod that asks for the same image binds
+that directory (or a directory inside it, ``image_sub_path``). They are unmounted and their
+snapshots removed when the pod stops, and the lease goes when it is removed; after a daemon is
+killed, the directories on disk are what the next stop cleans up.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from corral.kernel import AlreadyExists, CorralError, FailedPrecondition, Invali
 from corral.plugins.core import Mount, bound_lease, namespace
 from corral.plugins.core.idmap import IDMap, remove_scratch, resolve_idmapped
 from corral.plugins.core.mount import mount_all
-from corral.plugins.cri.images import CRIImageService
+from corral.plugins.cri.images import CRIImage, CRIImageService
 from corral.plugins.cri.sandboxes import K8S, worded
 from corral.plugins.metadata import LeaseStore, Metadata, NamespacedSnapshots
 
@@ -99,13 +100,7 @@ class ImageVolumes:
             raise InvalidArgument(f"readonly must be true while mount image: {_described(m)}")
         if not m.image:
             raise InvalidArgument(f"image not specified in: {_described(m)}")
-        try:
-            image = await self._images.resolve(m.image)
-        except CorralError as exc:
-            why = (
-                "not found" if isinstance(exc, NotFound) else _text(exc)
-            )  # containerd's image store words it so
-            raise worded(type(exc), f'failed to resolve image "{m.image}": {why}') from None
+        image = await self._resolve_or_pull(m.image)
         target = self.base(sandbox_id) / image.id.partition(":")[2]
         if not os.path.ismount(target):
             await self._make(target, image_chain=await self._images.unpacked(image, snapshotter),
@@ -113,6 +108,28 @@ class ImageVolumes:
         if m.image_sub_path:
             return str(_sub_path(target, m.image_sub_path))
         return str(target)
+
+    async def _resolve_or_pull(self, ref: str) -> CRIImage:
+        """The image in ``k8s.io``, pulled first when it is not there (containerd 2.1 leaves that to
+        the kubelet and fails; a node driven by anything else gets the volume it asked for). A
+        reference that cannot be pulled (an image id, a name no registry has) fails as
+        containerd's resolve does: ``failed to resolve image "…": not found``."""
+        try:
+            return await self._images.resolve(ref)
+        except NotFound:
+            pass
+        except CorralError as exc:
+            raise worded(type(exc), f'failed to resolve image "{ref}": {_text(exc)}') from None
+        try:
+            await self._images.pull(ref)
+        except NotFound:
+            raise worded(NotFound, f'failed to resolve image "{ref}": not found') from None
+        except CorralError as exc:
+            raise worded(type(exc), f'failed to pull image "{ref}": {_text(exc)}') from None
+        try:
+            return await self._images.resolve(ref)
+        except CorralError as exc:
+            raise worded(type(exc), f'failed to resolve image "{ref}": {_text(exc)}') from None
 
     async def _make(self, target: Path, *, image_chain: str, snapshotter: str, idmap: IDMap | None) -> None:
         snapshots = self._metadata.view(NamespacedSnapshots).get(snapshotter)

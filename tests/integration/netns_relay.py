@@ -54,4 +54,3 @@ def relay_into(netns: str, port: int) -> subprocess.Popen[str]:
         proc.kill()
         raise AssertionError(f"the relay into {netns} did not start ({proc.wait()})")
     return proc
-

@@ -210,7 +210,7 @@ def test_runtime_config_reports_the_default_handlers_cgroup_driver(tmp_path: Pat
 @pytest.mark.parametrize(
     ("method", "request_"),
     [
-        ("update_runtime_config", pb.UpdateRuntimeConfigRequest()),
+        ("update_pod_sandbox_resources", pb.UpdatePodSandboxResourcesRequest()),
         ("checkpoint_container", pb.CheckpointContainerRequest()),
         ("list_metric_descriptors", pb.ListMetricDescriptorsRequest()),
     ],

@@ -38,6 +38,7 @@ __all__ = [
     "resolve_idmapped",
     "supports_idmapped_overlay",
     "user_namespace",
+    "without_idmap",
 ]
 
 UID_MAPPING_LABEL = "containerd.io/snapshot/uidmapping"
@@ -276,6 +277,20 @@ def _split(options: Sequence[str]) -> tuple[IDMap | None, list[str]]:
     if not uidmap or not gidmap:  # containerd remaps only when both are given
         return None, list(options) if (uidmap or gidmap) else rest
     return IDMap.parse(uidmap, gidmap), rest
+
+
+def without_idmap(mounts: Sequence[Mount]) -> tuple[Mount, ...]:
+    """``mounts`` with their ``uidmap=``/``gidmap=`` options left out: the files as they are on the
+    host, for reading (a container's /etc/passwd), not for a container to run on."""
+    return tuple(
+        Mount(
+            m.type,
+            m.source,
+            tuple(o for o in m.options if not o.startswith(("uidmap=", "gidmap="))),
+            m.target,
+        )
+        for m in mounts
+    )
 
 
 @asynccontextmanager

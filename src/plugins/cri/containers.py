@@ -40,6 +40,7 @@ from corral.kernel import (
 )
 from corral.plugins.cdi import DeviceInjector, SpecError, devices_from_annotations
 from corral.plugins.core import GC_EXPIRE, bound_lease, namespace
+from corral.plugins.core.idmap import without_idmap
 from corral.plugins.core.mount import Mount, temporary_mount, unmount
 from corral.plugins.core.private import fsync_dir
 from corral.plugins.cri.container_log import MAX_LOG_LINE, ContainerLog, kubelet_log_lines, rfc3339_nano
@@ -527,7 +528,8 @@ class CRIContainers:
         files, AppArmor and seccomp, then CDI devices and NRI's adjustments."""
         base = self._state / ROOTFS_MOUNTS
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        async with temporary_mount(mounts, base=base) as rootfs:
+        # Read as the files are on the host: an idmapped rootfs is the runtime's to mount.
+        async with temporary_mount(without_idmap(mounts), base=base) as rootfs:
             apply_rootfs_spec_opts(oci, rootfs_spec_opts(c.id, spec, image, rootfs))
         # containerd's WithCDI: the request's devices, then those its annotations name, once each.
         devices = list(spec.cdi_devices)

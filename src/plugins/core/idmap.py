@@ -371,14 +371,57 @@ _SUPPORTED: bool | None = None
 
 async def supports_idmapped_overlay(base: Path | None = None) -> bool:
     """Whether this kernel mounts an overlay over idmapped lower directories with the ids shifted
-    (containerd's overlayutils.SupportsIDMappedMounts); probed once, in a temporary directory."""
+    (containerd's overlayutils.SupportsIDMappedMounts); probed once a boot, in a temporary directory."""
     global _SUPPORTED
     if _SUPPORTED is None:
-        try:
-            _SUPPORTED = await _probe(base)
-        except Exception:
-            _SUPPORTED = False
+        key = _probe_key(base)
+        _SUPPORTED = _cached_probe(key)
+        if _SUPPORTED is None:
+            try:
+                _SUPPORTED = await _probe(base)
+            except Exception:
+                _SUPPORTED = False
+            _cache_probe(key, _SUPPORTED)
     return _SUPPORTED
+
+
+PROBE_CACHE = Path("/run/corral/idmapped-overlay")
+"""Where the probe's answer is kept for the rest of the boot (lines of ``<boot id> <kernel
+release> <device> 0|1``), so a restarted daemon spawns nothing to ask again."""
+
+
+def _probe_key(base: Path | None) -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        device = os.stat(base if base is not None else tempfile.gettempdir()).st_dev
+    except OSError:
+        return ""
+    return f"{boot} {os.uname().release} {device}"
+
+
+def _cached_probe(key: str) -> bool | None:
+    if not key:
+        return None
+    try:
+        lines = PROBE_CACHE.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        found, _, answer = line.rpartition(" ")
+        if found == key and answer in ("0", "1"):
+            return answer == "1"
+    return None
+
+
+def _cache_probe(key: str, supported: bool) -> None:
+    if not key:
+        return
+    try:
+        PROBE_CACHE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with PROBE_CACHE.open("a") as out:
+            out.write(f"{key} {int(supported)}\n")
+    except OSError:
+        pass  # not root, or a read-only /run: the next start probes again
 
 
 async def _probe(base: Path | None) -> bool:

@@ -21,6 +21,7 @@ __all__ = [
     "RESOURCES_TYPE_URL",
     "HugepageLimit",
     "ResourceUpdate",
+    "apply_resources",
     "hugetlb_controller_present",
     "resources_of",
     "swap_controller_available",
@@ -86,11 +87,30 @@ def with_resources(
     swap: bool = True,
     hugetlb: bool = True,
 ) -> dict[str, Any]:
-    """A copy of ``spec`` with ``update`` applied as containerd's WithResources does: only the
-    non-zero fields set; swap set to the memory limit when no swap limit is asked for (and swap is
-    accounted); hugepage limits appended; unified keys merged."""
+    """A copy of ``spec`` with ``update`` applied (``apply_resources``)."""
     out = copy.deepcopy(dict(spec))
-    linux = out.setdefault("linux", {})
+    apply_resources(
+        out, update, tolerate_missing_hugetlb=tolerate_missing_hugetlb, disable_hugetlb=disable_hugetlb,
+        swap=swap, hugetlb=hugetlb,
+    )  # fmt: skip
+    return out
+
+
+def apply_resources(
+    spec: dict[str, Any],
+    update: ResourceUpdate,
+    *,
+    tolerate_missing_hugetlb: bool = True,
+    disable_hugetlb: bool = True,
+    swap: bool = True,
+    hugetlb: bool = True,
+) -> None:
+    """``update`` applied to ``spec`` as containerd's WithResources does, for CreateContainer and
+    UpdateContainerResources alike: only the non-zero fields set; swap set to the memory limit when
+    no swap limit is asked for (and ``swap`` is accounted); hugepage limits appended unless
+    ``disable_hugetlb`` (refused without a ``hugetlb`` controller unless tolerated); unified keys
+    merged."""
+    linux = spec.setdefault("linux", {})
     resources = linux.get("resources")
     if resources is None:
         resources = linux["resources"] = {}
@@ -118,8 +138,9 @@ def with_resources(
         memory["swap"] = update.memory_swap_limit
     if not disable_hugetlb:
         if hugetlb:
-            limits = resources.setdefault("hugepageLimits", [])
-            limits += [{"pageSize": h.page_size, "limit": h.limit} for h in update.hugepage_limits]
+            limits = [{"pageSize": h.page_size, "limit": h.limit} for h in update.hugepage_limits]
+            if limits:
+                resources["hugepageLimits"] = [*(resources.get("hugepageLimits") or []), *limits]
         elif not tolerate_missing_hugetlb:
             raise worded(
                 FailedPrecondition,
@@ -128,7 +149,6 @@ def with_resources(
             )
     if update.unified:
         resources["unified"] = {**(resources.get("unified") or {}), **update.unified}
-    return out
 
 
 def resources_of(spec: Mapping[str, Any]) -> dict[str, Any]:

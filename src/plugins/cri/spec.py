@@ -22,7 +22,13 @@ from typing import Any
 
 from corral.kernel import CorralError, InvalidArgument
 from corral.plugins.cri.config import RuntimeConfig
-from corral.plugins.cri.resources import hugetlb_controller_present, swap_controller_available
+from corral.plugins.cri.resources import (
+    HugepageLimit,
+    ResourceUpdate,
+    apply_resources,
+    hugetlb_controller_present,
+    swap_controller_available,
+)
 from corral.plugins.cri.runtime import recursive_read_only_supported
 from corral.plugins.cri.sandboxes import K8S, CRISandbox, invalid, worded
 from corral.plugins.cri.seccomp import SecurityProfile, apparmor_spec_opt, profile_from_path, seccomp_spec_opt
@@ -550,44 +556,23 @@ def _with_capabilities(spec: ContainerSpec) -> specs.SpecOpt:
 
 
 def _with_resources(request: ContainerSpec, handler: HandlerOptions) -> specs.SpecOpt:
-    """containerd's ``WithResources``: CPU, cpuset, memory (swap equal to the limit when the
-    request names none and the host can limit swap), hugepage limits unless
-    ``disable_hugetlb_controller`` (containerd's default) drops them, the cgroup v2 ``unified``
-    keys."""
+    """containerd's ``WithResources`` at create (``corral.plugins.cri.resources.apply_resources``,
+    which UpdateContainerResources uses too), with the host's swap and hugetlb controllers."""
+    update = ResourceUpdate(
+        cpu_period=request.cpu_period, cpu_quota=request.cpu_quota, cpu_shares=request.cpu_shares,
+        memory_limit=request.memory_limit, memory_swap_limit=request.memory_swap_limit,
+        cpuset_cpus=request.cpuset_cpus, cpuset_mems=request.cpuset_mems,
+        hugepage_limits=tuple(HugepageLimit(size, limit) for size, limit in request.hugepage_limits),
+        unified=dict(request.unified),
+    )  # fmt: skip
 
     def opt(spec: specs.Spec) -> None:
-        res = spec.setdefault("linux", {}).setdefault("resources", {})
-        cpu = res.setdefault("cpu", {})
-        memory = res.setdefault("memory", {})
-        if request.cpu_period:
-            cpu["period"] = request.cpu_period
-        if request.cpu_quota:
-            cpu["quota"] = request.cpu_quota
-        if request.cpu_shares:
-            cpu["shares"] = request.cpu_shares
-        if request.cpuset_cpus:
-            cpu["cpus"] = request.cpuset_cpus
-        if request.cpuset_mems:
-            cpu["mems"] = request.cpuset_mems
-        swap_ok = swap_controller_available()
-        if request.memory_limit:
-            memory["limit"] = request.memory_limit
-            if not request.memory_swap_limit and swap_ok:
-                memory["swap"] = request.memory_limit
-        if request.memory_swap_limit and swap_ok:
-            memory["swap"] = request.memory_swap_limit
-        if not handler.disable_hugetlb_controller:
-            if hugetlb_controller_present():
-                limits = [{"pageSize": size, "limit": limit} for size, limit in request.hugepage_limits]
-                if limits:
-                    res["hugepageLimits"] = [*res.get("hugepageLimits", []), *limits]
-            elif not handler.tolerate_missing_hugetlb_controller:
-                raise ValueError(
-                    "huge pages limits are specified but hugetlb cgroup controller is missing. "
-                    "Please set tolerate_missing_hugetlb_controller to `true` to ignore this error"
-                )
-        if request.unified:
-            res["unified"] = {**res.get("unified", {}), **request.unified}
+        swap = swap_controller_available()
+        hugetlb = not handler.disable_hugetlb_controller and hugetlb_controller_present()
+        apply_resources(
+            spec, update, tolerate_missing_hugetlb=handler.tolerate_missing_hugetlb_controller,
+            disable_hugetlb=handler.disable_hugetlb_controller, swap=swap, hugetlb=hugetlb,
+        )  # fmt: skip
 
     return opt
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from functools import partial
@@ -31,6 +30,7 @@ from corral.plugins import types
 from corral.plugins.cdi import DeviceInjector
 from corral.plugins.cri import AuthConfig, CRIImage, CRIImageService, CRIRuntimeService, ServerConfig
 from corral.plugins.cri import split_v2_section as _split
+from corral.plugins.cri.config import proto_field_name
 from corral.plugins.cri.containers import (
     ContainerFilter,
     ContainerSpec,
@@ -648,8 +648,7 @@ for _method in NOT_YET:
 
 def _runc_options(options: Mapping[str, bool | int | str]) -> AnyValue:
     """The runc shim's Options, from the Go field names ``runc_options`` keys them by."""
-    fields = {name: re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() for name in options}
-    message = runc_pb.Options(**{fields[name]: value for name, value in options.items()})  # type: ignore[arg-type]
+    message = runc_pb.Options(**{proto_field_name(name): value for name, value in options.items()})  # type: ignore[arg-type]
     return AnyValue(RUNC_OPTIONS_TYPE_URL, bytes(message))
 
 

@@ -10,6 +10,7 @@ but does not act on yet are marked ``inert`` and named by ``corral config valida
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,6 +33,7 @@ __all__ = [
     "RuntimePlatform",
     "ServerConfig",
     "X509KeyPairStreaming",
+    "proto_field_name",
     "runc_options",
     "split_v2_section",
 ]
@@ -53,6 +55,11 @@ RUNC_OPTIONS: Mapping[str, type] = {
     "CriuWorkPath": str, "TaskApiAddress": str, "TaskApiVersion": int,
 }  # fmt: skip
 """The fields of the runc shim's Options (``containerd.runc.v1.Options``), by their Go names."""
+
+
+def proto_field_name(go_name: str) -> str:
+    """A runc Options field's Go name as its protobuf field name: ``BinaryName`` → ``binary_name``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", go_name).lower()
 
 
 def runc_options(handler: RuntimeHandler) -> dict[str, bool | int | str]:

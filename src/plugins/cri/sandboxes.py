@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,13 @@ import structlog
 
 from corral.kernel import CorralError, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.core import namespace
-from corral.plugins.cri.config import RUNC_RUNTIME_TYPES, RuntimeConfig, RuntimeHandler, runc_options
+from corral.plugins.cri.config import (
+    RUNC_RUNTIME_TYPES,
+    RuntimeConfig,
+    RuntimeHandler,
+    proto_field_name,
+    runc_options,
+)
 from corral.plugins.cri.errors import invalid, precondition, worded
 from corral.plugins.metadata import AnyValue, Sandbox, SandboxRuntime, SandboxStore
 from corral.plugins.nri import NRIEvents, PodInfo
@@ -252,7 +257,7 @@ class PodSandboxes:
         handler = self._handler(runtime_handler)
         if handler is None or handler.runtime_type not in RUNC_RUNTIME_TYPES or not handler.options:
             return None
-        return {_snake(k): v for k, v in runc_options(handler).items() if v}
+        return {proto_field_name(k): v for k, v in runc_options(handler).items() if v}
 
     def _handler(self, runtime_handler: str) -> RuntimeHandler | None:
         return self.config.containerd.runtimes.get(
@@ -465,8 +470,3 @@ class PodSandboxes:
     def sandbox_of(self, sandbox_id: str) -> CRISandbox | None:
         """The pod with exactly this id, for containers joining it."""
         return self._pods.get(sandbox_id)
-
-
-def _snake(go_name: str) -> str:
-    """A Go field name as its protobuf field name: ``BinaryName`` → ``binary_name``."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", go_name).lower()

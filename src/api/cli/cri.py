@@ -37,6 +37,16 @@ def _cri(fn: Callable[[pb.RuntimeServiceStub, pb.ImageServiceStub], Awaitable[T]
     return call(talk)
 
 
+def _each(
+    ids: tuple[str, ...], fn: Callable[[pb.RuntimeServiceStub, str], Awaitable[Any]], said: str
+) -> None:
+    """``fn`` for each of ``ids`` in turn (crictl's verbs over several pods or containers), saying
+    ``said`` (with ``{}`` for the id) after each one that succeeded."""
+    for one in ids:
+        _cri(lambda rt, _, i=one: fn(rt, i))  # type: ignore[misc]
+        emit(said.format(one) + "\n")
+
+
 def _parsed_info(info: dict[str, str]) -> dict[str, Any]:
     """crictl's rendering of an ``info`` map: values that are JSON are shown as JSON."""
     out: dict[str, Any] = {}
@@ -289,20 +299,22 @@ def runp_command(config_file: str, runtime_handler: str) -> None:
 @click.argument("pods", nargs=-1, required=True)
 def stopp_command(pods: tuple[str, ...]) -> None:
     """Stop PODS (ids or unique prefixes): their processes end and their network is released."""
-    for pod_id in pods:
-        request = pb.StopPodSandboxRequest(pod_sandbox_id=pod_id)
-        _cri(lambda rt, _, r=request: rt.stop_pod_sandbox(r))  # type: ignore[misc]
-        emit(f"Stopped sandbox {pod_id}\n")
+    _each(
+        pods,
+        lambda rt, i: rt.stop_pod_sandbox(pb.StopPodSandboxRequest(pod_sandbox_id=i)),
+        "Stopped sandbox {}",
+    )
 
 
 @cri_group.command("rmp")
 @click.argument("pods", nargs=-1, required=True)
 def rmp_command(pods: tuple[str, ...]) -> None:
     """Remove PODS (stopping them first when they run)."""
-    for pod_id in pods:
-        request = pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id)
-        _cri(lambda rt, _, r=request: rt.remove_pod_sandbox(r))  # type: ignore[misc]
-        emit(f"Removed sandbox {pod_id}\n")
+    _each(
+        pods,
+        lambda rt, i: rt.remove_pod_sandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=i)),
+        "Removed sandbox {}",
+    )
 
 
 @cri_group.command("pods")
@@ -412,10 +424,7 @@ def create_command(pod_id: str, container_file: str, pod_file: str) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def start_command(containers: tuple[str, ...]) -> None:
     """Start created CONTAINERS."""
-    for cid in containers:
-        request = pb.StartContainerRequest(container_id=cid)
-        _cri(lambda rt, _, r=request: rt.start_container(r))  # type: ignore[misc]
-        emit(f"{cid}\n")
+    _each(containers, lambda rt, i: rt.start_container(pb.StartContainerRequest(container_id=i)), "{}")
 
 
 @cri_group.command("stop")
@@ -425,20 +434,18 @@ def start_command(containers: tuple[str, ...]) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def stop_command(grace: int, containers: tuple[str, ...]) -> None:
     """Stop CONTAINERS: the stop signal, then SIGKILL after --timeout seconds."""
-    for cid in containers:
-        request = pb.StopContainerRequest(container_id=cid, timeout=grace)
-        _cri(lambda rt, _, r=request: rt.stop_container(r))  # type: ignore[misc]
-        emit(f"{cid}\n")
+    _each(
+        containers,
+        lambda rt, i: rt.stop_container(pb.StopContainerRequest(container_id=i, timeout=grace)),
+        "{}",
+    )
 
 
 @cri_group.command("rm")
 @click.argument("containers", nargs=-1, required=True)
 def rm_command(containers: tuple[str, ...]) -> None:
     """Remove CONTAINERS (a running one is killed first)."""
-    for cid in containers:
-        request = pb.RemoveContainerRequest(container_id=cid)
-        _cri(lambda rt, _, r=request: rt.remove_container(r))  # type: ignore[misc]
-        emit(f"{cid}\n")
+    _each(containers, lambda rt, i: rt.remove_container(pb.RemoveContainerRequest(container_id=i)), "{}")
 
 
 @cri_group.command("ps")

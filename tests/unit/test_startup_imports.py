@@ -14,7 +14,10 @@ import pytest
 from corral.kernel import CONFIG_GROUP, GROUP
 from corral.kernel import _entry_points as entry_points
 
-NOT_AT_START = ("httpx", "yaml", "rich", "pygments", "importlib.metadata", "zipfile", "email", "dateutil")
+NOT_AT_START = (
+    "httpx", "yaml", "rich", "pygments", "importlib.metadata", "zipfile", "email", "dateutil",
+    "grpclib.server", "grpclib.protocol", "h2", "hyperframe",  # corrald serves with its own HTTP/2
+)  # fmt: skip
 """A registry's HTTP client, PyYAML (CDI specs), rich and pygments (brought by httpx's CLI), and
 ``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install."""
 

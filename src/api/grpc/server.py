@@ -17,11 +17,11 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Server, Stream
 
 from corral.api.edge import RequestObserver, RequestTracer, bound_request, status_of
-from corral.api.grpc._grpclib import MappedServer, StreamHandler
-from corral.api.grpc.codec import UndecodableRequest
+from corral.api.grpc._grpclib import StreamHandler, UnimplementedMapping
+from corral.api.grpc._http2 import GRPCServer, ServerStream
+from corral.api.grpc.codec import RequestCodec, UndecodableRequest
 from corral.kernel import PluginRecord
 
 log = structlog.get_logger("corral.grpc")
@@ -45,9 +45,7 @@ _KINDS = {
 def _wrap(path: str, func: StreamHandler, cardinality: Cardinality) -> StreamHandler:
     client_streaming = cardinality in (Cardinality.STREAM_UNARY, Cardinality.STREAM_STREAM)
 
-    async def handle(stream: Stream[Any, Any]) -> None:
-        if not client_streaming:
-            _require_message(stream)
+    async def handle(stream: ServerStream) -> None:
         try:
             with bound_request(stream.metadata or {}):
                 await func(stream)
@@ -71,7 +69,7 @@ def _wrap(path: str, func: StreamHandler, cardinality: Cardinality) -> StreamHan
 class _CountingStream:
     """A stream seen through by observers: messages each way are counted."""
 
-    def __init__(self, stream: Stream[Any, Any]) -> None:
+    def __init__(self, stream: ServerStream) -> None:
         self._stream = stream
         self.received = 0
         self.sent = 0
@@ -93,14 +91,14 @@ class _CountingStream:
 def _observed(
     path: str, kind: str, func: StreamHandler, observers: Sequence[RequestObserver]
 ) -> StreamHandler:
-    async def handle(stream: Stream[Any, Any]) -> None:
+    async def handle(stream: ServerStream) -> None:
         for observer in observers:
             observer.request_started(path, kind)
         counting = _CountingStream(stream)
         started = time.perf_counter()
         code = 0
         try:
-            await func(counting)  # type: ignore[arg-type]
+            await func(counting)
         except GRPCError as exc:
             code = exc.status.value
             raise
@@ -116,7 +114,7 @@ def _observed(
 
 
 def _traced(path: str, func: StreamHandler, tracer: RequestTracer) -> StreamHandler:
-    async def handle(stream: Stream[Any, Any]) -> None:
+    async def handle(stream: ServerStream) -> None:
         with tracer.request_span("grpc", path, stream.metadata or {}) as span:
             code, message = 0, ""
             try:
@@ -131,19 +129,6 @@ def _traced(path: str, func: StreamHandler, tracer: RequestTracer) -> StreamHand
                 span.finish(code, message)
 
     return handle
-
-
-def _require_message(stream: Stream[Any, Any]) -> None:
-    """A unary request must bring its message: a stream ended without one is Internal, not a crash."""
-    receive = stream.recv_message
-
-    async def recv_message() -> Any:
-        message = await receive()
-        if message is None:
-            raise GRPCError(Status.INTERNAL, "grpc: the client sent no request message")
-        return message
-
-    setattr(stream, "recv_message", recv_message)  # noqa: B010
 
 
 def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
@@ -176,7 +161,7 @@ def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
 def listen_backlog() -> int:
     """The kernel's limit on pending connections (``net.core.somaxconn``), as Go's listeners use.
 
-    grpclib's default of 100 makes a burst of clients (200 ``ctr`` processes started together)
+    A backlog of 100 (grpclib's default) makes a burst of clients (200 ``ctr`` processes started together)
     find the queue full: their connects fail with EAGAIN and grpc-go retries them after a back-off
     of a second, past ``ctr``'s dial timeout."""
     try:
@@ -189,14 +174,14 @@ def listen_backlog() -> int:
 @contextlib.asynccontextmanager
 async def serve_unix(
     mapping: Mapping[str, Handler], address: str, *, mode: int = 0o660, uid: int = -1, gid: int = -1
-) -> AsyncIterator[Server]:
+) -> AsyncIterator[GRPCServer]:
     """Listen on ``address`` with the given mode and owner; remove the socket afterwards."""
     path = Path(address)
     path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(path.lstat().st_mode):
             path.unlink()
-    server = MappedServer(mapping)
+    server = GRPCServer(UnimplementedMapping(mapping).get, RequestCodec())
     # The socket is the security boundary: never briefly world-accessible.
     old = os.umask(0o777 & ~mode)
     try:

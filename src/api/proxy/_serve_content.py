@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
 from typing import cast
 
-from grpclib.server import Server
-
 from corral.api.grpc import GRPCServices
+from corral.api.grpc._http2 import GRPCServer as Server
 from corral.api.grpc.content import ContentGRPC
 from corral.api.grpc.server import build_mapping, serve_unix
 from corral.kernel import FailedPrecondition, Origin, PluginRecord, Status, adapt_mapping, parse_filters

@@ -133,6 +133,12 @@ def unary(func: Callable[[Any], Awaitable[Any]]) -> Handler:
     return Handler(handle, Cardinality.UNARY_UNARY, Req, Resp)
 
 
+def test_installed_hpack_is_the_pinned_one() -> None:
+    import importlib.metadata
+
+    assert {name: importlib.metadata.version(name) for name in _http2.PINNED} == _http2.PINNED
+
+
 def test_a_unary_call_and_a_ping(tmp_path: Path) -> None:
     async def echo(request: Any) -> Any:
         return Resp(offset=request.offset + 1, data=request.digest.encode())

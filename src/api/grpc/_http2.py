@@ -52,6 +52,9 @@ from grpclib.exceptions import GRPCError
 
 log = structlog.get_logger("corral.grpc")
 
+PINNED = {"hpack": "4.2.0"}
+"""``_CachingDecoder`` relies on hpack's table internals (``HeaderTable.add``, ``maxsize``)."""
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 (

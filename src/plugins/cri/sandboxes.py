@@ -42,6 +42,7 @@ from corral.plugins.sandbox import (
     ControllerStatus,
     CreateOptions,
     PodSandboxSpec,
+    pod_network_note,
 )
 from corral.plugins.sandbox.controllers import SandboxControllers
 
@@ -333,7 +334,12 @@ class PodSandboxes:
         try:
             instance = await self._controllers.start(cri.sandboxer, cri.id)
         except CorralError as exc:
-            raise worded(type(exc), f'failed to start sandbox "{cri.id}": {exc}') from None
+            # Worded by the controller service ('failed to start sandbox "ID": …'), as containerd's
+            # CRI words it, or, where the pod's network failed, as its RunPodSandbox words that.
+            network = pod_network_note(exc)
+            if network is not None:
+                raise worded(type(exc), network) from None
+            raise
         cri.pid = instance.pid
         await self._refresh(cri)
         if self._nri is not None:

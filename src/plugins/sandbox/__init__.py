@@ -47,6 +47,22 @@ STATE_UNKNOWN = "SANDBOX_UNKNOWN"
 """containerd's sandbox states as its pod sandbox controller names them."""
 
 
+_POD_NETWORK_NOTE = "corral_pod_network"
+
+
+def note_pod_network(exc: BaseException, text: str) -> None:
+    """Mark a controller's error as its pod network's: ``text`` is how containerd's CRI words it
+    (``failed to setup network for sandbox "ID": …``; containerd makes the network in the CRI's
+    RunPodSandbox itself, so its answer names the network rather than the controller's start)."""
+    exc.__dict__[_POD_NETWORK_NOTE] = text
+
+
+def pod_network_note(exc: BaseException) -> str | None:
+    """The text ``note_pod_network`` left on ``exc``, if any."""
+    found = exc.__dict__.get(_POD_NETWORK_NOTE)
+    return found if isinstance(found, str) else None
+
+
 @dataclass(frozen=True)
 class PodPortMapping:
     """A CRI PortMapping: ``protocol`` is "TCP", "UDP" or "SCTP"."""

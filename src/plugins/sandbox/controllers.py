@@ -26,6 +26,8 @@ from corral.plugins.sandbox import (
     CreateOptions,
     ExitStatus,
     Metric,
+    note_pod_network,
+    pod_network_note,
 )
 
 
@@ -38,8 +40,12 @@ def _worded(kind: type[CorralError], message: str) -> CorralError:
 
 
 def wrapped(exc: CorralError, prefix: str) -> CorralError:
-    """errgrpc.ToGRPCf: the same kind, its text after ``prefix: ``."""
-    return _worded(type(exc), f"{prefix}: {exc}")
+    """errgrpc.ToGRPCf: the same kind, its text after ``prefix: `` (a pod network note kept)."""
+    err = _worded(type(exc), f"{prefix}: {exc}")
+    note = pod_network_note(exc)
+    if note is not None:
+        note_pod_network(err, note)
+    return err
 
 
 class SandboxControllers:

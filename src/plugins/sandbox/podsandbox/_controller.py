@@ -65,6 +65,7 @@ from corral.plugins.sandbox import (
     ExitStatus,
     Metric,
     PodSandboxSpec,
+    note_pod_network,
 )
 from corral.plugins.sandbox.podsandbox._pause import ensure_pause_image
 from corral.plugins.sandbox.podsandbox._spec import copy_host_hosts, pause_spec, pod_files, resolv_conf
@@ -317,10 +318,14 @@ class PodSandboxController:
             path = s.netns_dir / netns_name()
             p.netns_path, p.owns_netns = str(path), True
             await self._save(p)  # before it exists: a restart then knows to remove it
-            if idmap is None:
-                await create_netns(s.netns_dir, path.name)
-            else:
-                await netns_within_userns(path, idmap)
+            try:
+                if idmap is None:
+                    await create_netns(s.netns_dir, path.name)
+                else:
+                    await netns_within_userns(path, idmap)
+            except CorralError as exc:
+                note_pod_network(exc, f'failed to create network namespace for sandbox "{p.id}": {exc}')
+                raise
             undo.append(("netns", lambda: _remove_netns(path)))
         userns_path = ""
         if idmap is not None and p.netns_path:
@@ -337,9 +342,16 @@ class PodSandboxController:
                 for m in pod.port_mappings
                 if m.host_port > 0
             ]
-            result = await self.cni.setup(
-                p.id, p.netns_path, args=pod_args(pod.namespace, pod.name, pod.uid, p.id), port_mappings=ports
-            )
+            try:
+                result = await self.cni.setup(
+                    p.id,
+                    p.netns_path,
+                    args=pod_args(pod.namespace, pod.name, pod.uid, p.id),
+                    port_mappings=ports,
+                )
+            except CorralError as exc:
+                note_pod_network(exc, f'failed to setup network for sandbox "{p.id}": {exc}')
+                raise
             p.ips = [ip.ip for ip in result.ips]
 
         # The pause container: image, snapshot, record, task.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -520,3 +521,66 @@ def test_metadata_keeps_custom_headers_and_decodes_binary_ones() -> None:
          ("containerd-namespace", "second"), ("trace-bin", "AAEC")]
     )  # fmt: skip
     assert got == {"containerd-namespace": "ns", "trace-bin": b"\x00\x01\x02"}
+
+
+def _random_frames(rng: random.Random) -> bytes:
+    """A connection's worth of frames, some well-formed, most not: every type (and unknown ones),
+    random flags, stream ids, lengths that lie, truncated payloads, header blocks of noise."""
+    out = bytearray(_http2.PREFACE if rng.random() < 0.9 else rng.randbytes(rng.randint(0, 30)))
+    for _ in range(rng.randint(1, 12)):
+        kind = rng.choice([0, 1, 1, 2, 3, 4, 4, 6, 7, 8, 9, 10, 0xFF])
+        flags = rng.choice([0, 1, 4, 5, 8, 0x20, 0x2D, rng.randint(0, 255)])
+        stream_id = rng.choice([0, 1, 3, 5, 2, 0x7FFFFFFF, rng.randint(0, 1 << 31)])
+        if kind == 1 and rng.random() < 0.5:  # a real header block, sometimes for a real path
+            payload = hpack.Encoder().encode(_headers(rng.choice(["/t.T/Echo", "/x.Y/Z"])))
+        elif kind == 0 and rng.random() < 0.5:
+            payload = _message(Req(digest="d", offset=rng.randint(0, 9)))[: rng.randint(0, 20)]
+        else:
+            payload = rng.randbytes(rng.choice([0, 1, 4, 5, 6, 8, 9, rng.randint(0, 300)]))
+        length = len(payload) if rng.random() < 0.8 else rng.randint(0, 1 << 24)
+        out += struct.pack(">HBBBL", length >> 8 & 0xFFFF, length & 0xFF, kind, flags, stream_id)[:9]
+        out += payload if rng.random() < 0.9 else payload[: rng.randint(0, len(payload))]
+    return bytes(out)
+
+
+def test_random_frames_never_break_the_server(tmp_path: Path) -> None:
+    """1,000 connections of random and malformed frames: no exception escapes the protocol (the
+    event loop's exception handler sees none), and a well-formed call on a new connection after
+    each batch is answered."""
+
+    async def echo(request: Any) -> Any:
+        return Resp(offset=request.offset)
+
+    async def main() -> None:
+        problems: list[Any] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: problems.append(context))
+        server = _http2.GRPCServer(UnimplementedMapping({"/t.T/Echo": unary(echo)}).get, RequestCodec())
+        path = str(tmp_path / "s.sock")
+        await server.start(path=path, backlog=64)
+        rng = random.Random(20261204)
+        try:
+            for batch in range(20):
+                for _ in range(50):
+                    reader, writer = await asyncio.open_unix_connection(path)
+                    writer.write(_random_frames(rng))
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0.02):
+                                while await reader.read(65536):
+                                    pass
+                    writer.close()
+                reader, writer = await asyncio.open_unix_connection(path)
+                client = Client(reader, writer)
+                sid = client.request("/t.T/Echo", Req(offset=batch))
+                await client.pump(lambda c=client, s=sid: c.ended(s))  # type: ignore[misc]
+                assert Resp.FromString(client.body(sid)[5:]).offset == batch
+                writer.close()
+                assert not problems, problems[0]
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert not problems, problems[0]
+
+    asyncio.run(main())

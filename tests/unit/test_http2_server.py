@@ -584,3 +584,39 @@ def test_random_frames_never_break_the_server(tmp_path: Path) -> None:
         assert not problems, problems[0]
 
     asyncio.run(main())
+
+
+def test_a_connections_first_block_is_decoded_once_for_every_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same first request block on fresh connections (``ctr`` makes one per process): decoded
+    for real once; later connections get the same headers and the same table (entries and size),
+    so their next blocks, which index into it, decode as the real decoder's do."""
+    monkeypatch.setattr(_http2, "_first_blocks", {})
+    decode = hpack.Decoder.decode
+    real: list[bytes] = []
+
+    def counting(self: Any, data: bytes, raw: bool = False) -> Any:
+        real.append(data)
+        return decode(self, data, raw)
+
+    first = hpack.Encoder().encode(_headers("/a.A/One", [("user-agent", "grpc-go/1.5")]))
+    monkeypatch.setattr(hpack.Decoder, "decode", counting)
+    for n in range(3):
+        encoder = hpack.Encoder()
+        assert encoder.encode(_headers("/a.A/One", [("user-agent", "grpc-go/1.5")])) == first
+        second = encoder.encode(_headers("/a.A/Two", [("user-agent", "grpc-go/1.5"), ("x-n", str(n))]))
+        plain, caching = hpack.Decoder(), _http2._CachingDecoder()
+        expected: Any = [tuple(h) for h in decode(plain, first)]
+        assert [tuple(h) for h in caching.decode(first)] == expected
+        assert caching.header_table.dynamic_entries == plain.header_table.dynamic_entries
+        assert caching.header_table._current_size == plain.header_table._current_size
+        assert [tuple(h) for h in caching.decode(second)] == [tuple(h) for h in decode(plain, second)]
+    assert real.count(first) == 1  # the two later connections took it from the cache
+    # A first block that resizes the table is never kept for others.
+    resizing = hpack.Encoder()
+    resizing.header_table_size = 256
+    block = resizing.encode(_headers("/a.A/Three"))
+    for _ in range(2):
+        _http2._CachingDecoder().decode(block)
+    assert real.count(block) == 2

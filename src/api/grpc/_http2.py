@@ -151,12 +151,14 @@ def decode_metadata(headers: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 class _CountingTable(hpack.table.HeaderTable):
-    """An HPACK table that counts its changes (entries added, size changed)."""
+    """An HPACK table that counts its changes (entries added, size changed) and its additions."""
 
     changes = 0
+    additions = 0
 
     def add(self, name: bytes, value: bytes) -> None:
         self.changes += 1
+        self.additions += 1
         super().add(name, value)
 
     @property
@@ -171,6 +173,11 @@ class _CountingTable(hpack.table.HeaderTable):
 
 CACHED_BLOCKS = 128
 """Header blocks each connection's decoder remembers at most."""
+
+FIRST_BLOCKS = 64
+"""First header blocks of a connection (decoded from an empty table) remembered for all connections."""
+
+_first_blocks: dict[bytes, tuple[Any, tuple[tuple[bytes, bytes], ...]]] = {}
 
 
 class _CachingDecoder(hpack.Decoder):
@@ -188,6 +195,8 @@ class _CachingDecoder(hpack.Decoder):
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         table: Any = self.header_table
+        if table.changes == 0 and not raw:
+            return self._decode_first(data, table)
         if table.changes == self._cached_at:
             hit = self._cache.get(data)
             if hit is not None:
@@ -199,6 +208,24 @@ class _CachingDecoder(hpack.Decoder):
         headers: Any = super().decode(data, raw)
         if table.changes == before and len(self._cache) < CACHED_BLOCKS:
             self._cache[data] = headers
+        return headers
+
+    def _decode_first(self, data: bytes, table: Any) -> Any:
+        """A block decoded from the empty table every connection starts with: a client's first
+        request block is the same bytes on each of its connections (``ctr`` makes one per
+        process), and what it decodes to and adds to the table depends on nothing else. A block
+        seen before gives its headers and the table entries it left (oldest first), added again,
+        so the table ends as the real decoder would leave it; one that resized the table is not
+        kept."""
+        hit = _first_blocks.get(data)
+        if hit is not None:
+            headers, entries = hit
+            for name, value in entries:
+                table.add(name, value)
+            return headers
+        headers = super().decode(data, False)
+        if table.changes == table.additions and len(_first_blocks) < FIRST_BLOCKS:
+            _first_blocks[data] = (headers, tuple(reversed(table.dynamic_entries)))
         return headers
 
 

@@ -46,6 +46,7 @@ class Introspection:
     def __init__(self, plugins: PluginSet, uuid_path: Path) -> None:
         self._plugins = plugins
         self._uuid_path = uuid_path
+        self._uuid_seen: tuple[tuple[int, int, int], str] | None = None
 
     def plugins(
         self, filters: Sequence[str] = (), *, include_not_started: bool = False
@@ -66,12 +67,19 @@ class Introspection:
         return ServerInfo(self._uuid(), os.getpid(), _pidns())
 
     def _uuid(self) -> str:
+        # Read at each call, as containerd reads it (a removed file means a new UUID), but the
+        # text is kept while the file is the same one, unchanged.
         try:
+            st = os.stat(self._uuid_path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if self._uuid_seen is not None and self._uuid_seen[0] == key:
+                return self._uuid_seen[1]
             text = self._uuid_path.read_text().strip()
         except FileNotFoundError:
             text = ""
         if text:
-            return str(uuid.UUID(text))
+            self._uuid_seen = (key, str(uuid.UUID(text)))
+            return self._uuid_seen[1]
         value = str(uuid.uuid4())
         tmp = self._uuid_path.with_suffix(".tmp")
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:

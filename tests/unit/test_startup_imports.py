@@ -14,9 +14,22 @@ import pytest
 from corral.kernel import CONFIG_GROUP, GROUP
 from corral.kernel import _entry_points as entry_points
 
-NOT_AT_START = ("httpx", "yaml", "rich", "pygments", "importlib.metadata", "zipfile", "email", "dateutil")
+NOT_AT_START = (
+    "httpx",
+    "yaml",
+    "rich",
+    "pygments",
+    "importlib.metadata",
+    "zipfile",
+    "email",
+    "dateutil",
+    "corral.api.types.nri.pkg.api.v1alpha1",
+    "corral.api.types.containerd.events",
+)
 """A registry's HTTP client, PyYAML (CDI specs), rich and pygments (brought by httpx's CLI), and
-``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install."""
+``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install.
+Then what corrald's plugins need only at a later call: NRI's messages (the first NRI plugin),
+containerd's event messages (the first event published or received)."""
 
 
 def _rows(found: list[entry_points.Installed]) -> list[tuple[str, str, str, str]]:

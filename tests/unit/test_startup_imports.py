@@ -25,11 +25,21 @@ NOT_AT_START = (
     "dateutil",
     "corral.api.types.nri.pkg.api.v1alpha1",
     "corral.api.types.containerd.events",
+    "corral.api.types.containerd.task.v2",
+    "corral.plugins.remotes",
+    "corral.plugins.images.archive",
+    "corral.plugins.images.build",
+    "corral.plugins.transfer._stream",
+    "corral.plugins.runtimes.spec",
+    "corral.plugins.sandbox.userns",
 )
 """A registry's HTTP client, PyYAML (CDI specs), rich and pygments (brought by httpx's CLI), and
 ``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install.
 Then what corrald's plugins need only at a later call: NRI's messages (the first NRI plugin),
-containerd's event messages (the first event published or received)."""
+containerd's event messages (the first event published or received), the shim's Task API
+messages (the first task), the registry client (the first pull or push), the image archive reader
+and writer (the first import or export), the image builder, the OCI spec generator and user
+namespaces (the first pod), the decompressors (the first import)."""
 
 
 def _rows(found: list[entry_points.Installed]) -> list[tuple[str, str, str, str]]:

@@ -30,6 +30,8 @@ NOT_AT_START = (
     "corral.plugins.images.archive",
     "corral.plugins.images.build",
     "corral.plugins.transfer._stream",
+    "zstandard",
+    "isal",
 )
 """A registry's HTTP client, PyYAML (CDI specs), rich and pygments (brought by httpx's CLI), and
 ``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install;
@@ -37,7 +39,8 @@ click, for corrald's help, version and command-line errors.
 Then what corrald's plugins need only at a later call: NRI's messages (the first NRI plugin),
 containerd's event messages (the first event published or received), the shim's Task API
 messages (the first task), the image archive reader and writer (the first import or export), the
-image builder (the first pod's pause image), the decompressors (the first import)."""
+image builder (the first pod's pause image), the decompressors and compressors (zstandard, ISA-L:
+the first import, unpack or diff)."""
 
 CRI = ("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime")
 NOT_AT_START_WITHOUT_CRI = (

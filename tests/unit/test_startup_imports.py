@@ -33,7 +33,6 @@ NOT_AT_START = (
     "zstandard",
     "isal",
     "corral.plugins.images._documents",
-    "corral.plugins.images._reference",
 )
 """A registry's HTTP client, PyYAML (CDI specs), rich and pygments (brought by httpx's CLI), and
 ``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install;
@@ -42,8 +41,7 @@ Then what corrald's plugins need only at a later call: NRI's messages (the first
 containerd's event messages (the first event published or received), the shim's Task API
 messages (the first task), the image archive reader and writer (the first import or export), the
 image builder (the first pod's pause image), the decompressors and compressors (zstandard, ISA-L:
-the first import, unpack or diff), the parsers of image documents and references (the first image
-read)."""
+the first import, unpack or diff), the parser of image documents (the first image read)."""
 
 CRI = ("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime")
 NOT_AT_START_WITHOUT_CRI = (
@@ -51,10 +49,11 @@ NOT_AT_START_WITHOUT_CRI = (
     "corral.plugins.remotes",
     "corral.plugins.runtimes.spec",
     "corral.plugins.sandbox.userns",
+    "corral.plugins.images._reference",
 )
 """With the CRI off (as the benchmarks start corrald, and containerd): also the registry client (the
-first pull or push), the OCI spec generator and user namespaces (the first pod or container), which
-CRI's own modules import."""
+first pull or push), the OCI spec generator and user namespaces (the first pod or container) and
+the image reference grammar, which CRI's own modules import."""
 
 
 def _rows(found: list[entry_points.Installed]) -> list[tuple[str, str, str, str]]:

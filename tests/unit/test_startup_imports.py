@@ -24,6 +24,9 @@ NOT_AT_START = (
     "email",
     "dateutil",
     "click",
+    "tomli_w",
+    "fractions",
+    "decimal",
     "corral.api.types.nri.pkg.api.v1alpha1",
     "corral.api.types.containerd.events",
     "corral.api.types.containerd.task.v2",
@@ -36,7 +39,8 @@ NOT_AT_START = (
 )
 """A registry's HTTP client, PyYAML (CDI specs), rich and pygments (brought by httpx's CLI), and
 ``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install;
-click, for corrald's help, version and command-line errors.
+click, for corrald's help, version and command-line errors; tomli-w (``config default``); fractions and
+decimal (a duration with decimals).
 Then what corrald's plugins need only at a later call: NRI's messages (the first NRI plugin),
 containerd's event messages (the first event published or received), the shim's Task API
 messages (the first task), the image archive reader and writer (the first import or export), the

@@ -36,6 +36,8 @@ NOT_AT_START = (
     "zstandard",
     "isal",
     "corral.plugins.images._documents",
+    "corral.plugins.differs.apply",
+    "corral.plugins.differs.compare",
 )
 """A registry's HTTP client, PyYAML (CDI specs), rich and pygments (brought by httpx's CLI), and
 ``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install;
@@ -45,7 +47,8 @@ Then what corrald's plugins need only at a later call: NRI's messages (the first
 containerd's event messages (the first event published or received), the shim's Task API
 messages (the first task), the image archive reader and writer (the first import or export), the
 image builder (the first pod's pause image), the decompressors and compressors (zstandard, ISA-L:
-the first import, unpack or diff), the parser of image documents (the first image read)."""
+the first import, unpack or diff), the parser of image documents (the first image read), the
+layer applier and the change walker (the first apply or diff)."""
 
 CRI = ("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime")
 NOT_AT_START_WITHOUT_CRI = (

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GRPCConfig:
+    """The ``[grpc]`` section: the socket corrald serves containerd's API on."""
+
     address: str = ""
     tcp_address: str = ""
     tcp_tls_ca: str = ""
@@ -49,6 +51,8 @@ class GRPCConfig:
 
 @dataclass(frozen=True)
 class TTRPCConfig:
+    """The ``[ttrpc]`` section: the socket shims reach the daemon on."""
+
     address: str = ""
     uid: int = 0
     gid: int = 0
@@ -56,6 +60,8 @@ class TTRPCConfig:
 
 @dataclass(frozen=True)
 class DebugConfig:
+    """The ``[debug]`` section: the log level and format."""
+
     address: str = ""
     uid: int = 0
     gid: int = 0
@@ -67,12 +73,16 @@ class DebugConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    """The ``[metrics]`` section: where Prometheus metrics are served (none when empty)."""
+
     address: str = ""
     grpc_histogram: bool = False
 
 
 @dataclass(frozen=True)
 class CgroupConfig:
+    """The ``[cgroup]`` section: containerd's ``path`` of the daemon's own cgroup."""
+
     path: str = ""
 
 

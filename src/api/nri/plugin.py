@@ -37,6 +37,8 @@ log = structlog.get_logger("corral.nri")
 
 @dataclass
 class NRIConfig:
+    """The ``io.containerd.nri.v1.nri`` section (containerd's keys and defaults)."""
+
     disable: bool = False
     """Disable NRI altogether."""
     socket_path: str = DEFAULT_SOCKET_PATH

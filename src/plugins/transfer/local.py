@@ -64,6 +64,8 @@ log = structlog.get_logger("corral.transfer")
 
 @dataclass(frozen=True)
 class UnpackConfiguration:
+    """One ``[[unpack_config]]`` entry: a platform, its snapshotter and differ."""
+
     platform: str = ""
     """The platform unpacked for ("" is this host)."""
     snapshotter: str = "overlayfs"
@@ -73,6 +75,8 @@ class UnpackConfiguration:
 
 @dataclass(frozen=True)
 class TransferConfig:
+    """The ``io.containerd.transfer.v1.local`` section."""
+
     unpack_config: tuple[UnpackConfiguration, ...] = field(default_factory=lambda: (UnpackConfiguration(),))
     """What an import may unpack into, first match wins (containerd's ``unpack_config``)."""
     check_platform_supported: bool = False

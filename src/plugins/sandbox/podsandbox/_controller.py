@@ -82,6 +82,8 @@ SHM_SIZE = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Settings:
+    """How the controller runs pods: the pause image, snapshotter, runtime and its directories."""
+
     sandbox_image: str
     build_sandbox_image: bool
     busybox: str

@@ -9,11 +9,14 @@ runs a cached code object for text it has compiled before, and compiles (and rem
 Semantics are exactly ``exec``'s: the same text compiled with the same file name, run with the
 globals and locals the caller gave.
 
-The cache is a marshal file beside corral's bytecode (``corral/__pycache__``), tagged with the
-interpreter's bytecode magic number, written by ``save`` when something new was compiled and Python
-may write bytecode (``PYTHONDONTWRITEBYTECODE`` unset, the directory writable); a cache that is
-missing, unreadable or from another interpreter is ignored. ``python -m corral.api._dataclass_cache``
-writes it regardless, as ``compileall`` writes bytecode.
+The cache is two marshal files beside corral's bytecode (``corral/__pycache__``), tagged with the
+interpreter's bytecode magic number: the texts the last start used before it was ready, read at
+every start, and the rest (classes of modules imported later, or by other configurations), read at
+the first text the first file lacks. ``save`` writes both when something new was compiled, when the
+start needed the second file, or when more than a third of the first went unused, and Python may
+write bytecode (``PYTHONDONTWRITEBYTECODE`` unset, the directory writable); a file that is missing,
+unreadable or from another interpreter is ignored. ``python -m corral.api._dataclass_cache``
+writes them regardless, as ``compileall`` writes bytecode.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import dataclasses
 import marshal
 import os
 import sys
+from collections.abc import Callable
 from importlib.util import MAGIC_NUMBER
 from pathlib import Path
 from types import CodeType
@@ -42,23 +46,51 @@ def cache_path() -> Path:
     )
 
 
-class CachingExec:
-    """``exec`` that compiles each source text once (``known``: text → code)."""
+def later_path() -> Path:
+    """The texts a start did not need before it was ready."""
+    return cache_path().with_name(f"dataclasses-later.{sys.implementation.cache_tag}.bin")
 
-    def __init__(self, known: dict[str, CodeType]) -> None:
+
+class CachingExec:
+    """``exec`` that compiles each source text once (``known``: text → code); ``later`` supplies
+    the texts kept apart from the start's, once, at the first text ``known`` lacks."""
+
+    def __init__(
+        self, known: dict[str, CodeType], later: Callable[[], dict[str, CodeType]] | None = None
+    ) -> None:
         self.known = known
+        self.started_with = frozenset(known)
         self.used: set[str] = set()
         self.new = 0
+        self._later = later
+        self.read_later = False
+        """Whether a text had to come from ``later`` (or be compiled) before ``save``."""
+
+    def load_later(self) -> None:
+        if self._later is not None:
+            later, self._later = self._later, None
+            for text, code in later().items():
+                self.known.setdefault(text, code)
 
     def __call__(self, source: Any, globals: Any = None, locals: Any = None, /) -> None:
         if isinstance(source, str):
             code = self.known.get(source)
+            if code is None and self._later is not None:
+                self.load_later()
+                self.read_later = True
+                code = self.known.get(source)
             if code is None:
                 code = self.known[source] = compile(source, _FILENAME, "exec")
                 self.new += 1
             self.used.add(source)
             source = code
         _exec(source, globals, locals)
+
+    def outdated(self) -> bool:
+        """Whether the start's file no longer fits this start: something was compiled, a text
+        came from the other file, or more than a third of it went unused."""
+        unused = len(self.started_with - self.used)
+        return bool(self.new) or self.read_later or unused > len(self.used) // 2
 
     def keep(self) -> dict[str, CodeType]:
         """What to write: everything known, unless texts no longer used have piled up (classes
@@ -91,19 +123,27 @@ def install() -> None:
     global _installed
     if _installed is not None or getattr(dataclasses, "exec", None) is not None:
         return
-    _installed = CachingExec(read(cache_path()))
+    _installed = CachingExec(read(cache_path()), lambda: read(later_path()))
     dataclasses.exec = _installed  # type: ignore[attr-defined]
 
 
 def save(*, force: bool = False) -> bool:
-    """Write the cache if anything new was compiled (and bytecode may be written, unless ``force``)."""
-    if _installed is None or (not _installed.new and not force):
+    """Write the cache when it no longer fits this start (and bytecode may be written), or always
+    with ``force``: the texts used so far in the start's file, the rest in the other."""
+    if _installed is None or (not _installed.outdated() and not force):
         return False
     if sys.dont_write_bytecode and not force:
         return False
-    if not write(cache_path(), _installed.keep()):
+    _installed.load_later()
+    kept = _installed.keep()
+    start = {text: code for text, code in kept.items() if text in _installed.used}
+    rest = {text: code for text, code in kept.items() if text not in _installed.used}
+    # The other file first: a start that reads the new start's file finds the rest there.
+    if not write(later_path(), rest) or not write(cache_path(), start):
         return False
     _installed.new = 0
+    _installed.read_later = False
+    _installed.started_with = frozenset(start)
     return True
 
 

@@ -26,9 +26,9 @@ from corral.api import _lean_imports  # noqa: F401  (structlog without rich, see
 import dataclasses
 import signal
 from pathlib import Path
+from typing import Any, NoReturn
 
 import anyio
-import click
 import structlog
 
 from corral import __version__
@@ -150,15 +150,53 @@ async def serve(kernel: Kernel) -> None:
                     break
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), help="config.toml to load")
-@click.option("-a", "--address", help="gRPC socket path (overrides [grpc] address)")
-@click.option("--root", help="persistent state directory (overrides root)")
-@click.option("--state", help="runtime state directory (overrides state)")
-@click.option("-l", "--log-level", help="log level (overrides [debug] level)")
-@click.version_option(__version__, prog_name="corrald")
-def main(
-    config_path: Path | None, address: str | None, root: str | None, state: str | None, log_level: str | None
+_OPTIONS = {
+    "-c": "config_path",
+    "--config": "config_path",
+    "-a": "address",
+    "--address": "address",
+    "--root": "root",
+    "--state": "state",
+    "-l": "log_level",
+    "--log-level": "log_level",
+}
+
+
+def plain_options(argv: list[str]) -> dict[str, str] | None:
+    """The options of a command line made only of ``--name value``, ``--name=value``, ``-n value``
+    and ``-nvalue`` (what a service file or a script passes), as click parses them; None for
+    anything else (``--help``, ``--version``, a typo), which goes to the click command. click is
+    not imported by a start that does not need it."""
+    found: dict[str, str] = {}
+    rest = iter(argv)
+    for arg in rest:
+        if arg.startswith("--") and "=" in arg:
+            name, value = arg.split("=", 1)
+        elif arg in _OPTIONS:
+            name, value = arg, next(rest, None)  # type: ignore[assignment]
+            if value is None:
+                return None
+        elif arg[:2] in _OPTIONS and not arg.startswith("--"):
+            name, value = arg[:2], arg[2:]
+        else:
+            return None
+        if name not in _OPTIONS or value.startswith("-"):
+            return None
+        found[_OPTIONS[name]] = value
+    return found
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def run(
+    config_path: Path | None = None,
+    address: str | None = None,
+    root: str | None = None,
+    state: str | None = None,
+    log_level: str | None = None,
 ) -> None:
     """Run the corral daemon."""
     loaded = LoadedConfig(DaemonConfig(), (), DaemonConfig().version)
@@ -176,21 +214,47 @@ def main(
             overrides["debug"] = dataclasses.replace(config.debug, level=log_level)
         config = finish(dataclasses.replace(config, **overrides))  # type: ignore[arg-type]
     except ConfigError as exc:
-        click.echo(f"corrald: config error: {exc.detail}", err=True)
-        sys.exit(2)
+        _fail(f"corrald: config error: {exc.detail}", 2)
     configure_logging(config.debug.level, config.debug.format)
     limit_heap_growth()
     kernel = Kernel(config, candidates=lazy.lazy_candidates(discover()))
     try:
         anyio.run(serve, kernel, backend_options={"loop_factory": spinning_loop})
     except ConfigError as exc:  # a plugin section, decoded at start: name the file that set the key
-        click.echo(f"corrald: config error: {loaded.attribute(exc).detail}", err=True)
-        sys.exit(2)
+        _fail(f"corrald: config error: {loaded.attribute(exc).detail}", 2)
     except StartupError as exc:
-        click.echo(f"corrald: {exc}", err=True)
-        sys.exit(1)
+        _fail(f"corrald: {exc}", 1)
     except KeyboardInterrupt:
         pass
+
+
+def command() -> Any:
+    """corrald's command line as a click command: help, version and errors."""
+    import click
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option(
+        "-c", "--config", "config_path", type=click.Path(path_type=Path), help="config.toml to load"
+    )
+    @click.option("-a", "--address", help="gRPC socket path (overrides [grpc] address)")
+    @click.option("--root", help="persistent state directory (overrides root)")
+    @click.option("--state", help="runtime state directory (overrides state)")
+    @click.option("-l", "--log-level", help="log level (overrides [debug] level)")
+    @click.version_option(__version__, prog_name="corrald")
+    def corrald(**options: Any) -> None:
+        """Run the corral daemon."""
+        run(**options)
+
+    return corrald
+
+
+def main() -> None:
+    options = plain_options(sys.argv[1:])
+    if options is None:
+        command()()
+        return
+    config_path = options.pop("config_path", None)
+    run(Path(config_path) if config_path is not None else None, **options)
 
 
 if __name__ == "__main__":

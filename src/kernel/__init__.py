@@ -177,6 +177,9 @@ if TYPE_CHECKING:
     from corral.kernel._hookspecs import (
         hookimpl as hookimpl,
     )
+    from corral.kernel._imports import (
+        OnFirstUse as OnFirstUse,
+    )
     from corral.kernel._kernel import (
         Kernel as Kernel,
     )
@@ -255,6 +258,7 @@ _SOURCES: dict[str, str] = {
     "load_written": "corral.kernel._config",
     "LoadedConfig": "corral.kernel._config",
     "NotFound": "corral.kernel._errors",
+    "OnFirstUse": "corral.kernel._imports",
     "Origin": "corral.kernel._records",
     "OutOfRange": "corral.kernel._errors",
     "parse_duration": "corral.kernel._config",

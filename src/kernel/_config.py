@@ -21,11 +21,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from fractions import Fraction
 from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
-
-import tomli_w
 
 from corral.kernel._errors import ConfigError
 
@@ -36,6 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GRPCConfig:
+    """The ``[grpc]`` section: the socket corrald serves containerd's API on."""
+
     address: str = ""
     tcp_address: str = ""
     tcp_tls_ca: str = ""
@@ -52,6 +51,8 @@ class GRPCConfig:
 
 @dataclass(frozen=True)
 class TTRPCConfig:
+    """The ``[ttrpc]`` section: the socket shims reach the daemon on."""
+
     address: str = ""
     uid: int = 0
     gid: int = 0
@@ -59,6 +60,8 @@ class TTRPCConfig:
 
 @dataclass(frozen=True)
 class DebugConfig:
+    """The ``[debug]`` section: the log level and format."""
+
     address: str = ""
     uid: int = 0
     gid: int = 0
@@ -70,12 +73,16 @@ class DebugConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    """The ``[metrics]`` section: where Prometheus metrics are served (none when empty)."""
+
     address: str = ""
     grpc_histogram: bool = False
 
 
 @dataclass(frozen=True)
 class CgroupConfig:
+    """The ``[cgroup]`` section: containerd's ``path`` of the daemon's own cgroup."""
+
     path: str = ""
 
 
@@ -135,15 +142,15 @@ class LoadedConfig:
 
 # --- Go durations -------------------------------------------------------------------------------
 
-_MICROS_PER_UNIT = {
-    "ns": Fraction(1, 1000),
-    "us": Fraction(1),
-    "\u00b5s": Fraction(1),  # micro sign, what Go prints
-    "\u03bcs": Fraction(1),  # Greek mu, also accepted by Go
-    "ms": Fraction(1000),
-    "s": Fraction(10**6),
-    "m": Fraction(60 * 10**6),
-    "h": Fraction(3600 * 10**6),
+_NANOS_PER_UNIT = {
+    "ns": 1,
+    "us": 1000,
+    "\u00b5s": 1000,  # micro sign, what Go prints
+    "\u03bcs": 1000,  # Greek mu, also accepted by Go
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
 }
 _DURATION_TERM = re.compile(r"([0-9]*(?:\.[0-9]*)?)([^0-9.]*)")
 
@@ -155,7 +162,7 @@ def parse_duration(text: str) -> timedelta:
         return timedelta(0)
     if not rest:
         raise ValueError(f'invalid duration "{text}"')
-    total = Fraction(0)
+    total: Any = 0  # whole nanoseconds, or a Fraction once a term has decimals
     pos = 0
     while pos < len(rest):
         match = _DURATION_TERM.match(rest, pos)
@@ -165,11 +172,16 @@ def parse_duration(text: str) -> timedelta:
             raise ValueError(f'invalid duration "{text}"')
         if not unit:
             raise ValueError(f'missing unit in duration "{text}"')
-        if unit not in _MICROS_PER_UNIT:
+        if unit not in _NANOS_PER_UNIT:
             raise ValueError(f'unknown unit "{unit}" in duration "{text}"')
-        total += Fraction(number) * _MICROS_PER_UNIT[unit]
+        if "." in number:
+            from fractions import Fraction  # (with decimal: for a duration with decimals only)
+
+            total += Fraction(number) * _NANOS_PER_UNIT[unit]
+        else:
+            total += int(number) * _NANOS_PER_UNIT[unit]
         pos = match.end()
-    micros = round(total)
+    micros = round(total / 1000) if not isinstance(total, int) else round(total, -3) // 1000
     try:
         return timedelta(microseconds=-micros if text.startswith("-") else micros)
     except OverflowError:
@@ -406,6 +418,8 @@ def render_toml(data: Mapping[str, Any]) -> str:
     """Render encoded config as TOML: ``version`` first (3 if absent), then scalars and lists, then tables."""
     ordered = {"version": data.get("version", CONFIG_VERSION)}
     ordered.update((k, v) for k, v in data.items() if k != "version")
+    import tomli_w  # (``config default`` and ``config dump``, not the daemon)
+
     # tomli-w writes every int in decimal: octal values go through a placeholder it quotes.
     text = tomli_w.dumps(_mark_octal(ordered))
     return _OCTAL_PLACEHOLDER.sub(lambda m: m.group(1), text)

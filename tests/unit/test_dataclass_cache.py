@@ -92,3 +92,52 @@ def test_the_daemon_installs_it_before_any_dataclass_is_made() -> None:
     )
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "CachingExec"
+
+
+def _codes(*texts: str) -> dict[str, Any]:
+    return {t: compile(t, "<string>", "exec") for t in texts}
+
+
+def test_the_texts_a_start_did_not_use_are_read_only_once_one_of_them_is_needed() -> None:
+    code = _codes("a = 1", "b = 2")
+    reads: list[int] = []
+
+    def later() -> dict[str, Any]:
+        reads.append(1)
+        return {"b = 2": code["b = 2"]}
+
+    caching = cache.CachingExec({"a = 1": code["a = 1"]}, later)
+    ns: dict[str, Any] = {}
+    caching("a = 1", {}, ns)
+    assert reads == [] and not caching.outdated()
+    caching("b = 2", {}, ns)
+    caching("b = 2", {}, ns)
+    assert reads == [1] and caching.new == 0 and ns == {"a": 1, "b": 2}
+    assert caching.outdated()  # the start needed the other file: its texts belong in the start's
+
+
+def test_a_start_file_mostly_unused_is_outdated() -> None:
+    caching = cache.CachingExec(_codes("a = 1", "b = 2", "c = 3"), dict)
+    caching("a = 1", {}, {})
+    assert caching.outdated()  # two of three unused
+    caching("b = 2", {}, {})
+    assert not caching.outdated()
+
+
+def test_save_puts_what_the_start_used_in_its_file_and_the_rest_in_the_other(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    start, later = tmp_path / "start.bin", tmp_path / "later.bin"
+    code = _codes("a = 1", "b = 2", "c = 3")
+    assert cache.write(later, {"c = 3": code["c = 3"]})
+    caching = cache.CachingExec({"a = 1": code["a = 1"], "b = 2": code["b = 2"]}, lambda: cache.read(later))
+    monkeypatch.setattr(cache, "cache_path", lambda: start)
+    monkeypatch.setattr(cache, "later_path", lambda: later)
+    monkeypatch.setattr(cache, "_installed", caching)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    caching("c = 3", {}, {})
+    caching("a = 1", {}, {})
+    assert cache.save()
+    assert sorted(cache.read(start)) == ["a = 1", "c = 3"]
+    assert sorted(cache.read(later)) == ["b = 2"]
+    assert not caching.outdated() and not cache.save()  # nothing changed since

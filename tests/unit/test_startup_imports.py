@@ -15,11 +15,56 @@ from corral.kernel import CONFIG_GROUP, GROUP
 from corral.kernel import _entry_points as entry_points
 
 NOT_AT_START = (
-    "httpx", "yaml", "rich", "pygments", "importlib.metadata", "zipfile", "email", "dateutil",
-    "grpclib.server", "grpclib.protocol", "h2", "hyperframe",  # corrald serves with its own HTTP/2
-)  # fmt: skip
+    "httpx",
+    "yaml",
+    "rich",
+    "pygments",
+    "importlib.metadata",
+    "zipfile",
+    "email",
+    "dateutil",
+    "click",
+    "tomli_w",
+    "fractions",
+    "decimal",
+    "corral.api.types.nri.pkg.api.v1alpha1",
+    "corral.api.types.containerd.events",
+    "corral.api.types.containerd.task.v2",
+    "corral.plugins.images.archive",
+    "corral.plugins.images.build",
+    "corral.plugins.transfer._stream",
+    "zstandard",
+    "isal",
+    "corral.plugins.images._documents",
+    "corral.plugins.differs.apply",
+    "corral.plugins.differs.compare",
+    "grpclib.server",  # corrald serves with its own HTTP/2 transport
+    "grpclib.protocol",
+    "h2",
+    "hyperframe",
+)
 """A registry's HTTP client, PyYAML (CDI specs), rich and pygments (brought by httpx's CLI), and
-``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install."""
+``importlib.metadata`` with what it imports: needed by a pull, a spec file or a changed install;
+click, for corrald's help, version and command-line errors; tomli-w (``config default``); fractions and
+decimal (a duration with decimals).
+Then what corrald's plugins need only at a later call: NRI's messages (the first NRI plugin),
+containerd's event messages (the first event published or received), the shim's Task API
+messages (the first task), the image archive reader and writer (the first import or export), the
+image builder (the first pod's pause image), the decompressors and compressors (zstandard, ISA-L:
+the first import, unpack or diff), the parser of image documents (the first image read), the
+layer applier and the change walker (the first apply or diff)."""
+
+CRI = ("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime")
+NOT_AT_START_WITHOUT_CRI = (
+    *NOT_AT_START,
+    "corral.plugins.remotes",
+    "corral.plugins.runtimes.spec",
+    "corral.plugins.sandbox.userns",
+    "corral.plugins.images._reference",
+)
+"""With the CRI off (as the benchmarks start corrald, and containerd): also the registry client (the
+first pull or push), the OCI spec generator and user namespaces (the first pod or container) and
+the image reference grammar, which CRI's own modules import."""
 
 
 def _rows(found: list[entry_points.Installed]) -> list[tuple[str, str, str, str]]:
@@ -94,7 +139,9 @@ def test_a_cached_entry_point_loads_dotted_attributes_and_ignores_extras() -> No
     assert ep.load() is entry_points.EntryPoint.load
 
 
-def _start(tmp_path: Path, cache: Path) -> tuple[list[str], list[str], str]:
+def _start(
+    tmp_path: Path, cache: Path, disabled: tuple[str, ...] = (), not_at_start: tuple[str, ...] = NOT_AT_START
+) -> tuple[list[str], list[str], str]:
     """A whole kernel started in a fresh interpreter as corrald starts it (its imports first), its
     gRPC mapping built: which of NOT_AT_START it imported, which processes it spawned, the plugin
     statuses."""
@@ -113,7 +160,8 @@ def _start(tmp_path: Path, cache: Path) -> tuple[list[str], list[str], str]:
         "subprocess.Popen.__init__ = _record\n"
         "from corral.kernel import Kernel, DaemonConfig, discover\n"
         "from corral.api.grpc.server import build_mapping\n"
-        f"config = DaemonConfig(root={str(tmp_path / 'r')!r}, state={str(tmp_path / 's')!r})\n"
+        f"config = DaemonConfig(root={str(tmp_path / 'r')!r}, state={str(tmp_path / 's')!r}, "
+        f"disabled_plugins={disabled!r})\n"
         "statuses = []\n"
         "async def main():\n"
         "    kernel = Kernel(config, candidates=discover())\n"
@@ -121,7 +169,7 @@ def _start(tmp_path: Path, cache: Path) -> tuple[list[str], list[str], str]:
         "        build_mapping(kernel.records())\n"
         "        statuses.extend(f'{r.uri}={r.status.value}' for r in kernel.records())\n"
         "anyio.run(main)\n"
-        f"print(json.dumps([[m for m in {NOT_AT_START!r} if m in sys.modules], spawned, statuses]))\n"
+        f"print(json.dumps([[m for m in {not_at_start!r} if m in sys.modules], spawned, statuses]))\n"
     ).replace("import sys,", "import json, sys,")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     imported, spawned, statuses = json.loads(out.stdout.splitlines()[-1])
@@ -138,3 +186,13 @@ def test_start_up_imports_no_registry_client_yaml_or_importlib_metadata_and_spaw
     assert imported == [], f"imported at start-up: {imported}"
     assert spawned == [], f"processes spawned at start-up: {spawned}"
     assert statuses == first_statuses
+
+
+def test_start_up_with_the_cri_off_imports_no_registry_client_spec_generator_or_user_namespaces(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "entry-points.json"
+    _start(tmp_path / "first", cache, CRI)
+    imported, spawned, _ = _start(tmp_path / "second", cache, CRI, NOT_AT_START_WITHOUT_CRI)
+    assert imported == [], f"imported at start-up: {imported}"
+    assert spawned == [], f"processes spawned at start-up: {spawned}"

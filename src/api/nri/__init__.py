@@ -10,43 +10,81 @@ does only for CRI. Messages are NRI's own (``corral.api.types.nri.pkg.api.v1alph
 
 from __future__ import annotations
 
-from corral.api.nri._adaptation import (
-    DEFAULT_PLUGIN_CONFIG_PATH,
-    DEFAULT_PLUGIN_PATH,
-    DEFAULT_SOCKET_PATH,
-    NRI,
-    Domain,
-    Settings,
-)
-from corral.api.nri._events import Events
-from corral.api.nri._mux import (
-    PLUGIN_SERVICE_CONN,
-    RUNTIME_SERVICE_CONN,
-    Mux,
-    MuxDecoder,
-    MuxError,
-    encode_frames,
-)
-from corral.api.nri._oci import (
-    CDIInjector,
-    apply_adjustment,
-    container_from_spec,
-    resources_from_oci,
-    resources_to_oci,
-)
-from corral.api.nri._plugins import (
-    PLUGIN_SERVICE,
-    RUNTIME_SERVICE,
-    VALID_EVENTS,
-    Plugin,
-    Timeouts,
-    mask_of,
-    parse_plugin_name,
-)
-from corral.api.nri._result import Conflict, CreateResult, UpdateResult
-from corral.api.nri._tasks import TaskLifecycle
-from corral.api.nri.hookspecs import PROJECT, NRIHookSpecs, hookimpl
-from corral.api.types.nri.pkg.api import v1alpha1 as api
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.api.nri._adaptation import DEFAULT_PLUGIN_CONFIG_PATH as DEFAULT_PLUGIN_CONFIG_PATH
+    from corral.api.nri._adaptation import DEFAULT_PLUGIN_PATH as DEFAULT_PLUGIN_PATH
+    from corral.api.nri._adaptation import DEFAULT_SOCKET_PATH as DEFAULT_SOCKET_PATH
+    from corral.api.nri._adaptation import NRI as NRI
+    from corral.api.nri._adaptation import Domain as Domain
+    from corral.api.nri._adaptation import Settings as Settings
+    from corral.api.nri._events import Events as Events
+    from corral.api.nri._mux import PLUGIN_SERVICE_CONN as PLUGIN_SERVICE_CONN
+    from corral.api.nri._mux import RUNTIME_SERVICE_CONN as RUNTIME_SERVICE_CONN
+    from corral.api.nri._mux import Mux as Mux
+    from corral.api.nri._mux import MuxDecoder as MuxDecoder
+    from corral.api.nri._mux import MuxError as MuxError
+    from corral.api.nri._mux import encode_frames as encode_frames
+    from corral.api.nri._oci import CDIInjector as CDIInjector
+    from corral.api.nri._oci import apply_adjustment as apply_adjustment
+    from corral.api.nri._oci import container_from_spec as container_from_spec
+    from corral.api.nri._oci import resources_from_oci as resources_from_oci
+    from corral.api.nri._oci import resources_to_oci as resources_to_oci
+    from corral.api.nri._plugins import PLUGIN_SERVICE as PLUGIN_SERVICE
+    from corral.api.nri._plugins import RUNTIME_SERVICE as RUNTIME_SERVICE
+    from corral.api.nri._plugins import Plugin as Plugin
+    from corral.api.nri._plugins import Timeouts as Timeouts
+    from corral.api.nri._plugins import mask_of as mask_of
+    from corral.api.nri._plugins import parse_plugin_name as parse_plugin_name
+    from corral.api.nri._result import Conflict as Conflict
+    from corral.api.nri._result import CreateResult as CreateResult
+    from corral.api.nri._result import UpdateResult as UpdateResult
+    from corral.api.nri._tasks import TaskLifecycle as TaskLifecycle
+    from corral.api.nri.hookspecs import PROJECT as PROJECT
+    from corral.api.nri.hookspecs import NRIHookSpecs as NRIHookSpecs
+    from corral.api.nri.hookspecs import hookimpl as hookimpl
+    from corral.api.types.nri.pkg.api import v1alpha1 as api
+
+    VALID_EVENTS: int
+
+# Names load on first use (PEP 562): corrald's NRI plugin imports the runtime, and NRI's messages
+# (``api``) are imported when a plugin first connects.
+_SOURCES = {
+    "CDIInjector": "corral.api.nri._oci",
+    "Conflict": "corral.api.nri._result",
+    "CreateResult": "corral.api.nri._result",
+    "DEFAULT_PLUGIN_CONFIG_PATH": "corral.api.nri._adaptation",
+    "DEFAULT_PLUGIN_PATH": "corral.api.nri._adaptation",
+    "DEFAULT_SOCKET_PATH": "corral.api.nri._adaptation",
+    "Domain": "corral.api.nri._adaptation",
+    "Events": "corral.api.nri._events",
+    "Mux": "corral.api.nri._mux",
+    "MuxDecoder": "corral.api.nri._mux",
+    "MuxError": "corral.api.nri._mux",
+    "NRI": "corral.api.nri._adaptation",
+    "NRIHookSpecs": "corral.api.nri.hookspecs",
+    "PLUGIN_SERVICE": "corral.api.nri._plugins",
+    "PLUGIN_SERVICE_CONN": "corral.api.nri._mux",
+    "PROJECT": "corral.api.nri.hookspecs",
+    "Plugin": "corral.api.nri._plugins",
+    "RUNTIME_SERVICE": "corral.api.nri._plugins",
+    "RUNTIME_SERVICE_CONN": "corral.api.nri._mux",
+    "Settings": "corral.api.nri._adaptation",
+    "TaskLifecycle": "corral.api.nri._tasks",
+    "Timeouts": "corral.api.nri._plugins",
+    "UpdateResult": "corral.api.nri._result",
+    "apply_adjustment": "corral.api.nri._oci",
+    "container_from_spec": "corral.api.nri._oci",
+    "encode_frames": "corral.api.nri._mux",
+    "hookimpl": "corral.api.nri.hookspecs",
+    "mask_of": "corral.api.nri._plugins",
+    "parse_plugin_name": "corral.api.nri._plugins",
+    "resources_from_oci": "corral.api.nri._oci",
+    "resources_to_oci": "corral.api.nri._oci",
+    "api": "corral.api.types.nri.pkg.api.v1alpha1",
+}
 
 __all__ = [
     "DEFAULT_PLUGIN_CONFIG_PATH",
@@ -83,3 +121,20 @@ __all__ = [
     "resources_from_oci",
     "resources_to_oci",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VALID_EVENTS":
+        value: Any = importlib.import_module("corral.api.nri._plugins").valid_events()
+    elif name == "api":
+        value = importlib.import_module(_SOURCES[name])
+    elif name in _SOURCES:
+        value = getattr(importlib.import_module(_SOURCES[name]), name)
+    else:
+        raise AttributeError(f"module 'corral.api.nri' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

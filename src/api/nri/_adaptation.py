@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -31,8 +31,12 @@ from corral.api.nri._plugins import (
     parse_plugin_name,
 )
 from corral.api.nri._result import CreateResult, UpdateResult, copy
-from corral.api.types.nri.pkg.api import v1alpha1 as api
-from corral.kernel import CorralError, FailedPrecondition, Internal, InvalidArgument
+from corral.kernel import CorralError, FailedPrecondition, Internal, InvalidArgument, OnFirstUse
+
+if TYPE_CHECKING:
+    from corral.api.types.nri.pkg.api import v1alpha1 as api
+else:
+    api = OnFirstUse("corral.api.types.nri.pkg.api.v1alpha1")  # NRI's messages: at the first plugin
 
 log = structlog.get_logger("corral.nri")
 

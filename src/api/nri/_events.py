@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.api.nri._adaptation import NRI
 from corral.api.nri._oci import (
@@ -14,14 +14,19 @@ from corral.api.nri._oci import (
     resources_from_oci,
     resources_to_oci,
 )
-from corral.api.types.nri.pkg.api import v1alpha1 as api
+from corral.kernel import OnFirstUse
 from corral.plugins.nri import ContainerInfo, Domain, PodInfo, Spec
 
+if TYPE_CHECKING:
+    from corral.api.types.nri.pkg.api import v1alpha1 as api
+else:
+    api = OnFirstUse("corral.api.types.nri.pkg.api.v1alpha1")  # NRI's messages: at the first plugin
+
 _STATES = {
-    "created": api.ContainerState.CONTAINER_CREATED,
-    "running": api.ContainerState.CONTAINER_RUNNING,
-    "paused": api.ContainerState.CONTAINER_PAUSED,
-    "stopped": api.ContainerState.CONTAINER_STOPPED,
+    "created": "CONTAINER_CREATED",
+    "running": "CONTAINER_RUNNING",
+    "paused": "CONTAINER_PAUSED",
+    "stopped": "CONTAINER_STOPPED",
 }
 
 
@@ -49,7 +54,7 @@ def container_to_nri(container: ContainerInfo, spec: Spec) -> api.Container:
         labels=container.labels,
         name=container.name,
         pod_sandbox_id=container.pod_sandbox_id,
-        state=_STATES.get(container.state, api.ContainerState.CONTAINER_UNKNOWN),
+        state=getattr(api.ContainerState, _STATES.get(container.state, "CONTAINER_UNKNOWN")),
         pid=container.pid,
         image=container.image,
         created_at=container.created_at,

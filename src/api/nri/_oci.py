@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.api.nri._result import removal_key
-from corral.api.types.nri.pkg.api import v1alpha1 as api
+from corral.kernel import OnFirstUse
+
+if TYPE_CHECKING:
+    from corral.api.types.nri.pkg.api import v1alpha1 as api
+else:
+    api = OnFirstUse("corral.api.types.nri.pkg.api.v1alpha1")  # NRI's messages: at the first plugin
 
 Spec = dict[str, Any]
 CDIInjector = Callable[[Spec, Sequence[str]], None]
@@ -98,7 +103,7 @@ def container_from_spec(
     labels: Mapping[str, str] | None = None,
     name: str = "",
     pod_sandbox_id: str = "",
-    state: api.ContainerState = api.ContainerState.CONTAINER_CREATED,
+    state: api.ContainerState | None = None,
     pid: int = 0,
     image: str = "",
     created_at: int = 0,
@@ -112,7 +117,7 @@ def container_from_spec(
         id=container_id,
         pod_sandbox_id=pod_sandbox_id,
         name=name or container_id,
-        state=state,
+        state=api.ContainerState.CONTAINER_CREATED if state is None else state,
         labels=dict(labels or {}),
         annotations=dict(spec.get("annotations") or {}),
         args=list(process.get("args") or []),

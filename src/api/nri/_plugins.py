@@ -10,30 +10,41 @@ connection closed is fatal: the plugin is closed and left out, the event goes on
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import structlog
 
 from corral.api.nri._mux import PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN, Mux
-from corral.api.nri.hookspecs import HOOK_EVENTS
+from corral.api.nri.hookspecs import hook_events
 from corral.api.ttrpc import TTRPCClient, TTRPCContext, TTRPCServer
-from corral.api.types.nri.pkg.api import v1alpha1 as api
-from corral.kernel import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from corral.kernel import DeadlineExceeded, InvalidArgument, OnFirstUse, ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from corral.api.types.nri.pkg.api import v1alpha1 as api
+else:
+    api = OnFirstUse("corral.api.types.nri.pkg.api.v1alpha1")  # NRI's messages: at the first plugin
 
 log = structlog.get_logger("corral.nri")
 
 PLUGIN_SERVICE = "nri.pkg.api.v1alpha1.Plugin"
 RUNTIME_SERVICE = "nri.pkg.api.v1alpha1.Runtime"
-VALID_EVENTS = (1 << (api.Event.LAST - 1)) - 1
-"""Every event's bit: event e is bit e-1."""
+
+
+@functools.cache
+def valid_events() -> int:
+    """Every event's bit (event e is bit e-1): what a plugin that names none subscribes to."""
+    return (1 << (api.Event.LAST - 1)) - 1
+
+
 _NAME = re.compile(r"^[a-zA-Z0-9_.+-]+$")
 
 
@@ -74,27 +85,33 @@ class EventCall:
     response: type[Any]
 
 
-EVENT_CALLS: dict[api.Event, EventCall] = {
-    e.event: e
-    for e in (
-        EventCall(api.Event.RUN_POD_SANDBOX, "RunPodSandbox", api.RunPodSandboxResponse),
-        EventCall(api.Event.STOP_POD_SANDBOX, "StopPodSandbox", api.StopPodSandboxResponse),
-        EventCall(api.Event.REMOVE_POD_SANDBOX, "RemovePodSandbox", api.RemovePodSandboxResponse),
-        EventCall(api.Event.CREATE_CONTAINER, "CreateContainer", api.CreateContainerResponse),
-        EventCall(api.Event.POST_CREATE_CONTAINER, "PostCreateContainer", api.PostCreateContainerResponse),
-        EventCall(api.Event.START_CONTAINER, "StartContainer", api.StartContainerResponse),
-        EventCall(api.Event.POST_START_CONTAINER, "PostStartContainer", api.PostStartContainerResponse),
-        EventCall(api.Event.UPDATE_CONTAINER, "UpdateContainer", api.UpdateContainerResponse),
-        EventCall(api.Event.POST_UPDATE_CONTAINER, "PostUpdateContainer", api.PostUpdateContainerResponse),
-        EventCall(api.Event.STOP_CONTAINER, "StopContainer", api.StopContainerResponse),
-        EventCall(api.Event.REMOVE_CONTAINER, "RemoveContainer", api.RemoveContainerResponse),
-        EventCall(
-            api.Event.VALIDATE_CONTAINER_ADJUSTMENT,
-            "ValidateContainerAdjustment",
-            api.ValidateContainerAdjustmentResponse,
-        ),
-    )
-}
+@functools.cache
+def event_calls() -> dict[api.Event, EventCall]:
+    return {
+        e.event: e
+        for e in (
+            EventCall(api.Event.RUN_POD_SANDBOX, "RunPodSandbox", api.RunPodSandboxResponse),
+            EventCall(api.Event.STOP_POD_SANDBOX, "StopPodSandbox", api.StopPodSandboxResponse),
+            EventCall(api.Event.REMOVE_POD_SANDBOX, "RemovePodSandbox", api.RemovePodSandboxResponse),
+            EventCall(api.Event.CREATE_CONTAINER, "CreateContainer", api.CreateContainerResponse),
+            EventCall(
+                api.Event.POST_CREATE_CONTAINER, "PostCreateContainer", api.PostCreateContainerResponse
+            ),
+            EventCall(api.Event.START_CONTAINER, "StartContainer", api.StartContainerResponse),
+            EventCall(api.Event.POST_START_CONTAINER, "PostStartContainer", api.PostStartContainerResponse),
+            EventCall(api.Event.UPDATE_CONTAINER, "UpdateContainer", api.UpdateContainerResponse),
+            EventCall(
+                api.Event.POST_UPDATE_CONTAINER, "PostUpdateContainer", api.PostUpdateContainerResponse
+            ),
+            EventCall(api.Event.STOP_CONTAINER, "StopContainer", api.StopContainerResponse),
+            EventCall(api.Event.REMOVE_CONTAINER, "RemoveContainer", api.RemoveContainerResponse),
+            EventCall(
+                api.Event.VALIDATE_CONTAINER_ADJUSTMENT,
+                "ValidateContainerAdjustment",
+                api.ValidateContainerAdjustmentResponse,
+            ),
+        )
+    }
 
 
 @dataclass(frozen=True)
@@ -239,9 +256,9 @@ class ExternalPlugin(Plugin):
         )
         reply = await self._request("Configure", request, api.ConfigureResponse, timeouts.request)
         events = reply.events
-        if events and events & ~VALID_EVENTS:
-            raise InvalidArgument(f"invalid plugin events: 0x{events & ~VALID_EVENTS:x}")
-        self.events = events or VALID_EVENTS
+        if events and events & ~valid_events():
+            raise InvalidArgument(f"invalid plugin events: 0x{events & ~valid_events():x}")
+        self.events = events or valid_events()
 
     async def synchronize(
         self, pods: list[api.PodSandbox], containers: list[api.Container], limit: float
@@ -272,7 +289,7 @@ class ExternalPlugin(Plugin):
             pods_per, containers_per = min(pods_per, len(pods)), min(containers_per, len(containers))
 
     async def call(self, event: api.Event, request: Any, limit: float) -> Any:
-        spec = EVENT_CALLS[event]
+        spec = event_calls()[event]
         return await self._request(spec.method, request, spec.response, limit)
 
 
@@ -286,7 +303,9 @@ class HookPlugin(Plugin):
         check_plugin_index(index)
         self.hooks = hooks
         self.base, self.index = base, index
-        self.events = mask_of(*(e for name, e in HOOK_EVENTS.items() if callable(getattr(hooks, name, None))))
+        self.events = mask_of(
+            *(e for name, e in hook_events().items() if callable(getattr(hooks, name, None)))
+        )
 
     async def _invoke(self, name: str, limit: float, **kwargs: Any) -> Any:
         function = getattr(self.hooks, name, None)
@@ -321,7 +340,7 @@ class HookPlugin(Plugin):
         return list(result or [])
 
     async def call(self, event: api.Event, request: Any, limit: float) -> Any:
-        name = next(n for n, e in HOOK_EVENTS.items() if e == event)
+        name = next(n for n, e in hook_events().items() if e == event)
         if event == api.Event.VALIDATE_CONTAINER_ADJUSTMENT:
             return _as_reply(event, await self._invoke(name, limit, request=request))
         kwargs: dict[str, Any] = {"pod": request.pod or api.PodSandbox()}
@@ -335,7 +354,7 @@ class HookPlugin(Plugin):
 
 def _as_reply(event: api.Event, result: Any) -> Any:
     """A hook's return value as the event's reply message."""
-    response = EVENT_CALLS[event].response
+    response = event_calls()[event].response
     if result is None or isinstance(result, response):
         return result
     if event == api.Event.CREATE_CONTAINER and isinstance(result, api.ContainerAdjustment):

@@ -9,30 +9,32 @@ set it again itself. Hooks accumulate. Updates to other containers merge per con
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from corral.api.types.nri.pkg.api import v1alpha1 as api
-from corral.kernel import FailedPrecondition
+from corral.kernel import FailedPrecondition, OnFirstUse
+
+if TYPE_CHECKING:
+    from corral.api.types.nri.pkg.api import v1alpha1 as api
+else:
+    api = OnFirstUse("corral.api.types.nri.pkg.api.v1alpha1")  # NRI's messages: at the first plugin
 
 M = TypeVar("M")
-F = api.Field
-
 _MEMORY = (
-    ("limit", F.MemLimit),
-    ("reservation", F.MemReservation),
-    ("swap", F.MemSwapLimit),
-    ("kernel", F.MemKernelLimit),
-    ("kernel_tcp", F.MemTCPLimit),
-    ("swappiness", F.MemSwappiness),
-    ("disable_oom_killer", F.MemDisableOomKiller),
-    ("use_hierarchy", F.MemUseHierarchy),
+    ("limit", "MemLimit"),
+    ("reservation", "MemReservation"),
+    ("swap", "MemSwapLimit"),
+    ("kernel", "MemKernelLimit"),
+    ("kernel_tcp", "MemTCPLimit"),
+    ("swappiness", "MemSwappiness"),
+    ("disable_oom_killer", "MemDisableOomKiller"),
+    ("use_hierarchy", "MemUseHierarchy"),
 )
 _CPU = (
-    ("shares", F.CPUShares),
-    ("quota", F.CPUQuota),
-    ("period", F.CPUPeriod),
-    ("realtime_runtime", F.CPURealtimeRuntime),
-    ("realtime_period", F.CPURealtimePeriod),
+    ("shares", "CPUShares"),
+    ("quota", "CPUQuota"),
+    ("period", "CPUPeriod"),
+    ("realtime_runtime", "CPURealtimeRuntime"),
+    ("realtime_period", "CPURealtimePeriod"),
 )
 _HOOK_STAGES = ("prestart", "create_runtime", "create_container", "start_container", "poststart", "poststop")
 
@@ -61,11 +63,11 @@ class Owners:
         self.simple: dict[str, dict[int, str]] = {}
         self.compound: dict[str, dict[tuple[int, str], str]] = {}
 
-    def _conflict(self, field: F, plugin: str, other: str, *qualifiers: str) -> Conflict:
+    def _conflict(self, field: api.Field, plugin: str, other: str, *qualifiers: str) -> Conflict:
         name = api.Field(field).name.rstrip("_")
         return Conflict(f'plugins "{plugin}" and "{other}" both tried to set {name} {" ".join(qualifiers)}')
 
-    def claim(self, cid: str, field: F, plugin: str) -> None:
+    def claim(self, cid: str, field: api.Field, plugin: str) -> None:
         owners = self.simple.setdefault(cid, {})
         other = owners.get(int(field))
         if other is not None:
@@ -74,7 +76,7 @@ class Owners:
                 raise self._conflict(field, plugin, clearer)
         owners[int(field)] = plugin
 
-    def claim_key(self, cid: str, field: F, key: str, plugin: str) -> None:
+    def claim_key(self, cid: str, field: api.Field, key: str, plugin: str) -> None:
         owners = self.compound.setdefault(cid, {})
         other = owners.get((int(field), key))
         if other is not None:
@@ -83,7 +85,7 @@ class Owners:
                 raise self._conflict(field, plugin, clearer, key)
         owners[(int(field), key)] = plugin
 
-    def clear_key(self, cid: str, field: F, key: str, plugin: str) -> None:
+    def clear_key(self, cid: str, field: api.Field, key: str, plugin: str) -> None:
         self.compound.setdefault(cid, {})[(int(field), key)] = "-" + plugin
 
     def to_proto(self) -> api.OwningPlugins:
@@ -96,7 +98,7 @@ class Owners:
             out.owners[cid] = owners
         return out
 
-    def accumulate(self, cid: str, field: F, plugin: str) -> None:
+    def accumulate(self, cid: str, field: api.Field, plugin: str) -> None:
         owners = self.simple.setdefault(cid, {})
         old = owners.get(int(field))
         owners[int(field)] = f"{old},{plugin}" if old else plugin
@@ -116,27 +118,27 @@ def _adjust_resources(
     with_devices: bool = True,
 ) -> None:
     """Claim and copy every set field of ``wanted`` into each of ``targets``."""
-    for name, field in _MEMORY:
+    for name, member in _MEMORY:
         value = getattr(wanted.memory, name, None) if wanted.memory else None
         if value is not None:
-            owners.claim(cid, field, plugin)
+            owners.claim(cid, getattr(api.Field, member), plugin)
             for t in targets:
                 setattr(t.memory, name, copy(value))
-    for name, field in _CPU:
+    for name, member in _CPU:
         value = getattr(wanted.cpu, name, None) if wanted.cpu else None
         if value is not None:
-            owners.claim(cid, field, plugin)
+            owners.claim(cid, getattr(api.Field, member), plugin)
             for t in targets:
                 setattr(t.cpu, name, copy(value))
     if wanted.cpu is not None:
-        for name, field in (("cpus", F.CPUSetCPUs), ("mems", F.CPUSetMems)):
+        for name, field in (("cpus", api.Field.CPUSetCPUs), ("mems", api.Field.CPUSetMems)):
             value = getattr(wanted.cpu, name)
             if value:
                 owners.claim(cid, field, plugin)
                 for t in targets:
                     setattr(t.cpu, name, value)
     for limit in wanted.hugepage_limits:
-        owners.claim_key(cid, F.HugepageLimits, limit.page_size, plugin)
+        owners.claim_key(cid, api.Field.HugepageLimits, limit.page_size, plugin)
         for t in targets:
             t.hugepage_limits.append(copy(limit))
     if with_devices:
@@ -144,10 +146,14 @@ def _adjust_resources(
             for t in targets:
                 t.devices.append(copy(rule))
     for key, value in wanted.unified.items():
-        owners.claim_key(cid, F.CgroupsUnified, key, plugin)
+        owners.claim_key(cid, api.Field.CgroupsUnified, key, plugin)
         for t in targets:
             t.unified[key] = value
-    for name, field in (("blockio_class", F.BlockioClass), ("rdt_class", F.RdtClass), ("pids", F.PidsLimit)):
+    for name, field in (
+        ("blockio_class", api.Field.BlockioClass),
+        ("rdt_class", api.Field.RdtClass),
+        ("pids", api.Field.PidsLimit),
+    ):
         value = getattr(wanted, name)
         if value is not None:
             owners.claim(cid, field, plugin)
@@ -249,13 +255,13 @@ class CreateResult(UpdateResult):
 
     def _adjust(self, adj: api.ContainerAdjustment, plugin: str) -> None:
         self._annotations(dict(adj.annotations), plugin)
-        self._keyed(adj.mounts, "destination", F.Mounts, plugin)
+        self._keyed(adj.mounts, "destination", api.Field.Mounts, plugin)
         self._env(adj.env, plugin)
         self._args(list(adj.args), plugin)
         self._hooks(adj.hooks, plugin)
         linux = adj.linux
         if linux is not None:
-            self._keyed(linux.devices, "path", F.Devices, plugin)
+            self._keyed(linux.devices, "path", api.Field.Devices, plugin)
             if linux.resources is not None:
                 assert self.container.linux is not None and self.container.linux.resources is not None
                 assert self._linux.resources is not None
@@ -263,29 +269,31 @@ class CreateResult(UpdateResult):
                     self.owners, self.id, plugin, linux.resources,
                     [self.container.linux.resources, self._linux.resources],
                 )  # fmt: skip
-            self._simple(linux, "cgroups_path", F.CgroupsPath, plugin, set_if=bool)
-            self._simple(linux, "oom_score_adj", F.OomScoreAdj, plugin)
-            self._simple(linux, "io_priority", F.IoPriority, plugin)
-            self._simple(linux, "seccomp_policy", F.SeccompPolicy, plugin)
-            self._simple(linux, "scheduler", F.LinuxSched, plugin)
-            self._simple(linux, "memory_policy", F.MemoryPolicy, plugin)
-            self._simple(linux, "rdt", F.RdtClosID, plugin)
+            self._simple(linux, "cgroups_path", api.Field.CgroupsPath, plugin, set_if=bool)
+            self._simple(linux, "oom_score_adj", api.Field.OomScoreAdj, plugin)
+            self._simple(linux, "io_priority", api.Field.IoPriority, plugin)
+            self._simple(linux, "seccomp_policy", api.Field.SeccompPolicy, plugin)
+            self._simple(linux, "scheduler", api.Field.LinuxSched, plugin)
+            self._simple(linux, "memory_policy", api.Field.MemoryPolicy, plugin)
+            self._simple(linux, "rdt", api.Field.RdtClosID, plugin)
             for ns in linux.namespaces:
                 key, _ = removal_key(ns.type)
-                self.owners.claim_key(self.id, F.Namespace, key, plugin)
+                self.owners.claim_key(self.id, api.Field.Namespace, key, plugin)
                 self._linux.namespaces.append(copy(ns))
-            self._mapping(dict(linux.sysctl), self._linux.sysctl, F.Sysctl, plugin, "")
-            self._mapping(dict(linux.net_devices), self._linux.net_devices, F.LinuxNetDevices, plugin, None)
+            self._mapping(dict(linux.sysctl), self._linux.sysctl, api.Field.Sysctl, plugin, "")
+            self._mapping(
+                dict(linux.net_devices), self._linux.net_devices, api.Field.LinuxNetDevices, plugin, None
+            )
         for rlimit in adj.rlimits:
-            self.owners.claim_key(self.id, F.Rlimits, rlimit.type, plugin)
+            self.owners.claim_key(self.id, api.Field.Rlimits, rlimit.type, plugin)
             self.container.rlimits.append(copy(rlimit))
             self.adjust.rlimits.append(copy(rlimit))
         for device in adj.CDI_devices:
             # Only added, never removed; the same device twice is refused.
-            self.owners.claim_key(self.id, F.CdiDevices, device.name, plugin)
+            self.owners.claim_key(self.id, api.Field.CdiDevices, device.name, plugin)
             self.adjust.CDI_devices.append(copy(device))
 
-    def _simple(self, linux: Any, name: str, field: F, plugin: str, set_if: Any = None) -> None:
+    def _simple(self, linux: Any, name: str, field: api.Field, plugin: str, set_if: Any = None) -> None:
         value = getattr(linux, name)
         if value is None or (set_if is not None and not set_if(value)):
             return
@@ -293,7 +301,7 @@ class CreateResult(UpdateResult):
         setattr(self._linux, name, value if isinstance(value, str) else copy(value))
 
     def _mapping(
-        self, wanted: dict[str, Any], reply: dict[str, Any], field: F, plugin: str, gone: Any
+        self, wanted: dict[str, Any], reply: dict[str, Any], field: api.Field, plugin: str, gone: Any
     ) -> None:
         removed = set()
         for key in list(wanted):
@@ -312,15 +320,15 @@ class CreateResult(UpdateResult):
             reply["-" + key] = gone
 
     def _annotations(self, wanted: dict[str, str], plugin: str) -> None:
-        self._mapping(wanted, self.adjust.annotations, F.Annotations, plugin, "")
+        self._mapping(wanted, self.adjust.annotations, api.Field.Annotations, plugin, "")
         # ``wanted`` now holds only the keys set; later plugins see them on the container.
         self.container.annotations.update(wanted)
 
-    def _keyed(self, items: list[Any], attr: str, field: F, plugin: str) -> None:
+    def _keyed(self, items: list[Any], attr: str, field: api.Field, plugin: str) -> None:
         """Mounts (by destination) and devices (by path): removals, replacements, additions."""
         if not items:
             return
-        linux_list = field == F.Devices
+        linux_list = field == api.Field.Devices
         reply: list[Any] = self._linux.devices if linux_list else self.adjust.mounts
         assert self.container.linux is not None
         current: list[Any] = self.container.linux.devices if linux_list else self.container.mounts
@@ -355,13 +363,13 @@ class CreateResult(UpdateResult):
         kept = []
         for e in self.adjust.env:
             if e.key in removed:
-                self.owners.clear_key(self.id, F.Env, e.key, plugin)
+                self.owners.clear_key(self.id, api.Field.Env, e.key, plugin)
                 continue
             kept.append(e)
         self.adjust.env = kept
         self.container.env = [e for e in self.container.env if e.split("=", 1)[0] not in removed | modified]
         for e in added:
-            self.owners.claim_key(self.id, F.Env, e.key, plugin)
+            self.owners.claim_key(self.id, api.Field.Env, e.key, plugin)
             self.adjust.env.append(copy(e))
         self.container.env.extend(f"{e.key}={e.value}" for e in added)
 
@@ -369,9 +377,9 @@ class CreateResult(UpdateResult):
         if not args:
             return
         if args[0] == "":
-            self.owners.simple.setdefault(self.id, {})[int(F.Args)] = "-" + plugin
+            self.owners.simple.setdefault(self.id, {})[int(api.Field.Args)] = "-" + plugin
             args = args[1:]
-        self.owners.claim(self.id, F.Args, plugin)
+        self.owners.claim(self.id, api.Field.Args, plugin)
         self.adjust.args = list(args)
         self.container.args = list(args)
 
@@ -387,4 +395,4 @@ class CreateResult(UpdateResult):
                 getattr(self.container.hooks, stage).extend(copy(h) for h in added)
                 claimed = True
         if claimed:
-            self.owners.accumulate(self.id, F.OciHooks, plugin)
+            self.owners.accumulate(self.id, api.Field.OciHooks, plugin)

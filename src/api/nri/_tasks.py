@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -29,10 +29,15 @@ from corral.api.nri._oci import (
     resources_to_oci,
 )
 from corral.api.nri._result import copy
-from corral.api.types.nri.pkg.api import v1alpha1 as api
+from corral.kernel import OnFirstUse
 from corral.plugins.core.namespaces import namespace as bound_namespace
 from corral.plugins.metadata import AnyValue
 from corral.plugins.runtimes import PlatformRuntime, TaskStatus
+
+if TYPE_CHECKING:
+    from corral.api.types.nri.pkg.api import v1alpha1 as api
+else:
+    api = OnFirstUse("corral.api.types.nri.pkg.api.v1alpha1")  # NRI's messages: at the first plugin
 
 log = structlog.get_logger("corral.nri")
 

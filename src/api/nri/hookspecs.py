@@ -9,9 +9,17 @@ events it subscribes to. It is ordered among external plugins by its two-digit i
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 import pluggy
 
-from corral.api.types.nri.pkg.api import v1alpha1 as api
+from corral.kernel import OnFirstUse
+
+if TYPE_CHECKING:
+    from corral.api.types.nri.pkg.api import v1alpha1 as api
+else:
+    api = OnFirstUse("corral.api.types.nri.pkg.api.v1alpha1")  # NRI's messages: at the first plugin
 
 PROJECT = "corral.nri"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -74,18 +82,20 @@ class NRIHookSpecs:
         ``ValidateContainerAdjustmentResponse`` with ``reject`` to refuse the creation."""
 
 
-HOOK_EVENTS: dict[str, api.Event] = {
-    "nri_run_pod_sandbox": api.Event.RUN_POD_SANDBOX,
-    "nri_stop_pod_sandbox": api.Event.STOP_POD_SANDBOX,
-    "nri_remove_pod_sandbox": api.Event.REMOVE_POD_SANDBOX,
-    "nri_create_container": api.Event.CREATE_CONTAINER,
-    "nri_post_create_container": api.Event.POST_CREATE_CONTAINER,
-    "nri_start_container": api.Event.START_CONTAINER,
-    "nri_post_start_container": api.Event.POST_START_CONTAINER,
-    "nri_update_container": api.Event.UPDATE_CONTAINER,
-    "nri_post_update_container": api.Event.POST_UPDATE_CONTAINER,
-    "nri_stop_container": api.Event.STOP_CONTAINER,
-    "nri_remove_container": api.Event.REMOVE_CONTAINER,
-    "nri_validate_container_adjustment": api.Event.VALIDATE_CONTAINER_ADJUSTMENT,
-}
-"""Each event hook and the NRI event it stands for."""
+@functools.cache
+def hook_events() -> dict[str, api.Event]:
+    """Each event hook and the NRI event it stands for."""
+    return {
+        "nri_run_pod_sandbox": api.Event.RUN_POD_SANDBOX,
+        "nri_stop_pod_sandbox": api.Event.STOP_POD_SANDBOX,
+        "nri_remove_pod_sandbox": api.Event.REMOVE_POD_SANDBOX,
+        "nri_create_container": api.Event.CREATE_CONTAINER,
+        "nri_post_create_container": api.Event.POST_CREATE_CONTAINER,
+        "nri_start_container": api.Event.START_CONTAINER,
+        "nri_post_start_container": api.Event.POST_START_CONTAINER,
+        "nri_update_container": api.Event.UPDATE_CONTAINER,
+        "nri_post_update_container": api.Event.POST_UPDATE_CONTAINER,
+        "nri_stop_container": api.Event.STOP_CONTAINER,
+        "nri_remove_container": api.Event.REMOVE_CONTAINER,
+        "nri_validate_container_adjustment": api.Event.VALIDATE_CONTAINER_ADJUSTMENT,
+    }

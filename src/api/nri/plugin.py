@@ -26,7 +26,6 @@ from corral.api.nri._events import Events
 from corral.api.nri._plugins import Timeouts
 from corral.api.nri._tasks import TaskLifecycle
 from corral.api.nri.hookspecs import PROJECT, NRIHookSpecs
-from corral.api.types.containerd import events as pb_events
 from corral.kernel import InitContext, Registration, SkipPlugin
 from corral.plugins import types
 from corral.plugins.cdi import DeviceInjector
@@ -38,6 +37,8 @@ log = structlog.get_logger("corral.nri")
 
 @dataclass
 class NRIConfig:
+    """The ``io.containerd.nri.v1.nri`` section (containerd's keys and defaults)."""
+
     disable: bool = False
     """Disable NRI altogether."""
     socket_path: str = DEFAULT_SOCKET_PATH
@@ -90,6 +91,8 @@ async def _watch_containers(exchange: EventExchange, tasks: TaskLifecycle) -> No
                     if event.id in ("", event.container_id):
                         await tasks.stopped(event.container_id, event.exit_status)
                 elif isinstance(event, RawEvent) and event.type_url.endswith("containerd.events.TaskExit"):
+                    from corral.api.types.containerd import events as pb_events
+
                     exit = pb_events.TaskExit.parse(event.value)
                     if exit.id in ("", exit.container_id):
                         await tasks.stopped(exit.container_id, exit.exit_status)

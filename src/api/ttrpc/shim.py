@@ -10,19 +10,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import betterproto2
 
 from corral.api.ttrpc.client import TTRPCClient
 from corral.api.types.containerd import types as ctypes
-from corral.api.types.containerd.task import v2 as pb
 from corral.api.types.google import protobuf
-from corral.kernel import CorralError, InitContext, Registration
+from corral.kernel import CorralError, InitContext, OnFirstUse, Registration
 from corral.plugins import types
 from corral.plugins.metadata import AnyValue
 from corral.plugins.runtimes import Exit, ProcessInfo, ProcessState, TaskIO, TaskStatus
 from corral.plugins.runtimes.shim import Connected, ShimCreate
+
+if TYPE_CHECKING:
+    from corral.api.types.containerd.task import v2 as pb
+else:
+    pb = OnFirstUse("corral.api.types.containerd.task.v2")  # the Task API's messages: at the first task
 
 SERVICE = "containerd.task.v2.Task"
 

@@ -18,6 +18,8 @@ from corral.plugins.cdi._registry import Registry
 
 @dataclass
 class CDIConfig:
+    """The ``io.corral.cdi.v1.cdi`` section: where CDI spec files are read from."""
+
     disable: bool = False
     """No CDI device injection at all."""
     spec_dirs: list[str] = field(default_factory=lambda: ["/etc/cdi", "/var/run/cdi"])

@@ -60,6 +60,8 @@ class PortMapping:
 
 @dataclass(frozen=True)
 class IPConfig:
+    """One address an attachment gave the pod, with its gateway and interface."""
+
     address: str
     """CIDR notation, ``10.88.0.5/16``."""
     gateway: str = ""
@@ -85,6 +87,8 @@ class Attachment:
 
 @dataclass(frozen=True)
 class SetupResult:
+    """What a pod's network setup made: one attachment per network."""
+
     attachments: tuple[Attachment, ...]
 
     @property
@@ -142,6 +146,8 @@ def pod_args(namespace: str, name: str, uid: str, container_id: str) -> tuple[tu
 
 @dataclass(frozen=True)
 class CNISettings:
+    """Where network configs, plugin binaries and the attachment cache are."""
+
     conf_dir: Path = Path(DEFAULT_CONF_DIR)
     bin_dirs: tuple[str, ...] = DEFAULT_BIN_DIRS
     max_conf_num: int = 1

@@ -52,6 +52,8 @@ log = structlog.get_logger("corral.content")
 
 @dataclass(frozen=True)
 class LocalContentConfig:
+    """The ``io.containerd.content.v1.content`` section."""
+
     ingest_expiry: timedelta = timedelta(hours=24)
     """An ingest not written to for this long is removed; 0 keeps ingests until they are aborted."""
 

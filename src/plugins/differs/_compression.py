@@ -5,13 +5,18 @@ from __future__ import annotations
 import enum
 import io
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
-import zstandard
-from isal import igzip, isal_zlib
-
-from corral.kernel import CorralError, InvalidArgument, Unimplemented
+from corral.kernel import CorralError, InvalidArgument, OnFirstUse, Unimplemented
 from corral.plugins.differs._tar import Readable
+
+if TYPE_CHECKING:
+    import zstandard
+    from isal import igzip, isal_zlib
+else:  # the codecs: at the first layer compressed or decompressed, not at start-up
+    zstandard = OnFirstUse("zstandard")
+    igzip = OnFirstUse("isal.igzip")
+    isal_zlib = OnFirstUse("isal.isal_zlib")
 
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_GZIP = OCI_LAYER + "+gzip"
@@ -21,14 +26,9 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = DOCKER_LAYER + ".gzip"
 DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
-GZIP_LEVEL = isal_zlib.ISAL_DEFAULT_COMPRESSION
 ZSTD_LEVEL = 3
 ZSTD_MAX_WINDOW = 1 << 27
 """zstd's ``--long`` default; a stream asking for a larger window is refused, not allocated."""
-
-
-_open_gzip: Callable[..., Readable] = igzip.IGzipFile
-_GzipError = cast(type[Exception], isal_zlib.error)
 
 
 class Compression(enum.Enum):
@@ -66,7 +66,13 @@ class _Checked:
             return self._inner.read(size)
         except CorralError:
             raise
-        except (OSError, EOFError, ValueError, _GzipError, zstandard.ZstdError) as err:
+        except (
+            OSError,
+            EOFError,
+            ValueError,
+            cast(type[Exception], isal_zlib.error),
+            zstandard.ZstdError,
+        ) as err:
             raise InvalidArgument(f"layer is not valid {self._compression.value}: {err}") from err
 
 
@@ -97,7 +103,8 @@ def decompressed(compression: Compression, source: Readable) -> Readable:
         return source
     raw = _FileAdapter(source)
     if compression is Compression.GZIP:
-        return _Checked(_open_gzip(fileobj=raw, mode="rb"), compression)
+        open_gzip: Callable[..., Readable] = igzip.IGzipFile
+        return _Checked(open_gzip(fileobj=raw, mode="rb"), compression)
     reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
         io.BufferedReader(raw, 1 << 20), read_size=1 << 20, read_across_frames=True
     )
@@ -121,7 +128,8 @@ class _Identity:
 def compressor(compression: Compression) -> Compressor:
     """A streaming compressor; its output is deterministic (gzip header without time or name)."""
     if compression is Compression.GZIP:
-        result: Compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
+        level = isal_zlib.ISAL_DEFAULT_COMPRESSION
+        result: Compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
         return result
     if compression is Compression.ZSTD:
         zstd: Compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()

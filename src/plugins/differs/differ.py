@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -45,8 +45,9 @@ from corral.plugins.differs._compression import (
 )
 from corral.plugins.differs._tar import check_stop
 from corral.plugins.differs._whiteouts import OVERLAY_XATTR_PREFIX, overlay_xattr_prefix
-from corral.plugins.differs.apply import AppliedLayer, WhiteoutMode, apply_layer
-from corral.plugins.differs.compare import directory_changes, overlay_changes, write_layer
+
+if TYPE_CHECKING:
+    from corral.plugins.differs.apply import AppliedLayer, WhiteoutMode
 
 log = structlog.get_logger("corral.differ")
 
@@ -108,6 +109,9 @@ class ApplyTarget:
 @asynccontextmanager
 async def apply_target(mounts: Sequence[Mount]) -> AsyncIterator[ApplyTarget]:
     """A bind mount's source, an overlay's upper directory, or else a temporary mount."""
+    # The layer applier and the change walker load with the first apply or diff, not at start-up.
+    from corral.plugins.differs.apply import WhiteoutMode
+
     if not mounts:
         raise InvalidArgument("no mounts to apply the layer to")
     if len(mounts) == 1:
@@ -259,6 +263,8 @@ class _ThreadSink:
 def _apply_blocking(
     compression: Compression, source: ThreadSource, target: ApplyTarget, stop: threading.Event
 ) -> AppliedLayer:
+    from corral.plugins.differs.apply import apply_layer
+
     source.stop = stop
     return apply_layer(
         decompressed(compression, source),
@@ -393,6 +399,8 @@ async def _diff_work(
     mtime_bound: int | None = None,
 ) -> Callable[[threading.Event], tuple[str, int]]:
     """The blocking diff to run: the overlay upper directory alone when it is exactly the change set."""
+    from corral.plugins.differs.compare import directory_changes, overlay_changes, write_layer
+
     below = layer_dirs(lower)
     if len(upper) == 1 and upper[0].type == "overlay":
         options = mount_options(upper[0])

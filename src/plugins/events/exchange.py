@@ -40,6 +40,8 @@ DEFAULT_QUEUE_SIZE = 1024
 
 @dataclass(frozen=True)
 class ExchangeConfig:
+    """The ``io.containerd.event.v1.exchange`` section."""
+
     subscriber_queue_size: int = DEFAULT_QUEUE_SIZE
     """Events queued per subscriber; one that falls this far behind is disconnected."""
 

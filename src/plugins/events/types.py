@@ -49,6 +49,8 @@ Event = TypedEvent | RawEvent
 
 @dataclass(frozen=True)
 class NamespaceCreate(TypedEvent):
+    """A namespace was created."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.NamespaceCreate"
     TOPIC: ClassVar[str] = "/namespaces/create"
 
@@ -58,6 +60,8 @@ class NamespaceCreate(TypedEvent):
 
 @dataclass(frozen=True)
 class NamespaceUpdate(TypedEvent):
+    """A namespace's labels were changed."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.NamespaceUpdate"
     TOPIC: ClassVar[str] = "/namespaces/update"
 
@@ -67,6 +71,8 @@ class NamespaceUpdate(TypedEvent):
 
 @dataclass(frozen=True)
 class NamespaceDelete(TypedEvent):
+    """A namespace was removed."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.NamespaceDelete"
     TOPIC: ClassVar[str] = "/namespaces/delete"
 
@@ -75,6 +81,8 @@ class NamespaceDelete(TypedEvent):
 
 @dataclass(frozen=True)
 class ContentCreate(TypedEvent):
+    """A blob was committed to the content store."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.ContentCreate"
     TOPIC: ClassVar[str] = "/content/create"
 
@@ -84,6 +92,8 @@ class ContentCreate(TypedEvent):
 
 @dataclass(frozen=True)
 class ContentDelete(TypedEvent):
+    """A blob was removed from the content store."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.ContentDelete"
     TOPIC: ClassVar[str] = "/content/delete"
 
@@ -92,6 +102,8 @@ class ContentDelete(TypedEvent):
 
 @dataclass(frozen=True)
 class SnapshotPrepare(TypedEvent):
+    """An active snapshot was made on ``parent``."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.SnapshotPrepare"
     TOPIC: ClassVar[str] = "/snapshot/prepare"
 
@@ -102,6 +114,8 @@ class SnapshotPrepare(TypedEvent):
 
 @dataclass(frozen=True)
 class SnapshotCommit(TypedEvent):
+    """An active snapshot was committed as ``name``."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.SnapshotCommit"
     TOPIC: ClassVar[str] = "/snapshot/commit"
 
@@ -112,6 +126,8 @@ class SnapshotCommit(TypedEvent):
 
 @dataclass(frozen=True)
 class SnapshotRemove(TypedEvent):
+    """A snapshot was removed."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.SnapshotRemove"
     TOPIC: ClassVar[str] = "/snapshot/remove"
 
@@ -131,6 +147,8 @@ class TypedValue(Protocol):
 
 @dataclass(frozen=True)
 class ImageCreate(TypedEvent):
+    """An image record was created."""
+
     TYPE_URL: ClassVar[str] = "containerd.services.images.v1.ImageCreate"
     TOPIC: ClassVar[str] = "/images/create"
 
@@ -140,6 +158,8 @@ class ImageCreate(TypedEvent):
 
 @dataclass(frozen=True)
 class ImageUpdate(TypedEvent):
+    """An image record was changed."""
+
     TYPE_URL: ClassVar[str] = "containerd.services.images.v1.ImageUpdate"
     TOPIC: ClassVar[str] = "/images/update"
 
@@ -149,6 +169,8 @@ class ImageUpdate(TypedEvent):
 
 @dataclass(frozen=True)
 class ImageDelete(TypedEvent):
+    """An image record was removed."""
+
     TYPE_URL: ClassVar[str] = "containerd.services.images.v1.ImageDelete"
     TOPIC: ClassVar[str] = "/images/delete"
 
@@ -157,12 +179,16 @@ class ImageDelete(TypedEvent):
 
 @dataclass(frozen=True)
 class ContainerCreateRuntime:
+    """The runtime a created container names, with its options."""
+
     name: str
     options: TypedValue | None = None
 
 
 @dataclass(frozen=True)
 class ContainerCreate(TypedEvent):
+    """A container record was created."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.ContainerCreate"
     TOPIC: ClassVar[str] = "/containers/create"
 
@@ -173,6 +199,8 @@ class ContainerCreate(TypedEvent):
 
 @dataclass(frozen=True)
 class ContainerUpdate(TypedEvent):
+    """A container record was changed."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.ContainerUpdate"
     TOPIC: ClassVar[str] = "/containers/update"
 
@@ -184,6 +212,8 @@ class ContainerUpdate(TypedEvent):
 
 @dataclass(frozen=True)
 class ContainerDelete(TypedEvent):
+    """A container record was removed."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.ContainerDelete"
     TOPIC: ClassVar[str] = "/containers/delete"
 
@@ -203,6 +233,8 @@ class TaskIO:
 
 @dataclass(frozen=True)
 class TaskCreate(TypedEvent):
+    """A task was created by its runtime (its init process not started yet)."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.TaskCreate"
     DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
     TOPIC: ClassVar[str] = "/tasks/create"
@@ -217,6 +249,8 @@ class TaskCreate(TypedEvent):
 
 @dataclass(frozen=True)
 class TaskStart(TypedEvent):
+    """A task's init process started."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.TaskStart"
     DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
     TOPIC: ClassVar[str] = "/tasks/start"
@@ -265,6 +299,8 @@ class EventExchange(Publisher, Protocol):
 # shim is gone without saying so, as containerd's cleanupAfterDeadShim does.
 @dataclass(frozen=True)
 class TaskExit(TypedEvent):
+    """A process of a task exited (its init process when ``id`` is the container's)."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.TaskExit"
     DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
     TOPIC: ClassVar[str] = "/tasks/exit"
@@ -278,6 +314,8 @@ class TaskExit(TypedEvent):
 
 @dataclass(frozen=True)
 class TaskDelete(TypedEvent):
+    """A task, or one of its exec processes, was deleted."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.TaskDelete"
     DECODE: ClassVar[bool] = False  # a shim's, forwarded, is passed on byte for byte
     TOPIC: ClassVar[str] = "/tasks/delete"
@@ -292,6 +330,8 @@ class TaskDelete(TypedEvent):
 # -- sandboxes: published by the sandbox controller service, as containerd's.
 @dataclass(frozen=True)
 class SandboxCreate(TypedEvent):
+    """A sandbox record was created."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.SandboxCreate"
     TOPIC: ClassVar[str] = "/sandboxes/create"
 
@@ -300,6 +340,8 @@ class SandboxCreate(TypedEvent):
 
 @dataclass(frozen=True)
 class SandboxStart(TypedEvent):
+    """A sandbox was started by its controller."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.SandboxStart"
     TOPIC: ClassVar[str] = "/sandboxes/start"
 
@@ -308,6 +350,8 @@ class SandboxStart(TypedEvent):
 
 @dataclass(frozen=True)
 class SandboxExit(TypedEvent):
+    """A sandbox's process exited."""
+
     TYPE_URL: ClassVar[str] = "containerd.events.SandboxExit"
     TOPIC: ClassVar[str] = "/sandboxes/exit"
 

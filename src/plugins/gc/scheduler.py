@@ -26,6 +26,8 @@ log = structlog.get_logger("corral.gc")
 
 @dataclass(frozen=True)
 class SchedulerConfig:
+    """The ``io.containerd.gc.v1.scheduler`` section: when a collection runs (containerd's keys)."""
+
     pause_threshold: float = 0.02
     """Longest fraction of time spent paused in collections (0 < x < 1)."""
     deletion_threshold: int = 0

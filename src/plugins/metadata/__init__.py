@@ -48,12 +48,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Namespace:
+    """containerd's namespace record: a name and its labels."""
+
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Lease:
+    """containerd's lease record: what it holds is kept from garbage collection while it lives."""
+
     id: str
     created_at: datetime
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -231,6 +235,8 @@ class ImageStore(Protocol):
 
 @dataclass(frozen=True)
 class ContainerRuntime:
+    """The runtime a container runs on (``io.containerd.runc.v2`` …) and its options."""
+
     name: str
     options: AnyValue | None = None
 
@@ -280,6 +286,8 @@ class ContainerStore(Protocol):
 
 @dataclass(frozen=True)
 class SandboxRuntime:
+    """The runtime a sandbox runs on and its options."""
+
     name: str
     options: AnyValue | None = None
 

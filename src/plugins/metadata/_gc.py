@@ -20,6 +20,8 @@ from corral.plugins.metadata import CollectionResult
 
 @dataclass(frozen=True, order=True)
 class Node:
+    """One object in the reference graph: its kind, namespace and id."""
+
     kind: str
     namespace: str
     id: str

@@ -25,6 +25,8 @@ __all__ = ["SqliteConfig", "SqliteMetadata", "build_kinds", "open_metadata", "re
 
 @dataclass(frozen=True)
 class SqliteConfig:
+    """The ``io.containerd.metadata.v1.sqlite`` section (a containerd config's ``bolt`` section too)."""
+
     content_sharing_policy: Literal["shared", "isolated"] = "shared"
     """"shared": a namespace that names a stored blob's digest gets it without sending the bytes;
     "isolated": it must write (and so prove it has) the bytes first."""

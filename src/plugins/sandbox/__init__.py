@@ -143,6 +143,8 @@ class CreateOptions:
 
 @dataclass(frozen=True)
 class ControllerInstance:
+    """What a controller's Start reports of a sandbox it runs."""
+
     sandbox_id: str
     pid: int
     created_at: datetime
@@ -154,12 +156,16 @@ class ControllerInstance:
 
 @dataclass(frozen=True)
 class ExitStatus:
+    """How a sandbox ended: its exit status and when."""
+
     exit_status: int
     exited_at: datetime
 
 
 @dataclass(frozen=True)
 class ControllerStatus:
+    """What a controller's Status reports of a sandbox."""
+
     sandbox_id: str
     pid: int
     state: str

@@ -19,6 +19,8 @@ from corral.plugins.differs import Differ
 
 @dataclass(frozen=True)
 class DiffServiceConfig:
+    """The ``io.containerd.service.v1.diff-service`` section."""
+
     default: tuple[str, ...] = ("walking",)
     """Differ ids, tried in order: the first that supports the layer or mounts wins."""
     sync_fs: bool = False

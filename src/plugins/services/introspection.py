@@ -25,6 +25,8 @@ _NOT_STARTED = (Status.DISABLED, Status.NOT_ENABLED)
 
 @dataclass(frozen=True)
 class ServerInfo:
+    """What Server answers: the daemon's UUID, pid and pid namespace."""
+
     uuid: str
     pid: int
     pidns: int

@@ -24,6 +24,8 @@ from corral.plugins.snapshots.storage import DirectoryBackend, copy_tree
 
 @dataclass(frozen=True)
 class NativeConfig:
+    """The ``io.containerd.snapshotter.v1.native`` section."""
+
     root_path: str = ""
     """Where snapshots live; empty means the plugin's directory under the daemon root."""
 

@@ -36,6 +36,8 @@ INDEX_PARAMETER = Path("/sys/module/overlay/parameters/index")
 
 @dataclass(frozen=True)
 class OverlayConfig:
+    """The ``io.containerd.snapshotter.v1.overlayfs`` section."""
+
     root_path: str = ""
     """Where snapshots live; empty means the plugin's directory under the daemon root."""
     upperdir_label: bool = False

@@ -24,7 +24,9 @@ TRACES_PATH = "/v1/traces"
 
 
 @dataclass(frozen=True)
-class OTLPConfig:  # [plugins."io.containerd.tracing.processor.v1.otlp"]
+class OTLPConfig:
+    """The ``io.containerd.tracing.processor.v1.otlp`` section: where spans are exported."""
+
     endpoint: str = ""
     """Where spans go: for http/protobuf a URL (``http://host:4318``; ``/v1/traces`` is appended),
     for grpc ``host:port`` or a URL. Empty: no tracing (unless OTEL_EXPORTER_OTLP_ENDPOINT is set)."""

@@ -23,7 +23,9 @@ from corral.plugins.tracing import SpanProcessor, check_sdk_enabled
 
 
 @dataclass(frozen=True)
-class TracingConfig:  # [plugins."io.containerd.internal.v1.tracing"]
+class TracingConfig:
+    """The ``io.containerd.internal.v1.tracing`` section: what every span is tagged and sampled with."""
+
     service_name: str = "corral"
     """The ``service.name`` of every span."""
     sampling_ratio: float = 1.0

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.to_thread
@@ -24,7 +24,7 @@ import structlog
 
 from corral.kernel import AlreadyExists, CorralError, InvalidArgument, NotFound, PermissionDenied
 from corral.plugins.core import GC_EXPIRE, UNCOMPRESSED, Descriptor, bound_lease
-from corral.plugins.images import archive, oci
+from corral.plugins.images import oci
 from corral.plugins.metadata import Image, ImageStore, Lease, NamespacedContent, NamespacedSnapshots, Resource
 from corral.plugins.transfer import (
     TRANSFER_LEASE_LABEL,
@@ -35,7 +35,6 @@ from corral.plugins.transfer import (
     UnpackRequest,
 )
 from corral.plugins.transfer._names import REF_SOURCE, NamedImage, image_names
-from corral.plugins.transfer._stream import decompressed
 from corral.plugins.unpack import ChainLocks, LayerApplier, UnpackTarget, unpack_image
 from corral.plugins.verifiers import ImageVerifier
 
@@ -43,7 +42,12 @@ log = structlog.get_logger("corral.transfer")
 
 LEASE_EXPIRY = timedelta(hours=24)
 """containerd's transfer leases expire after a day; corral's are also removed at the next start."""
+if TYPE_CHECKING:
+    from corral.plugins.images import archive
+
 INGEST_PREFIX = "import-"
+PULL_INGEST_PREFIX = "pull-"
+"""What a transfer's ingests are named under its lease: a start removes those a dead daemon left."""
 
 
 class TransferLeases(Protocol):
@@ -119,6 +123,10 @@ class Importer:
     async def _import(
         self, lease: Lease, source: ImageImportStream, store: ImageStoreTarget, progress: ProgressFunc
     ) -> list[Image]:
+        # The archive reader and the decompressors: at the first import, not at start-up.
+        from corral.plugins.images import archive
+        from corral.plugins.transfer._stream import decompressed
+
         targets = [self.unpack_target(request) for request in store.unpacks]
         platforms = oci.ordered(*store.platforms) if store.platforms else None
         reader = archive.ArchiveReader()

@@ -48,14 +48,18 @@ from corral.plugins.transfer import (
     ProgressFunc,
     UnpackRequest,
 )
-from corral.plugins.transfer._import import TransferLeases, close_transfer_lease, open_transfer_lease
+from corral.plugins.transfer._import import (
+    PULL_INGEST_PREFIX,
+    TransferLeases,
+    close_transfer_lease,
+    open_transfer_lease,
+)
 from corral.plugins.transfer._registry import DISTRIBUTION_SOURCE, BlobProgress, core, open_client, ref_key
 from corral.plugins.unpack import ChainLocks, UnpackTarget, unpack_image
 from corral.plugins.verifiers import ImageVerifier
 
 log = structlog.get_logger("corral.transfer")
 
-PULL_INGEST_PREFIX = "pull-"
 RESUME_LABEL = "corral.io/transfer.resume"
 """On a pull's lease kept after the registry went away: a hash of the reference it pulled."""
 DOCUMENT_LIMIT = oci.JSON_LIMIT

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -45,24 +45,27 @@ from corral.plugins.transfer import (
     OCIRegistry,
     ProgressFunc,
 )
-from corral.plugins.transfer._export import export_images, lookup_images
 from corral.plugins.transfer._import import (
     INGEST_PREFIX,
+    PULL_INGEST_PREFIX,
     Importer,
     ImportServices,
     TransferLeases,
     UnpackChoice,
 )
-from corral.plugins.transfer._pull import PULL_INGEST_PREFIX, Puller, PullServices, store_image
-from corral.plugins.transfer._push import Pusher
 from corral.plugins.unpack import ChainLocks, LayerApplier
 from corral.plugins.verifiers import ImageVerifier
+
+if TYPE_CHECKING:
+    from corral.plugins.transfer._pull import PullServices
 
 log = structlog.get_logger("corral.transfer")
 
 
 @dataclass(frozen=True)
 class UnpackConfiguration:
+    """One ``[[unpack_config]]`` entry: a platform, its snapshotter and differ."""
+
     platform: str = ""
     """The platform unpacked for ("" is this host)."""
     snapshotter: str = "overlayfs"
@@ -72,6 +75,8 @@ class UnpackConfiguration:
 
 @dataclass(frozen=True)
 class TransferConfig:
+    """The ``io.containerd.transfer.v1.local`` section."""
+
     unpack_config: tuple[UnpackConfiguration, ...] = field(default_factory=lambda: (UnpackConfiguration(),))
     """What an import may unpack into, first match wins (containerd's ``unpack_config``)."""
     check_platform_supported: bool = False
@@ -134,6 +139,8 @@ class LocalTransferrer:
         )
 
     def _pull_services(self) -> PullServices:
+        from corral.plugins.transfer._pull import PullServices
+
         services = self._services()
         return PullServices(
             content=services.content,
@@ -150,14 +157,20 @@ class LocalTransferrer:
     async def transfer(
         self, source: object, destination: object, progress: ProgressFunc | None = None
     ) -> None:
+        # Each kind of transfer's module (the registry client, the archive reader and writer) is
+        # imported by the first transfer of that kind, not at start-up.
         report = progress or _ignore
         if isinstance(source, ImageImportStream) and isinstance(destination, ImageStoreTarget):
             await Importer(self._services()).run(source, destination, report)
             return
         if isinstance(source, OCIRegistry) and isinstance(destination, ImageStoreTarget):
+            from corral.plugins.transfer._pull import Puller
+
             await Puller(self._pull_services()).run(source, destination, report)
             return
         if isinstance(source, ImageLookup) and isinstance(destination, OCIRegistry):
+            from corral.plugins.transfer._push import Pusher
+
             pusher = Pusher(
                 self._metadata.view(NamespacedContent),
                 self._images(),
@@ -167,10 +180,14 @@ class LocalTransferrer:
             await pusher.run(source, destination, report)
             return
         if isinstance(source, ImageLookup) and isinstance(destination, ImageStoreTarget):
+            from corral.plugins.transfer._pull import store_image
+
             image = await self._images().get(source.name)
             await store_image(self._images(), image.target, destination, _ignore)
             return
         if isinstance(source, ImageLookup) and isinstance(destination, ImageExportStream):
+            from corral.plugins.transfer._export import export_images, lookup_images
+
             found = await lookup_images(self._images(), source)
             await export_images(self._metadata.view(NamespacedContent), found, destination, report)
             return

@@ -36,6 +36,8 @@ DEFAULT_BIN_DIR = "/opt/containerd/image-verifier/bin"
 
 @dataclass(frozen=True)
 class BindirConfig:
+    """The ``io.containerd.image-verifier.v1.bindir`` section."""
+
     bin_dir: str = DEFAULT_BIN_DIR
     """The directory whose entries are the verifiers."""
     max_verifiers: int = 10

@@ -18,6 +18,8 @@ from corral.plugins.snapshots.erofs import mkfs_path
 
 @dataclass(frozen=True)
 class ErofsDifferConfig:
+    """The ``io.containerd.differ.v1.erofs`` section."""
+
     mkfs_options: tuple[str, ...] = ()
     """Extra options for every mkfs.erofs that makes a layer image (``-zlz4hc``, ``--chunksize=4096`` …)."""
 

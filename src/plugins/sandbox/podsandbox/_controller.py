@@ -54,7 +54,6 @@ from corral.plugins.metadata import (
     SandboxRuntime,
 )
 from corral.plugins.runtimes import SPEC_TYPE_URL, CreateOpts, PlatformRuntime, Task, TaskStatus
-from corral.plugins.runtimes import spec as specs
 from corral.plugins.sandbox import (
     STATE_NOT_READY,
     STATE_READY,
@@ -66,15 +65,6 @@ from corral.plugins.sandbox import (
     Metric,
     PodSandboxSpec,
     note_pod_network,
-)
-from corral.plugins.sandbox.podsandbox._pause import ensure_pause_image
-from corral.plugins.sandbox.podsandbox._spec import copy_host_hosts, pause_spec, pod_files, resolv_conf
-from corral.plugins.sandbox.userns import (
-    netns_within_userns,
-    pin_user_namespace,
-    pod_idmap,
-    prepare_remapped,
-    unpin,
 )
 from corral.plugins.transfer import Transferrer
 
@@ -93,6 +83,8 @@ SHM_SIZE = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Settings:
+    """How the controller runs pods: the pause image, snapshotter, runtime and its directories."""
+
     sandbox_image: str
     build_sandbox_image: bool
     busybox: str
@@ -295,6 +287,18 @@ class PodSandboxController:
         log.warning("sandbox_start_failed", namespace=p.namespace, id=p.id, error=str(exc))
 
     async def _start(self, p: _Pod, undo: list[_Undo]) -> ControllerInstance:
+        # A pod's first start imports what starting one takes (the pause image's builder, the
+        # OCI spec generator, user namespaces), not the daemon's start-up.
+        from corral.plugins.runtimes import spec as specs
+        from corral.plugins.sandbox.podsandbox._pause import ensure_pause_image
+        from corral.plugins.sandbox.podsandbox._spec import copy_host_hosts, pause_spec, resolv_conf
+        from corral.plugins.sandbox.userns import (
+            netns_within_userns,
+            pin_user_namespace,
+            pod_idmap,
+            prepare_remapped,
+        )
+
         s = self.settings
         pod = p.pod
         idmap = pod_idmap(pod)
@@ -528,6 +532,8 @@ class PodSandboxController:
         # The files a pod's containers bind (containerd's CRI binds its sandbox's resolv.conf and shm).
         resolv, shm = self._root_dir(p) / "resolv.conf", self._shm_dir(p)
         if p.phase == "ready":
+            from corral.plugins.sandbox.podsandbox._spec import pod_files
+
             info.update(pod_files(self._root_dir(p)))
             info["resolv_path"] = str(resolv) if resolv.exists() else ""
             info["shm_path"] = str(shm) if os.path.ismount(shm) else ""
@@ -688,6 +694,8 @@ def _write_durably(path: Path, text: str) -> None:
 
 
 async def _unpin(pinned: Path) -> None:
+    from corral.plugins.sandbox.userns import unpin
+
     unpin(pinned)
 
 

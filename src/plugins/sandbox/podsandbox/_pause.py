@@ -9,13 +9,15 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corral.kernel import FailedPrecondition, NotFound
 from corral.plugins.images import oci
-from corral.plugins.images.build import BuiltImage, build_image, find_busybox, layer_from_directory
 from corral.plugins.metadata import ImageStore, NamespacedContent, NamespacedSnapshots
 from corral.plugins.transfer import ImageImportStream, ImageStoreTarget, Transferrer, UnpackRequest
-from corral.plugins.unpack import select_manifest
+
+if TYPE_CHECKING:
+    from corral.plugins.images.build import BuiltImage
 
 PAUSE_IMAGE = "localhost/corral/pause:3.10"
 PAUSE_ARGS = ("/bin/sleep", "infinity")
@@ -36,6 +38,8 @@ class PauseImage:
 def build_pause_image(busybox: str | os.PathLike[str] | None = None) -> BuiltImage:
     """One layer: ``/bin/busybox`` and ``/bin/sleep``, running ``sleep infinity`` (a process that
     does nothing but hold the pod's namespaces; it ends by SIGKILL, as containerd stops pods)."""
+    from corral.plugins.images.build import build_image, find_busybox, layer_from_directory
+
     binary = find_busybox(busybox)
     with tempfile.TemporaryDirectory(prefix="pause-rootfs-") as scratch:
         root = Path(scratch) / "rootfs"
@@ -72,6 +76,8 @@ async def ensure_pause_image(
 ) -> PauseImage:
     """The pause image of the request's namespace, unpacked in ``snapshotter``; built and imported
     first when it is missing and ``build`` allows it."""
+    from corral.plugins.unpack import select_manifest
+
     try:
         image = await images.get(name)
     except NotFound:

@@ -27,6 +27,8 @@ from corral.plugins.transfer import Transferrer
 
 @dataclass(frozen=True)
 class PodSandboxPluginConfig:
+    """The ``io.containerd.podsandbox.controller.v1.podsandbox`` section."""
+
     sandbox_image: str = PAUSE_IMAGE
     """The pause image, looked up in the sandbox's namespace."""
     build_sandbox_image: bool = True

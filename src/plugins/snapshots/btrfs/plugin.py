@@ -10,18 +10,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
 from corral.kernel import InitContext, Platform, Registration, SkipPlugin
 from corral.plugins import types
-from corral.plugins.snapshots.btrfs.snapshotter import BtrfsSnapshotter
 from corral.plugins.snapshots.btrfs.subvolumes import BTRFS, FILESYSTEMS, load_btrfs_module, mount_of
+
+if TYPE_CHECKING:
+    from corral.plugins.snapshots.btrfs.snapshotter import BtrfsSnapshotter
 
 
 @dataclass(frozen=True)
 class BtrfsConfig:
+    """The ``io.containerd.snapshotter.v1.btrfs`` section."""
+
     root_path: str = ""
     """Where snapshots live (on a btrfs file system); empty means the plugin's directory under the daemon root."""
 
@@ -47,6 +52,8 @@ async def init(ic: InitContext) -> BtrfsSnapshotter:
         )
     if not any(os.access(Path(d) / BTRFS, os.X_OK) for d in os.get_exec_path()):
         raise SkipPlugin("btrfs not found in PATH (Debian's btrfs-progs): subvolumes cannot be made")
+    from corral.plugins.snapshots.btrfs.snapshotter import BtrfsSnapshotter  # (where btrfs is usable)
+
     snapshotter = await anyio.to_thread.run_sync(BtrfsSnapshotter, root, mount.source)
     ic.meta.platforms.append(Platform.host())
     ic.meta.exports["root"] = str(root)

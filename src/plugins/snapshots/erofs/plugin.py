@@ -20,6 +20,8 @@ from corral.plugins.snapshots.overlayfs import announce_host_root, overlay_root
 
 @dataclass(frozen=True)
 class ErofsConfig:
+    """The ``io.containerd.snapshotter.v1.erofs`` section."""
+
     root_path: str = ""
     """Where snapshots live; empty means the plugin's directory under the daemon root."""
     ovl_mount_options: tuple[str, ...] = ()

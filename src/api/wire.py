@@ -6,6 +6,7 @@ Plugins never import the generated types; services, the client and the CLI conve
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import typing
 from collections.abc import Iterable, Mapping
@@ -217,27 +218,72 @@ def platforms(rec: PluginRecord) -> list[ctypes.Platform]:
     ]
 
 
-def init_error(rec: PluginRecord) -> rpc.Status | None:
-    """containerd's init_err: set iff the plugin is not ok; skips say "skip plugin"."""
+def _init_error(rec: PluginRecord) -> tuple[int, str] | None:
     if rec.status is Status.OK:
         return None
     code = code_for(rec.error) if rec.error is not None else None
     message = str(rec.error) if rec.error is not None else rec.reason
     if rec.status is Status.SKIP and "skip plugin" not in message:
         message = f"{rec.reason}: skip plugin"
-    return rpc.Status(code=code if code is not None else UNKNOWN, message=message)
+    return (code if code is not None else UNKNOWN, message)
+
+
+def init_error(rec: PluginRecord) -> rpc.Status | None:
+    """containerd's init_err: set iff the plugin is not ok; skips say "skip plugin"."""
+    found = _init_error(rec)
+    return None if found is None else rpc.Status(code=found[0], message=found[1])
+
+
+_PluginKey = tuple[
+    str,
+    str,
+    tuple[str, ...],
+    tuple[tuple[str, str, str], ...],
+    tuple[tuple[str, str], ...],
+    tuple[str, ...],
+    "tuple[int, str] | None",
+]
+
+
+def _plugin_key(rec: PluginRecord) -> _PluginKey:
+    """Everything a plugin's wire form is made of, as a value."""
+    return (
+        rec.type,
+        rec.id,
+        rec.requires + tuple(t for t in rec.after if t not in rec.requires),
+        tuple((p.os, p.architecture, p.variant) for p in rec.meta.platforms),
+        tuple(rec.meta.exports.items()),
+        tuple(rec.meta.capabilities),
+        _init_error(rec),
+    )
+
+
+def _plugin_message(key: _PluginKey) -> introspection.Plugin:
+    kind, ident, requires, plats, exports, capabilities, err = key
+    return introspection.Plugin(
+        type=kind,
+        id=ident,
+        requires=list(requires),
+        platforms=[ctypes.Platform(os=o, architecture=a, variant=v) for o, a, v in plats],
+        exports=dict(exports),
+        capabilities=list(capabilities),
+        init_err=None if err is None else rpc.Status(code=err[0], message=err[1]),
+    )
 
 
 def plugin(rec: PluginRecord) -> introspection.Plugin:
-    return introspection.Plugin(
-        type=rec.type,
-        id=rec.id,
-        requires=list(rec.requires + tuple(t for t in rec.after if t not in rec.requires)),
-        platforms=platforms(rec),
-        exports=dict(rec.meta.exports),
-        capabilities=list(rec.meta.capabilities),
-        init_err=init_error(rec),
-    )
+    return _plugin_message(_plugin_key(rec))
+
+
+@functools.lru_cache(maxsize=1024)
+def _plugin_bytes(key: _PluginKey) -> bytes:
+    return bytes(_plugin_message(key))
+
+
+def plugin_bytes(rec: PluginRecord) -> bytes:
+    """``bytes(plugin(rec))``, made once per distinct state of the plugin: ``ctr plugins ls`` asks
+    for every plugin, and betterproto2 took more time encoding the list than ctr takes to print it."""
+    return _plugin_bytes(_plugin_key(rec))
 
 
 # -- events -------------------------------------------------------------------------------------

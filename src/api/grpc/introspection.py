@@ -11,12 +11,34 @@ from corral.plugins import types
 from corral.plugins.services.introspection import Introspection
 
 
+class _EncodedPlugins(pb.PluginsResponse):
+    """A PluginsResponse written from its plugins' encoded bytes (field 1, repeated Plugin)."""
+
+    def __init__(self, plugins: list[bytes]) -> None:  # no dataclass set-up: the bytes are ready
+        self._encoded = b"".join(_length_delimited(1, p) for p in plugins)
+
+    def SerializeToString(self) -> bytes:  # the name the codec calls
+        return self._encoded
+
+    __bytes__ = SerializeToString
+
+
+def _length_delimited(number: int, data: bytes) -> bytes:
+    head = bytearray([number << 3 | 2])
+    size = len(data)
+    while size > 0x7F:
+        head.append((size & 0x7F) | 0x80)
+        size >>= 7
+    head.append(size)
+    return bytes(head) + data
+
+
 class IntrospectionService(pb.IntrospectionBase):
     def __init__(self, local: Introspection) -> None:
         self._local = local
 
     async def plugins(self, message: pb.PluginsRequest) -> pb.PluginsResponse:
-        return pb.PluginsResponse(plugins=[wire.plugin(r) for r in self._local.plugins(message.filters)])
+        return _EncodedPlugins([wire.plugin_bytes(r) for r in self._local.plugins(message.filters)])
 
     async def server(self, message: protobuf.Empty) -> pb.ServerResponse:
         info = self._local.server()

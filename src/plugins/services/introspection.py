@@ -60,6 +60,8 @@ class Introspection:
             for r in self._plugins.records()
             if (include_not_started or r.status not in _NOT_STARTED) and r.status is not Status.PENDING
         ]
+        if not filters:
+            return records
         return [r for r in records if match.match(adapt_mapping(_fields(r)))]
 
     def get(self, uri: str) -> PluginRecord | None:

@@ -13,6 +13,7 @@ import pytest
 import corral.api.types
 from corral.api.grpc.codec import RequestCodec, _flat, _put_varint
 from corral.api.types.containerd.services.content import v1 as content_pb
+from corral.api.types.containerd.services.introspection import v1 as introspection_pb
 from corral.api.types.containerd.services.version import v1 as version_pb
 
 
@@ -61,9 +62,29 @@ def _same(a: Any, b: Any) -> None:
 
 
 def test_most_requests_are_flat() -> None:
-    assert len(FLAT) > 150
+    assert len(FLAT) > 300
     assert content_pb.ReadContentRequest in FLAT and version_pb.VersionResponse in FLAT
-    assert _flat(content_pb.WriteContentRequest) is None  # a map of labels
+    assert introspection_pb.ServerResponse in FLAT  # its repeated deprecations are coded while empty
+    assert _flat(content_pb.WriteContentRequest) is None  # an enum (action)
+
+
+def test_a_nested_repeated_or_map_field_with_something_in_it_goes_to_betterproto2() -> None:
+    codec = RequestCodec()
+    cases: list[Any] = [
+        introspection_pb.ServerResponse(
+            uuid="u", pid=1, deprecations=[introspection_pb.DeprecationWarning(id="x")]
+        ),
+        content_pb.InfoResponse(info=content_pb.Info(digest="sha256:x", size=1)),
+        content_pb.InfoResponse(info=content_pb.Info()),  # set, though all its fields are defaults
+        content_pb.Info(digest="d", labels={"a": "b"}),
+        content_pb.ListContentRequest(filters=["a", "b"]),
+    ]
+    for message in cases:
+        assert _flat(type(message)) is not None
+        expected = bytes(message)
+        assert codec.encode(message, type(message)) == expected
+        _same(codec.decode(expected, type(message)), type(message).FromString(expected))
+    assert bytes(content_pb.InfoResponse(info=content_pb.Info())) != b""  # presence is coded
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,13 @@ against their message's fields first, as containerd's generated unmarshalers che
 type, truncation, integer overflow, illegal tags), and strings must be UTF-8; what fails is
 ``UndecodableRequest``, which the server answers with Internal and grpc-go's words.
 
-Flat messages (every field a singular string, bytes, integer or bool: most requests, many small
-responses) are decoded and encoded here without betterproto2's generic machinery, which spends
-20 µs on a three-field ``ReadContentRequest`` and 15 µs on a ``VersionResponse``, against a
-microsecond or two here; the result is the same message and the same bytes (unknown fields, a
-value of the wrong Python type and anything not flat go through betterproto2).
+Flat messages (every field that holds anything a singular string, bytes, integer or bool: most
+requests, many small responses, and messages whose nested, repeated and map fields are empty)
+are decoded and encoded here without betterproto2's generic machinery, which spends 20 µs on a
+three-field ``ReadContentRequest`` and 15 µs on a ``VersionResponse``, against a microsecond or
+two here; the result is the same message and the same bytes (unknown fields, a value of the
+wrong Python type, a nested, repeated or map field with something in it, oneofs and proto3
+``optional`` fields go through betterproto2).
 """
 
 from __future__ import annotations
@@ -73,14 +75,20 @@ _TYPES: dict[str, type] = {"string": str, "bytes": bytes, "bool": bool}
 @dataclass(frozen=True)
 class _Flat:
     by_number: Mapping[int, tuple[str, str]]
-    """Field number → (attribute, kind)."""
+    """Field number → (attribute, kind) of the singular scalar fields."""
     in_order: tuple[tuple[str, str, bytes], ...]
     """(attribute, kind, encoded key) in betterproto2's serialisation order."""
+    messages: tuple[str, ...] = ()
+    """Singular message fields: coded here only while unset (None)."""
+    collections: tuple[str, ...] = ()
+    """Repeated and map fields: coded here only while empty."""
 
 
 @functools.cache
 def _flat(message_type: type[betterproto2.Message]) -> _Flat | None:
-    """How a flat message type's fields are coded, or None if it is not flat."""
+    """How a message type's singular scalar fields are coded, or None if it has a field this
+    codec never codes (oneof members, proto3 ``optional``, groups). Its other fields (messages,
+    repeated and map fields) leave a message to betterproto2 whenever they hold anything."""
     if not (isinstance(message_type, type) and issubclass(message_type, betterproto2.Message)):
         return None
     pydantic: Any = getattr(betterproto2, "pydantic", None)
@@ -89,15 +97,25 @@ def _flat(message_type: type[betterproto2.Message]) -> _Flat | None:
     meta: Any = message_type._betterproto  # type: ignore[arg-type]
     by_number: dict[int, tuple[str, str]] = {}
     in_order: list[tuple[str, str, bytes]] = []
+    messages: list[str] = []
+    collections: list[str] = []
     for name, field in meta.meta_by_field_name.items():
         kind = field.proto_type
-        if kind not in _FLAT_KINDS or field.repeated or field.optional or field.group or field.map_meta:
+        if field.group:
+            return None
+        if field.repeated or field.map_meta or kind == "map":
+            collections.append(name)
+            continue
+        if kind == "message":  # (betterproto2 marks these optional: they may be None)
+            messages.append(name)
+            continue
+        if field.optional or kind not in _FLAT_KINDS:
             return None
         by_number[field.number] = (name, kind)
         key = bytearray()
         _put_varint(key, field.number << 3 | _WIRE_TYPES[kind])
         in_order.append((name, kind, bytes(key)))
-    return _Flat(by_number, tuple(in_order))
+    return _Flat(by_number, tuple(in_order), tuple(messages), tuple(collections))
 
 
 def decode_flat(data: memoryview, message_type: Any, flat: _Flat) -> Any:
@@ -138,6 +156,13 @@ def encode_flat(message: Any, flat: _Flat) -> bytes | None:
     field holds (betterproto2 decides) or the message carries unknown fields."""
     if getattr(message, "_unknown_fields", b""):
         return None
+    for name in flat.messages:
+        if getattr(message, name) is not None:
+            return None
+    for name in flat.collections:
+        held = getattr(message, name)
+        if type(held) not in (list, dict) or held:
+            return None
     out = bytearray()
     for name, kind, key in flat.in_order:
         found: Any = getattr(message, name)

@@ -20,7 +20,8 @@ from grpclib.exceptions import GRPCError
 
 from corral.api.edge import RequestObserver, RequestTracer, bound_request, status_of
 from corral.api.grpc._grpclib import StreamHandler, UnimplementedMapping
-from corral.api.grpc._http2 import GRPCServer, ServerStream
+from corral.api.grpc._http2 import GRPCServer as GRPCServer
+from corral.api.grpc._http2 import ServerStream as ServerStream
 from corral.api.grpc.codec import RequestCodec, UndecodableRequest
 from corral.kernel import PluginRecord
 

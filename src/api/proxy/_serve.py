@@ -18,7 +18,7 @@ import anyio
 import structlog
 
 from corral.api.grpc import GRPCServices
-from corral.api.grpc._http2 import GRPCServer as Server
+from corral.api.grpc.server import GRPCServer as Server
 from corral.api.grpc.server import build_mapping, serve_unix
 from corral.api.grpc.snapshots import SnapshotsGRPC
 from corral.api.proxy._serve_content import serve_content_store

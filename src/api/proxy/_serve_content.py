@@ -14,8 +14,8 @@ from functools import partial
 from typing import cast
 
 from corral.api.grpc import GRPCServices
-from corral.api.grpc._http2 import GRPCServer as Server
 from corral.api.grpc.content import ContentGRPC
+from corral.api.grpc.server import GRPCServer as Server
 from corral.api.grpc.server import build_mapping, serve_unix
 from corral.kernel import FailedPrecondition, Origin, PluginRecord, Status, adapt_mapping, parse_filters
 from corral.plugins import types

@@ -22,9 +22,14 @@ def daemon(tmp_path: Path, ctr: str) -> Iterator[Daemon]:
         d.stop()
 
 
-# The registry fixtures (plain HTTP, TLS, Basic auth, Bearer tokens) for every integration test that pushes or pulls.
 # The corrald that containerd 2.x's ctr drives, for the transfer tests.
 from containerd2 import corral  # noqa: E402, F401
+
+# The node (a network namespace) the CRI tests run corrald in, and a daemon base user-namespaced pods
+# can traverse.
+from cri_node import node, open_base  # noqa: E402, F401
+
+# The registry fixtures (plain HTTP, TLS, Basic auth, Bearer tokens) for every integration test that pushes or pulls.
 from registry_fixture import (  # noqa: E402, F401
     auth_registry,
     busybox_layout,

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cri_client import CRIClient
+from cri_node import CNI_BIN, NS, Network, write_network
 from grpclib.exceptions import GRPCError
-from test_pod_sandboxes import CNI_BIN, NS, Network, write_network
 from tooling import require_tool
 
 from corral.api.types.runtime import v1 as pb

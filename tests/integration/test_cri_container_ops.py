@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 from containerd16_cri import containerd_16
 from cri_client import CRIClient
-from grpclib.const import Status
-from test_cri_pods import (
-    _busybox_archive,
+from cri_node import (
+    NS,
+    Node,
+    NodeDaemon,
+    assert_nothing_left,
+    busybox_archive,
     code_of,
     container,
     create,
@@ -33,14 +36,13 @@ from test_cri_pods import (
     start_daemon,
     stop,
     wait_for,
+    write_network,
 )
-from test_pod_sandboxes import NS, Node, NodeDaemon, assert_nothing_left, node, write_network
+from grpclib.const import Status
 from tooling import require_tool
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.images.build import build_image, busybox_rootfs, layer_from_directory
-
-__all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
 
 pytestmark = pytest.mark.root
 
@@ -511,7 +513,7 @@ def ops_scenario(cri: CRIClient, ctr: Callable[..., str], base: Path) -> dict[st
     """Resource updates, a log rotation, stats and a stop signal: what a kubelet would observe."""
     facts: dict[str, object] = {}
     base.mkdir(parents=True, exist_ok=True)
-    ctr("images", "import", str(_busybox_archive(base)))
+    ctr("images", "import", str(busybox_archive(base)))
     ctr("images", "import", str(_image_with_stop_signal(base, QUITS_ON_USR1, "SIGUSR1")))
     config = pod("ops", labels={"app": "ops"})
     config.log_directory = str(base / "logs")

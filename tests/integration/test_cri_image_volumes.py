@@ -16,12 +16,16 @@ from pathlib import Path
 
 import pytest
 from cri_client import CRIClient
-from grpclib.const import Status
-from netns_relay import relay_into
-from registry_fixture import Registry, push_layout
-from test_cri_pods import (
+from cri_node import (
+    GIDS,
+    NS,
+    UIDS,
+    Node,
+    NodeDaemon,
+    assert_nothing_left,
     code_of,
     container,
+    container_in,
     containers,
     create,
     cstatus,
@@ -33,14 +37,16 @@ from test_cri_pods import (
     run,
     start_daemon,
     stop,
+    userns,
+    with_userns,
+    write_network,
 )
-from test_cri_userns import GIDS, UIDS, container_in, open_base, userns, with_userns
-from test_pod_sandboxes import NS, Node, NodeDaemon, assert_nothing_left, node, write_network
+from grpclib.const import Status
+from netns_relay import relay_into
+from registry_fixture import Registry, push_layout
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.images.build import build_image, layer_from_directory
-
-__all__ = ["node", "open_base"]
 
 pytestmark = pytest.mark.root
 

@@ -35,30 +35,28 @@ from typing import Any
 import pytest
 from containerd16_cri import containerd_16
 from cri_client import CRIClient
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
-from test_cri_pods import (
+from cri_node import (
     BUSYBOX,
-    container,
-    create,
-    listed,
-    remove,
-    remove_all,
-    run,
-    start_daemon,
-    status,
-    stop,
-)
-from test_pod_sandboxes import (
     CNI_BIN,
     NS,
     Network,
     Node,
     NodeDaemon,
     assert_nothing_left,
+    container,
+    create,
+    listed,
     pod_cgroups,
+    remove,
+    remove_all,
+    run,
     shims_of,
+    start_daemon,
+    status,
+    stop,
 )
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from tooling import require_root, require_tool
 
 from corral.api.types.runtime import v1 as pb

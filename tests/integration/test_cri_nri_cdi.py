@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 from cri_client import CRIClient
-from test_cri_pods import (
+from cri_node import (
+    Node,
+    NodeDaemon,
     code_of,
     container,
     create,
@@ -29,12 +31,10 @@ from test_cri_pods import (
     start_daemon,
     stop,
     wait_for,
+    write_network,
 )
-from test_pod_sandboxes import Node, NodeDaemon, node, write_network
 
 from corral.api.types.runtime import v1 as pb
-
-__all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
 
 pytestmark = pytest.mark.root
 

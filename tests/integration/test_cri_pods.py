@@ -8,7 +8,6 @@ configuration, so nothing the plugins make touches the machine's network.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -20,88 +19,38 @@ from typing import Any
 import pytest
 from containerd16_cri import containerd_16
 from cri_client import CRIClient
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
-from test_pod_sandboxes import (
-    CNI_BIN,
+from cri_node import (
+    BUSYBOX,
     NS,
-    Network,
     Node,
-    NodeDaemon,
     assert_nothing_left,
-    node,
+    busybox_archive,
+    code_of,
+    container,
+    containers,
+    create,
+    cstatus,
+    import_busybox,
+    listed,
+    pod,
     pod_cgroups,
+    remove,
+    remove_all,
+    run,
+    sandbox_pid,
     shims_of,
+    start_daemon,
+    status,
+    stop,
+    wait_for,
     write_network,
 )
+from grpclib.const import Status
 from tooling import require_tool
 
 from corral.api.types.runtime import v1 as pb
-from corral.plugins.images.build import build_busybox_image
-
-__all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
 
 pytestmark = pytest.mark.root
-
-
-def start_daemon(base: Path, node: Node, network: Network, extra: str = "") -> NodeDaemon:
-    # CNI where an operator's containerd config has it: the pod sandbox controller takes it from
-    # the CRI runtime plugin's section.
-    config = f"""
-        version = 3
-        [plugins."io.containerd.cri.v1.runtime".cni]
-        conf_dir = "{network.conf_dir}"
-        bin_dir = "{CNI_BIN}"
-        {extra}
-    """
-    return NodeDaemon(base / "corral", config, node_netns=node.netns).start()  # type: ignore[return-value]
-
-
-def pod(name: str, *, attempt: int = 0, labels: dict[str, str] | None = None) -> pb.PodSandboxConfig:
-    return pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default", attempt=attempt),
-        hostname=name,
-        labels=labels if labels is not None else {"app": name},
-        annotations={"note": f"about {name}"},
-    )
-
-
-def run(cri: CRIClient, config: pb.PodSandboxConfig, handler: str = "") -> str:
-    reply = cri.runtime("run_pod_sandbox", pb.RunPodSandboxRequest(config=config, runtime_handler=handler))
-    return str(reply.pod_sandbox_id)
-
-
-def status(cri: CRIClient, sandbox_id: str, verbose: bool = False) -> pb.PodSandboxStatusResponse:
-    return cri.runtime(
-        "pod_sandbox_status", pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=verbose)
-    )
-
-
-def listed(cri: CRIClient, flt: pb.PodSandboxFilter | None = None) -> list[pb.PodSandbox]:
-    return list(cri.runtime("list_pod_sandbox", pb.ListPodSandboxRequest(filter=flt)).items)
-
-
-def stop(cri: CRIClient, sandbox_id: str) -> None:
-    cri.runtime("stop_pod_sandbox", pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
-
-
-def remove(cri: CRIClient, sandbox_id: str) -> None:
-    cri.runtime("remove_pod_sandbox", pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
-
-
-def remove_all(daemon: NodeDaemon) -> None:
-    if daemon.proc is None or daemon.proc.poll() is not None:
-        return
-    cri = CRIClient(daemon.socket)
-    with contextlib.suppress(Exception):
-        for item in listed(cri):
-            remove(cri, item.id)
-
-
-def code_of(call: object) -> tuple[Status, str]:
-    with pytest.raises(GRPCError) as err:
-        call()  # type: ignore[operator]
-    return err.value.status, str(err.value.message)
 
 
 def test_a_pod_runs_is_listed_with_its_ip_stops_idempotently_and_is_removed_leaving_nothing(
@@ -158,7 +107,7 @@ def test_a_pod_runs_is_listed_with_its_ip_stops_idempotently_and_is_removed_leav
         assert len(listed(cri)) == 2
 
         # Stop: NOTREADY, no IP; again is fine; an unknown id is fine.
-        cgroups = pod_cgroups(_pid(cri, first), first)
+        cgroups = pod_cgroups(sandbox_pid(cri, first), first)
         stop(cri, first)
         stopped = status(cri, first).status
         assert stopped.state == pb.PodSandboxState.SANDBOX_NOTREADY and stopped.network.ip == ""
@@ -184,10 +133,6 @@ def test_a_pod_runs_is_listed_with_its_ip_stops_idempotently_and_is_removed_leav
     finally:
         remove_all(daemon)
         daemon.stop()
-
-
-def _pid(cri: CRIClient, sandbox_id: str) -> int:
-    return int(json.loads(status(cri, sandbox_id, verbose=True).info["info"])["pid"])
 
 
 def test_a_pod_whose_start_fails_is_rolled_back_and_its_name_freed(tmp_path: Path, node: Node) -> None:
@@ -221,7 +166,7 @@ def test_corrald_killed_with_a_pod_running_lists_it_ready_after_restart_and_remo
         cri = CRIClient(daemon.socket)
         survivor = run(cri, pod("survivor"))
         before = status(cri, survivor).status
-        pid = _pid(cri, survivor)
+        pid = sandbox_pid(cri, survivor)
         cgroups = pod_cgroups(pid, survivor)
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGKILL)
@@ -291,47 +236,6 @@ def test_corral_cri_runs_lists_inspects_stops_and_removes_a_pod(tmp_path: Path, 
         daemon.stop()
 
 
-BUSYBOX = "docker.io/library/busybox:latest"
-
-
-def import_busybox(daemon: NodeDaemon, base: Path) -> None:
-    archive = base / "busybox.tar"
-    build_busybox_image(archive, names=(BUSYBOX,))
-    daemon.ctr("images", "import", str(archive), namespace=NS)
-
-
-def container(name: str, *args: str, log: str = "", **extra: object) -> pb.ContainerConfig:
-    return pb.ContainerConfig(
-        metadata=pb.ContainerMetadata(name=name),
-        image=pb.ImageSpec(image=BUSYBOX),
-        command=["/bin/sh", "-c"],
-        args=list(args),
-        log_path=log,
-        labels={"c": name},
-        **extra,  # type: ignore[arg-type]
-    )
-
-
-def create(cri: CRIClient, pod_id: str, config: pb.ContainerConfig, sandbox: pb.PodSandboxConfig) -> str:
-    request = pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=sandbox)
-    return str(cri.runtime("create_container", request).container_id)
-
-
-def cstatus(cri: CRIClient, container_id: str) -> pb.ContainerStatus:
-    return cri.runtime("container_status", pb.ContainerStatusRequest(container_id=container_id)).status
-
-
-def containers(cri: CRIClient, flt: pb.ContainerFilter | None = None) -> list[pb.Container]:
-    return list(cri.runtime("list_containers", pb.ListContainersRequest(filter=flt)).containers)
-
-
-def wait_for(predicate: object, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_a_busybox_container_in_a_pod_logs_in_the_kubelet_format_execs_and_stops(
     tmp_path: Path, node: Node
 ) -> None:
@@ -344,7 +248,7 @@ def test_a_busybox_container_in_a_pod_logs_in_the_kubelet_format_execs_and_stops
         sandbox = pod("app")
         sandbox.log_directory = str(logs)
         pod_id = run(cri, sandbox)
-        pod_pid = _pid(cri, pod_id)
+        pod_pid = sandbox_pid(cri, pod_id)
         env = [pb.KeyValue(key="GREETING", value="hello")]
         cid = create(
             cri, pod_id,
@@ -645,7 +549,7 @@ def scenario(cri: CRIClient, ctr: Any, base: Path) -> dict[str, object]:
     """A pod and a busybox container through the CRI: what a kubelet would observe."""
     facts: dict[str, object] = {}
     base.mkdir(parents=True, exist_ok=True)
-    ctr("images", "import", str(_busybox_archive(base)))
+    ctr("images", "import", str(busybox_archive(base)))
     config = pod("cmp")
     config.log_directory = str(base / "logs")
     pod_id = run(cri, config)
@@ -693,13 +597,6 @@ def scenario(cri: CRIClient, ctr: Any, base: Path) -> dict[str, object]:
     remove(cri, pod_id)
     facts["after"] = (listed(cri), containers(cri))
     return facts
-
-
-def _busybox_archive(base: Path) -> Path:
-    archive = base / "busybox.tar"
-    if not archive.exists():
-        build_busybox_image(archive, names=(BUSYBOX,))
-    return archive
 
 
 def test_the_pod_and_container_scenario_matches_containerd_1_6s_cri(tmp_path: Path, node: Node) -> None:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from cri_client import CRIClient
-from grpclib.const import Status
-from harness import BIN, Daemon
-from test_cri_pods import (
+from cri_node import (
+    Node,
     code_of,
     container,
     create,
@@ -26,13 +25,13 @@ from test_cri_pods import (
     run,
     start_daemon,
     stop,
+    write_network,
 )
-from test_pod_sandboxes import Node, node, write_network
+from grpclib.const import Status
+from harness import BIN, Daemon
 from tooling import require_root, require_tool
 
 from corral.api.types.runtime import v1 as pb
-
-__all__ = ["node"]  # the fixture, shared with test_pod_sandboxes
 
 pytestmark = pytest.mark.root
 

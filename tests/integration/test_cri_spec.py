@@ -21,9 +21,11 @@ from typing import Any
 import containerd16_cri
 import pytest
 from cri_client import CRIClient
-from grpclib.const import Status
-from test_cri_pods import (
+from cri_node import (
     BUSYBOX,
+    NS,
+    Node,
+    NodeDaemon,
     code_of,
     container,
     containers,
@@ -32,15 +34,14 @@ from test_cri_pods import (
     run,
     start_daemon,
     wait_for,
+    write_network,
 )
-from test_pod_sandboxes import NS, Node, NodeDaemon, node, write_network
+from grpclib.const import Status
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.cri.seccomp import default_seccomp_profile
 from corral.plugins.cri.spec import recursive_read_only_supported
 from corral.plugins.images.build import build_image, busybox_rootfs, layer_from_directory
-
-__all__ = ["node"]
 
 pytestmark = pytest.mark.root
 

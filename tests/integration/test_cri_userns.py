@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cri_client import CRIClient
-from grpclib.const import Status
-from test_cri_pods import (
+from cri_node import (
     BUSYBOX,
-    _pid,
+    CNI_BIN,
+    GIDS,
+    NS,
+    UIDS,
+    Node,
+    NodeDaemon,
+    assert_nothing_left,
     code_of,
-    container,
+    container_in,
     create,
     cstatus,
     import_busybox,
@@ -34,69 +36,25 @@ from test_cri_pods import (
     remove,
     remove_all,
     run,
+    sandbox_pid,
     start_daemon,
     status,
+    userns,
+    with_userns,
+    write_network,
 )
-from test_pod_sandboxes import CNI_BIN, NS, Node, NodeDaemon, assert_nothing_left, node, write_network
+from grpclib.const import Status
 
 from corral.api.types.runtime import v1 as pb
 from corral.plugins.images.build import build_busybox_image
 
-__all__ = ["node"]
-
 pytestmark = pytest.mark.root
-
-UIDS = [(0, 100000, 1000), (1000, 300000, 64536)]
-"""Non-contiguous on the host: root…999 at 100000, 1000… at 300000."""
-GIDS = [(0, 200000, 65536)]
-
-
-def userns(
-    mode: pb.NamespaceMode, uids: list[tuple[int, int, int]], gids: list[tuple[int, int, int]]
-) -> pb.UserNamespace:
-    return pb.UserNamespace(
-        mode=mode,
-        uids=[pb.IdMapping(container_id=c, host_id=h, length=n) for c, h, n in uids],
-        gids=[pb.IdMapping(container_id=c, host_id=h, length=n) for c, h, n in gids],
-    )
-
-
-def with_userns(config: pb.PodSandboxConfig, options: pb.UserNamespace) -> pb.PodSandboxConfig:
-    config.linux = pb.LinuxPodSandboxConfig(
-        security_context=pb.LinuxSandboxSecurityContext(
-            namespace_options=pb.NamespaceOption(userns_options=options)
-        )
-    )
-    return config
-
-
-def container_in(name: str, options: pb.UserNamespace | None, *args: str) -> pb.ContainerConfig:
-    config = container(name, *args)
-    config.linux = pb.LinuxContainerConfig(
-        security_context=pb.LinuxContainerSecurityContext(
-            namespace_options=pb.NamespaceOption(userns_options=options)
-        )
-    )
-    return config
 
 
 def exec_out(cri: CRIClient, cid: str, *cmd: str) -> str:
     reply = cri.runtime("exec_sync", pb.ExecSyncRequest(container_id=cid, cmd=list(cmd), timeout=10))
     assert reply.exit_code == 0, reply.stderr
     return str(reply.stdout.decode())
-
-
-@pytest.fixture
-def open_base() -> Iterator[Path]:
-    """A daemon base the pod's root (a host uid of the mapping) can traverse to its bundles: not
-    under /tmp/pytest-of-root, which every pytest session on the machine sets back to 0700."""
-    base = Path(tempfile.mkdtemp(prefix="corral-userns-", dir="/tmp"))
-    base.chmod(0o711)
-    try:
-        yield base
-    finally:
-        if not any(str(base) in line for line in Path("/proc/self/mountinfo").read_text().splitlines()):
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def owner_of_netns(pid: int) -> int:
@@ -126,7 +84,7 @@ def test_a_pod_with_its_own_user_namespace_maps_root_and_idmaps_the_rootfs(
         options = userns(pb.NamespaceMode.POD, UIDS, GIDS)
         sandbox = with_userns(pod("users"), options)
         pod_id = run(cri, sandbox)
-        pod_pid = _pid(cri, pod_id)
+        pod_pid = sandbox_pid(cri, pod_id)
         shown = status(cri, pod_id).status.linux.namespaces.options.userns_options
         assert (
             shown.mode == pb.NamespaceMode.POD
@@ -217,7 +175,7 @@ def test_user_namespace_options_are_checked_as_containerd_checks_them(open_base:
         # NODE: the host's user namespace.
         host = with_userns(pod("host"), userns(pb.NamespaceMode.NODE, [], []))
         host_id = run(cri, host)
-        assert os.readlink(f"/proc/{_pid(cri, host_id)}/ns/user") == os.readlink("/proc/self/ns/user")
+        assert os.readlink(f"/proc/{sandbox_pid(cri, host_id)}/ns/user") == os.readlink("/proc/self/ns/user")
 
         # A container must ask for its pod's user namespace, mappings and all.
         options = userns(pb.NamespaceMode.POD, UIDS, GIDS)
@@ -312,7 +270,7 @@ def test_corrald_killed_with_a_user_namespaced_pod_running_finds_it_and_removes_
         # A new container after the restart still joins the pod's user namespace.
         late = create(cri, pod_id, container_in("late", options, "sleep 1000"), sandbox)
         cri.runtime("start_container", pb.StartContainerRequest(container_id=late))
-        pod_pid = _pid(cri, pod_id)
+        pod_pid = sandbox_pid(cri, pod_id)
         assert exec_out(cri, late, "readlink", "/proc/self/ns/user").strip() == os.readlink(
             f"/proc/{pod_pid}/ns/user"
         )

@@ -15,18 +15,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
+from cri_node import (
+    CNI_BIN,
+    NS,
+    Network,
+    Node,
+    NodeDaemon,
+    assert_nothing_left,
+    pod_cgroups,
+    write_network,
+)
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 from harness import Daemon
-from tooling import require_root, require_tool
 
 from corral.api.types.containerd import types as ctypes
 from corral.api.types.containerd.services.events import v1 as events_pb
@@ -34,101 +41,13 @@ from corral.api.types.containerd.services.sandbox import v1 as pb
 from corral.api.types.google import protobuf
 from corral.api.types.runtime import v1 as cri
 
-NS = "k8s.io"
 CONTROLLER = "podsandbox"
-PLUGIN_STATE = "io.containerd.podsandbox.controller.v1.podsandbox"
-CNI_BIN = Path("/usr/lib/cni")
 RUN = secrets.token_hex(3)
 """Sandbox ids carry it: runc keeps its state per namespace machine-wide (/run/containerd/runc/k8s.io)."""
 
 
 def sid(name: str) -> str:
     return f"{name}-{RUN}"
-
-
-@dataclass
-class Node:
-    """A network namespace standing in for the node, held by a sleeping process."""
-
-    holder: subprocess.Popen[bytes]
-
-    @property
-    def netns(self) -> str:
-        return f"/proc/{self.holder.pid}/ns/net"
-
-    def run(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["nsenter", f"--net={self.netns}", *argv],
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=timeout,
-        )
-
-
-@dataclass
-class NodeDaemon(Daemon):
-    node_netns: str = ""
-
-    def command(self) -> list[str]:
-        return ["nsenter", f"--net={self.node_netns}", *super().command()]
-
-
-@pytest.fixture
-def node() -> Iterator[Node]:
-    require_root()
-    for tool in ("nsenter", "unshare", "iptables-save", "busybox"):
-        require_tool(tool)
-    if not (CNI_BIN / "bridge").exists():
-        pytest.fail("containernetworking-plugins is not installed (./dev installs it)")
-    holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
-    n = Node(holder)
-    # Until unshare has run, the holder is still in this namespace: wait for its own.
-    deadline = time.monotonic() + 5
-    while os.stat(n.netns).st_ino == os.stat("/proc/self/ns/net").st_ino:
-        assert time.monotonic() < deadline, "the node namespace did not come up"
-        time.sleep(0.02)
-    n.run("ip", "link", "set", "lo", "up")
-    assert "LOOPBACK,UP" in n.run("ip", "link", "show", "lo").stdout
-    try:
-        yield n
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-@dataclass
-class Network:
-    conf_dir: Path
-    ipam_dir: Path
-    bridge: str
-    subnet_prefix: str
-
-
-def write_network(base: Path, *, extra_plugins: list[dict[str, Any]] | None = None) -> Network:
-    conf = base / "net.d"
-    conf.mkdir(parents=True)
-    bridge = f"crl{secrets.token_hex(3)}"
-    prefix = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
-    plugins: list[dict[str, Any]] = [
-        {
-            "type": "bridge",
-            "bridge": bridge,
-            "isGateway": True,
-            "ipMasq": True,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": f"{prefix}.0/24"}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": str(base / "ipam"),
-            },
-        },
-        {"type": "portmap", "capabilities": {"portMappings": True}},
-        *(extra_plugins or []),
-    ]
-    doc = {"cniVersion": "1.0.0", "name": "pods", "plugins": plugins}
-    (conf / "10-pods.conflist").write_text(json.dumps(doc))
-    return Network(conf, base / "ipam" / "pods", bridge, prefix)
 
 
 def start_daemon(base: Path, node: Node, network: Network) -> NodeDaemon:
@@ -219,22 +138,6 @@ def with_pods(socket: str, body: Any) -> Any:
     return anyio.run(main)
 
 
-def shims_of(daemon: Daemon) -> list[int]:
-    """Live shim processes started for this daemon (their command line names its socket)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if b"containerd-shim-runc-v2" in cmdline[0] and daemon.socket.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def processes_running(path: Path) -> list[int]:
     """Live processes whose command line names ``path``."""
     found = []
@@ -246,55 +149,6 @@ def processes_running(path: Path) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def pod_cgroups(pid: int, sandbox_id: str) -> list[Path]:
-    """The cgroup directories (v1 hierarchies or v2) of a pause process that name its sandbox."""
-    found = []
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if sandbox_id not in path:
-            continue
-        hierarchy = controllers.split(",")[0].removeprefix("name=") if controllers else "unified"
-        base = Path("/sys/fs/cgroup") / hierarchy
-        if not base.is_dir():
-            base = Path("/sys/fs/cgroup")
-        found.append(base / path.lstrip("/"))
-    return found
-
-
-def assert_nothing_left(
-    daemon: Daemon,
-    node: Node,
-    network: Network,
-    ids: list[str],
-    ips: list[str],
-    cgroups: list[Path] = (),  # type: ignore[assignment]
-) -> None:
-    """No veth, iptables rule, IP allocation, mount, netns file, shim or cgroup of these pods."""
-    links = node.run("ip", "-o", "link").stdout
-    assert "veth" not in links, links
-    rules = node.run("iptables-save").stdout
-    for needle in [*ids, *ips]:
-        assert needle not in rules, f"{needle} is still in the node's iptables:\n{rules}"
-    allocated = sorted(p.name for p in network.ipam_dir.iterdir()) if network.ipam_dir.exists() else []
-    assert [a for a in allocated if a.startswith(network.subnet_prefix)] == [], allocated
-    mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(daemon.base) not in mounts, [m for m in mounts.splitlines() if str(daemon.base) in m]
-    netns_dir = daemon.base / "state" / PLUGIN_STATE / "netns"
-    assert not netns_dir.exists() or list(netns_dir.iterdir()) == []
-    cache = daemon.base / "state" / PLUGIN_STATE / "cni"
-    assert not cache.exists() or list(cache.iterdir()) == []
-    for cgroup in cgroups:
-        assert not cgroup.exists(), cgroup
-    deadline = time.monotonic() + 10
-    while shims_of(daemon) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert shims_of(daemon) == []
-    assert daemon.ctr("containers", "ls", "-q", namespace=NS).stdout.split() == []
-    snapshots = daemon.ctr("snapshots", "ls", namespace=NS).stdout
-    for sid in ids:
-        assert sid not in snapshots.split()
 
 
 def serve_http(netns: str, port: int) -> subprocess.Popen[bytes]:

@@ -141,13 +141,31 @@ async def serve(kernel: Kernel) -> None:
         ):
             ok = sum(1 for r in kernel.records() if r.ok)
             log.info("corrald_ready", version=__version__, address=grpc.address, plugins_ok=ok)
-            _dataclass_cache.save()
             lazy.save_index(kernel.records())
             gc.enable()
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("corrald_stopping", signal=signal.Signals(signum).name)
-                    break
+            saved = anyio.Event()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_save_dataclass_cache_soon, saved)
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("corrald_stopping", signal=signal.Signals(signum).name)
+                        break
+                tasks.cancel_scope.cancel()
+            if not saved.is_set():  # stopped within the delay: its start's texts are kept all the same
+                _dataclass_cache.save()
+
+
+CACHE_SAVE_DELAY = 1.0
+"""Seconds after ready at which the dataclass cache is written: the texts a start uses then include
+those of the modules its first calls import (gRPC plugins are imported at their first call; a
+client's first ``ctr version`` imports the version and introspection messages), so the next start
+finds them in the file it reads at start instead of reading the rest of the cache to answer."""
+
+
+async def _save_dataclass_cache_soon(saved: anyio.Event) -> None:
+    await anyio.sleep(CACHE_SAVE_DELAY)
+    _dataclass_cache.save()
+    saved.set()
 
 
 _OPTIONS = {

@@ -148,6 +148,7 @@ async def serve(kernel: Kernel) -> None:
                 async for signum in signals:
                     log.info("corrald_stopping", signal=signal.Signals(signum).name)
                     break
+            _dataclass_cache.save()  # what was compiled since it was ready (the first calls' messages)
 
 
 _OPTIONS = {

@@ -143,7 +143,12 @@ async def serve(kernel: Kernel) -> None:
             log.info("corrald_ready", version=__version__, address=grpc.address, plugins_ok=ok)
             _dataclass_cache.save()
             lazy.save_index(kernel.records())
-            gc.enable()
+            if not gc.isenabled():
+                # Start-up's objects live as long as the daemon: frozen, the collector leaves them
+                # out of every collection (the first would walk all of them, some 30 ms, while the
+                # first calls wait), and only what is made from now on is collected.
+                gc.freeze()
+                gc.enable()
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("corrald_stopping", signal=signal.Signals(signum).name)

@@ -47,38 +47,59 @@ def cache_path() -> Path:
 
 
 def later_path() -> Path:
-    """The texts a start did not need before it was ready."""
+    """The texts a start did not need before it was ready, each code object marshalled on its own:
+    reading the file costs little, and a text is unmarshalled when it is first used."""
     return cache_path().with_name(f"dataclasses-later.{sys.implementation.cache_tag}.bin")
 
 
 class CachingExec:
     """``exec`` that compiles each source text once (``known``: text → code); ``later`` supplies
-    the texts kept apart from the start's, once, at the first text ``known`` lacks."""
+    the texts kept apart from the start's (text → marshalled code), once, at the first text
+    ``known`` lacks."""
 
     def __init__(
-        self, known: dict[str, CodeType], later: Callable[[], dict[str, CodeType]] | None = None
+        self, known: dict[str, CodeType], later: Callable[[], dict[str, bytes]] | None = None
     ) -> None:
         self.known = known
         self.started_with = frozenset(known)
         self.used: set[str] = set()
         self.new = 0
         self._later = later
+        self._blobs: dict[str, bytes] = {}
         self.read_later = False
-        """Whether a text had to come from ``later`` (or be compiled) before ``save``."""
+        """Whether a text this process used came from ``later`` (or was compiled)."""
+        self.at_start: frozenset[str] | None = None
+        """The texts used by the time of the first ``save`` (the daemon's start): the start's file."""
 
-    def load_later(self) -> None:
+    def _from_later(self, source: str) -> CodeType | None:
         if self._later is not None:
             later, self._later = self._later, None
-            for text, code in later().items():
+            self._blobs = later()
+        blob = self._blobs.pop(source, None)
+        if blob is None:
+            return None
+        try:
+            code = marshal.loads(blob)
+        except (EOFError, ValueError, TypeError):
+            return None
+        return code if isinstance(code, CodeType) else None
+
+    def load_later(self) -> None:
+        """Everything ``later`` holds into ``known`` (before the whole cache is written)."""
+        self._from_later("")
+        for text in list(self._blobs):
+            code = self._from_later(text)
+            if code is not None:
                 self.known.setdefault(text, code)
 
     def __call__(self, source: Any, globals: Any = None, locals: Any = None, /) -> None:
         if isinstance(source, str):
             code = self.known.get(source)
-            if code is None and self._later is not None:
-                self.load_later()
+            if code is None:
+                code = self._from_later(source)
                 self.read_later = True
-                code = self.known.get(source)
+                if code is not None:
+                    self.known[source] = code
             if code is None:
                 code = self.known[source] = compile(source, _FILENAME, "exec")
                 self.new += 1
@@ -87,8 +108,10 @@ class CachingExec:
         _exec(source, globals, locals)
 
     def outdated(self) -> bool:
-        """Whether the start's file no longer fits this start: something was compiled, a text
-        came from the other file, or more than a third of it went unused."""
+        """Whether the files no longer fit: something was compiled; before the first ``save`` also
+        a text that came from the other file, or more than a third of the start's unused."""
+        if self.at_start is not None:
+            return bool(self.new)
         unused = len(self.started_with - self.used)
         return bool(self.new) or self.read_later or unused > len(self.used) // 2
 
@@ -115,6 +138,12 @@ def read(path: Path) -> dict[str, CodeType]:
     return known if isinstance(known, dict) else {}
 
 
+def read_blobs(path: Path) -> dict[str, bytes]:
+    """The marshalled code objects by source text (``later_path``'s file), as ``read`` reads."""
+    known: dict[Any, Any] = read(path)
+    return {text: blob for text, blob in known.items() if isinstance(blob, bytes)}
+
+
 _installed: CachingExec | None = None
 
 
@@ -123,31 +152,35 @@ def install() -> None:
     global _installed
     if _installed is not None or getattr(dataclasses, "exec", None) is not None:
         return
-    _installed = CachingExec(read(cache_path()), lambda: read(later_path()))
+    _installed = CachingExec(read(cache_path()), lambda: read_blobs(later_path()))
     dataclasses.exec = _installed  # type: ignore[attr-defined]
 
 
 def save(*, force: bool = False) -> bool:
-    """Write the cache when it no longer fits this start (and bytecode may be written), or always
-    with ``force``: the texts used so far in the start's file, the rest in the other."""
-    if _installed is None or (not _installed.outdated() and not force):
+    """Write the cache when it no longer fits (and bytecode may be written), or always with
+    ``force``: the texts used by the first call (corrald's start) in the start's file, the rest in
+    the other. corrald calls it a second after it is ready and again as it stops, for what it compiled since."""
+    if _installed is None:
+        return False
+    outdated = _installed.outdated()
+    if _installed.at_start is None:
+        _installed.at_start = frozenset(_installed.used)
+    if not outdated and not force:
         return False
     if sys.dont_write_bytecode and not force:
         return False
     _installed.load_later()
-    kept = _installed.keep()
-    start = {text: code for text, code in kept.items() if text in _installed.used}
-    rest = {text: code for text, code in kept.items() if text not in _installed.used}
+    kept, at_start = _installed.keep(), _installed.at_start
+    start = {text: code for text, code in kept.items() if text in at_start}
+    rest = {text: marshal.dumps(code) for text, code in kept.items() if text not in at_start}
     # The other file first: a start that reads the new start's file finds the rest there.
     if not write(later_path(), rest) or not write(cache_path(), start):
         return False
     _installed.new = 0
-    _installed.read_later = False
-    _installed.started_with = frozenset(start)
     return True
 
 
-def write(path: Path, known: dict[str, CodeType]) -> bool:
+def write(path: Path, known: dict[str, CodeType] | dict[str, bytes]) -> bool:
     """Replace the cache file atomically (a concurrent reader sees the old file or the new one)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:

@@ -142,30 +142,32 @@ async def serve(kernel: Kernel) -> None:
             ok = sum(1 for r in kernel.records() if r.ok)
             log.info("corrald_ready", version=__version__, address=grpc.address, plugins_ok=ok)
             lazy.save_index(kernel.records())
-            gc.enable()
-            saved = anyio.Event()
+            if not gc.isenabled():
+                # Start-up's objects live as long as the daemon: frozen, the collector leaves them
+                # out of every collection (the first would walk all of them, some 30 ms, while the
+                # first calls wait), and only what is made from now on is collected.
+                gc.freeze()
+                gc.enable()
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(_save_dataclass_cache_soon, saved)
+                tasks.start_soon(_save_dataclass_cache_soon)
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for signum in signals:
                         log.info("corrald_stopping", signal=signal.Signals(signum).name)
                         break
                 tasks.cancel_scope.cancel()
-            if not saved.is_set():  # stopped within the delay: its start's texts are kept all the same
-                _dataclass_cache.save()
+            _dataclass_cache.save()  # what was compiled since (later calls' messages), or all if sooner
 
 
 CACHE_SAVE_DELAY = 1.0
-"""Seconds after ready at which the dataclass cache is written: the texts a start uses then include
-those of the modules its first calls import (gRPC plugins are imported at their first call; a
-client's first ``ctr version`` imports the version and introspection messages), so the next start
-finds them in the file it reads at start instead of reading the rest of the cache to answer."""
+"""Seconds after ready at which the dataclass cache is first written: the texts a start uses by
+then, kept in the file every start reads, include those of the modules its first calls import
+(gRPC plugins are imported at their first call; a client's first ``ctr version`` imports the
+version and introspection messages)."""
 
 
-async def _save_dataclass_cache_soon(saved: anyio.Event) -> None:
+async def _save_dataclass_cache_soon() -> None:
     await anyio.sleep(CACHE_SAVE_DELAY)
     _dataclass_cache.save()
-    saved.set()
 
 
 _OPTIONS = {

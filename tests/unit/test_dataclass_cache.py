@@ -102,9 +102,9 @@ def test_the_texts_a_start_did_not_use_are_read_only_once_one_of_them_is_needed(
     code = _codes("a = 1", "b = 2")
     reads: list[int] = []
 
-    def later() -> dict[str, Any]:
+    def later() -> dict[str, bytes]:
         reads.append(1)
-        return {"b = 2": code["b = 2"]}
+        return {"b = 2": marshal.dumps(code["b = 2"])}
 
     caching = cache.CachingExec({"a = 1": code["a = 1"]}, later)
     ns: dict[str, Any] = {}
@@ -129,8 +129,9 @@ def test_save_puts_what_the_start_used_in_its_file_and_the_rest_in_the_other(
 ) -> None:
     start, later = tmp_path / "start.bin", tmp_path / "later.bin"
     code = _codes("a = 1", "b = 2", "c = 3")
-    assert cache.write(later, {"c = 3": code["c = 3"]})
-    caching = cache.CachingExec({"a = 1": code["a = 1"], "b = 2": code["b = 2"]}, lambda: cache.read(later))
+    assert cache.write(later, {"c = 3": marshal.dumps(code["c = 3"])})
+    known = {"a = 1": code["a = 1"], "b = 2": code["b = 2"]}
+    caching = cache.CachingExec(known, lambda: cache.read_blobs(later))
     monkeypatch.setattr(cache, "cache_path", lambda: start)
     monkeypatch.setattr(cache, "later_path", lambda: later)
     monkeypatch.setattr(cache, "_installed", caching)
@@ -139,5 +140,27 @@ def test_save_puts_what_the_start_used_in_its_file_and_the_rest_in_the_other(
     caching("a = 1", {}, {})
     assert cache.save()
     assert sorted(cache.read(start)) == ["a = 1", "c = 3"]
-    assert sorted(cache.read(later)) == ["b = 2"]
+    assert sorted(cache.read_blobs(later)) == ["b = 2"]
+    assert cache.read(start)["c = 3"].co_code == code["c = 3"].co_code
     assert not caching.outdated() and not cache.save()  # nothing changed since
+
+
+def test_what_is_compiled_after_the_start_is_kept_apart_from_the_start_s_texts(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    start, later = tmp_path / "start.bin", tmp_path / "later.bin"
+    caching = cache.CachingExec({}, lambda: cache.read_blobs(later))
+    monkeypatch.setattr(cache, "cache_path", lambda: start)
+    monkeypatch.setattr(cache, "later_path", lambda: later)
+    monkeypatch.setattr(cache, "_installed", caching)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    caching("a = 1", {}, {})
+    assert cache.save()  # ready
+    caching("b = 2", {}, {})  # a first call's class, after the start
+    assert caching.outdated() and cache.save()  # stopping
+    assert list(cache.read(start)) == ["a = 1"]
+    assert list(cache.read_blobs(later)) == ["b = 2"]
+    again = cache.CachingExec(cache.read(start), lambda: cache.read_blobs(later))
+    again("a = 1", {}, {})
+    again("b = 2", {}, {})
+    assert again.new == 0

@@ -152,13 +152,15 @@ class Database:
                 f"BEGIN IMMEDIATE; {_CORE_SCHEMA}; {legacy} PRAGMA user_version={_CORE_VERSION}; COMMIT;"
             )
         current = dict(conn.execute("SELECT kind, version FROM kind_schema").fetchall())
-        for kind in self.kinds:
-            for i in range(current.get(kind.name, 0), len(kind.schema)):
-                conn.executescript(
-                    f"BEGIN IMMEDIATE; {kind.schema[i]};"
-                    f" INSERT INTO kind_schema VALUES ('{kind.name}', {i + 1})"
-                    f" ON CONFLICT(kind) DO UPDATE SET version = {i + 1}; COMMIT;"
-                )
+        steps = [
+            f"{kind.schema[i]}; INSERT INTO kind_schema VALUES ('{kind.name}', {i + 1})"
+            f" ON CONFLICT(kind) DO UPDATE SET version = {i + 1};"
+            for kind in self.kinds
+            for i in range(current.get(kind.name, 0), len(kind.schema))
+        ]
+        if steps:
+            # Every kind's steps in one transaction: one commit (one sync) for a new file, not one each.
+            conn.executescript(f"BEGIN IMMEDIATE; {' '.join(steps)} COMMIT;")
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one transaction on the database's thread; any exception rolls it back."""

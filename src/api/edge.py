@@ -7,6 +7,7 @@ containerd's errdefs table, with the codes gRPC and ttrpc share. Nothing here kn
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol, runtime_checkable
@@ -148,6 +149,19 @@ class RequestTracer(Protocol):
     def request_span(
         self, system: str, method: str, metadata: Mapping[str, object]
     ) -> AbstractContextManager[RequestSpan]: ...
+
+
+@functools.cache
+def _methods(protocol: object) -> tuple[str, ...]:
+    members = vars(protocol)
+    return tuple(n for n, v in members.items() if callable(v) and not n.startswith("_"))
+
+
+def provides(instance: object, protocol: object) -> bool:
+    """``isinstance(instance, protocol)`` for a runtime-checkable protocol of methods (the ones
+    here, and the servers' plugin protocols): every public method it declares is there and callable.
+    typing's own check costs 13 µs a plugin and protocol, a few milliseconds of every start."""
+    return all(callable(getattr(instance, name, None)) for name in _methods(protocol))
 
 
 def error_for(code: int, message: str) -> Exception:

@@ -586,13 +586,13 @@ def test_random_frames_never_break_the_server(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_a_connections_first_block_is_decoded_once_for_every_connection(
+def test_a_connections_first_blocks_are_decoded_once_for_every_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same first request block on fresh connections (``ctr`` makes one per process): decoded
     for real once; later connections get the same headers and the same table (entries and size),
     so their next blocks, which index into it, decode as the real decoder's do."""
-    monkeypatch.setattr(_http2, "_first_blocks", {})
+    monkeypatch.setattr(_http2, "_shared_blocks", {})
     decode = hpack.Decoder.decode
     real: list[bytes] = []
 
@@ -601,11 +601,13 @@ def test_a_connections_first_block_is_decoded_once_for_every_connection(
         return decode(self, data, raw)
 
     first = hpack.Encoder().encode(_headers("/a.A/One", [("user-agent", "grpc-go/1.5")]))
+    seconds: list[bytes] = []
     monkeypatch.setattr(hpack.Decoder, "decode", counting)
     for n in range(3):
         encoder = hpack.Encoder()
         assert encoder.encode(_headers("/a.A/One", [("user-agent", "grpc-go/1.5")])) == first
-        second = encoder.encode(_headers("/a.A/Two", [("user-agent", "grpc-go/1.5"), ("x-n", str(n))]))
+        second = encoder.encode(_headers("/a.A/Two", [("user-agent", "grpc-go/1.5"), ("x-n", str(n // 2))]))
+        seconds.append(second)
         plain, caching = hpack.Decoder(), _http2._CachingDecoder()
         expected: Any = [tuple(h) for h in decode(plain, first)]
         assert [tuple(h) for h in caching.decode(first)] == expected
@@ -613,6 +615,10 @@ def test_a_connections_first_block_is_decoded_once_for_every_connection(
         assert caching.header_table._current_size == plain.header_table._current_size
         assert [tuple(h) for h in caching.decode(second)] == [tuple(h) for h in decode(plain, second)]
     assert real.count(first) == 1  # the two later connections took it from the cache
+    # The second block of the first two connections is the same bytes in the same state: decoded
+    # once; the third connection's differs (x-n: 1) and is decoded for real.
+    assert seconds[0] == seconds[1] != seconds[2]
+    assert real.count(seconds[0]) == 1 and real.count(seconds[2]) == 1
     # A first block that resizes the table is never kept for others.
     resizing = hpack.Encoder()
     resizing.header_table_size = 256
@@ -620,3 +626,34 @@ def test_a_connections_first_block_is_decoded_once_for_every_connection(
     for _ in range(2):
         _http2._CachingDecoder().decode(block)
     assert real.count(block) == 2
+
+
+def test_provides_agrees_with_isinstance_for_the_servers_protocols() -> None:
+    from corral.api.edge import RequestObserver, RequestTracer, provides
+    from corral.api.grpc.server import GRPCServicePlugin
+    from corral.api.ttrpc.services import TTRPCServicePlugin
+
+    class Observer:
+        def request_started(self, method: str, kind: str) -> None: ...
+
+        def request_finished(self, *args: Any) -> None: ...
+
+    class Half:
+        def request_started(self, method: str, kind: str) -> None: ...
+
+        request_finished = "not callable"
+
+    class Services:
+        def grpc_services(self) -> list[Any]:
+            return []
+
+        def ttrpc_services(self) -> list[Any]:
+            return []
+
+    protocols = (RequestObserver, RequestTracer, GRPCServicePlugin, TTRPCServicePlugin)
+    for instance in (Observer(), Half(), Services(), object(), None, 3):
+        for protocol in protocols:
+            assert provides(instance, protocol) == (
+                isinstance(instance, protocol) and not isinstance(instance, Half)
+            ), (instance, protocol)
+    assert provides(Observer(), RequestObserver) and not provides(Half(), RequestObserver)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import itertools
 import re
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -174,29 +175,42 @@ class _CountingTable(hpack.table.HeaderTable):
 CACHED_BLOCKS = 128
 """Header blocks each connection's decoder remembers at most."""
 
-FIRST_BLOCKS = 64
-"""First header blocks of a connection (decoded from an empty table) remembered for all connections."""
+SHARED_BLOCKS = 512
+"""Header blocks decoded along a connection's first, table-changing requests, remembered for all."""
 
-_first_blocks: dict[bytes, tuple[Any, tuple[tuple[bytes, bytes], ...]]] = {}
+_shared_blocks: dict[tuple[int, bytes], tuple[Any, tuple[tuple[bytes, bytes], ...], int]] = {}
+_states = itertools.count(1)
 
 
 class _CachingDecoder(hpack.Decoder):
     """A decoder that returns the headers it decoded from the same bytes with the same table.
 
-    A block is cached only if decoding it left the dynamic table as it was, and a hit is taken
-    only while the table has not changed since: the same bytes decode to the same headers exactly
-    as the real decoder would (``_CountingTable`` counts every change)."""
+    Within a connection, a block is cached only if decoding it left the dynamic table as it was,
+    and a hit is taken only while the table has not changed since: the same bytes decode to the
+    same headers exactly as the real decoder would (``_CountingTable`` counts every change).
+
+    Across connections: each starts with the same empty table, and a client's first requests
+    (``ctr`` opens a connection per process; ``ctr version`` makes two calls) are the same bytes
+    each time, each adding entries to the table. While a connection's table is one reached from
+    the empty table by blocks seen before (its *state*, a number), a block seen in that state
+    gives the headers it gave and the entries it added, which are added again: the table then
+    holds what the real decoder would have left, and the connection is in the next state. A
+    block that resizes the table (or adds more than the table keeps) ends the sharing for its
+    connection."""
 
     def __init__(self) -> None:
         super().__init__()
         self.header_table.__class__ = _CountingTable
         self._cache: dict[bytes, list[tuple[str, str]]] = {}
         self._cached_at = 0
+        self._state: int | None = 0
+        """The shared state this connection's table is in; None once it left the shared path."""
+        self._state_at = 0
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         table: Any = self.header_table
-        if table.changes == 0 and not raw:
-            return self._decode_first(data, table)
+        if self._state is not None and table.changes == self._state_at and not raw:
+            return self._decode_shared(data, table, self._state)
         if table.changes == self._cached_at:
             hit = self._cache.get(data)
             if hit is not None:
@@ -210,22 +224,24 @@ class _CachingDecoder(hpack.Decoder):
             self._cache[data] = headers
         return headers
 
-    def _decode_first(self, data: bytes, table: Any) -> Any:
-        """A block decoded from the empty table every connection starts with: a client's first
-        request block is the same bytes on each of its connections (``ctr`` makes one per
-        process), and what it decodes to and adds to the table depends on nothing else. A block
-        seen before gives its headers and the table entries it left (oldest first), added again,
-        so the table ends as the real decoder would leave it; one that resized the table is not
-        kept."""
-        hit = _first_blocks.get(data)
+    def _decode_shared(self, data: bytes, table: Any, state: int) -> Any:
+        hit = _shared_blocks.get((state, data))
         if hit is not None:
-            headers, entries = hit
-            for name, value in entries:
+            headers, added, following = hit
+            for name, value in added:
                 table.add(name, value)
-            return headers
-        headers = super().decode(data, False)
-        if table.changes == table.additions and len(_first_blocks) < FIRST_BLOCKS:
-            _first_blocks[data] = (headers, tuple(reversed(table.dynamic_entries)))
+        else:
+            changes, additions = table.changes, table.additions
+            headers = super().decode(data, False)
+            count = table.additions - additions
+            resized = table.changes - changes != count
+            if resized or count > len(table.dynamic_entries) or len(_shared_blocks) >= SHARED_BLOCKS:
+                self._state = None
+                return headers
+            added = tuple(reversed([table.dynamic_entries[i] for i in range(count)]))
+            following = next(_states) if count else state
+            _shared_blocks[(state, data)] = (headers, added, following)
+        self._state, self._state_at = following, table.changes
         return headers
 
 

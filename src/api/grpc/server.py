@@ -18,7 +18,7 @@ import structlog
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 
-from corral.api.edge import RequestObserver, RequestTracer, bound_request, status_of
+from corral.api.edge import RequestObserver, RequestTracer, bound_request, provides, status_of
 from corral.api.grpc._grpclib import StreamHandler, UnimplementedMapping
 from corral.api.grpc._http2 import GRPCServer as GRPCServer
 from corral.api.grpc._http2 import ServerStream as ServerStream
@@ -138,12 +138,12 @@ def build_mapping(records: Iterable[PluginRecord]) -> dict[str, Handler]:
     Every ok plugin that is a ``RequestObserver`` sees each request (metrics), and every ok
     ``RequestTracer`` serves each request in a span of its own (tracing)."""
     records = list(records)
-    observers = [r.instance for r in records if r.ok and isinstance(r.instance, RequestObserver)]
-    tracers = [r.instance for r in records if r.ok and isinstance(r.instance, RequestTracer)]
+    observers = [r.instance for r in records if r.ok and provides(r.instance, RequestObserver)]
+    tracers = [r.instance for r in records if r.ok and provides(r.instance, RequestTracer)]
     mapping: dict[str, Handler] = {}
     owner: dict[str, str] = {}
     for rec in records:
-        if not rec.ok or not isinstance(rec.instance, GRPCServicePlugin):
+        if not rec.ok or not provides(rec.instance, GRPCServicePlugin):
             continue
         for service in rec.instance.grpc_services():
             for path, handler in service.__mapping__().items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
-from corral.api.edge import RequestTracer
+from corral.api.edge import RequestTracer, provides
 from corral.api.ttrpc.server import TTRPCServer
 from corral.kernel import PluginRecord
 
@@ -26,9 +26,9 @@ def build_ttrpc_server(records: Iterable[PluginRecord]) -> TTRPCServer:
     ``RequestTracer`` (tracing) serves each request in a span."""
     records = list(records)
     server = TTRPCServer(
-        tracers=[r.instance for r in records if r.ok and isinstance(r.instance, RequestTracer)]
+        tracers=[r.instance for r in records if r.ok and provides(r.instance, RequestTracer)]
     )
     for rec in records:
-        if rec.ok and isinstance(rec.instance, TTRPCServicePlugin):
+        if rec.ok and provides(rec.instance, TTRPCServicePlugin):
             rec.instance.register_ttrpc(server)
     return server

@@ -11,7 +11,7 @@ import betterproto2
 import pytest
 
 import corral.api.types
-from corral.api.grpc.codec import RequestCodec, _flat, _put_varint
+from corral.api.grpc.codec import RequestCodec, _flat, put_varint
 from corral.api.types.containerd.services.content import v1 as content_pb
 from corral.api.types.containerd.services.introspection import v1 as introspection_pb
 from corral.api.types.containerd.services.version import v1 as version_pb
@@ -105,7 +105,7 @@ def test_flat_messages_code_as_betterproto2_does(message_type: type[betterproto2
         doubled = expected + expected
         _same(codec.decode(doubled, message_type), message_type.FromString(doubled))
         unknown = bytearray(expected)
-        _put_varint(unknown, 999 << 3)
+        put_varint(unknown, 999 << 3)
         unknown.append(1)
         _same(codec.decode(bytes(unknown), message_type), message_type.FromString(bytes(unknown)))
     # Integers as other encoders write them: 32-bit values not sign-extended, any 64-bit varint.
@@ -114,7 +114,7 @@ def test_flat_messages_code_as_betterproto2_does(message_type: type[betterproto2
             continue
         for raw in (0xFFFFFFFF, 0x80000000, 1 << 40, (1 << 64) - 1, 2, rng.getrandbits(64)):
             wire = bytearray(key)
-            _put_varint(wire, raw)
+            put_varint(wire, raw)
             _same(codec.decode(bytes(wire), message_type), message_type.FromString(bytes(wire)))
 
 

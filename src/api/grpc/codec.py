@@ -113,7 +113,7 @@ def _flat(message_type: type[betterproto2.Message]) -> _Flat | None:
             return None
         by_number[field.number] = (name, kind)
         key = bytearray()
-        _put_varint(key, field.number << 3 | _WIRE_TYPES[kind])
+        put_varint(key, field.number << 3 | _WIRE_TYPES[kind])
         in_order.append((name, kind, bytes(key)))
     return _Flat(by_number, tuple(in_order), tuple(messages), tuple(collections))
 
@@ -174,19 +174,19 @@ def encode_flat(message: Any, flat: _Flat) -> bytes | None:
         out += key
         if kind == "string":
             raw = value.encode("utf-8")
-            _put_varint(out, len(raw))
+            put_varint(out, len(raw))
             out += raw
         elif kind == "bytes":
-            _put_varint(out, len(value))
+            put_varint(out, len(value))
             out += value
         elif -(1 << 63) <= value < 1 << 64:
-            _put_varint(out, value + (1 << 64) if value < 0 else value)
+            put_varint(out, value + (1 << 64) if value < 0 else value)
         else:
             return None
     return bytes(out)
 
 
-def _put_varint(out: bytearray, value: int) -> None:
+def put_varint(out: bytearray, value: int) -> None:
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 from corral.api.grpc import GRPCServices
+from corral.api.grpc.codec import put_varint
 from corral.api.types.containerd.services.content import v1 as pb
 from corral.api.types.google import protobuf
 from corral.api.wire import content_info, field_mask_paths, ingest_status
@@ -32,21 +33,14 @@ class _ReadChunk(pb.ReadContentResponse):
         head = bytearray()
         if self.offset:
             head.append(0x08)
-            _varint(head, self.offset & 0xFFFFFFFFFFFFFFFF)
+            put_varint(head, self.offset & 0xFFFFFFFFFFFFFFFF)
         if self.data:
             head.append(0x12)
-            _varint(head, len(self.data))
+            put_varint(head, len(self.data))
             return bytes(head) + self.data
         return bytes(head)
 
     __bytes__ = SerializeToString
-
-
-def _varint(out: bytearray, value: int) -> None:
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
 
 
 def _failed_validation(digest: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from corral.api import wire
 from corral.api.grpc import GRPCServices
+from corral.api.grpc.codec import put_varint
 from corral.api.types.containerd.services.introspection import v1 as pb
 from corral.api.types.google import protobuf
 from corral.kernel import FailedPrecondition, InitContext, NotFound, Registration, Unimplemented
@@ -25,11 +26,7 @@ class _EncodedPlugins(pb.PluginsResponse):
 
 def _length_delimited(number: int, data: bytes) -> bytes:
     head = bytearray([number << 3 | 2])
-    size = len(data)
-    while size > 0x7F:
-        head.append((size & 0x7F) | 0x80)
-        size >>= 7
-    head.append(size)
+    put_varint(head, len(data))
     return bytes(head) + data
 
 

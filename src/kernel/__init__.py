@@ -8,8 +8,9 @@ Names load on first use (PEP 562), so importing one error kind does not import t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corral.kernel._imports import names_on_first_use as names_on_first_use
 
 if TYPE_CHECKING:
     from corral.kernel._config import (
@@ -259,6 +260,7 @@ _SOURCES: dict[str, str] = {
     "LoadedConfig": "corral.kernel._config",
     "NotFound": "corral.kernel._errors",
     "OnFirstUse": "corral.kernel._imports",
+    "names_on_first_use": "corral.kernel._imports",
     "Origin": "corral.kernel._records",
     "OutOfRange": "corral.kernel._errors",
     "parse_duration": "corral.kernel._config",
@@ -295,13 +297,7 @@ _SOURCES: dict[str, str] = {
 __all__ = sorted(_SOURCES)
 
 
-def __getattr__(name: str) -> Any:
-    module = _SOURCES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'corral.kernel' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = names_on_first_use(__name__, _SOURCES)
 
 
 def __dir__() -> list[str]:

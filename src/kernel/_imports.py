@@ -10,6 +10,8 @@ type checkers see the real names.
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -28,3 +30,19 @@ class OnFirstUse:
 
     def __repr__(self) -> str:
         return f"<module {self.__module!r}, imported at first use>"
+
+
+def names_on_first_use(module: str, sources: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's ``__getattr__`` (PEP 562) for names loaded at their first read: each name in
+    ``sources`` (name → the module defining it) is imported then and kept as the package's own
+    attribute, so later reads cost what any attribute's do."""
+
+    def load(name: str) -> Any:
+        source = sources.get(name)
+        if source is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(source), name)
+        setattr(sys.modules[module], name, value)
+        return value
+
+    return load

@@ -11,8 +11,9 @@ imports that module, not the whole vocabulary (the reference grammar's and the d
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corral.kernel import names_on_first_use
 
 if TYPE_CHECKING:
     from corral.plugins.images._digest import ALGORITHMS as ALGORITHMS
@@ -252,13 +253,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _SOURCES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = names_on_first_use(__name__, _SOURCES)
 
 
 def __dir__() -> list[str]:

@@ -5,8 +5,9 @@ module is never imported."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corral.kernel import names_on_first_use
 
 if TYPE_CHECKING:
     from corral.plugins.snapshots.btrfs.snapshotter import BtrfsSnapshotter as BtrfsSnapshotter
@@ -25,13 +26,7 @@ _SOURCES = {
 __all__ = ["BtrfsSnapshotter", "diff_usage", "kernel_has_btrfs", "mount_of"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _SOURCES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = names_on_first_use(__name__, _SOURCES)
 
 
 def __dir__() -> list[str]:

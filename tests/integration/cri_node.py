@@ -96,7 +96,15 @@ class Network:
     subnet_prefix: str
 
 
-def write_network(base: Path, *, extra_plugins: list[dict[str, Any]] | None = None) -> Network:
+def write_network(
+    base: Path,
+    *,
+    extra_plugins: list[dict[str, Any]] | None = None,
+    name: str = "pods",
+    hairpin: bool = False,
+) -> Network:
+    """A bridge network list (host-local IPAM, portmap) on a bridge and subnet of its own; with
+    ``hairpin``, the bridge plugin's ``hairpinMode``."""
     conf = base / "net.d"
     conf.mkdir(parents=True)
     bridge = f"crl{secrets.token_hex(3)}"
@@ -107,6 +115,7 @@ def write_network(base: Path, *, extra_plugins: list[dict[str, Any]] | None = No
             "bridge": bridge,
             "isGateway": True,
             "ipMasq": True,
+            **({"hairpinMode": True} if hairpin else {}),
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{"subnet": f"{prefix}.0/24"}]],
@@ -117,9 +126,9 @@ def write_network(base: Path, *, extra_plugins: list[dict[str, Any]] | None = No
         {"type": "portmap", "capabilities": {"portMappings": True}},
         *(extra_plugins or []),
     ]
-    doc = {"cniVersion": "1.0.0", "name": "pods", "plugins": plugins}
-    (conf / "10-pods.conflist").write_text(json.dumps(doc))
-    return Network(conf, base / "ipam" / "pods", bridge, prefix)
+    doc = {"cniVersion": "1.0.0", "name": name, "plugins": plugins}
+    (conf / f"10-{name}.conflist").write_text(json.dumps(doc))
+    return Network(conf, base / "ipam" / name, bridge, prefix)
 
 
 def start_daemon(base: Path, node: Node, network: Network, extra: str = "") -> NodeDaemon:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cri_node
 import pytest
 from containerd16_cri import containerd_16
 from cri_client import CRIClient
@@ -127,30 +128,7 @@ def lan() -> Iterator[Lan]:
 def write_network(base: Path, *, extra_plugins: list[dict[str, Any]] | None = None) -> Network:
     """containerd's default network list (install-cni's) with ``hairpinMode``, on a bridge and
     subnet of its own."""
-    conf = base / "net.d"
-    conf.mkdir(parents=True)
-    bridge = f"crn{secrets.token_hex(3)}"
-    prefix = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
-    plugins: list[dict[str, Any]] = [
-        {
-            "type": "bridge",
-            "bridge": bridge,
-            "isGateway": True,
-            "ipMasq": True,
-            "hairpinMode": True,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": f"{prefix}.0/24"}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": str(base / "ipam"),
-            },
-        },
-        {"type": "portmap", "capabilities": {"portMappings": True}},
-        *(extra_plugins or []),
-    ]
-    doc = {"cniVersion": "1.0.0", "name": "containerd-net", "plugins": plugins}
-    (conf / "10-containerd-net.conflist").write_text(json.dumps(doc))
-    return Network(conf, base / "ipam" / "containerd-net", bridge, prefix)
+    return cri_node.write_network(base, extra_plugins=extra_plugins, name="containerd-net", hairpin=True)
 
 
 # -- what the node holds ----------------------------------------------------------------------------

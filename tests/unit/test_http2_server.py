@@ -231,16 +231,24 @@ def test_a_unary_request_without_its_message_is_internal(tmp_path: Path) -> None
     run(tmp_path, {"/t.T/Echo": unary(echo)}, test)
 
 
-def test_a_deadline_cancels_the_handler_and_answers_deadline_exceeded(tmp_path: Path) -> None:
-    seen: list[str] = []
+def _until_cancelled(seen: list[str], started: asyncio.Event) -> Callable[[Any], Awaitable[Any]]:
+    """A handler that sets ``started``, waits until it is cancelled and notes that in ``seen``."""
 
     async def slow(request: Any) -> Any:
+        started.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
             seen.append("cancelled")
             raise
         return Resp()
+
+    return slow
+
+
+def test_a_deadline_cancels_the_handler_and_answers_deadline_exceeded(tmp_path: Path) -> None:
+    seen: list[str] = []
+    slow = _until_cancelled(seen, asyncio.Event())
 
     async def test(client: Client) -> None:
         sid = client.request("/t.T/Slow", Req(), extra=[("grpc-timeout", "100m")])
@@ -252,16 +260,8 @@ def test_a_deadline_cancels_the_handler_and_answers_deadline_exceeded(tmp_path: 
 
 
 def test_a_reset_stream_cancels_its_handler_and_the_connection_goes_on(tmp_path: Path) -> None:
-    started, seen = asyncio.Event(), []
-
-    async def slow(request: Any) -> Any:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-        return Resp()
+    started, seen = asyncio.Event(), list[str]()
+    slow = _until_cancelled(seen, started)
 
     async def echo(request: Any) -> Any:
         return Resp(offset=7)

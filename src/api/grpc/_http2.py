@@ -77,9 +77,9 @@ _PADDED = 0x8
 _PRIORITY_FLAG = 0x20
 
 _NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR, _FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
-_REFUSED_STREAM, _CANCEL, _COMPRESSION_ERROR = 0x7, 0x8, 0x9
+_REFUSED_STREAM, _COMPRESSION_ERROR = 0x7, 0x9
 
-_SETTINGS_HEADER_TABLE_SIZE, _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x1, 0x4, 0x5
+_SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
 
 _HEAD = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id
 _U32 = struct.Struct(">L")
@@ -273,7 +273,6 @@ class ServerStream:
         self.closed = False
         self.task: asyncio.Task[None] | None = None
         self.deadline_hit = False
-        self.failure: GRPCError | None = None
 
     # Receiving ---------------------------------------------------------------------------------
 

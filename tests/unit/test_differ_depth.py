@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from deep_trees import deep_tree
 
 from corral.plugins.core.trees import remove_tree
 from corral.plugins.differs.apply import WhiteoutMode, apply_layer
@@ -67,22 +68,6 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
     finally:
         # pytest's own clean-up is shutil.rmtree, which recurses once per level.
         remove_tree(where)
-
-
-def deep_tree(root: Path, depth: int) -> None:
-    """``a/a/…/a/f`` made level by level through descriptors (the path is far past PATH_MAX)."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir("a", dir_fd=fd)
-            child = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
-        leaf = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-        os.write(leaf, b"bottom")
-        os.close(leaf)
-    finally:
-        os.close(fd)
 
 
 def leaf_of(root: Path, depth: int) -> bytes:
@@ -147,7 +132,7 @@ def test_a_deep_tree_diffs_in_bounded_memory_and_descriptors(scratch: Path) -> N
     lower, upper = scratch / "lower", scratch / "upper"
     lower.mkdir()
     upper.mkdir()
-    deep_tree(upper, DEPTH)
+    deep_tree(upper, DEPTH, name="a", leaf="f")
     sink = Discard()
     with descriptors_capped():
         (digest, size), peak = peak_memory(
@@ -160,7 +145,7 @@ def test_a_deep_tree_diffs_in_bounded_memory_and_descriptors(scratch: Path) -> N
 
 
 def test_a_deep_overlay_upper_directory_diffs_in_bounded_memory_and_descriptors(scratch: Path) -> None:
-    deep_tree(scratch, DEPTH)
+    deep_tree(scratch, DEPTH, name="a", leaf="f")
     sink = Discard()
     with descriptors_capped():
         (_, size), peak = peak_memory(lambda: write_layer(overlay_changes(str(scratch)), sink))
@@ -173,7 +158,7 @@ def test_a_deep_tree_survives_diff_then_apply(scratch: Path) -> None:
     lower, upper, target = scratch / "lower", scratch / "upper", scratch / "target"
     for d in (lower, upper, target):
         d.mkdir()
-    deep_tree(upper, depth)
+    deep_tree(upper, depth, name="a", leaf="f")
     out = io.BytesIO()
     write_layer(directory_changes(str(lower), str(upper)), out.write)
     with descriptors_capped():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from deep_trees import deep_tree
 
 from corral.plugins.core import namespace
 from corral.plugins.gc.scheduler import Scheduler, SchedulerConfig
@@ -15,18 +16,6 @@ from corral.plugins.metadata import NamespacedSnapshots
 from corral.plugins.metadata.sqlite import open_metadata
 from corral.plugins.snapshots.native import NativeSnapshotter
 from corral.plugins.snapshots.overlayfs import OverlaySnapshotter
-
-
-def deep_tree(root: Path, depth: int) -> None:
-    """``root/d/d/…/d``, made by descriptor: the path is far past PATH_MAX."""
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(depth):
-        os.mkdir("d", dir_fd=fd)
-        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = child
-    os.close(fd)
 
 
 def fs_of(mounts: list[object]) -> Path:

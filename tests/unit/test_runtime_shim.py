@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
+from deep_trees import deep_tree
 
 from corral.kernel import InvalidArgument, NotFound, Unimplemented
 from corral.plugins.metadata import AnyValue
 from corral.plugins.runtimes import SPEC_TYPE_URL
 from corral.plugins.runtimes.shim import binary_name, resolve_runtime
 from corral.plugins.runtimes.shim._binary import parse_start_output, read_bootstrap
-from corral.plugins.runtimes.shim._bundle import load_bundles, new_bundle
+from corral.plugins.runtimes.shim._bundle import load_bundles, new_bundle, remove_orphan_work
 
 
 @pytest.mark.parametrize(
@@ -113,6 +115,30 @@ def test_loading_bundles_finishes_an_interrupted_delete(tmp_path: Path) -> None:
     (half / "rootfs").mkdir(parents=True)
     assert load_bundles(state) == [keep]
     assert not half.exists()
+
+
+def test_bundles_and_work_directories_of_any_depth_are_removed(tmp_path: Path) -> None:
+    """What a runtime leaves in a task's work directory can be deeper than the interpreter's
+    recursion limit: a delete, the replacement of a leftover, an interrupted delete and an orphan
+    all still remove it whole."""
+    root, state = tmp_path / "root", tmp_path / "state"
+    levels = 3 * sys.getrecursionlimit()
+    bundle = new_bundle(root, state, "ns", "t", None)
+    deep_tree(root / "ns" / "t", levels)
+    deep_tree(bundle.path, levels)
+    bundle.delete()
+    assert list((state / "ns").iterdir()) == [] and list((root / "ns").iterdir()) == []
+
+    deep_tree(root / "ns" / "again", levels)
+    again = new_bundle(root, state, "ns", "again", None)
+    assert list((root / "ns" / "again").iterdir()) == []  # the leftover work directory replaced
+
+    deep_tree(state / "ns" / ".half", levels)
+    deep_tree(root / "ns" / "orphan", levels)
+    assert load_bundles(state) == [again]
+    remove_orphan_work(root, {("ns", "again")})
+    assert sorted(p.name for p in (state / "ns").iterdir()) == ["again"]
+    assert sorted(p.name for p in (root / "ns").iterdir()) == ["again"]
 
 
 def test_a_user_namespaced_bundle_is_reachable_by_the_containers_root_gid(tmp_path: Path) -> None:

@@ -8,25 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from deep_trees import deep_tree
 
 from corral.plugins.core.trees import KEEP_OPEN, remove_tree
-
-
-def deep_tree(root: Path, depth: int) -> Path:
-    """``root/d/d/…/d`` ``depth`` levels deep (built by descriptor: the path itself is far past PATH_MAX)."""
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir("d", dir_fd=fd)
-            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
-        with open(os.open("file", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
-            f.write(b"bottom")
-    finally:
-        os.close(fd)
-    return root
 
 
 def test_a_tree_10000_levels_deep_is_removed(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from deep_trees import deep_tree
 
 wasmtime = pytest.importorskip("wasmtime")
 
@@ -260,3 +262,19 @@ async def test_bundles_left_by_a_crash_are_removed_at_start(h: Harness) -> None:
     fresh = WasmRuntime(h.tmp / "state", lambda fn, name: None, None, h.cache)
     await fresh.recover()
     assert list((h.tmp / "state" / "ns").iterdir()) == []
+
+
+async def test_recovery_removes_deep_bundles_but_never_enters_a_rootfs_still_in_use(h: Harness) -> None:
+    """A bundle is removed whatever its depth, but only once its rootfs is empty: a rootfs whose
+    snapshot could not be unmounted (here, one that still holds files) keeps the bundle whole."""
+    state = h.tmp / "state" / "ns"
+    deep = state / "deep"
+    (deep / "rootfs").mkdir(parents=True)
+    deep_tree(deep / "data", 3 * sys.getrecursionlimit())
+    busy = state / "busy"
+    (busy / "rootfs").mkdir(parents=True)
+    (busy / "rootfs" / "snapshot-file").write_text("the snapshot's own bytes")
+    fresh = WasmRuntime(h.tmp / "state", lambda fn, name: None, None, h.cache)
+    await fresh.recover()
+    assert sorted(p.name for p in state.iterdir()) == ["busy"]
+    assert (busy / "rootfs" / "snapshot-file").read_text() == "the snapshot's own bytes"

@@ -13,14 +13,16 @@ import ctypes
 import errno
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from corral.kernel import InvalidArgument
 from corral.plugins.core import validate_identifier
 from corral.plugins.core.idmap import remove_scratch
+from corral.plugins.core.trees import remove_tree
 from corral.plugins.metadata import AnyValue
 from corral.plugins.runtimes import SPEC_TYPE_URL
 
@@ -31,6 +33,8 @@ BINARY_FILE = "shim-binary-path"
 BOOTSTRAP_FILE = "bootstrap.json"
 IDMAPPED_DIR = "idmapped"
 """Where a task's create bind-mounts idmapped layers for the shim (detached once it has mounted)."""
+
+log = structlog.get_logger("corral.runtime.v2")
 
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter links (find_library runs ldconfig)
@@ -84,8 +88,7 @@ def new_bundle(root: Path, state: Path, namespace: str, task_id: str, spec: AnyV
     try:
         bundle.rootfs.mkdir(mode=0o711)
         work.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-        if work.exists():
-            shutil.rmtree(work)
+        remove_tree(work)  # a leftover of a task that was never deleted
         work.mkdir(mode=0o711)
         (bundle.path / "work").symlink_to(work)
         if spec is not None and spec.value:
@@ -134,7 +137,7 @@ def load_bundles(state: Path) -> list[Bundle]:
                 if task_dir.is_dir() and not task_dir.is_symlink():
                     unmount_recursive(task_dir / "rootfs")
                     remove_scratch(task_dir / IDMAPPED_DIR)
-                    shutil.rmtree(task_dir, ignore_errors=True)
+                    _remove_quietly(task_dir)
                 continue
             if task_dir.is_dir():
                 found.append(Bundle(task_dir.name, ns_dir.name, task_dir))
@@ -150,7 +153,7 @@ def remove_orphan_work(root: Path, live: set[tuple[str, str]]) -> None:
             continue
         for work in ns_dir.iterdir():
             if (ns_dir.name, work.name) not in live:
-                shutil.rmtree(work, ignore_errors=True)
+                _remove_quietly(work)
 
 
 def _atomic_delete(path: Path) -> None:
@@ -159,7 +162,16 @@ def _atomic_delete(path: Path) -> None:
         os.rename(path, hidden)
     except FileNotFoundError:
         return
-    shutil.rmtree(hidden, ignore_errors=True)
+    _remove_quietly(hidden)
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove a tree of any depth; what cannot be removed now is left for the next start, which
+    finishes every hidden bundle it finds."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        log.warning("bundle_remove_incomplete", path=str(path), error=str(exc))
 
 
 def mounts_under(target: Path) -> list[str]:

@@ -436,7 +436,8 @@ class TaskManager:
             log.warning("shim_cleanup_failed", namespace=shim.bundle.namespace, id=shim.id, error=str(exc))
         _remove_stale_socket(shim.address)
         try:
-            shim.bundle.delete()
+            # Unmounting and removing a tree is blocking work: off the loop, as every other call waits.
+            await anyio.to_thread.run_sync(shim.bundle.delete)
         except OSError as exc:
             log.warning("bundle_delete_failed", path=str(shim.bundle.path), error=str(exc))
         key = (shim.bundle.namespace, shim.id)
@@ -486,7 +487,7 @@ class TaskManager:
                 await shim.binary.delete()
         shim.close_scope.cancel()
         with contextlib.suppress(OSError):
-            shim.bundle.delete()
+            await anyio.to_thread.run_sync(shim.bundle.delete)
         shim.gone.set()
 
     async def _read_log(
@@ -550,7 +551,7 @@ class TaskManager:
     async def _load(self, bundle: Bundle) -> None:
         fields = {"namespace": bundle.namespace, "id": bundle.id}
         if not any(bundle.path.iterdir()):
-            bundle.delete()
+            await anyio.to_thread.run_sync(bundle.delete)
             return
         path = (bundle.read(BINARY_FILE) or "").strip()
         runtime = (bundle.read(RUNTIME_FILE) or "").strip()

@@ -20,7 +20,6 @@ import builtins
 import contextlib
 import json
 import os
-import shutil
 import signal
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -34,6 +33,7 @@ import structlog
 from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from corral.plugins.core import namespace_required, validate_identifier
 from corral.plugins.core.mount import mount_all, unmount
+from corral.plugins.core.trees import remove_tree
 from corral.plugins.events.types import (
     Publisher,
     TaskCreate,
@@ -262,7 +262,10 @@ class WasmRuntime:
                     while os.path.ismount(root):
                         await unmount(root)
                 log.info("wasm_task_not_recovered", namespace=namespace_dir.name, id=bundle.name)
-                await anyio.to_thread.run_sync(shutil.rmtree, bundle)
+                try:
+                    await anyio.to_thread.run_sync(_delete_bundle, bundle)
+                except OSError as exc:  # its rootfs still mounted: left whole, for the next start
+                    log.warning("bundle_delete_failed", path=str(bundle), error=str(exc))
 
     async def aclose(self) -> None:
         """corrald is stopping: every running guest is ended (they live in its memory)."""
@@ -338,8 +341,7 @@ class WasmRuntime:
         if task.root is not None:
             await unmount(task.root)
             task.root = None
-        if task.bundle.exists():
-            await anyio.to_thread.run_sync(shutil.rmtree, task.bundle)
+        await anyio.to_thread.run_sync(_delete_bundle, task.bundle)
 
     async def _publish(self, event: Any, namespace: str) -> None:
         if self._publisher is not None:
@@ -360,8 +362,7 @@ def _parse_spec(spec: AnyValue | None) -> Mapping[str, Any]:
 
 def _write_bundle(bundle: Path, spec: AnyValue | None) -> None:
     bundle.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-    if bundle.exists():  # left by a task that failed half-way, or a crash
-        shutil.rmtree(bundle)
+    _delete_bundle(bundle)  # left by a task that failed half-way, or a crash
     bundle.mkdir(mode=0o700)
     (bundle / "rootfs").mkdir(mode=0o711)
     (bundle / "config.json").write_bytes(spec.value if spec is not None else b"{}")
@@ -398,3 +399,12 @@ def _inside(root: Path, path: str) -> Path:
 
 
 __all__ = ["RUNTIME_NAME", "WasmRuntime", "WasmTask"]
+
+
+def _delete_bundle(bundle: Path) -> None:
+    """Remove a task's bundle, whatever the depth of what it holds. Its rootfs is where the
+    snapshot was mounted: it must be unmounted and empty first (``rmdir``), so the walk never
+    enters a snapshot that is still mounted there; then the bundle goes, or stays whole."""
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(bundle / "rootfs")
+    remove_tree(bundle)

@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
+import anyio
 import structlog
 
 from corral.kernel._records import PluginMeta, PluginRecord, Status
@@ -100,6 +101,23 @@ class InitContext:
     def start_soon(self, fn: Callable[[], Coroutine[Any, Any, Any]], name: str = "") -> None:
         """Run a background task owned by the daemon: it is cancelled when the daemon stops."""
         self._task_group.start_soon(fn, name=f"{self.uri}:{name or getattr(fn, '__name__', 'task')}")
+
+    async def task_group(self, name: str = "tasks") -> TaskGroup:
+        """A task group of the plugin's own for the work its calls start later (a shim's
+        connection, a pod's watcher), open from now until the daemon stops: then, after every
+        plugin is closed, what still runs there is cancelled."""
+        opened: list[TaskGroup] = []
+        ready = anyio.Event()
+
+        async def own() -> None:
+            async with anyio.create_task_group() as tasks:
+                opened.append(tasks)
+                ready.set()
+                await anyio.sleep_forever()
+
+        self.start_soon(own, name=name)
+        await ready.wait()
+        return opened[0]
 
     def _declared(self, plugin_type: str) -> None:
         deps = self.registration.ordering_types

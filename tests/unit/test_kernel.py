@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from corral.kernel import (
@@ -297,6 +298,41 @@ def test_background_tasks_are_cancelled_when_the_kernel_stops(config: DaemonConf
 
     run(kernel_of(config, make("a.v1", "x", init=init)))
     assert cancelled.is_set()
+
+
+def test_a_plugins_own_task_group_runs_later_work_until_the_daemon_stops(config: DaemonConfig) -> None:
+    """What a plugin starts in its task group after init (a call's background work) runs; at stop
+    the plugin is closed first, then what still runs there is cancelled."""
+    order: list[str] = []
+
+    class Owner:
+        def __init__(self, tasks: anyio.abc.TaskGroup) -> None:
+            self.tasks = tasks
+
+        async def aclose(self) -> None:
+            order.append("closed")
+
+    async def init(ic: InitContext) -> Owner:
+        return Owner(await ic.task_group("work"))
+
+    async def forever() -> None:
+        try:
+            order.append("running")
+            await anyio.sleep_forever()
+        finally:
+            order.append("cancelled")
+
+    kernel = kernel_of(config, make("a.v1", "x", init=init))
+
+    async def main() -> None:
+        async with kernel.running():
+            owner = kernel.get("a.v1.x").instance  # type: ignore[union-attr]
+            owner.tasks.start_soon(forever)
+            await anyio.wait_all_tasks_blocked()
+            assert order == ["running"]
+
+    anyio.run(main)
+    assert order == ["running", "closed", "cancelled"]
 
 
 def test_hooks_of_plugins_are_called_through_pluggy(config: DaemonConfig) -> None:

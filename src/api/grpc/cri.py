@@ -14,7 +14,6 @@ import base64
 import enum
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 import anyio
@@ -698,9 +697,7 @@ async def init(ic: InitContext) -> GRPCServices:
         nri=None if nri is None else nri.events,
         cdi=next(iter(ic.get_by_type(types.CDI, DeviceInjector).values()), None),
     )
-    ready = anyio.Event()
-    ic.start_soon(partial(containers.serve, ready), name="cri-containers")
-    await ready.wait()
+    containers.serve_in(await ic.task_group("cri-containers"))
     stats = CRIStats(
         containers=containers, pods=pods, images=images, metadata=ic.get_single(types.METADATA, Metadata)
     )

@@ -229,12 +229,11 @@ class CRIContainers:
         pods.containers = self
 
     # -- lifetime and files -----------------------------------------------------------------------
-    async def serve(self, ready: anyio.Event) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            ready.set()
-            tg.start_soon(self._load_at_start)
-            await anyio.sleep_forever()
+    def serve_in(self, tasks: anyio.abc.TaskGroup) -> None:
+        """Run the containers' background work in ``tasks``, starting with finding a previous
+        daemon's containers."""
+        self._tg = tasks
+        tasks.start_soon(self._load_at_start)
 
     async def _load_at_start(self) -> None:
         """Find a previous daemon's containers at once (not at the first call): exits that came

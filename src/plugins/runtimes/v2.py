@@ -9,10 +9,6 @@ start-up; those that are gone are cleaned up.
 
 from __future__ import annotations
 
-from functools import partial
-
-import anyio
-
 from corral.kernel import PROPERTY_GRPC_ADDRESS, PROPERTY_TTRPC_ADDRESS, InitContext, Registration
 from corral.plugins import types
 from corral.plugins.events.types import Publisher, optional_publisher
@@ -29,9 +25,7 @@ async def init(ic: InitContext) -> TaskManager:
         ttrpc_address=ic.properties.get(PROPERTY_TTRPC_ADDRESS, ""),
     )
     manager = TaskManager(settings, protocols, publisher)
-    ready = anyio.Event()
-    ic.start_soon(partial(manager.serve, ready), name="shims")
-    await ready.wait()
+    manager.serve_in(await ic.task_group("shims"))
     await manager.load_existing()
     return manager
 

@@ -281,12 +281,10 @@ class TaskManager:
         self._tg: anyio.abc.TaskGroup | None = None
 
     # -- lifetime ---------------------------------------------------------------------------------
-    async def serve(self, ready: anyio.Event) -> None:
-        """Own every shim connection until the daemon stops (shims keep running without it)."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            ready.set()
-            await anyio.sleep_forever()
+    def serve_in(self, tasks: anyio.abc.TaskGroup) -> None:
+        """Own every shim connection in ``tasks`` until the daemon stops (shims keep running
+        without it)."""
+        self._tg = tasks
 
     def _group(self) -> anyio.abc.TaskGroup:
         if self._tg is None:

@@ -196,11 +196,9 @@ class PodSandboxController:
         self._image_lock = anyio.Lock()
 
     # -- lifetime ---------------------------------------------------------------------------------
-    async def serve(self, ready: anyio.Event) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            ready.set()
-            await anyio.sleep_forever()
+    def serve_in(self, tasks: anyio.abc.TaskGroup) -> None:
+        """Run each pod's background work (its exit watcher, its network's teardown) in ``tasks``."""
+        self._tg = tasks
 
     def _group(self) -> anyio.abc.TaskGroup:
         if self._tg is None:

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-
-import anyio
 
 from corral.kernel import InitContext, Registration, SkipPlugin
 from corral.plugins import types
@@ -90,9 +87,7 @@ async def init(ic: InitContext) -> PodSandboxController:
         cni=cni,
         transferrer=next(iter(transferrers.values()), None),
     )
-    ready = anyio.Event()
-    ic.start_soon(partial(controller.serve, ready), name="sandboxes")
-    await ready.wait()
+    controller.serve_in(await ic.task_group("sandboxes"))
     await controller.recover()
     ic.meta.exports.update(
         {"netns_dir": str(settings.netns_dir), "cni_conf_dir": conf_dir, "cni_bin_dirs": ":".join(bin_dirs)}

@@ -4,8 +4,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from containerd_daemon import Containerd
 from harness import Daemon
-from tooling import require_tool
+from tooling import require_root, require_tool
 
 
 @pytest.fixture
@@ -20,6 +21,24 @@ def daemon(tmp_path: Path, ctr: str) -> Iterator[Daemon]:
         yield d
     finally:
         d.stop()
+
+
+@pytest.fixture
+def both(tmp_path: Path) -> Iterator[tuple[Daemon, Containerd]]:
+    """corrald and Debian's containerd, each on its own temporary directories, for the tests
+    that drive both with the same ctr commands."""
+    require_root()
+    require_tool("ctr")
+    require_tool("containerd")
+    ours = Daemon(tmp_path / "corral").start()
+    try:
+        theirs = Containerd(tmp_path / "containerd").start()
+        try:
+            yield ours, theirs
+        finally:
+            theirs.stop()
+    finally:
+        ours.stop()
 
 
 # The corrald that containerd 2.x's ctr drives, for the transfer tests.

@@ -11,14 +11,13 @@ import json
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from containerd_daemon import Containerd
 from harness import Daemon
-from tooling import require_root, require_tool
+from tooling import require_root
 
 from corral.plugins.images.build import (
     BusyboxImage,
@@ -46,23 +45,6 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> Archives:
         oci=build_busybox_image(base / "busybox-oci.tar", names=[OCI_NAME]),
         docker=build_busybox_image(base / "busybox-docker.tar", archive_format="docker", names=[DOCKER_NAME]),
     )
-
-
-@pytest.fixture
-def both(tmp_path: Path) -> Iterator[tuple[Daemon, Containerd]]:
-    """corrald and containerd, each on its own temporary directories."""
-    require_root()
-    require_tool("ctr")
-    require_tool("containerd")
-    corral = Daemon(tmp_path / "corral").start()
-    try:
-        containerd = Containerd(tmp_path / "containerd").start()
-        try:
-            yield corral, containerd
-        finally:
-            containerd.stop()
-    finally:
-        corral.stop()
 
 
 Ctr = Daemon | Containerd

@@ -215,7 +215,7 @@ class FakeContent(content_pb.ContentBase):
             if total and total != len(data):
                 raise GRPCError(
                     GRPCStatus.FAILED_PRECONDITION,
-                    f"unexpected commit size {len(data)}, expected {total}: failed precondition",
+                    f'"{ref}" failed size validation: {len(data)} != {total}: failed precondition',
                 )
             expected = request.expected or ingest.expected
             if expected and expected != digest:
@@ -678,7 +678,7 @@ def test_content_ingest_of_an_existing_blob_exits_0_and_a_bad_digest_exits_1() -
     assert (again.exit_code, again.stdout) == (0, digest + "\n")
     assert (wrong.exit_code, wrong.stdout) == (0, digest + "\n")  # the daemon has it: ctr does the same
     assert bad.exit_code == 1
-    assert bad.stderr == "corral: unexpected commit size 4, expected 5: failed precondition\n"
+    assert bad.stderr == 'corral: "r3" failed size validation: 4 != 5: failed precondition\n'
 
 
 def test_content_get_writes_the_raw_bytes() -> None:

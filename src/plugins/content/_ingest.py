@@ -249,6 +249,12 @@ class LocalWriter:
             fd = os.open(data, flags, 0o600)
         self._fd = fd
         old = load_record(self._dir)
+        if old is not None and total and old.total and total != old.total:
+            # As containerd's: a ref reopened for another total starts again from nothing
+            # (containerd keeps the old bytes past those written again, so a shorter blob can
+            # never commit there; here the data goes with its record).
+            os.ftruncate(fd, 0)
+            old = None
         record = old or self._record
         record = IngestRecord(
             ref=self._ref,

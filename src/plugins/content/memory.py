@@ -150,6 +150,8 @@ class MemoryContentStore:
             self._ingests.pop(ref, None)
             raise AlreadyExists(f"content {expected}")
         ingest = self._ingests.setdefault(ref, _Ingest(ref, total, expected))
+        if total and ingest.total and total != ingest.total:  # another total: started again
+            ingest = self._ingests[ref] = _Ingest(ref, total, expected)
         ingest.total = total or ingest.total
         ingest.expected = expected or ingest.expected
         self._locked.add(ref)

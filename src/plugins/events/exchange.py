@@ -156,8 +156,15 @@ class Exchange:
 
     @asynccontextmanager
     async def subscribe(self, filters: Sequence[str] = ()) -> AsyncIterator[Subscription]:
-        """Events matching any of ``filters`` (all events without), until the block exits."""
-        match = parse_filters(list(filters))
+        """Events matching any of ``filters`` (all events without), until the block exits. A
+        filter that does not parse is InvalidArgument in containerd's words (containerd answers
+        Unknown)."""
+        try:
+            match = parse_filters(list(filters))
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"subscription error: failed parsing subscription filters: {exc.detail}"
+            ) from None
         send, receive = anyio.create_memory_object_stream[Envelope](self._queue_size)
         subscriber = _Subscriber(match, send)
         if self._closed:

@@ -336,12 +336,13 @@ class NamespacedWriter:
             validate_digest(expected)
         if self._inner is None:
             assert self._shared is not None
+            # containerd's namespaced writer's words (its content store's are the backends').
             if size and size != self._shared.size:
-                raise FailedPrecondition(f"unexpected commit size {self._shared.size}, expected {size}")
-            if expected and expected != self._shared.digest:
                 raise FailedPrecondition(
-                    f"unexpected commit digest {self._shared.digest}, expected {expected}"
+                    f'"{self.ref}" failed size validation: {self._shared.size} != {size}'
                 )
+            if expected and expected != self._shared.digest:
+                raise FailedPrecondition(f'"{self.ref}" unexpected digest')
             async with self._content.sweeping:
                 # The blob was there when the writer opened; a collection may have taken it since.
                 if await self._content._stored(self._shared.digest) is None:
@@ -351,6 +352,10 @@ class NamespacedWriter:
                 return await self._content.commit_record(self._namespace, self._shared, labels or {})
         # A mismatch leaves the ingest as it was, as containerd's: reopened by the same ref, its
         # bytes are still there and a commit with the right size and digest succeeds.
+        if size and size != self._inner.offset:
+            offset = self._inner.offset
+            await self._inner.close()  # as containerd's: the ref is free again, its bytes kept
+            raise FailedPrecondition(f'"{self.ref}" failed size validation: {offset} != {size}')
         digest = self._inner.digest()
         in_flight = self._content.in_flight
         # The blob exists before its record does; garbage collection must not take it meanwhile.

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from corral.kernel import AlreadyExists, FailedPrecondition, NotFound
-from corral.plugins.core import update_labels, validate_labels, validate_namespace
+from corral.plugins.core import update_labels, validate_identifier, validate_labels
 from corral.plugins.events.types import NamespaceCreate, NamespaceDelete, NamespaceUpdate
 from corral.plugins.metadata import Namespace
 from corral.plugins.metadata.database import Database, labels_json
@@ -22,7 +22,7 @@ class Namespaces:
         self._db = db
 
     async def create(self, name: str, labels: Mapping[str, str]) -> Namespace:
-        validate_namespace(name)
+        validate_identifier(name)  # containerd's words, without the request namespace's prefix
         validate_labels(labels)
 
         def create(conn: sqlite3.Connection) -> Namespace:
@@ -56,7 +56,7 @@ class Namespaces:
         return await self._db.read(list_)
 
     async def update(self, name: str, labels: Mapping[str, str], paths: Sequence[str]) -> Namespace:
-        validate_namespace(name)
+        validate_identifier(name)  # containerd's words, without the request namespace's prefix
         validate_labels(labels)
 
         def update(conn: sqlite3.Connection) -> Namespace:

@@ -420,13 +420,15 @@ class NamespacedSnapshotter:
         await self._recover()
 
         def check(db: sqlite3.Connection) -> tuple[str, str, str, int, str, float, float]:
+            # In containerd's order: a name taken is AlreadyExists even when the key is missing.
+            if self._row(db, ns, name) is not None:
+                raise AlreadyExists(f'snapshot "{name}"')
             row = self._row(db, ns, key)
             if row is None:
                 raise NotFound(f"snapshot {key} does not exist")
             if Kind(row[3]) is not Kind.ACTIVE:
-                raise FailedPrecondition(f"snapshot {key} is not active")
-            if self._row(db, ns, name) is not None:
-                raise AlreadyExists(f'snapshot "{name}"')
+                # containerd's snapshotters say it of their own key for the snapshot.
+                raise FailedPrecondition(f'failed to commit snapshot: snapshot "{row[1]}" is not active')
             return row
 
         row = await self._store.read(check)
@@ -508,11 +510,11 @@ class NamespacedSnapshotter:
             if row is None:
                 raise NotFound(f"snapshot {key} does not exist")
             child = db.execute(
-                "SELECT key FROM snapshots WHERE namespace = ? AND snapshotter = ? AND parent = ? LIMIT 1",
+                "SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND parent = ? LIMIT 1",
                 (ns, self.name, key),
             ).fetchone()
             if child is not None:
-                raise FailedPrecondition(f"cannot remove snapshot {key}: it has children (e.g. {child[0]})")
+                raise FailedPrecondition("cannot remove snapshot with child")
             db.execute(
                 "DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?",
                 (ns, self.name, key),

@@ -56,6 +56,7 @@ CHECKS: tuple[Check, ...] = (
     _checks.check_status_reports_progress_total_and_expected,
     _checks.check_status_follows_the_ingest,
     _checks.check_an_ingest_resumes_where_it_stopped,
+    _checks.check_a_ref_reopened_for_another_total_starts_again,
     _checks.check_an_ingest_resumes_after_every_fraction,
     _checks.check_one_writer_per_ref,
     _checks.check_a_waiting_writer_gets_the_ref_once_it_is_closed,

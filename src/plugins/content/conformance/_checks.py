@@ -135,6 +135,23 @@ async def check_an_ingest_resumes_where_it_stopped(subject: Subject) -> None:
         assert await read_all(store, info.digest) == data
 
 
+async def check_a_ref_reopened_for_another_total_starts_again(subject: Subject) -> None:
+    """containerd's local store: a writer for a ref whose ingest was opened with another total
+    (both given) starts a new ingest there; without a total, or with the same, it resumes."""
+    old = payload(2000, seed=8)
+    data = payload(3000, seed=9)
+    async with subject.open() as store:
+        first = await store.writer("retotal", total=len(old))
+        await first.write(old)
+        await first.close()
+        again = await store.writer("retotal", total=len(data))
+        assert again.offset == 0, "an ingest reopened for another total was resumed"
+        assert (await again.status()).total == len(data)
+        await again.write(data)
+        assert (await again.commit(len(data), digest_of(data))).digest == digest_of(data)
+        assert await read_all(store, digest_of(data)) == data
+
+
 async def check_one_writer_per_ref(subject: Subject) -> None:
     async with subject.open() as store:
         first = await store.writer("locked")

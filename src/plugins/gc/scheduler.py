@@ -4,6 +4,7 @@ As containerd's scheduler: a collection follows deletions (every one when ``dele
 is 0), or ``mutation_threshold`` other changes, after ``schedule_delay``; collections are spaced
 so their pauses take at most ``pause_threshold`` of the time; one runs ``startup_delay`` after
 start when that is set; ``collect_now`` (a ``sync`` delete) runs one at once and waits for it.
+The spacing comes from the average metadata pause of the collections so far, as containerd's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from corral.plugins.core.tracing import span
 from corral.plugins.metadata import CollectionResult, Metadata
 
 log = structlog.get_logger("corral.gc")
+
+MINIMUM_PAUSE = 0.005
+"""The least average pause the spacing of collections is computed from, as containerd's (5 ms):
+with the default ``pause_threshold`` of 0.02, collections follow each other at least 245 ms apart."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class Scheduler:
         self._due: float | None = time.monotonic() + startup if startup > 0 else None
         self._wake = anyio.Event()
         self._earliest = 0.0
+        self._pause_sum = 0.0
         self._lock = anyio.Lock()
         self.last: CollectionResult | None = None
         self.collections = 0
@@ -89,20 +95,29 @@ class Scheduler:
         async with self._lock:
             self._deletions = self._mutations = 0
             self._due = None
-            started = time.monotonic()
             with span("gc.Collect") as current:
                 result = await self._metadata.garbage_collect()
                 if current.recording:
                     current.set_attributes(_span_attributes(result))
-            elapsed = time.monotonic() - started
-            self._earliest = time.monotonic() + elapsed / self._config.pause_threshold - elapsed
             self.last = result
             self.collections += 1
+            # containerd's spacing: from the average pause (the metadata's part of a collection,
+            # not the removal of blobs and snapshots after it), at least MINIMUM_PAUSE.
+            self._pause_sum += result.seconds
+            self._earliest = time.monotonic() + self.spacing
             self._report(result)
             return result
 
+    @property
+    def spacing(self) -> float:
+        """Seconds from one collection to the earliest next one a change can start: the average
+        pause so far (at least ``MINIMUM_PAUSE``) divided by ``pause_threshold``, less itself."""
+        pause = max(self._pause_sum / self.collections if self.collections else 0.0, MINIMUM_PAUSE)
+        return pause / self._config.pause_threshold - pause
+
     def _report(self, result: CollectionResult) -> None:
         self.exports["Collections"] = str(self.collections)
+        self.exports["Spacing"] = format_duration(timedelta(seconds=self.spacing))
         failures = [f"{kind}: {what}" for kind, items in sorted(result.failed.items()) for what in items]
         if failures:
             self.exports["RemovalFailures"] = f"{len(failures)}: " + "; ".join(failures)[:1000]

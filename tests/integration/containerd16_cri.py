@@ -51,11 +51,16 @@ def answers(cri: CRIClient) -> bool:
 
 @contextlib.contextmanager
 def containerd_16(
-    base: Path, netns: str, extra: str = "", network_list: Callable[[Path], Network] = write_network
+    base: Path,
+    netns: str,
+    extra: str = "",
+    network_list: Callable[[Path], Network] = write_network,
+    bin_dir: Path = CNI_BIN,
 ) -> Iterator[tuple[CRIClient, Callable[..., str], Network]]:
     """containerd 1.6 under ``base`` in ``netns`` (``extra`` appended to its config, its CNI list
-    written by ``network_list``): its CRI client, a ``ctr`` in ``k8s.io`` against it and its
-    network; its pods removed and it stopped after, the last lines of its log printed."""
+    written by ``network_list``, its plugins found in ``bin_dir``): its CRI client, a ``ctr`` in
+    ``k8s.io`` against it and its network; its pods removed and it stopped after, the last lines
+    of its log printed."""
     containerd = require_tool("containerd")
     base.mkdir(parents=True, exist_ok=True)
     network = network_list(base / "net")
@@ -63,7 +68,7 @@ def containerd_16(
     config = base / "config.toml"
     config.write_text(
         CONTAINERD_CONFIG.format(
-            base=base, socket=socket, pause=PAUSE_IMAGE, cni=network.conf_dir, bin=CNI_BIN
+            base=base, socket=socket, pause=PAUSE_IMAGE, cni=network.conf_dir, bin=bin_dir
         )
         + extra
     )

@@ -467,18 +467,28 @@ exit 0
 """
 
 
+def refusing_bin_dir(base: Path) -> Path:
+    """The CNI plugins of the list, and ``refuse``, which fails every ADD after the others ran."""
+    bin_dir = base / "cni-bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("bridge", "host-local", "portmap", "loopback"):
+        (bin_dir / name).symlink_to(CNI_BIN / name)
+    (bin_dir / "refuse").write_text(FAILING_PLUGIN)
+    (bin_dir / "refuse").chmod(0o755)
+    return bin_dir
+
+
+def refusing_network(base: Path) -> Network:
+    return write_network(base, extra_plugins=[{"type": "refuse"}])
+
+
 def test_a_pod_whose_network_setup_fails_halfway_is_rolled_back_leaving_nothing(
     tmp_path: Path, lan: Lan
 ) -> None:
     """bridge and portmap succeed, the third plugin of the list fails: the veth, the IP, the DNAT
     rules and the namespace they made go again, and the pod is not listed."""
-    network = write_network(tmp_path, extra_plugins=[{"type": "refuse"}])
-    bin_dir = tmp_path / "cni-bin"
-    bin_dir.mkdir()
-    for name in ("bridge", "host-local", "portmap", "loopback"):
-        (bin_dir / name).symlink_to(CNI_BIN / name)
-    (bin_dir / "refuse").write_text(FAILING_PLUGIN)
-    (bin_dir / "refuse").chmod(0o755)
+    network = refusing_network(tmp_path)
+    bin_dir = refusing_bin_dir(tmp_path)
     config = f"""
         version = 3
         [plugins."io.containerd.podsandbox.controller.v1.podsandbox"]
@@ -517,6 +527,49 @@ def test_a_pod_whose_network_setup_fails_halfway_is_rolled_back_leaving_nothing(
     finally:
         remove_all(daemon)
         daemon.stop()
+
+
+def test_a_network_setup_failure_reads_as_containerd_1_6s(tmp_path: Path) -> None:
+    """The same pod on the same failing network list, against corrald and containerd 1.6's CRI:
+    the same status and the same message, but for the sandbox id."""
+    require_tool("containerd")
+
+    def failure(cri: CRIClient) -> tuple[Status, str]:
+        with pytest.raises(GRPCError) as failed:
+            run(cri, web_pod("refused", host_port(), tmp_path / "logs"))
+        sandbox = re.compile(r'sandbox "[0-9a-f]{64}"')
+        return failed.value.status, sandbox.sub('sandbox "ID"', failed.value.message or "")
+
+    with make_lan() as lan:
+        network = refusing_network(tmp_path / "corral-net")
+        config = f"""
+            version = 3
+            [plugins."io.containerd.podsandbox.controller.v1.podsandbox"]
+            cni_conf_dir = "{network.conf_dir}"
+            cni_bin_dirs = ["{refusing_bin_dir(tmp_path / "corral-net")}"]
+            [plugins."io.containerd.cri.v1.runtime".cni]
+            conf_dir = "{network.conf_dir}"
+        """
+        daemon = NodeDaemon(tmp_path / "corral", config, node_netns=lan.node.netns).start()
+        try:
+            ours = failure(CRIClient(daemon.socket))
+        finally:
+            remove_all(daemon)
+            daemon.stop()
+    with make_lan() as lan:
+        base = tmp_path / "containerd"
+        bin_dir = refusing_bin_dir(base)
+        with containerd_16(base, lan.node.netns, network_list=refusing_network, bin_dir=bin_dir) as (
+            cri,
+            _,
+            _,
+        ):
+            theirs = failure(cri)
+    assert theirs[1].startswith('failed to setup network for sandbox "ID": '), theirs
+    # containerd 1.6's CNI library names the plugin's type only; 2.x's (and corral) name the
+    # network too. containerd answers Unknown (it wraps no kind); corral FailedPrecondition.
+    assert ours[0] == Status.FAILED_PRECONDITION and theirs[0] == Status.UNKNOWN
+    assert ours[1].replace(' name="containerd-net"', "") == theirs[1]
 
 
 # -- the same hostPort scenario against Debian's containerd 1.6 CRI --------------------------------

@@ -326,7 +326,10 @@ class PodSandboxController:
                 else:
                     await netns_within_userns(path, idmap)
             except CorralError as exc:
-                note_pod_network(exc, f'failed to create network namespace for sandbox "{p.id}": {exc}')
+                # The inner error's own text, without its kind's words: containerd's wraps a plain error.
+                note_pod_network(
+                    exc, f'failed to create network namespace for sandbox "{p.id}": {exc.detail}'
+                )
                 raise
             undo.append(("netns", lambda: _remove_netns(path)))
         userns_path = ""
@@ -352,7 +355,7 @@ class PodSandboxController:
                     port_mappings=ports,
                 )
             except CorralError as exc:
-                note_pod_network(exc, f'failed to setup network for sandbox "{p.id}": {exc}')
+                note_pod_network(exc, f'failed to setup network for sandbox "{p.id}": {exc.detail}')
                 raise
             p.ips = [ip.ip for ip in result.ips]
 

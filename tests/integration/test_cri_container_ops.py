@@ -639,3 +639,30 @@ def test_updates_log_reopens_stats_and_stop_signals_match_containerd_1_6s_cri(
     # containerd 2.x lists every interface of the pod's network namespace, 1.6 only the default one.
     assert (ours.pop("pod interfaces"), theirs.pop("pod interfaces")) == (["eth0"], [])
     assert ours == theirs
+
+
+def test_streaming_calls_for_what_does_not_exist_answer_as_containerd_1_6s_cri(
+    tmp_path: Path, node: Node
+) -> None:
+    """Exec, Attach and PortForward are not served yet, but like containerd's they look up what
+    they name first: a missing container or pod is NotFound in containerd's words."""
+    require_tool("containerd")
+    missing = "0" * 64
+    requests = [
+        ("exec", pb.ExecRequest(container_id=missing, cmd=["true"], stdout=True)),
+        ("attach", pb.AttachRequest(container_id=missing, stdout=True)),
+        ("port_forward", pb.PortForwardRequest(pod_sandbox_id=missing, port=[80])),
+    ]
+
+    def answers(cri: CRIClient) -> list[tuple[Status, str]]:
+        return [code_of(lambda m=method, r=request: cri.runtime(m, r)) for method, request in requests]
+
+    daemon = start_daemon(tmp_path, node, write_network(tmp_path / "net"))
+    try:
+        ours = answers(CRIClient(daemon.socket))
+    finally:
+        daemon.stop()
+    with containerd_16(tmp_path / "containerd", node.netns) as (cri, _, _):
+        theirs = answers(cri)
+    assert ours == theirs
+    assert [code for code, _ in ours] == [Status.NOT_FOUND] * 3

@@ -3,8 +3,9 @@
 Thin adapters over the CRI plugins (``corral.plugins.cri``). Pod sandboxes go through the sandbox
 store and the pod sandbox controller (``corral.plugins.cri.sandboxes``), containers through
 ``corral.plugins.cri.containers``, stats through ``corral.plugins.cri.stats``. The calls in NOT_YET
-(streaming, checkpoints, metrics descriptors …) are not served yet: each answers Unimplemented
-naming itself, never a silent success.
+(checkpoints, metrics descriptors …) and the streaming ones (exec, attach, port forwarding) are not
+served yet: each answers Unimplemented naming itself, never a silent success (the streaming ones
+after finding what they name, as containerd's).
 The section ``[plugins."io.containerd.grpc.v1.cri"]`` is containerd 2.x's server config.
 """
 
@@ -24,7 +25,7 @@ from corral.api.sandbox_wire import pod_spec_from_config, userns_fields
 from corral.api.types.containerd.runc import v1 as runc_pb
 from corral.api.types.runtime import v1 as pb
 from corral.api.wire import RUNC_OPTIONS_TYPE_URL
-from corral.kernel import InitContext, Registration, Unimplemented
+from corral.kernel import CorralError, InitContext, Registration, Unimplemented
 from corral.plugins import types
 from corral.plugins.cdi import DeviceInjector
 from corral.plugins.cri import AuthConfig, CRIImage, CRIImageService, CRIRuntimeService, ServerConfig
@@ -37,6 +38,7 @@ from corral.plugins.cri.containers import (
     CRIContainers,
     HostMount,
 )
+from corral.plugins.cri.errors import worded
 from corral.plugins.cri.resources import HugepageLimit, ResourceUpdate
 from corral.plugins.cri.sandboxes import CRISandbox, PodSandboxes, SandboxFilter, invalid
 from corral.plugins.cri.signals import cri_signal_name
@@ -57,9 +59,6 @@ from corral.plugins.sandbox import Controller, PodSandboxSpec
 from corral.plugins.sandbox.controllers import SandboxControllers
 
 NOT_YET = (
-    "exec",
-    "attach",
-    "port_forward",
     "checkpoint_container",
     "list_metric_descriptors",
     "list_pod_sandbox_metrics",
@@ -625,6 +624,31 @@ class RuntimeServiceGRPC(pb.RuntimeServiceBase):
             self._runtime.update_runtime_config, network.pod_cidr if network else ""
         )
         return pb.UpdateRuntimeConfigResponse()
+
+    # Streaming (exec, attach, port forwarding through a streaming server) is not served yet; as
+    # containerd's, what the request names is looked up first, so a missing one is NotFound.
+    async def exec(self, message: pb.ExecRequest) -> pb.ExecResponse:
+        try:
+            await self._containers.get(message.container_id)
+        except CorralError as exc:
+            raise worded(
+                type(exc), f'failed to find container "{message.container_id}" in store: {exc}'
+            ) from None
+        raise _not_yet("exec")
+
+    async def attach(self, message: pb.AttachRequest) -> pb.AttachResponse:
+        try:
+            await self._containers.get(message.container_id)
+        except CorralError as exc:
+            raise worded(type(exc), f"failed to find container in store: {exc}") from None
+        raise _not_yet("attach")
+
+    async def port_forward(self, message: pb.PortForwardRequest) -> pb.PortForwardResponse:
+        try:
+            await self._pods.get(message.pod_sandbox_id)
+        except CorralError as exc:
+            raise worded(type(exc), f'failed to find sandbox "{message.pod_sandbox_id}": {exc}') from None
+        raise _not_yet("port_forward")
 
     async def get_container_events(
         self, message: pb.GetEventsRequest

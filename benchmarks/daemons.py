@@ -294,6 +294,16 @@ class CorralDaemonWithCRI(CorralDaemon):
     with_cri = True
 
 
+class FloorDaemon(CorralDaemon):
+    """``benchmarks.floor`` started as corrald is: the interpreter, asyncio and corral's HTTP/2
+    transport answering ``ctr version``, nothing else."""
+
+    label = "floor"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "benchmarks.floor", *super().argv()[1:]]
+
+
 class ContainerdDaemon(Daemon):
     kind = CONTAINERD
     label = "containerd"

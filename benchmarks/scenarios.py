@@ -14,7 +14,7 @@ import statistics
 import time
 
 from benchmarks import content
-from benchmarks.daemons import CORRAL, CorralDaemonWithCRI, corrald_binary
+from benchmarks.daemons import CORRAL, CorralDaemonWithCRI, FloorDaemon, corrald_binary
 from benchmarks.registry import Metric, Sample, Target, scenario
 from benchmarks.timing import time_call
 from corral.kernel import InitContext, Registration, resolve_order
@@ -61,6 +61,25 @@ def startup_with_cri(target: Target) -> Sample:
         corrald_binary(), target.workdir / f"corral-cri-{next(_serial):03d}", target.ctr
     ) as d:
         return {"startup-cri": d.startup_seconds * MS, "startup-cri-cpu": d.cpu_after_start_seconds * MS}
+
+
+@scenario(
+    "startup-floor",
+    needs="fresh",
+    kinds=(CORRAL,),
+    metrics=(
+        Metric(
+            "startup-floor",
+            "Start-up floor: a Python process that only answers `ctr version` (asyncio and corral's"
+            " HTTP/2 transport; no kernel, no plugins)",
+            "ms",
+        ),
+    ),
+)
+def startup_floor(target: Target) -> Sample:
+    """As ``startup``, for ``benchmarks.floor``: what any Python daemon on this interpreter pays."""
+    with FloorDaemon(corrald_binary(), target.workdir / f"floor-{next(_serial):03d}", target.ctr) as d:
+        return {"startup-floor": d.startup_seconds * MS}
 
 
 @scenario("ctr-version", needs="running", warmup=1, metrics=(Metric("ctr-version", "`ctr version`", "ms"),))

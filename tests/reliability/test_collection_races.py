@@ -75,7 +75,80 @@ def test_a_blob_committed_while_a_sweep_lists_the_store_keeps_its_bytes(tmp_path
     anyio.run(main)
 
 
-def test_a_shared_commit_of_a_blob_collected_meanwhile_is_aborted_not_recorded_without_bytes(
+def test_a_shared_writer_holds_its_blob_from_collection_until_it_is_closed(tmp_path: Path) -> None:
+    """The kill -9 suite's second find: a namespace opened a writer by digest for a blob another
+    namespace held, the other dropped it and a collection took it before the commit, which could
+    only be refused. containerd records such a commit without the bytes; corral keeps the bytes."""
+    store = PausingStore()
+    md = open_metadata(tmp_path / "meta.db", content=store)
+    content = md.view(NamespacedContent)
+    data = b"held by a, named by b"
+
+    async def main() -> None:
+        await _commit(content, "a", "ref", data)
+        with namespace("b"):
+            writer = await content.writer("ref", expected=digest(data))  # shared: nothing to send
+        assert writer.offset == len(data)
+        with namespace("a"):
+            await content.delete(digest(data))
+        await md.garbage_collect()
+        await writer.commit(len(data), digest(data), ROOT)
+        await writer.close()
+        with namespace("b"):
+            assert [i.digest for i in await content.list()] == [digest(data)]
+            assert b"".join([c async for c in await content.read(digest(data))]) == data
+
+        # Walked away from without a commit, the writer holds nothing once closed.
+        with namespace("c"):
+            other = await content.writer("ref", expected=digest(data))
+        with namespace("b"):
+            await content.delete(digest(data))
+        await md.garbage_collect()
+        assert [i async for i in store.list()] != []
+        await other.close()
+        await md.garbage_collect()
+        assert [i async for i in store.list()] == []
+
+    anyio.run(main)
+
+
+def test_a_writer_opened_by_digest_during_a_sweep_that_takes_the_blob_asks_for_the_bytes(
+    tmp_path: Path,
+) -> None:
+    store = PausingStore()
+    md = open_metadata(tmp_path / "meta.db", content=store)
+    content = md.view(NamespacedContent)
+    data = b"dropped by a while b opens"
+    opened: list[int] = []
+
+    async def open_in_b() -> None:
+        with namespace("b"):
+            writer = await content.writer("ref", expected=digest(data))
+        opened.append(writer.offset)
+        await writer.write(data)
+        await writer.commit(len(data), digest(data), ROOT)
+        await writer.close()
+
+    async def main() -> None:
+        await _commit(content, "a", "ref", data)
+        with namespace("a"):
+            await content.delete(digest(data))
+        store.pause = True
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(md.garbage_collect)
+            await store.listing.wait()
+            tg.start_soon(open_in_b)
+            await anyio.sleep(0.2)  # the open waits for the sweep, which takes the blob
+            assert opened == []
+            store.go_on.set()
+        assert opened == [0]
+        with namespace("b"):
+            assert b"".join([c async for c in await content.read(digest(data))]) == data
+
+    anyio.run(main)
+
+
+def test_a_shared_commit_of_a_blob_removed_beneath_it_is_aborted_not_recorded_without_bytes(
     tmp_path: Path,
 ) -> None:
     store = PausingStore()
@@ -87,9 +160,7 @@ def test_a_shared_commit_of_a_blob_collected_meanwhile_is_aborted_not_recorded_w
         await _commit(content, "a", "ref", data)
         with namespace("b"):
             writer = await content.writer("ref", expected=digest(data))  # shared: nothing to send
-        with namespace("a"):
-            await content.delete(digest(data))
-        await md.garbage_collect()
+        await store.delete(digest(data))  # beneath the metadata store, as a failing disk might
         with pytest.raises(Aborted, match="write it again"):
             await writer.commit(len(data), digest(data), ROOT)
         with namespace("b"):

@@ -192,13 +192,27 @@ class ContentRecords:
             else:
                 raise AlreadyExists(f"content {expected}")
             if self.policy == "shared":
-                stored = await self._stored(expected)
-                if stored is not None and total in (0, stored.size):
-                    return NamespacedWriter(self, None, ns, ref, expected, shared=stored)
+                # Checked and held under the sweep's lock: a collection running now has either
+                # taken the blob already (and the writer writes it) or will leave it standing
+                # for as long as the writer stands on it.
+                async with self.sweeping:
+                    stored = await self._stored(expected)
+                    if stored is not None and total in (0, stored.size):
+                        self.hold(stored.digest)
+                        return NamespacedWriter(self, None, ns, ref, expected, shared=stored)
         # The backend never sees ``expected``: a blob present for another namespace is written
         # again (and verified) before this namespace may see it.
         inner = await self.backend.writer(_ingest_key(ns, ref), total)
         return NamespacedWriter(self, inner, ns, ref, expected)
+
+    def hold(self, digest: str) -> None:
+        """Keep the blob from garbage collection until as many ``release`` calls."""
+        self.in_flight[digest] += 1
+
+    def release(self, digest: str) -> None:
+        self.in_flight[digest] -= 1
+        if not self.in_flight[digest]:
+            del self.in_flight[digest]
 
     async def _stored(self, digest: str) -> Info | None:
         try:
@@ -276,6 +290,7 @@ class NamespacedWriter:
         self.ref = ref
         self.expected = expected
         self._shared = shared
+        self._released = False  # a shared writer holds its blob from collection until closed
         self._started = datetime.now(UTC)
 
     @property
@@ -347,7 +362,7 @@ class NamespacedWriter:
                 # The blob was there when the writer opened; a collection may have taken it since.
                 if await self._content._stored(self._shared.digest) is None:
                     raise Aborted(
-                        f"content {self._shared.digest} was collected before its commit; write it again"
+                        f"content {self._shared.digest} was removed before its commit; write it again"
                     )
                 return await self._content.commit_record(self._namespace, self._shared, labels or {})
         # A mismatch leaves the ingest as it was, as containerd's: reopened by the same ref, its
@@ -357,9 +372,8 @@ class NamespacedWriter:
             await self._inner.close()  # as containerd's: the ref is free again, its bytes kept
             raise FailedPrecondition(f'"{self.ref}" failed size validation: {offset} != {size}')
         digest = self._inner.digest()
-        in_flight = self._content.in_flight
         # The blob exists before its record does; garbage collection must not take it meanwhile.
-        in_flight[digest] += 1
+        self._content.hold(digest)
         try:
             try:
                 info = await self._inner.commit(size, expected)
@@ -368,15 +382,16 @@ class NamespacedWriter:
                 info = await self._content.backend.info(expected or digest)
             return await self._record(info, labels)
         finally:
-            in_flight[digest] -= 1
-            if not in_flight[digest]:
-                del in_flight[digest]
+            self._content.release(digest)
 
     async def _record(self, info: Info, labels: Mapping[str, str] | None) -> Info:
         async with self._content.sweeping:
             return await self._content.commit_record(self._namespace, info, labels or {})
 
     async def close(self) -> None:
+        if self._shared is not None and not self._released:
+            self._released = True
+            self._content.release(self._shared.digest)
         if self._inner is not None:
             await self._inner.close()
 

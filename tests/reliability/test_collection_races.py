@@ -19,7 +19,7 @@ from corral.kernel import Aborted
 from corral.plugins.content import Info
 from corral.plugins.content.memory import MemoryContentStore
 from corral.plugins.core import namespace
-from corral.plugins.metadata import NamespacedContent
+from corral.plugins.metadata import Metadata, NamespacedContent, NamespacedWriter
 from corral.plugins.metadata.sqlite import open_metadata
 
 ROOT = {"containerd.io/gc.root": "test"}
@@ -54,10 +54,21 @@ async def _commit(content: NamespacedContent, ns: str, ref: str, data: bytes, ex
         await writer.commit(len(data), expected, ROOT)
 
 
-def test_a_blob_committed_while_a_sweep_lists_the_store_keeps_its_bytes(tmp_path: Path) -> None:
+def metadata_over(tmp_path: Path) -> tuple[PausingStore, Metadata, NamespacedContent]:
     store = PausingStore()
     md = open_metadata(tmp_path / "meta.db", content=store)
-    content = md.view(NamespacedContent)
+    return store, md, md.view(NamespacedContent)
+
+
+async def _shared_writer(content: NamespacedContent, data: bytes) -> NamespacedWriter:
+    """A writer in "b" for a blob "a" holds: under the shared policy, nothing to send."""
+    await _commit(content, "a", "ref", data)
+    with namespace("b"):
+        return await content.writer("ref", expected=digest(data))
+
+
+def test_a_blob_committed_while_a_sweep_lists_the_store_keeps_its_bytes(tmp_path: Path) -> None:
+    store, md, content = metadata_over(tmp_path)
     data = b"committed during the sweep"
 
     async def main() -> None:
@@ -79,15 +90,11 @@ def test_a_shared_writer_holds_its_blob_from_collection_until_it_is_closed(tmp_p
     """The kill -9 suite's second find: a namespace opened a writer by digest for a blob another
     namespace held, the other dropped it and a collection took it before the commit, which could
     only be refused. containerd records such a commit without the bytes; corral keeps the bytes."""
-    store = PausingStore()
-    md = open_metadata(tmp_path / "meta.db", content=store)
-    content = md.view(NamespacedContent)
+    store, md, content = metadata_over(tmp_path)
     data = b"held by a, named by b"
 
     async def main() -> None:
-        await _commit(content, "a", "ref", data)
-        with namespace("b"):
-            writer = await content.writer("ref", expected=digest(data))  # shared: nothing to send
+        writer = await _shared_writer(content, data)
         assert writer.offset == len(data)
         with namespace("a"):
             await content.delete(digest(data))
@@ -115,9 +122,7 @@ def test_a_shared_writer_holds_its_blob_from_collection_until_it_is_closed(tmp_p
 def test_a_writer_opened_by_digest_during_a_sweep_that_takes_the_blob_asks_for_the_bytes(
     tmp_path: Path,
 ) -> None:
-    store = PausingStore()
-    md = open_metadata(tmp_path / "meta.db", content=store)
-    content = md.view(NamespacedContent)
+    store, md, content = metadata_over(tmp_path)
     data = b"dropped by a while b opens"
     opened: list[int] = []
 
@@ -151,15 +156,11 @@ def test_a_writer_opened_by_digest_during_a_sweep_that_takes_the_blob_asks_for_t
 def test_a_shared_commit_of_a_blob_removed_beneath_it_is_aborted_not_recorded_without_bytes(
     tmp_path: Path,
 ) -> None:
-    store = PausingStore()
-    md = open_metadata(tmp_path / "meta.db", content=store)
-    content = md.view(NamespacedContent)
+    store, md, content = metadata_over(tmp_path)
     data = b"held by a, named by b"
 
     async def main() -> None:
-        await _commit(content, "a", "ref", data)
-        with namespace("b"):
-            writer = await content.writer("ref", expected=digest(data))  # shared: nothing to send
+        writer = await _shared_writer(content, data)
         await store.delete(digest(data))  # beneath the metadata store, as a failing disk might
         with pytest.raises(Aborted, match="write it again"):
             await writer.commit(len(data), digest(data), ROOT)

@@ -29,8 +29,7 @@ from corral.plugins.events.types import (
 )
 from corral.plugins.metadata import AnyValue, Container, ContainerRuntime, ContainerStore
 from corral.plugins.metadata._gc import Node, ResourceKind, label_references
-from corral.plugins.metadata._images import filters_of
-from corral.plugins.metadata.database import Database, ObjectKind, labels_json, stamp
+from corral.plugins.metadata.database import Database, ObjectKind, filters_of, labels_json, stamp
 
 NODE_KIND = "containers"
 

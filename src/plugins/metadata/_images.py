@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 
-from corral.kernel import AlreadyExists, Filter, InvalidArgument, NotFound, parse_filters
+from corral.kernel import AlreadyExists, InvalidArgument, NotFound
 from corral.plugins.core import (
     GC_EXPIRE,
     Descriptor,
@@ -33,6 +33,7 @@ from corral.plugins.metadata.database import (
     ObjectKind,
     attach_to_lease,
     detach_from_lease,
+    filters_of,
     labels_json,
     stamp,
 )
@@ -71,15 +72,6 @@ def _image(row: _Row) -> Image:
     name, labels, media_type, digest, size, annotations, created, updated = row
     target = Descriptor(media_type, digest, size, json.loads(annotations))
     return Image(name, target, json.loads(labels), stamp(created), stamp(updated))
-
-
-def filters_of(filters: Sequence[str]) -> Filter:
-    """containerd's stores wrap a filter's parse error once more (``…: invalid argument: invalid
-    argument``)."""
-    try:
-        return parse_filters(list(filters))
-    except InvalidArgument as exc:
-        raise InvalidArgument(str(exc)) from None
 
 
 def _present(labels: Mapping[str, str]) -> dict[str, str]:

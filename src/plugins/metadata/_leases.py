@@ -16,7 +16,6 @@ from corral.kernel import (
     NotFound,
     Unimplemented,
     adapt_mapping,
-    parse_filters,
 )
 from corral.plugins.core import (
     GC_EXPIRE,
@@ -29,7 +28,14 @@ from corral.plugins.core import (
 )
 from corral.plugins.metadata import Lease, Resource
 from corral.plugins.metadata._gc import Node, ResourceKind
-from corral.plugins.metadata.database import Database, ObjectKind, labels_json, require_lease, stamp
+from corral.plugins.metadata.database import (
+    Database,
+    ObjectKind,
+    filters_of,
+    labels_json,
+    require_lease,
+    stamp,
+)
 
 SCHEMA = (
     """
@@ -100,7 +106,7 @@ class LeaseManager:
 
     async def list(self, filters: Sequence[str] = ()) -> list[Lease]:
         ns = namespace_required()
-        match = parse_filters(list(filters))
+        match = filters_of(filters)
 
         def list_(db: sqlite3.Connection) -> list[Lease]:
             rows = db.execute(

@@ -26,8 +26,7 @@ from corral.plugins.core.tracing import span
 from corral.plugins.metadata import AnyValue, Sandbox, SandboxRuntime, SandboxStore
 from corral.plugins.metadata._containers import _extensions, _extensions_json
 from corral.plugins.metadata._gc import Node, ResourceKind, label_references
-from corral.plugins.metadata._images import filters_of
-from corral.plugins.metadata.database import Database, ObjectKind, labels_json, stamp
+from corral.plugins.metadata.database import Database, ObjectKind, filters_of, labels_json, stamp
 
 NODE_KIND = "sandboxes"
 

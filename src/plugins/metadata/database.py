@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from corral.kernel import NotFound
+from corral.kernel import Filter, InvalidArgument, NotFound, parse_filters
 from corral.plugins.core import current_lease, validate_namespace
 from corral.plugins.core.private import connect_private
 from corral.plugins.metadata._gc import Node, ResourceKind, label_references
@@ -59,6 +59,15 @@ CREATE TABLE IF NOT EXISTS sequences (name TEXT PRIMARY KEY, value INTEGER NOT N
 
 # What the legacy scripts had created, by kind: (kind, legacy version that created it).
 _LEGACY_KINDS = (("content", 2), ("leases", 2), ("snapshots", 3))
+
+
+def filters_of(filters: Sequence[str]) -> Filter:
+    """A list's filters, parsed. containerd's image, container, lease and sandbox stores wrap a
+    parse error once more (``…: invalid argument: invalid argument``)."""
+    try:
+        return parse_filters(list(filters))
+    except InvalidArgument as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def stamp(seconds: float) -> datetime:

@@ -146,10 +146,11 @@ class Transaction:
         if not parent:
             return ()
         row = self._db.execute("SELECT kind FROM snapshots WHERE key = ?", (parent,)).fetchone()
+        # containerd's snapshotters' words: their metastore's, after "failed to create snapshot".
         if row is None:
-            raise NotFound(f"parent snapshot {parent} does not exist")
+            raise NotFound(f'failed to create snapshot: missing parent "{parent}" bucket')
         if Kind(row[0]) is not Kind.COMMITTED:
-            raise InvalidArgument(f"parent {parent} is not a committed snapshot")
+            raise InvalidArgument(f'failed to create snapshot: parent "{parent}" is not committed snapshot')
         return parent_ids if parent_ids else self._chain(parent)
 
     def create_snapshot(

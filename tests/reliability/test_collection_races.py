@@ -156,7 +156,7 @@ def test_a_writer_opened_by_digest_during_a_sweep_that_takes_the_blob_asks_for_t
 def test_a_shared_commit_of_a_blob_removed_beneath_it_is_aborted_not_recorded_without_bytes(
     tmp_path: Path,
 ) -> None:
-    store, md, content = metadata_over(tmp_path)
+    store, _md, content = metadata_over(tmp_path)
     data = b"held by a, named by b"
 
     async def main() -> None:

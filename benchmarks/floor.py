@@ -1,10 +1,12 @@
 """The floor under corrald's start-up: the least a Python process does to answer ``ctr version``.
 
-``python -m benchmarks.floor --address SOCKET`` imports asyncio and corral's own HTTP/2 transport
-(``corral.api.grpc._http2``), listens on SOCKET and answers the two calls ``ctr version`` makes
-(``Version.Version`` and ``Introspection.Server``) with fixed, hand-encoded messages: no config, no
-kernel, no plugins, no protobuf library, no logging set up. The ``startup-floor`` scenario times it
-as it times corrald; whatever corrald adds to that is corral's own.
+``python -m benchmarks.floor --address SOCKET`` imports what corrald imports first (asyncio, and
+``corral.api._lean_imports``: structlog without rich, betterproto2 without ``importlib.metadata``)
+and corral's own HTTP/2 transport (``corral.api.grpc._http2``, which logs with structlog), listens
+on SOCKET and answers the two calls ``ctr version`` makes (``Version.Version`` and
+``Introspection.Server``) with fixed, hand-encoded messages: no config, no kernel, no plugins, no
+generated protobuf types, no logging set up. The ``startup-floor`` scenario times it as it times
+corrald; whatever corrald adds to that is corral's own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from grpclib.const import Cardinality, Handler
 
+import corral.api._lean_imports  # noqa: F401  # first, as corrald imports it: structlog without rich
 from corral import __version__
 from corral.api.grpc._http2 import GRPCServer
 

@@ -70,8 +70,8 @@ def startup_with_cri(target: Target) -> Sample:
     metrics=(
         Metric(
             "startup-floor",
-            "Start-up floor: a Python process that only answers `ctr version` (asyncio and corral's"
-            " HTTP/2 transport; no kernel, no plugins)",
+            "Start-up floor: a Python process that only answers `ctr version` (asyncio, structlog and"
+            " corral's HTTP/2 transport; no kernel, no plugins)",
             "ms",
         ),
     ),

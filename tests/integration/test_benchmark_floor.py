@@ -31,3 +31,14 @@ def test_the_floor_answers_ctr_version_as_corrald_would(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_the_floor_imports_what_corrald_imports_first_and_no_more() -> None:
+    """Not structlog's rich tracebacks (corrald keeps them out), and none of corrald's own layers."""
+    probe = (
+        "import sys, benchmarks.floor; "
+        "print(' '.join(m for m in ('structlog', 'rich', 'corral.kernel', 'corral.api.types')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.split() == ["structlog"]

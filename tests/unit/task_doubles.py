@@ -7,6 +7,7 @@ import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from corral.kernel import NotFound
 from corral.plugins.core import namespace_required
@@ -22,6 +23,11 @@ from corral.plugins.runtimes import (
 )
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+CHECKPOINT_FILES = {
+    "inventory.img": b"inventory",
+    "pages-1.img": bytes(range(256)) * 4096,
+    "criu-work/dump.log": b"dumped",
+}
 
 
 class MemoryContainers:
@@ -58,6 +64,9 @@ class RecordedTask:
     status: TaskStatus = TaskStatus.CREATED
     execs: dict[str, ExecOpts] = field(default_factory=dict)
     killed: list[tuple[str, int, bool]] = field(default_factory=list)
+    checkpoints: list[tuple[str, AnyValue | None]] = field(default_factory=list)
+    restored: dict[str, bytes] = field(default_factory=dict)
+    """The files in the checkpoint directory the task was created from, as it was created."""
 
     async def state(self) -> ProcessState:
         return ProcessState(self.id, 42, self.status, self.opts.io)
@@ -87,6 +96,14 @@ class RecordedTask:
     async def resume(self) -> None:
         self.status = TaskStatus.RUNNING
 
+    async def checkpoint(self, path: str, options: AnyValue | None = None) -> None:
+        """Write what CRIU would, in shape: image files, one in a directory of its own."""
+        self.checkpoints.append((path, options))
+        for name, data in CHECKPOINT_FILES.items():
+            target = Path(path, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
     async def exec(self, exec_id: str, opts: ExecOpts) -> RecordedTask:
         self.execs[exec_id] = opts
         return self
@@ -108,6 +125,11 @@ class RecordingRuntime:
 
     async def create(self, task_id: str, opts: CreateOpts) -> RecordedTask:
         task = RecordedTask(task_id, namespace_required(), opts)
+        if opts.checkpoint:
+            root = Path(opts.checkpoint)
+            task.restored = {
+                str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()
+            }
         self.tasks_by_key[(task.namespace, task_id)] = task
         return task
 

@@ -91,7 +91,7 @@ async def test_exec_needs_an_id_and_finds_its_process_afterwards() -> None:
         assert (await service.get("c1", "e1")).id == "e1"
 
 
-async def test_checkpoint_is_unimplemented_for_an_existing_task_only() -> None:
+async def test_checkpoint_needs_an_existing_task_and_a_content_store() -> None:
     service, _ = await service_with_container()
     with namespace("ns1"):
         with pytest.raises(NotFound):

@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 
 from corral.api.grpc import GRPCServices
 from corral.api.types.containerd import types as ctypes
+from corral.api.types.containerd.runc import v1 as runc_pb
 from corral.api.types.containerd.services.tasks import v1 as pb
 from corral.api.types.containerd.v1 import types as task_types
 from corral.api.types.google import protobuf
-from corral.api.wire import mounts_from_wire
+from corral.api.wire import descriptor_from_wire, descriptor_to_wire, mounts_from_wire
 from corral.kernel import InitContext, Registration
 from corral.plugins import types
 from corral.plugins.metadata import AnyValue
@@ -26,6 +27,17 @@ def _time(value: datetime | None) -> datetime:
 
 def _any(value: protobuf.Any | None) -> AnyValue | None:
     return None if value is None else AnyValue(value.type_url, value.value)
+
+
+def _runc_path(value: protobuf.Any | None) -> str:
+    """The images path in runc's create or checkpoint options (``criu_image_path``, ``image_path``)."""
+    if value is None:
+        return ""
+    if value.type_url.endswith("containerd.runc.v1.Options"):
+        return runc_pb.Options.parse(value.value).criu_image_path
+    if value.type_url.endswith("containerd.runc.v1.CheckpointOptions"):
+        return runc_pb.CheckpointOptions.parse(value.value).image_path
+    return ""
 
 
 def _to_any(value: AnyValue | None) -> protobuf.Any | None:
@@ -57,6 +69,8 @@ class TasksGRPC(pb.TasksBase):
             io=TaskIO(message.stdin, message.stdout, message.stderr, message.terminal),
             options=_any(message.options),
             runtime_path=message.runtime_path,
+            checkpoint=descriptor_from_wire(message.checkpoint) if message.checkpoint else None,
+            restore_path=_runc_path(message.options),
         )
         return pb.CreateTaskResponse(container_id=container_id, pid=pid)
 
@@ -111,8 +125,10 @@ class TasksGRPC(pb.TasksBase):
         )
 
     async def checkpoint(self, message: pb.CheckpointTaskRequest) -> pb.CheckpointTaskResponse:
-        await self._local.checkpoint(message.container_id)
-        return pb.CheckpointTaskResponse()
+        stored = await self._local.checkpoint(
+            message.container_id, _any(message.options), image_path=_runc_path(message.options)
+        )
+        return pb.CheckpointTaskResponse(descriptors=[descriptor_to_wire(d) for d in stored])
 
     async def update(self, message: pb.UpdateTaskRequest) -> protobuf.Empty:
         await self._local.update(message.container_id, _any(message.resources), message.annotations)

@@ -134,6 +134,11 @@ class TTRPCShimConnection:
     async def resume(self, task_id: str) -> None:
         await self._empty("Resume", pb.ResumeRequest(id=task_id))
 
+    async def checkpoint(self, task_id: str, path: str, options: AnyValue | None) -> None:
+        await self._empty(
+            "Checkpoint", pb.CheckpointTaskRequest(id=task_id, path=path, options=to_any(options))
+        )
+
     async def kill(self, task_id: str, exec_id: str, signal: int, all: bool) -> None:
         await self._empty("Kill", pb.KillRequest(id=task_id, exec_id=exec_id, signal=signal, all=all))
 

@@ -182,6 +182,21 @@ class AnyValue:
     type_url: str
     value: bytes = b""
 
+    def marshal(self) -> bytes:
+        """The value as a marshalled ``google.protobuf.Any`` (what containerd's ``Any.Marshal``
+        gives, and stores in content for a checkpoint's spec)."""
+        out = bytearray()
+        for number, data in ((1, self.type_url.encode()), (2, self.value)):
+            if data:
+                out.append(number << 3 | 2)
+                size = len(data)
+                while size > 0x7F:
+                    out.append(size & 0x7F | 0x80)
+                    size >>= 7
+                out.append(size)
+                out += data
+        return bytes(out)
+
 
 @dataclass(frozen=True)
 class Image:

@@ -143,6 +143,11 @@ class Task(Process, Protocol):
 
     async def resume(self) -> None: ...
 
+    async def checkpoint(self, path: str, options: AnyValue | None = None) -> None:
+        """Write the task's checkpoint into the directory ``path``; Unimplemented where the
+        runtime cannot."""
+        ...
+
     async def exec(self, exec_id: str, opts: ExecOpts) -> Process:
         """InvalidArgument for a bad exec id; AlreadyExists when one is taken."""
         ...

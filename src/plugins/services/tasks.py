@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Mapping, Sequence
+import os
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import structlog
 
 from corral.kernel import (
@@ -31,9 +37,10 @@ from corral.kernel import (
 )
 from corral.plugins import types
 from corral.plugins.cdi import DeviceInjector
-from corral.plugins.core import Mount
-from corral.plugins.core.namespaces import namespace_required
-from corral.plugins.metadata import AnyValue, Container, ContainerStore, Metadata
+from corral.plugins.core import Descriptor, Mount
+from corral.plugins.core.namespaces import namespace, namespace_required
+from corral.plugins.core.trees import remove_tree
+from corral.plugins.metadata import AnyValue, Container, ContainerStore, Metadata, NamespacedContent
 from corral.plugins.nri import NRIService, TaskEvents
 from corral.plugins.runtimes import (
     SPEC_TYPE_URL,
@@ -50,6 +57,30 @@ from corral.plugins.runtimes import (
 )
 
 log = structlog.get_logger("corral.tasks")
+
+MEDIA_TYPE_CHECKPOINT = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
+"""A task's checkpoint (CRIU's image files) as a tar in the content store."""
+MEDIA_TYPE_CHECKPOINT_CONFIG = "application/vnd.containerd.container.checkpoint.config.v1+proto"
+"""The checkpointed container's spec, a marshalled protobuf Any, beside it."""
+RUNC_CHECKPOINT_OPTIONS = "containerd.runc.v1.CheckpointOptions"
+
+
+def _runc(runtime: str) -> bool:
+    """Whether containerd reads runc's options (image paths) for this runtime."""
+    return runtime.startswith("io.containerd.runc")
+
+
+@asynccontextmanager
+async def _scratch(parent: Path) -> AsyncIterator[str]:
+    """A private directory (0700) under ``parent`` for one checkpoint, removed after the block
+    whatever its depth (and, after a crash, at the next start)."""
+    await anyio.to_thread.run_sync(partial(parent.mkdir, mode=0o700, parents=True, exist_ok=True))
+    path = await anyio.to_thread.run_sync(partial(tempfile.mkdtemp, dir=parent))
+    try:
+        yield path
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(remove_tree, path)
 
 
 def exactly(kind: type[CorralError], message: str) -> CorralError:
@@ -75,11 +106,15 @@ class TasksService:
         containers: ContainerStore,
         runtime: PlatformRuntime,
         *,
+        content: NamespacedContent | None = None,
+        state: Path | None = None,
         cdi: DeviceInjector | None = None,
         nri: TaskEvents | None = None,
     ) -> None:
         self._containers = containers
         self._runtime = runtime
+        self._content = content
+        self._state_dir = state
         self._cdi = cdi
         self._nri = nri
 
@@ -123,15 +158,100 @@ class TasksService:
         io: TaskIO = TaskIO(),  # noqa: B008 -- frozen record
         options: AnyValue | None = None,
         runtime_path: str = "",
+        checkpoint: Descriptor | None = None,
+        restore_path: str = "",
     ) -> tuple[str, int]:
-        """(container id, pid of the created init process)."""
+        """(container id, pid of the created init process).
+
+        A task is restored from ``checkpoint`` (a checkpoint tar in the content store, unpacked
+        for the runtime) or, for runc's runtimes, from the images already at ``restore_path``
+        (runc's ``Options.criu_image_path``), as containerd does."""
         container = await self._container(container_id)
+        restore_path = restore_path if _runc(container.runtime.name) else ""
+        if restore_path or checkpoint is None:
+            return await self._create(container, rootfs, io, options, runtime_path, restore_path)
+        if checkpoint.media_type != MEDIA_TYPE_CHECKPOINT:
+            raise InvalidArgument(f'unsupported checkpoint type "{checkpoint.media_type}"')
+        content, state = self._checkpoints()
+        await content.info(checkpoint.digest)  # NotFound in the content store's words
+        await self._refuse_existing(container.id)  # before its restore images are touched
+        await self.sweep_restores()
+        # The shim restores when the task starts: the images stay until then (or its deletion).
+        images = await anyio.to_thread.run_sync(
+            self._restore_dir, state, namespace_required(), container.id, True
+        )
+        from corral.plugins.differs.archive import read_tree
+
+        try:
+            await read_tree(content, checkpoint.digest, images)
+            return await self._create(container, rootfs, io, options, runtime_path, str(images))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(
+                    self._restore_dir, state, namespace_required(), container.id, False
+                )
+            raise
+
+    @staticmethod
+    def _restore_dir(state: Path, namespace: str, container_id: str, make: bool) -> Path:
+        """``<state>/restore/<namespace>/<container>``, emptied, and made again (0700) if ``make``."""
+        path = state / "restore" / namespace / container_id
+        if path.exists():
+            remove_tree(path)
+        if make:
+            path.mkdir(mode=0o700, parents=True)
+        return path
+
+    async def sweep_restores(self) -> int:
+        """Remove the restore images of tasks that are gone without the service deleting them (a
+        shim that died, a crash before a start): at start-up and before each restore. How many."""
+        root = self._state_dir / "restore" if self._state_dir is not None else None
+        if root is None or not root.is_dir():
+            return 0
+        found = await anyio.to_thread.run_sync(
+            lambda: [(ns.name, c.name) for ns in root.iterdir() for c in ns.iterdir()]
+        )
+        swept = 0
+        for ns, container_id in found:
+            with namespace(ns):
+                try:
+                    await self._runtime.get(container_id)
+                    continue
+                except NotFound:
+                    await self._forget_restore(container_id)
+                    swept += 1
+        if swept:
+            log.info("restore_images_swept", count=swept)
+        return swept
+
+    async def _forget_restore(self, container_id: str) -> None:
+        if self._state_dir is not None:
+            ns = namespace_required()
+            await anyio.to_thread.run_sync(self._restore_dir, self._state_dir, ns, container_id, False)
+
+    async def _refuse_existing(self, container_id: str) -> None:
         try:
             await self._runtime.get(container_id)
         except NotFound:
-            pass
-        else:
-            raise AlreadyExists(f"task {container_id}")
+            return
+        raise AlreadyExists(f"task {container_id}")
+
+    def _checkpoints(self) -> tuple[NamespacedContent, Path]:
+        if self._content is None or self._state_dir is None:
+            raise Unimplemented("checkpoints need a content store and a state directory")
+        return self._content, self._state_dir
+
+    async def _create(
+        self,
+        container: Container,
+        rootfs: Sequence[Mount],
+        io: TaskIO,
+        options: AnyValue | None,
+        runtime_path: str,
+        checkpoint: str,
+    ) -> tuple[str, int]:
+        container_id = container.id
+        await self._refuse_existing(container_id)
         opts = CreateOpts(
             spec=await self._final_spec(container),
             rootfs=tuple(rootfs),
@@ -139,6 +259,7 @@ class TasksService:
             runtime=runtime_path or container.runtime.name,
             runtime_options=container.runtime.options,
             task_options=options,
+            checkpoint=checkpoint,
             labels={"runtime": container.runtime.name},
         )
         try:
@@ -155,8 +276,15 @@ class TasksService:
 
     async def start(self, container_id: str, exec_id: str = "") -> int:
         process = await self._process(container_id, exec_id)
-        if self._nri is None or exec_id:
+        if not exec_id:
+            return await self._start_init(container_id, process)
+        await process.start()
+        return (await process.state()).pid
+
+    async def _start_init(self, container_id: str, process: Process) -> int:
+        if self._nri is None:
             await process.start()
+            await self._forget_restore(container_id)  # a restore has read its images now
             return (await process.state()).pid
         await self._nri.starting(container_id)
         try:
@@ -165,6 +293,7 @@ class TasksService:
             with anyio.CancelScope(shield=True):
                 await self._nri.stopped(container_id)
             raise
+        await self._forget_restore(container_id)
         pid = (await process.state()).pid
         await self._nri.started(container_id, pid)
         return pid
@@ -176,6 +305,7 @@ class TasksService:
         except NotFound:
             raise exactly(NotFound, f"task {container.id} not found") from None
         exit = await self._runtime.delete(container_id)
+        await self._forget_restore(container_id)
         if self._nri is not None:
             await self._nri.stopped(container_id, exit.status)
         return exit
@@ -243,9 +373,55 @@ class TasksService:
         if stdin:
             await process.close_io()
 
-    async def checkpoint(self, container_id: str) -> None:
-        await self._task(container_id)
-        raise Unimplemented("checkpoint is not supported")
+    async def checkpoint(
+        self, container_id: str, options: AnyValue | None = None, *, image_path: str = ""
+    ) -> builtins.list[Descriptor]:
+        """Checkpoint the task (the runtime writes it; runc's shim with CRIU) and store it: the
+        checkpoint's tar and the container's spec, in that order. For runc's runtimes an
+        ``image_path`` (``CheckpointOptions.image_path``) keeps the images there instead, and
+        nothing is stored, as in containerd.
+
+        The client pauses the task before and resumes it after (containerd's client does)."""
+        container = await self._container(container_id)
+        task = await self._task(container_id)
+        runtime = container.runtime.name
+        if _runc(runtime):
+            if options is not None and not options.type_url.endswith(RUNC_CHECKPOINT_OPTIONS):
+                raise InvalidArgument(f"invalid task checkpoint option for {runtime}")
+            if image_path:
+                await task.checkpoint(image_path, options)
+                return []
+        content, state = self._checkpoints()
+        async with _scratch(state / "checkpoint") as images:
+            await task.checkpoint(images, options)
+            from corral.plugins.differs.archive import write_tree
+
+            writer = await content.writer(images)
+            try:
+                digest, size = await write_tree(writer, images)
+            finally:
+                await writer.close()
+            spec = container.spec.marshal() if container.spec is not None else b""
+            config = await self._store_blob(content, os.path.join(images, "spec"), spec)
+        return [
+            Descriptor(MEDIA_TYPE_CHECKPOINT, digest, size),
+            Descriptor(MEDIA_TYPE_CHECKPOINT_CONFIG, config, len(spec)),
+        ]
+
+    @staticmethod
+    async def _store_blob(content: NamespacedContent, ref: str, data: bytes) -> str:
+        """Store ``data``; its digest. A blob the namespace holds already is no error (containerd's
+        second checkpoint of an unchanged container fails here)."""
+        writer = await content.writer(ref)
+        try:
+            if data:
+                await writer.write(data)
+            try:
+                return (await writer.commit(len(data), "")).digest
+            except AlreadyExists:
+                return writer.digest()
+        finally:
+            await writer.close()
 
     async def update(
         self, container_id: str, resources: AnyValue | None, annotations: Mapping[str, str]
@@ -325,12 +501,19 @@ async def init(ic: InitContext) -> TasksService:
     }
     cdi = next(iter(ic.get_by_type(types.CDI, DeviceInjector).values()), None)
     nri = next(iter(ic.get_by_type(types.NRI, NRIService).values()), None)
-    return TasksService(
+    state = ic.state
+    if (state / "checkpoint").exists():  # a checkpoint's scratch outlives its call only in a crash
+        await anyio.to_thread.run_sync(remove_tree, state / "checkpoint")
+    service = TasksService(
         containers,
         Runtimes(runtime, in_process) if in_process else runtime,
+        content=ic.get_single(types.METADATA, Metadata).view(NamespacedContent),
+        state=state,
         cdi=cdi,
         nri=nri.tasks if nri is not None else None,
     )
+    await service.sweep_restores()
+    return service
 
 
 registration = Registration(

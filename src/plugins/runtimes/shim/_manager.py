@@ -247,6 +247,9 @@ class ShimTask(ShimProcess):
     async def resume(self) -> None:
         await self._shim.connection().resume(self._shim.id)
 
+    async def checkpoint(self, path: str, options: AnyValue | None = None) -> None:
+        await self._shim.connection().checkpoint(self._shim.id, path, options)
+
     async def exec(self, exec_id: str, opts: ExecOpts) -> ShimProcess:
         try:
             validate_identifier(exec_id)
@@ -575,7 +578,14 @@ class TaskManager:
                 conn = shim.connection()
                 shim.task_pid = (await conn.connect(bundle.id)).task_pid
                 try:
-                    await conn.pids(bundle.id)
+                    try:
+                        await conn.pids(bundle.id)
+                    except NotFound:
+                        raise
+                    except CorralError as exc:
+                        # A task created from a checkpoint has no runc container to list until
+                        # it starts; as containerd, a shim that answers is a shim to keep.
+                        log.info("task_pids_unavailable", error=str(exc), **fields)
                     shim.io = (await conn.state(bundle.id)).io
                 except NotFound:
                     log.info("shim_leaked", **fields)

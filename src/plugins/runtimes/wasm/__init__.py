@@ -133,6 +133,9 @@ class WasmTask:
     async def resume(self) -> None:
         raise Unimplemented("a wasm task cannot be resumed")
 
+    async def checkpoint(self, path: str, options: AnyValue | None = None) -> None:
+        raise Unimplemented("a wasm task cannot be checkpointed")
+
     async def exec(self, exec_id: str, opts: ExecOpts) -> Process:
         raise Unimplemented("a wasm task runs one module: exec is not supported")
 

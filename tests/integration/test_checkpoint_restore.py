@@ -54,17 +54,19 @@ def pair(tmp_path: Path) -> Iterator[tuple[Daemon, Containerd]]:
             d.ctr("images", "import", str(archive))
         yield ours, theirs
     finally:
-        for d, suffix in ((ours, "ours"), (theirs, "theirs")):
-            # runc's shim never answers a Delete of a task whose restore failed as it started
-            # (under either daemon): its shim goes first, and the daemon cleans up after it.
-            subprocess.run(["pkill", "-KILL", "-f", f"{SHIM} .* -id rs-{suffix} "], check=False)
-            d.ctr("tasks", "kill", "-s", "SIGKILL", f"cp-{suffix}", check=False)
-            time.sleep(0.3)
-            for name in ("cp", "rs"):
-                d.ctr("tasks", "rm", "-f", f"{name}-{suffix}", check=False)
-                d.ctr("containers", "rm", f"{name}-{suffix}", check=False)
-        theirs.stop()
-        ours.stop()
+        try:
+            for d, suffix in ((ours, "ours"), (theirs, "theirs")):
+                # runc's shim never answers a Delete of a task whose restore failed as it started
+                # (under either daemon): its shim goes first, and the daemon cleans up after it.
+                subprocess.run(["pkill", "-KILL", "-f", f"{SHIM} .* -id rs-{suffix} "], check=False)
+                d.ctr("tasks", "kill", "-s", "SIGKILL", f"cp-{suffix}", check=False)
+                time.sleep(0.3)
+                for name in ("cp", "rs"):
+                    d.ctr("tasks", "rm", "-f", f"{name}-{suffix}", check=False)
+                    d.ctr("containers", "rm", f"{name}-{suffix}", check=False)
+        finally:
+            theirs.stop()
+            ours.stop()
 
 
 def said(d: Daemon | Containerd, suffix: str, *args: str) -> tuple[int, str, str]:

@@ -30,6 +30,7 @@ NOT_AT_START = (
     "corral.api.types.nri.pkg.api.v1alpha1",
     "corral.api.types.containerd.events",
     "corral.api.types.containerd.task.v2",
+    "corral.plugins.differs.archive",
     "corral.plugins.images.archive",
     "corral.plugins.images.build",
     "corral.plugins.transfer._stream",
@@ -49,10 +50,11 @@ click, for corrald's help, version and command-line errors; tomli-w (``config de
 decimal (a duration with decimals).
 Then what corrald's plugins need only at a later call: NRI's messages (the first NRI plugin),
 containerd's event messages (the first event published or received), the shim's Task API
-messages (the first task), the image archive reader and writer (the first import or export), the
-image builder (the first pod's pause image), the decompressors and compressors (zstandard, ISA-L:
-the first import, unpack or diff), the parser of image documents (the first image read), the
-layer applier and the change walker (the first apply or diff)."""
+messages (the first task), the checkpoint archiver (the first checkpoint or restore), the image
+archive reader and writer (the first import or export), the image builder (the first pod's pause
+image), the decompressors and compressors (zstandard, ISA-L: the first import, unpack or diff), the
+parser of image documents (the first image read), the layer applier and the change walker (the
+first apply or diff)."""
 
 CRI = ("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime")
 NOT_AT_START_WITHOUT_CRI = (
@@ -61,10 +63,12 @@ NOT_AT_START_WITHOUT_CRI = (
     "corral.plugins.runtimes.spec",
     "corral.plugins.sandbox.userns",
     "corral.plugins.images._reference",
+    "corral.api.types.containerd.runc.v1",
 )
 """With the CRI off (as the benchmarks start corrald, and containerd): also the registry client (the
 first pull or push), the OCI spec generator and user namespaces (the first pod or container) and
-the image reference grammar, which CRI's own modules import."""
+the image reference grammar and runc's options (the first task created or checkpointed with
+options), which CRI's own modules import."""
 
 
 def _rows(found: list[entry_points.Installed]) -> list[tuple[str, str, str, str]]:

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 from corral.api.grpc import GRPCServices
 from corral.api.types.containerd import types as ctypes
-from corral.api.types.containerd.runc import v1 as runc_pb
 from corral.api.types.containerd.services.tasks import v1 as pb
 from corral.api.types.containerd.v1 import types as task_types
 from corral.api.types.google import protobuf
@@ -33,6 +32,9 @@ def _runc_path(value: protobuf.Any | None) -> str:
     """The images path in runc's create or checkpoint options (``criu_image_path``, ``image_path``)."""
     if value is None:
         return ""
+    # runc's types load with the first task that has options, not at start-up.
+    from corral.api.types.containerd.runc import v1 as runc_pb
+
     if value.type_url.endswith("containerd.runc.v1.Options"):
         return runc_pb.Options.parse(value.value).criu_image_path
     if value.type_url.endswith("containerd.runc.v1.CheckpointOptions"):

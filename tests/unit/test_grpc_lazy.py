@@ -45,7 +45,7 @@ async def main():
             except Exception as exc:
                 listed = [exc.status.name, exc.message]
             try:
-                await stub.get(namespaces_pb.GetNamespaceRequest(name="missing"))
+                await stub.delete(namespaces_pb.DeleteNamespaceRequest(name="missing"))
                 missing = None
             except Exception as exc:
                 missing = [exc.status.name, exc.message]

@@ -10,7 +10,7 @@ from corral.api.types.containerd.services.namespaces import v1 as pb
 from corral.api.types.google import protobuf
 from corral.api.wire import field_mask_paths
 from corral.api.wire import namespace as _wire
-from corral.kernel import InitContext, InvalidArgument, Registration, parse_filters
+from corral.kernel import InitContext, InvalidArgument, NotFound, Registration, parse_filters
 from corral.plugins import types
 from corral.plugins.metadata import Namespace, NamespaceStore
 
@@ -20,7 +20,13 @@ class NamespacesGRPC(pb.NamespacesBase):
         self._local = local
 
     async def get(self, message: pb.GetNamespaceRequest) -> pb.GetNamespaceResponse:
-        return pb.GetNamespaceResponse(namespace=_wire(await self._local.get(message.name)))
+        """As containerd's: a namespace that does not exist is answered by its name, without
+        labels (the Go client's ``NamespaceService().Labels`` reads it as "no labels")."""
+        try:
+            found = await self._local.get(message.name)
+        except NotFound:
+            found = Namespace(message.name, {})
+        return pb.GetNamespaceResponse(namespace=_wire(found))
 
     async def list(self, message: pb.ListNamespacesRequest) -> pb.ListNamespacesResponse:
         match = parse_filters([message.filter] if message.filter else [])

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument
+from corral.kernel import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from corral.plugins.content import Info, IngestStatus
 from corral.plugins.core.digests import HEX_LENGTHS, digest_error
 from corral.plugins.core.private import fsync_dir
@@ -206,6 +206,7 @@ class LocalWriter:
         self._lock = anyio.Lock()
         self._fd: int | None = None
         self._closed = False
+        self._aborted = False
         self._record = IngestRecord(ref=ref, total=0, expected="", started_at=datetime.now(UTC))
         self._algorithm = CANONICAL
         self._hasher: _Hash = hashlib.new(CANONICAL)
@@ -388,6 +389,15 @@ class LocalWriter:
             self._fd = None
         self._on_release()
 
+    async def abandon(self) -> None:
+        """The ingest is being aborted from under this writer: close it (after a call in flight)
+        and release the ref; the writer's next call is NotFound."""
+        async with self._lock:
+            self._aborted = True
+            self.release()
+
     def _check_open(self) -> None:
+        if self._aborted:
+            raise NotFound(f"ingest ref {self._ref!r} was aborted")
         if self._closed:
             raise FailedPrecondition(f"writer for ref {self._ref} is closed")

@@ -237,12 +237,20 @@ class LocalContentStore:
         return sorted(statuses, key=lambda status: status.ref)
 
     async def abort(self, ref: str) -> None:
-        """Remove the ingest. Unavailable while a writer holds it: close that writer first.
+        """Remove the ingest, as containerd does even while a writer holds it: that writer is
+        closed first and its next call is NotFound (a client that closes its writer and aborts at
+        once must not find the ref still locked by a stream the daemon has not seen end yet).
 
         While the expiry sweep (or another abort) is deciding about the same ingest, wait for its
         verdict instead: a client's abort is never refused for the store's own housekeeping."""
-        while (removal := self._removals.get(ingest_key(ref))) is not None:
-            await removal.wait()
+        key = ingest_key(ref)
+        while True:
+            if (removal := self._removals.get(key)) is not None:
+                await removal.wait()
+            elif (holder := self._holders.get(key)) is not None:
+                await holder.abandon()
+            else:
+                break
         with self._hold(ref):
             if not await anyio.to_thread.run_sync(remove_ingest, self._ingest_dir(ref)):
                 raise NotFound(f'ingest ref "{ref}"')

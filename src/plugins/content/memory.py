@@ -37,6 +37,7 @@ class _Ingest:
     data: bytearray = field(default_factory=bytearray)
     started_at: datetime = field(default_factory=_now)
     updated_at: datetime = field(default_factory=_now)
+    aborted: bool = False
 
     def status(self) -> IngestStatus:
         return IngestStatus(
@@ -65,6 +66,8 @@ class MemoryWriter:
         return self._ingest.status()
 
     def _open(self) -> None:
+        if self._ingest.aborted:
+            raise NotFound(f"ingest {self.ref} was aborted")
         if self._closed:
             raise FailedPrecondition(f"writer for {self.ref} is closed")
 
@@ -100,7 +103,8 @@ class MemoryWriter:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._store._locked.discard(self.ref)
+            if not self._ingest.aborted:  # an abort released the ref: it may be another's now
+                self._store._locked.discard(self.ref)
 
 
 class MemoryContentStore:
@@ -166,7 +170,9 @@ class MemoryContentStore:
         return [i.status() for _, i in sorted(self._ingests.items())]
 
     async def abort(self, ref: str) -> None:
-        if ref in self._locked:
-            raise Unavailable(f"ref {ref} locked")
-        if self._ingests.pop(ref, None) is None:
+        """As containerd's: also from under a writer, whose next call is NotFound."""
+        ingest = self._ingests.pop(ref, None)
+        if ingest is None:
             raise NotFound(f"ingest {ref}")
+        ingest.aborted = True
+        self._locked.discard(ref)

@@ -236,7 +236,10 @@ class ContentRecords:
         return sorted(out, key=lambda s: s.ref)
 
     async def abort(self, ref: str) -> None:
-        await self.backend.abort(_ingest_key(namespace_required(), ref))
+        try:
+            await self.backend.abort(_ingest_key(namespace_required(), ref))
+        except NotFound:
+            raise NotFound(f"reference {ref}") from None  # containerd's metadata store's words
 
     async def commit_record(self, namespace: str, info: Info, labels: Mapping[str, str]) -> Info:
         """Make a committed blob visible to ``namespace``; AlreadyExists if it already was."""

@@ -195,8 +195,12 @@ class NamespacedSnapshotter:
 
         return await self._store.read(get)
 
+    def _sequence(self, ns: str) -> str:
+        """As containerd's: each namespace's snapshotter numbers its backend keys on its own."""
+        return f"snapshots/{ns}/{self.name}"
+
     def _new_backend_key(self, ns: str, key: str) -> tuple[str, int]:
-        seq = self._store.next_sequence("snapshots")
+        seq = self._store.next_sequence(self._sequence(ns))
         return f"{ns}/{seq}/{key}", seq
 
     async def stat(self, key: str) -> Info:
@@ -333,7 +337,7 @@ class NamespacedSnapshotter:
 
         def record(db: sqlite3.Connection) -> None:
             self._store.ensure_namespace(db, ns)
-            self._store.record_sequence(db, "snapshots", seq)
+            self._store.record_sequence(db, self._sequence(ns), seq)
             try:
                 db.execute(
                     f"INSERT INTO snapshots(namespace, snapshotter, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -457,7 +461,7 @@ class NamespacedSnapshotter:
                 "INSERT OR REPLACE INTO snapshot_commits VALUES (?, ?, ?, ?, ?, ?)",
                 (ns, self.name, key, name, backend_name, labels_json(labels)),
             )
-            self._store.record_sequence(db, "snapshots", seq)
+            self._store.record_sequence(db, self._sequence(ns), seq)
 
         await self._store.run(intend)
         try:
@@ -483,7 +487,7 @@ class NamespacedSnapshotter:
         now = time.time()
 
         def record(db: sqlite3.Connection) -> None:
-            self._store.record_sequence(db, "snapshots", seq)
+            self._store.record_sequence(db, self._sequence(ns), seq)
             db.execute(
                 "UPDATE snapshots SET key = ?, backend_key = ?, kind = ?, labels = ?, created_at = ?, updated_at = ? "
                 "WHERE namespace = ? AND snapshotter = ? AND key = ?",
@@ -665,6 +669,7 @@ class SnapshotsKind(ObjectKind):
         self.backends = dict(sorted(backends.items()))
 
     def bind(self, db: Database) -> None:
+        self._db = db
         self.snapshotters = {name: NamespacedSnapshotter(db, name, b) for name, b in self.backends.items()}
         self.records = SnapshotRecords(self.snapshotters)
 
@@ -677,6 +682,9 @@ class SnapshotsKind(ObjectKind):
             (namespace,),
         )
         return [f'snapshots on "{name}" snapshotter' for (name,) in rows.fetchall()]
+
+    def drop_namespace(self, conn: sqlite3.Connection, namespace: str) -> None:
+        self._db.forget_sequences(conn, f"snapshots/{namespace}/")
 
     def accepts_lease_resource(self, resource_type: str) -> bool:
         return resource_type.startswith("snapshots/")

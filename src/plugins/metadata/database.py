@@ -218,6 +218,13 @@ class Database:
         self._sequences[name] = current + 1
         return current + 1
 
+    def forget_sequences(self, conn: sqlite3.Connection, prefix: str) -> None:
+        """Inside a caller's transaction: the sequences named ``prefix…`` start again from 1 (as a
+        namespace's do in containerd once it is deleted)."""
+        conn.execute("DELETE FROM sequences WHERE substr(name, 1, ?) = ?", (len(prefix), prefix))
+        for name in [n for n in self._sequences if n.startswith(prefix)]:
+            del self._sequences[name]  # read again from the table, whatever the transaction did
+
     @staticmethod
     def record_sequence(conn: sqlite3.Connection, name: str, value: int) -> None:
         conn.execute(

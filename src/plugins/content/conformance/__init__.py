@@ -69,7 +69,7 @@ CHECKS: tuple[Check, ...] = (
     _checks.check_digest_mismatch_leaves_the_ingest_resumable,
     _checks.check_truncate_to_zero_restarts_the_ingest,
     _checks.check_abort_removes_an_ingest,
-    _checks.check_abort_refuses_a_ref_held_by_a_writer,
+    _checks.check_abort_removes_an_ingest_from_under_its_writer,
     _checks.check_list_enumerates_committed_blobs,
     _checks.check_delete_removes_a_blob,
     _checks.check_read_returns_bounded_chunks_from_offset_and_size,

@@ -275,15 +275,23 @@ async def check_abort_removes_an_ingest(subject: Subject) -> None:
         await writer.close()
 
 
-async def check_abort_refuses_a_ref_held_by_a_writer(subject: Subject) -> None:
+async def check_abort_removes_an_ingest_from_under_its_writer(subject: Subject) -> None:
+    """As containerd's stores: a writer does not keep its ingest from an abort. The writer's next
+    call is NotFound, its close is harmless, and the ref is free for a new writer at once (a client
+    that closes its writer and aborts must not race the end of its own stream)."""
     async with subject.open() as store:
         writer = await store.writer("held")
         await writer.write(b"data")
-        await expect(Unavailable, store.abort("held"))
-        assert (await store.status("held")).offset == 4
-        await writer.close()
         await store.abort("held")
         await expect(NotFound, store.status("held"))
+        await expect(NotFound, writer.write(b"more"))
+        again = await store.writer("held")
+        await writer.close()  # the aborted writer's close leaves the new writer's lock alone
+        await expect(Unavailable, store.writer("held"))
+        assert again.offset == 0
+        await again.close()
+        await store.abort("held")
+        await expect(NotFound, store.abort("held"))
 
 
 async def check_list_enumerates_committed_blobs(subject: Subject) -> None:

@@ -1,0 +1,108 @@
+"""containerd's own Go client against corrald and against containerd: the same transcript.
+
+``tests/goclient/main.go`` is built here with Debian's Go and Debian's packaged containerd 1.6
+client (``golang-github-containerd-containerd-dev``, no network): it drives namespaces, content
+(writes, labels, readers, filters, ingests resumed and aborted), leases, both snapshotters,
+``Client.Import`` and unpack, images, containers with new snapshots and specs, tasks with their
+output, exit codes, exec, pause, metrics and kill, and prints one line per step with the error
+kind and message it got. Each daemon gets a namespace of its own (so their containers' runc
+state and cgroups never meet), named NS in the transcript, and neither collects garbage on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from containerd_daemon import Containerd
+from harness import Daemon
+from task_leaks import SHIM
+from tooling import ON_CI, require_root, require_tool
+
+from corral.plugins.images.build import build_busybox_image
+
+SOURCE = Path(__file__).resolve().parents[1] / "goclient"
+GOPATH = Path("/usr/share/gocode")
+CLIENT = GOPATH / "src/github.com/containerd/containerd"
+NO_COLLECTIONS = """
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 1000000
+  mutation_threshold = 1000000
+  startup_delay = "0s"
+"""
+
+
+@pytest.fixture(scope="module")
+def goclient(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    go = require_tool("go")
+    if not CLIENT.is_dir():
+        message = (
+            f"containerd's Go client is not installed ({CLIENT}: golang-github-containerd-containerd-dev)"
+        )
+        if ON_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path_factory.mktemp("goclient") / "goclient"
+    env = {
+        **os.environ,
+        "GOPATH": str(GOPATH),
+        "GO111MODULE": "off",
+        "GOFLAGS": "",
+        "GOCACHE": str(out.parent / "cache"),
+    }
+    built = subprocess.run(
+        [go, "build", "-o", str(out), "."], cwd=SOURCE, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert built.returncode == 0, built.stderr
+    return out
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Daemon, Containerd]]:
+    require_root()
+    require_tool(SHIM)
+    require_tool("containerd")
+    ours = Daemon(tmp_path / "corral", config="version = 3\n" + NO_COLLECTIONS).start()
+    try:
+        theirs = Containerd(tmp_path / "containerd").start(NO_COLLECTIONS)
+        try:
+            yield ours, theirs
+        finally:
+            theirs.stop()
+    finally:
+        ours.stop()
+
+
+def transcript(goclient: Path, d: Daemon | Containerd, namespace: str, archive: Path) -> list[str]:
+    done = subprocess.run(
+        [str(goclient), d.socket, namespace, str(archive)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.replace(str(d.base), "BASE").splitlines()
+
+
+def test_the_go_client_reads_the_same_from_corrald_as_from_containerd(
+    goclient: Path, pair: tuple[Daemon, Containerd], tmp_path: Path
+) -> None:
+    archive = tmp_path / "busybox.tar"
+    build_busybox_image(archive)
+    ours, theirs = pair
+    corral_says = transcript(goclient, ours, "goours", archive)
+    containerd_says = transcript(goclient, theirs, "gotheirs", archive)
+    assert corral_says == containerd_says
+    # and the steps did what they say: the images, tasks and clean-up worked
+    for line in (
+        "import: [docker.io/library/busybox:latest] ok",
+        "is unpacked after: true ok",
+        "task exit: 7 ok",
+        'task output: "out\\n" "err\\n"',
+        "exec exit: 3",
+        "killed exit: 137",
+        "snapshot cleaned up: NotFound",
+        "content left: 0",
+    ):
+        assert line in corral_says
+    assert len(corral_says) > 130

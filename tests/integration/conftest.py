@@ -23,22 +23,42 @@ def daemon(tmp_path: Path, ctr: str) -> Iterator[Daemon]:
         d.stop()
 
 
-@pytest.fixture
-def both(tmp_path: Path) -> Iterator[tuple[Daemon, Containerd]]:
-    """corrald and Debian's containerd, each on its own temporary directories, for the tests
-    that drive both with the same ctr commands."""
+NO_COLLECTIONS = """
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 1000000
+  mutation_threshold = 1000000
+  startup_delay = "0s"
+"""
+"""Both daemons collect garbage a moment after a deletion, each on its own clock, and containerd
+100 ms after it starts: where what a step lists depends on it, neither collects."""
+
+
+def _both(tmp_path: Path, extra: str = "") -> Iterator[tuple[Daemon, Containerd]]:
     require_root()
     require_tool("ctr")
     require_tool("containerd")
-    ours = Daemon(tmp_path / "corral").start()
+    ours = Daemon(tmp_path / "corral", config="version = 3\n" + extra).start()
     try:
-        theirs = Containerd(tmp_path / "containerd").start()
+        theirs = Containerd(tmp_path / "containerd").start(extra)
         try:
             yield ours, theirs
         finally:
             theirs.stop()
     finally:
         ours.stop()
+
+
+@pytest.fixture
+def both(tmp_path: Path) -> Iterator[tuple[Daemon, Containerd]]:
+    """corrald and Debian's containerd, each on its own temporary directories, for the tests
+    that drive both with the same ctr commands."""
+    yield from _both(tmp_path)
+
+
+@pytest.fixture
+def still(tmp_path: Path) -> Iterator[tuple[Daemon, Containerd]]:
+    """corrald and containerd, neither collecting garbage on its own."""
+    yield from _both(tmp_path, NO_COLLECTIONS)
 
 
 # The corrald that containerd 2.x's ctr drives, for the transfer tests.

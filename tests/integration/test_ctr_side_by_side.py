@@ -6,42 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from containerd_daemon import Containerd
 from harness import Daemon
-from tooling import require_root, require_tool
+from tooling import require_tool
 
 Step = tuple[tuple[str, ...], bytes | None]
 
 HELLO = hashlib.sha256(b"hello").hexdigest()
-
-
-NO_COLLECTIONS = """
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1000000
-  mutation_threshold = 1000000
-  startup_delay = "0s"
-"""
-"""Both daemons collect garbage a moment after a deletion, each on its own clock, and containerd
-100 ms after it starts: where what a step lists depends on it, neither collects."""
-
-
-@pytest.fixture
-def still(tmp_path: Path) -> Iterator[tuple[Daemon, Containerd]]:
-    """corrald and containerd, neither collecting garbage on its own."""
-    require_root()
-    ours = Daemon(tmp_path / "corral", config="version = 3\n" + NO_COLLECTIONS).start()
-    try:
-        theirs = Containerd(tmp_path / "containerd").start(NO_COLLECTIONS)
-        try:
-            yield ours, theirs
-        finally:
-            theirs.stop()
-    finally:
-        ours.stop()
 
 
 def ctr(d: Daemon | Containerd, args: tuple[str, ...], data: bytes | None = None) -> tuple[int, str, str]:

@@ -13,26 +13,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from containerd_daemon import Containerd
 from harness import Daemon
 from task_leaks import SHIM
-from tooling import ON_CI, require_root, require_tool
+from tooling import ON_CI, require_tool
 
 from corral.plugins.images.build import build_busybox_image
 
 SOURCE = Path(__file__).resolve().parents[1] / "goclient"
 GOPATH = Path("/usr/share/gocode")
 CLIENT = GOPATH / "src/github.com/containerd/containerd"
-NO_COLLECTIONS = """
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1000000
-  mutation_threshold = 1000000
-  startup_delay = "0s"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -60,22 +53,6 @@ def goclient(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Daemon, Containerd]]:
-    require_root()
-    require_tool(SHIM)
-    require_tool("containerd")
-    ours = Daemon(tmp_path / "corral", config="version = 3\n" + NO_COLLECTIONS).start()
-    try:
-        theirs = Containerd(tmp_path / "containerd").start(NO_COLLECTIONS)
-        try:
-            yield ours, theirs
-        finally:
-            theirs.stop()
-    finally:
-        ours.stop()
-
-
 def transcript(goclient: Path, d: Daemon | Containerd, namespace: str, archive: Path) -> list[str]:
     done = subprocess.run(
         [str(goclient), d.socket, namespace, str(archive)], capture_output=True, text=True, timeout=600
@@ -85,11 +62,12 @@ def transcript(goclient: Path, d: Daemon | Containerd, namespace: str, archive: 
 
 
 def test_the_go_client_reads_the_same_from_corrald_as_from_containerd(
-    goclient: Path, pair: tuple[Daemon, Containerd], tmp_path: Path
+    goclient: Path, still: tuple[Daemon, Containerd], tmp_path: Path
 ) -> None:
     archive = tmp_path / "busybox.tar"
     build_busybox_image(archive)
-    ours, theirs = pair
+    require_tool(SHIM)
+    ours, theirs = still
     corral_says = transcript(goclient, ours, "goours", archive)
     containerd_says = transcript(goclient, theirs, "gotheirs", archive)
     assert corral_says == containerd_says

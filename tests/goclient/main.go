@@ -20,13 +20,17 @@ import (
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/content"
+	"github.com/containerd/containerd/diff"
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/images"
+	"github.com/containerd/containerd/images/archive"
 	"github.com/containerd/containerd/leases"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
+	"github.com/containerd/containerd/platforms"
 	"github.com/containerd/containerd/snapshots"
 	digest "github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -104,11 +108,103 @@ func main() {
 	contentSteps(ctx, client)
 	leaseSteps(ctx, client)
 	snapshotSteps(ctx, client)
+	introspectionSteps(ctx, client)
+	topics := watch(ctx, client)
 	img := imageSteps(ctx, client, os.Args[3])
 	if img != nil {
+		exportSteps(ctx, client, img)
+		diffSteps(ctx, client, img)
 		containerSteps(ctx, client, img)
 	}
 	cleanup(ctx, client)
+	say("events seen", "%v", topics())
+}
+
+// watch subscribes to this namespace's events; the returned function stops and lists the topics
+// seen (a set: the order of events from concurrent work is not the daemons' to agree on).
+func watch(ctx context.Context, client *containerd.Client) func() []string {
+	sub, stop := context.WithCancel(ctx)
+	envelopes, errs := client.Subscribe(sub, `namespace=="`+ns+`"`)
+	seen := map[string]bool{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case e := <-envelopes:
+				seen[e.Topic] = true
+			case <-errs:
+				return
+			}
+		}
+	}()
+	_, errBad := client.EventService().Subscribe(ctx, "topic==")
+	select {
+	case err := <-errBad:
+		say("subscribe bad filter", "%s", kind(err))
+	case <-time.After(5 * time.Second):
+		say("subscribe bad filter", "no error")
+	}
+	time.Sleep(200 * time.Millisecond) // the subscription is in place before the work starts
+	return func() []string {
+		time.Sleep(500 * time.Millisecond)
+		stop()
+		<-done
+		topics := []string{}
+		for t := range seen {
+			topics = append(topics, t)
+		}
+		sort.Strings(topics)
+		return topics
+	}
+}
+
+func introspectionSteps(ctx context.Context, client *containerd.Client) {
+	is := client.IntrospectionService()
+	resp, err := is.Plugins(ctx, []string{"type==io.containerd.snapshotter.v1,id==native", "id==walking"})
+	if check("plugins", err) {
+		for _, p := range resp.Plugins {
+			say("plugin", "%s.%s caps=%v", p.Type, p.ID, p.Capabilities)
+		}
+	}
+	_, err = is.Plugins(ctx, []string{"id=="})
+	say("plugins bad filter", "%s", kind(err))
+	resp, err = is.Plugins(ctx, []string{"type==io.containerd.nothing.v1"})
+	say("plugins none", "%d %s", len(resp.Plugins), kind(err))
+}
+
+func exportSteps(ctx context.Context, client *containerd.Client, img containerd.Image) {
+	var tarball bytes.Buffer
+	err := client.Export(ctx, &tarball, archive.WithImage(client.ImageService(), img.Name()), archive.WithPlatform(platforms.Default()))
+	say("export", "%v %s", tarball.Len() > 0, kind(err))
+	err = client.Export(ctx, io.Discard, archive.WithImage(client.ImageService(), "example.com/nope:1"))
+	say("export missing", "%s: %v", kind(err), err)
+}
+
+func diffSteps(ctx context.Context, client *containerd.Client, img containerd.Image) {
+	ctx, done, err := client.WithLease(ctx)
+	if !check("diff lease", err) {
+		return
+	}
+	defer done(ctx)
+	sn := client.SnapshotService("overlayfs")
+	diffIDs, _ := img.RootFS(ctx)
+	parent := identity.ChainID(diffIDs).String()
+	lower, err := sn.View(ctx, "go-diff-lower", parent)
+	say("diff lower", "%d %s", len(lower), kind(err))
+	upper, err := sn.Prepare(ctx, "go-diff-upper", parent)
+	say("diff upper", "%d %s", len(upper), kind(err))
+	ds := client.DiffService()
+	desc, err := ds.Compare(ctx, lower, upper)
+	say("diff compare empty", "%s %s", desc.MediaType, kind(err))
+	_, err = ds.Compare(ctx, lower, upper, diff.WithMediaType("application/x-nope"))
+	say("diff compare bad media type", "%s: %v", kind(err), err)
+	applied, err := ds.Apply(ctx, desc, upper)
+	say("diff apply", "%s %s", applied.MediaType, kind(err))
+	_, err = ds.Apply(ctx, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromString("nope"), Size: 4}, upper)
+	say("diff apply missing", "%s", kind(err))
+	check("diff remove upper", sn.Remove(ctx, "go-diff-upper"))
+	check("diff remove lower", sn.Remove(ctx, "go-diff-lower"))
 }
 
 func server(ctx context.Context, client *containerd.Client) {

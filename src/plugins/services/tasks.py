@@ -199,7 +199,8 @@ class TasksService:
         if path.exists():
             remove_tree(path)
         if make:
-            path.mkdir(mode=0o700, parents=True)
+            for directory in (path.parent.parent, path.parent, path):
+                directory.mkdir(mode=0o700, exist_ok=True)
         return path
 
     async def sweep_restores(self) -> int:

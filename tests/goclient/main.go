@@ -19,6 +19,7 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/content"
 	"github.com/containerd/containerd/diff"
 	"github.com/containerd/containerd/errdefs"
@@ -32,6 +33,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 const image = "docker.io/library/busybox:latest"
@@ -319,6 +321,11 @@ func leaseSteps(ctx context.Context, client *containerd.Client) {
 	say("lease list", "%d %s", len(ls), kind(err))
 	_, err = lm.List(ctx, "id==")
 	say("lease list bad filter", "%s: %v", kind(err), err)
+	exp, err := lm.Create(ctx, leases.WithID("go-expiring"), leases.WithExpiration(time.Hour))
+	say("lease with expiry", "%v %s", exp.Labels["containerd.io/gc.expire"] != "", kind(err))
+	ls, err = lm.List(ctx, `labels."containerd.io/gc.expire"`)
+	say("lease list by label", "%d %s", len(ls), kind(err))
+	check("lease delete expiring", lm.Delete(ctx, exp))
 	check("lease delete", lm.Delete(ctx, l, leases.SynchronousDelete))
 	err = lm.Delete(ctx, l)
 	say("lease delete again", "%s: %v", kind(err), err)
@@ -439,6 +446,19 @@ func containerSteps(ctx context.Context, client *containerd.Client, img containe
 	say("container set labels", "%s %s", labels(got), kind(err))
 	spec, err := c.Spec(ctx)
 	say("container spec", "%v %s", spec.Process.Args, kind(err))
+	err = c.Update(ctx, containerd.UpdateContainerOpts(func(ctx context.Context, client *containerd.Client, c *containers.Container) error {
+		c.Labels["updated"] = "yes"
+		return nil
+	}))
+	say("container update", "%s", kind(err))
+	got, err = c.Labels(ctx)
+	say("container labels", "%s %s", labels(got), kind(err))
+	ext, err := c.Extensions(ctx)
+	say("container extensions", "%d %s", len(ext), kind(err))
+	_, err = client.Containers(ctx, "labels.app==")
+	say("containers bad filter", "%s: %v", kind(err), err)
+	_, err = client.LoadContainer(ctx, "nope")
+	say("load missing container", "%s: %v", kind(err), err)
 	list, err := client.Containers(ctx, "labels.app==go")
 	say("containers filtered", "%d %s", len(list), kind(err))
 
@@ -505,6 +525,17 @@ func containerSteps(ctx context.Context, client *containerd.Client, img containe
 	}
 	_, err = t2.Exec(ctx, "", pspec, cio.NullIO)
 	say("exec empty id", "%s: %v", kind(err), err)
+	limit := int64(64 << 20)
+	err = t2.Update(ctx, containerd.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}))
+	say("task update memory", "%s", kind(err))
+	err = t2.Update(ctx, containerd.WithResources("not resources"))
+	say("task update bad resources", "%s", kind(err))
+	err = t2.Resize(ctx, 80, 24)
+	say("resize without a terminal", "%s", kind(err))
+	_, err = t2.Checkpoint(ctx)
+	say("task checkpoint", "%s", kind(err))
+	st, _ = t2.Status(ctx)
+	say("status after checkpoint", "%s", st.Status)
 	check("pause", t2.Pause(ctx))
 	st, _ = t2.Status(ctx)
 	say("paused status", "%s", st.Status)

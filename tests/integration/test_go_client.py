@@ -92,4 +92,4 @@ def test_the_go_client_reads_the_same_from_corrald_as_from_containerd(
         "export: true ok",
     ):
         assert line in corral_says
-    assert len(corral_says) > 150
+    assert len(corral_says) > 165

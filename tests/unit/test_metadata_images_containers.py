@@ -128,10 +128,10 @@ def test_an_image_is_created_once_with_store_times_and_listed_by_name(tmp_path: 
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        (Descriptor(MANIFEST, "", 1), 'Target.Digest "" invalid: invalid checksum digest format'),
-        (Descriptor(MANIFEST, "sha256:abc", 1), 'Target.Digest "sha256:abc" invalid: invalid checksum digest length'),
-        (Descriptor(MANIFEST, digest_of(b"x"), 0), "Target.Size must be greater than zero"),
-        (Descriptor("", digest_of(b"x"), 1), "Target.MediaType must be set"),
+        (Descriptor(MANIFEST, "", 1), 'target.Digest "" invalid: invalid checksum digest format'),
+        (Descriptor(MANIFEST, "sha256:abc", 1), 'target.Digest "sha256:abc" invalid: invalid checksum digest length'),
+        (Descriptor(MANIFEST, digest_of(b"x"), 0), "target.Size must be greater than zero"),
+        (Descriptor("", digest_of(b"x"), 1), "target.MediaType must be set"),
     ],
 )  # fmt: skip
 def test_an_image_needs_a_valid_target(tmp_path: Path, target: Descriptor, message: str) -> None:
@@ -173,7 +173,7 @@ def test_image_update_follows_containerds_field_mask(tmp_path: Path) -> None:
 
         with pytest.raises(InvalidArgument, match='cannot update "name" field on image "img"'):
             await store.update(sent, ["name"])
-        with pytest.raises(InvalidArgument, match=re.escape("Target.Size must be greater than zero")):
+        with pytest.raises(InvalidArgument, match=re.escape("target.Size must be greater than zero")):
             await store.update(Image("img", Descriptor(MANIFEST, digest_of(b"x"), 0)), ["target"])
         with pytest.raises(NotFound, match='image "absent"'):
             await store.update(image("absent"))

@@ -114,11 +114,11 @@ def validate_image(image: Image) -> None:
     target = image.target
     problem = digest_error(target.digest)
     if problem is not None:
-        raise InvalidArgument(f"Target.Digest {quoted(target.digest)} invalid: {problem}")
+        raise InvalidArgument(f"target.Digest {quoted(target.digest)} invalid: {problem}")
     if target.size <= 0:
-        raise InvalidArgument("Target.Size must be greater than zero")
+        raise InvalidArgument("target.Size must be greater than zero")
     if not target.media_type:
-        raise InvalidArgument("Target.MediaType must be set")
+        raise InvalidArgument("target.MediaType must be set")
 
 
 def _stored(image: Image, created: float, updated: float) -> Image:

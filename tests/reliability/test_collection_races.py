@@ -168,3 +168,49 @@ def test_a_shared_commit_of_a_blob_removed_beneath_it_is_aborted_not_recorded_wi
             assert [i.digest for i in await content.list()] == []
 
     anyio.run(main)
+
+
+class PausingDelete(MemoryContentStore):
+    """A memory store whose deletions (the sweep's) wait at their start until told to go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleting = anyio.Event()
+        self.go_on = anyio.Event()
+
+    async def delete(self, digest: str) -> None:
+        self.deleting.set()
+        await self.go_on.wait()
+        await super().delete(digest)
+
+
+def test_a_commit_of_bytes_a_sweep_is_deleting_waits_for_it_and_stores_them_again(tmp_path: Path) -> None:
+    """The kill -9 suite's third find: a sweep chose a blob no record held and was deleting it when
+    another namespace committed the same bytes; the commit found them stored, recorded them, and the
+    sweep's deletion then took them from under the new record."""
+    store = PausingDelete()
+    md = open_metadata(tmp_path / "meta.db", content=store)
+    content = md.view(NamespacedContent)
+    data = b"dropped by a, written again by b"
+    committed: list[str] = []
+
+    async def commit_in_b() -> None:
+        await _commit(content, "b", "ref", data)  # no digest named: b writes the bytes itself
+        committed.append("b")
+
+    async def main() -> None:
+        await _commit(content, "a", "ref", data)
+        with namespace("a"):
+            await content.delete(digest(data))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(md.garbage_collect)
+            await store.deleting.wait()
+            tg.start_soon(commit_in_b)
+            await anyio.sleep(0.2)
+            assert committed == []  # waiting for the deletion it would otherwise lose its bytes to
+            store.go_on.set()
+        assert committed == ["b"]
+        with namespace("b"):
+            assert b"".join([c async for c in await content.read(digest(data))]) == data
+
+    anyio.run(main)

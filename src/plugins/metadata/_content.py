@@ -90,6 +90,9 @@ class ContentRecords:
         self.backend = backend
         self.policy = policy
         self.in_flight: Counter[str] = Counter()
+        # Blobs a sweep has decided to delete and is deleting: a commit of the same bytes waits
+        # for the deletion, then publishes its own (instead of finding them stored, then gone).
+        self.deleting: dict[str, anyio.Event] = {}
         # Held by a sweep from reading the records to its last deletion, and by each commit while
         # it records a blob: a sweep never reads the records before a commit's and deletes after.
         self.sweeping = anyio.Lock()
@@ -378,6 +381,8 @@ class NamespacedWriter:
         # The blob exists before its record does; garbage collection must not take it meanwhile.
         self._content.hold(digest)
         try:
+            if (deleting := self._content.deleting.get(digest)) is not None:
+                await deleting.wait()  # a sweep that chose it before the hold finishes first
             try:
                 info = await self._inner.commit(size, expected)
             except AlreadyExists:
@@ -462,6 +467,7 @@ class ContentKind(ObjectKind):
         async for info in self.backend.list():
             if info.digest in keep or info.digest in self.records.in_flight:
                 continue
+            done = self.records.deleting[info.digest] = anyio.Event()
             try:
                 await self.backend.delete(info.digest)
             except NotFound:
@@ -470,5 +476,8 @@ class ContentKind(ObjectKind):
                 log.warning("gc_blob_remove_failed", digest=info.digest, error=str(exc))
                 failed.append(f"{info.digest}: {exc}")
                 continue
+            finally:
+                del self.records.deleting[info.digest]
+                done.set()
             swept += 1
         return {"blobs": swept, "failed:blobs": failed}

@@ -56,7 +56,9 @@ def test_kill_9_at_random_points_loses_nothing_half_makes_nothing_leaks_nothing(
             where = f"seed {SEED}, kill {kill} of {KILLS}"
             r = Round(daemon, ledger, rng)
             anyio.run(run_until_killed, r, rng.uniform(EARLIEST_KILL, LATEST_KILL))
-            assert not r.errors, f"calls failed before the kill ({where}):\n" + "\n".join(r.errors)
+            assert not r.errors, (
+                f"calls failed before the kill ({where}):\n" + "\n".join(r.errors) + explain(ledger, r.errors)
+            )
             daemon.start()
             problems = anyio.run(check_after_restart, daemon, ledger, mnt)
             assert not problems, (

@@ -9,16 +9,17 @@ caller is cancelled; the tar is streamed to the writer and from the reader in 1 
 from __future__ import annotations
 
 import os
-import threading
 from contextlib import suppress
 from functools import partial
 
 from corral.kernel import AlreadyExists
 from corral.plugins.differs._compression import Compression, compressor
 from corral.plugins.differs.differ import (
+    ApplyTarget,
     BlobWriter,
     LayerContent,
     ThreadSource,
+    _apply_blocking,
     _ThreadSink,
     _with_stop,
     run_stoppable,
@@ -39,13 +40,10 @@ async def write_tree(writer: BlobWriter, root: str | os.PathLike[str]) -> tuple[
 
 
 async def read_tree(content: LayerContent, digest: str, root: str | os.PathLike[str]) -> None:
-    """Unpack the tar ``digest`` into the directory ``root``, refusing names that leave it."""
-    from corral.plugins.differs.apply import apply_layer
+    """Unpack the tar ``digest`` into the directory ``root``, refusing names that leave it: the
+    walking differ's apply of an uncompressed layer to a plain directory."""
+    from corral.plugins.differs.apply import WhiteoutMode
 
     source = ThreadSource(await content.read(digest))
-
-    def unpack(stop: threading.Event) -> None:
-        source.stop = stop
-        apply_layer(source, root, stop=stop)
-
-    await run_stoppable(unpack)
+    target = ApplyTarget(os.fspath(root), WhiteoutMode.REMOVE)
+    await run_stoppable(partial(_apply_blocking, Compression.NONE, source, target))

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import anyio
@@ -74,8 +73,12 @@ def _runc(runtime: str) -> bool:
 async def _scratch(parent: Path) -> AsyncIterator[str]:
     """A private directory (0700) under ``parent`` for one checkpoint, removed after the block
     whatever its depth (and, after a crash, at the next start)."""
-    await anyio.to_thread.run_sync(partial(parent.mkdir, mode=0o700, parents=True, exist_ok=True))
-    path = await anyio.to_thread.run_sync(partial(tempfile.mkdtemp, dir=parent))
+
+    def make() -> str:
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return tempfile.mkdtemp(dir=parent)
+
+    path = await anyio.to_thread.run_sync(make)
     try:
         yield path
     finally:
@@ -140,7 +143,9 @@ class TasksService:
         return await self._containers.get(container_id)
 
     async def _task(self, container_id: str) -> Task:
-        container = await self._container(container_id)
+        return await self._task_of(await self._container(container_id))
+
+    async def _task_of(self, container: Container) -> Task:
         try:
             return await self._runtime.get(container.id)
         except NotFound:
@@ -226,8 +231,12 @@ class TasksService:
         return swept
 
     async def _forget_restore(self, container_id: str) -> None:
-        if self._state_dir is not None:
-            ns = namespace_required()
+        """Remove the task's restore images, if it has any: a stat on the loop for every task
+        started or deleted, a worker thread only for a restored one."""
+        if self._state_dir is None:
+            return
+        ns = namespace_required()
+        if (self._state_dir / "restore" / ns / container_id).exists():
             await anyio.to_thread.run_sync(self._restore_dir, self._state_dir, ns, container_id, False)
 
     async def _refuse_existing(self, container_id: str) -> None:
@@ -276,16 +285,15 @@ class TasksService:
         return container_id, state.pid
 
     async def start(self, container_id: str, exec_id: str = "") -> int:
-        process = await self._process(container_id, exec_id)
+        pid = await self._start(container_id, exec_id)
         if not exec_id:
-            return await self._start_init(container_id, process)
-        await process.start()
-        return (await process.state()).pid
-
-    async def _start_init(self, container_id: str, process: Process) -> int:
-        if self._nri is None:
-            await process.start()
             await self._forget_restore(container_id)  # a restore has read its images now
+        return pid
+
+    async def _start(self, container_id: str, exec_id: str) -> int:
+        process = await self._process(container_id, exec_id)
+        if self._nri is None or exec_id:
+            await process.start()
             return (await process.state()).pid
         await self._nri.starting(container_id)
         try:
@@ -294,17 +302,12 @@ class TasksService:
             with anyio.CancelScope(shield=True):
                 await self._nri.stopped(container_id)
             raise
-        await self._forget_restore(container_id)
         pid = (await process.state()).pid
         await self._nri.started(container_id, pid)
         return pid
 
     async def delete(self, container_id: str) -> Exit:
-        container = await self._container(container_id)
-        try:
-            await self._runtime.get(container.id)
-        except NotFound:
-            raise exactly(NotFound, f"task {container.id} not found") from None
+        await self._task(container_id)  # NotFound for the container or its task, in containerd's words
         exit = await self._runtime.delete(container_id)
         await self._forget_restore(container_id)
         if self._nri is not None:
@@ -384,7 +387,7 @@ class TasksService:
 
         The client pauses the task before and resumes it after (containerd's client does)."""
         container = await self._container(container_id)
-        task = await self._task(container_id)
+        task = await self._task_of(container)
         runtime = container.runtime.name
         if _runc(runtime):
             if options is not None and not options.type_url.endswith(RUNC_CHECKPOINT_OPTIONS):
